@@ -1,0 +1,1 @@
+"""cyb_jax: Catch Your Breath adaptive-computation language models in JAX."""
