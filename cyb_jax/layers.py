@@ -1,0 +1,92 @@
+"""Position-wise building blocks of the transformer: RMSNorm, SwiGLU MLP, rotary positions.
+
+Shape letters used in tensor names throughout the model code:
+  B batch, S query slots, M shared key slots, J private (per-query) key slots, N positions,
+  K steps (the K+1 slots of one position), D model width, F MLP width, H query heads,
+  G key/value heads, R = H / G query heads per key/value head, E head dimension,
+  V vocabulary (V+1 with the <don't know> logit), L layers, T generated tokens.
+
+Every parameter carries logical axis names (`nn.with_logical_partitioning`) and the main
+activations carry logical constraints (`nn.with_logical_constraint`), which are no-ops unless
+axis rules are in scope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Dtype = jnp.dtype
+
+
+def fan_in_init(in_axis: int | Sequence[int], out_axis: int | Sequence[int]) -> nn.initializers.Initializer:
+  """LeCun truncated-normal initialiser, variance 1 / fan_in, for kernels with several in/out axes."""
+  return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis)
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square normalisation: y = x / sqrt(mean(x^2) + eps) * scale, computed in float32.
+
+  Input `x_...xD`, output the same shape in `dtype`. The scale has logical axis "norm".
+  """
+
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x_xD: jax.Array) -> jax.Array:
+    d = x_xD.shape[-1]
+    scale_D = self.param(
+        "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (d,), self.param_dtype
+    )
+    x32 = x_xD.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    return (normed * scale_D.astype(jnp.float32)).astype(self.dtype)
+
+
+class SwiGLU(nn.Module):
+  """Gated MLP: y = (silu(x W_gate) * (x W_up)) W_down, for x `[B, S, D]` -> y `[B, S, D]`."""
+
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxSxD: jax.Array) -> jax.Array:
+    d = x_BxSxD.shape[-1]
+    in_init = nn.with_logical_partitioning(fan_in_init(0, 1), ("embed", "mlp"))
+    gate_DxF = self.param("gate_kernel", in_init, (d, self.mlp_dim), self.param_dtype)
+    up_DxF = self.param("up_kernel", in_init, (d, self.mlp_dim), self.param_dtype)
+    down_FxD = self.param(
+        "down_kernel", nn.with_logical_partitioning(fan_in_init(0, 1), ("mlp", "embed")), (self.mlp_dim, d),
+        self.param_dtype,
+    )
+    x = x_BxSxD.astype(self.dtype)
+    gate_BxSxF = jnp.einsum("bsd,df->bsf", x, gate_DxF.astype(self.dtype))
+    up_BxSxF = jnp.einsum("bsd,df->bsf", x, up_DxF.astype(self.dtype))
+    h_BxSxF = nn.with_logical_constraint(
+        jax.nn.silu(gate_BxSxF) * up_BxSxF, ("act_batch", "act_length", "act_mlp")
+    )
+    return jnp.einsum("bsf,fd->bsd", h_BxSxF, down_FxD.astype(self.dtype))
+
+
+def apply_rotary(x_BxSxHxE: jax.Array, positions_BxS: jax.Array, base: float) -> jax.Array:
+  """Rotary position embedding (rotate-half form) at integer positions.
+
+  With E = 2P, frequencies w_p = base^(-p / P), angles a = position * w_p, the two halves
+  (x1, x2) of the head dimension become (x1 cos a - x2 sin a, x2 cos a + x1 sin a). Dot products
+  of rotated queries and keys then depend only on the difference of their positions.
+  Computed in float32, returned in x's dtype.
+  """
+  half = x_BxSxHxE.shape[-1] // 2
+  inv_freq_P = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle_BxSx1xP = (positions_BxS.astype(jnp.float32)[..., None] * inv_freq_P)[:, :, None, :]
+  sin, cos = jnp.sin(angle_BxSx1xP), jnp.cos(angle_BxSx1xP)
+  x = x_BxSxHxE.astype(jnp.float32)
+  x1, x2 = x[..., :half], x[..., half:]
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x_BxSxHxE.dtype)
