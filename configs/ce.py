@@ -1,0 +1,10 @@
+"""Baseline: no pauses (K = 0), plain cross-entropy, on the default task."""
+
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.loss.name = "ce"
+  c.model.max_pauses = 0
+  return c

@@ -1,0 +1,10 @@
+"""Baseline: always take all K pauses and read out the last step (Goyal et al. 2023)."""
+
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.loss.name = "pause_ce"
+  c.model.max_pauses = 3
+  return c

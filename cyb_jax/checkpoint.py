@@ -1,0 +1,165 @@
+"""Checkpoints: orbax ``CheckpointManager`` over the train state, data position and run facts.
+
+A checkpoint of step ``s`` in ``<workdir>/checkpoints/s`` holds three items:
+
+* ``state``: the :class:`~cyb_jax.train.TrainState` pytree (model, optimiser,
+  CYB-DP multiplier, step), saved and restored sharded;
+* ``data``: the training iterator's position (JSON), so a resumed run sees exactly
+  the batches an uninterrupted run would have seen;
+* ``meta``: JSON facts used to refuse an incompatible resume (model shape,
+  vocabulary, loss) and the count of training tokens seen.
+
+Orbax writes each checkpoint to a temporary folder and renames it when complete,
+so an interrupted save never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class IncompatibleCheckpointError(ValueError):
+  """Resuming or fine-tuning from a checkpoint whose model does not fit the config."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+class Checkpointer:
+  """Saves and restores a run's checkpoints in ``<workdir>/checkpoints``."""
+
+  def __init__(self, workdir: str, *, keep: int, enable_async: bool = True):
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=enable_async)
+    self._manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
+    """Starts saving (asynchronously); :meth:`wait` blocks until it is on disk."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore_meta(self, step: int) -> dict:
+    return self._manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
+    """Restores ``(state, data_state, meta)``; ``abstract_state`` carries target shardings.
+
+    The state is placed by ``abstract_state``'s shardings, which may describe a
+    different mesh than the one the checkpoint was saved from.
+    """
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["data"], restored["meta"]
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def check_compatible(saved_meta: dict, meta: dict, *, what: str) -> None:
+  """Raises :class:`IncompatibleCheckpointError` naming every field that differs.
+
+  Compares the model shape (``model``) and vocabulary; ``what`` says which
+  checkpoint is meant, for the message.
+  """
+  diffs = []
+  saved_model, model = saved_meta.get("model", {}), meta.get("model", {})
+  for key in sorted(set(saved_model) | set(model)):
+    if saved_model.get(key) != model.get(key):
+      diffs.append(f"model.{key}: checkpoint {saved_model.get(key)!r} vs config "
+                   f"{model.get(key)!r}")
+  if diffs:
+    raise IncompatibleCheckpointError(
+        f"{what} does not fit this config:\n  " + "\n  ".join(diffs))
+
+
+def restore_params_for_init(init_from: str) -> tuple[Any, dict]:
+  """Parameters and meta of the newest checkpoint of another run (for ``init_from``).
+
+  ``init_from`` is a run's workdir or its ``checkpoints`` folder. The parameters
+  come back as host arrays with the structure they were saved with.
+  """
+  path = os.path.abspath(init_from)
+  if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
+    path = os.path.join(path, CHECKPOINT_DIR)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"init_from={init_from!r}: no such run folder.")
+  manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False))
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"init_from={init_from!r}: no checkpoint in {path}.")
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  manager.close()
+  return restored["state"]["params"], restored["meta"]
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: {workdir!r} is not a cyb_jax run folder.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedRun:
+  """A trained run, ready for analysis or decoding.
+
+  config: the run's config; model_cfg: its ModelConfig; params: the parameters at
+  ``step``; data: the run's DataBundle (same tokenizer and eval set).
+  """
+
+  config: ml_collections.ConfigDict
+  model_cfg: Any
+  params: Any
+  step: int
+  data: Any
+
+
+def load_run(workdir: str, step: int | None = None) -> LoadedRun:
+  """Loads a run's config, data and parameters (the newest checkpoint by default)."""
+  # Imported here: train imports this module.
+  from cyb_jax import model, train  # pylint: disable=g-import-not-at-top
+  config = load_config(workdir)
+  data = train.make_run_data(config, workdir)
+  model_cfg = train.make_model_config(config, data.info.vocab_size)
+  manager = ocp.CheckpointManager(checkpoint_dir(workdir),
+                                  options=ocp.CheckpointManagerOptions(create=False))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}.")
+  abstract = jax.eval_shape(lambda: model.init_params(model_cfg, jax.random.key(0)))
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  manager.close()
+  params = jax.tree.map(lambda ref, x: jax.numpy.asarray(x, ref.dtype), abstract,
+                        restored["state"]["params"])
+  return LoadedRun(config=config, model_cfg=model_cfg, params=params, step=int(step), data=data)

@@ -1,0 +1,153 @@
+"""Device mesh, logical axis rules and sharded placement (DESIGN section 7).
+
+The mesh has three axes:
+
+* ``data``: pure data parallelism (parameters replicated);
+* ``fsdp``: data parallelism with parameters and optimiser state sharded (ZeRO-3);
+* ``tensor``: tensor (model) parallelism over heads, MLP and vocabulary.
+
+Parameters and activations carry *logical* axis names (``cyb_jax.model``); the
+rules in the config map them to mesh axes, so the same model code runs on one CPU,
+a GPU, or a TPU pod slice. Batches are sharded over ``(data, fsdp)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+LogicalRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+DEFAULT_LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    # Parameters.
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("pauses", None),
+    ("layers", None),
+    ("norm", None),
+    # Activations.
+    ("act_batch", BATCH_AXES),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+)
+
+
+def default_mesh_config() -> ml_collections.ConfigDict:
+  """Mesh sizes; ``-1`` takes the devices that the other axes leave."""
+  c = ml_collections.ConfigDict()
+  c.data = -1  # Data-parallel replicas (parameters replicated).
+  c.fsdp = 1  # Fully sharded data parallelism: parameters/optimiser sharded over it.
+  c.tensor = 1  # Tensor parallelism over heads, MLP and vocabulary.
+  c.dcn_data = 1  # Multi-slice: data-parallel replicas across slices (1 = one slice).
+  return c
+
+
+def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, int, int]:
+  """Resolves the ``-1`` entry of ``{data, fsdp, tensor}`` against ``num_devices``."""
+  shape = [int(sizes[a]) for a in MESH_AXES]
+  for axis, size in zip(MESH_AXES, shape):
+    if size == 0 or size < -1:
+      raise ValueError(f"mesh.{axis}={size} must be a positive size or -1 (fill in).")
+  if shape.count(-1) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, shape))}.")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if num_devices % known:
+      raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} cannot fill {num_devices} devices:"
+                       f" {num_devices} is not divisible by {known}.")
+    shape[shape.index(-1)] = num_devices // known
+  if math.prod(shape) != num_devices:
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} has {math.prod(shape)} devices, "
+                     f"but {num_devices} are in use.")
+  return tuple(shape)
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict | dict,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A ``(data, fsdp, tensor)`` mesh with Auto axis types (GSPMD propagation).
+
+  ``devices`` defaults to all devices. With ``dcn_data > 1`` (several slices) the
+  data axis spans slices through ``mesh_utils.create_hybrid_device_mesh``.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = dict(mesh_config)
+  dcn_data = int(sizes.pop("dcn_data", 1))
+  shape = mesh_shape(sizes, len(devices))
+  axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  if dcn_data > 1:
+    from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+    if shape[0] % dcn_data:
+      raise ValueError(f"mesh.data={shape[0]} must be divisible by mesh.dcn_data={dcn_data}.")
+    ici = (shape[0] // dcn_data, shape[1], shape[2])
+    grid = mesh_utils.create_hybrid_device_mesh(ici, (dcn_data, 1, 1), devices)
+  elif devices == list(jax.devices()):
+    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types)
+  else:
+    grid = np.asarray(devices).reshape(shape)
+  return Mesh(grid, MESH_AXES, axis_types=axis_types)
+
+
+def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:
+  """Logical rules as a tuple of ``(logical name, mesh axes)`` with tuples, not lists."""
+  out = []
+  for name, axes in rules:
+    out.append((str(name), tuple(axes) if isinstance(axes, (list, tuple)) else axes))
+  return tuple(out)
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh, rules: LogicalRules) -> Iterator[None]:
+  """Within it, jitted code sees ``mesh`` and the model's logical constraints apply."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
+def logical_shardings(logical_specs: Any, mesh: Mesh, rules: LogicalRules) -> Any:
+  """NamedShardings for a pytree of logical ``PartitionSpec``s."""
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batches ``[B, ...]`` are split over ``(data, fsdp)`` and replicated over tensor."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles this process's rows into global arrays sharded over ``(data, fsdp)``.
+
+  Each process passes its own ``[B / process_count, ...]`` rows
+  (``jax.make_array_from_process_local_data``); on one process it is a device put.
+  """
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in local_batch.items()}
+
+
+def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if global_batch_size % shards:
+    raise ValueError(f"data.batch_size={global_batch_size} must be divisible by "
+                     f"mesh.data * mesh.fsdp = {shards}.")
