@@ -125,9 +125,9 @@ def make_loss_fn(loss_config: ml_collections.ConfigDict, num_steps: int) -> Loss
     return functools.partial(_dp_loss, budget=loss_config.budget)
   else:
     fn = losses.LOSSES[name]
-  # Check the hyper-parameters now, on dummy statistics of the right step count.
-  dummy = losses.step_log_probs(jnp.zeros((1, num_steps, 2)), jnp.zeros((1,), jnp.int32))
-  fn(dummy, jnp.ones((1,)))
+  # Check the hyper-parameters now (they are checked at trace time: nothing runs).
+  jax.eval_shape(lambda: fn(losses.step_log_probs(jnp.zeros((1, num_steps, 2)),
+                                                  jnp.zeros((1,), jnp.int32)), jnp.ones((1,))))
   return lambda stats, weights, multiplier: fn(stats, weights)
 
 

@@ -1,0 +1,39 @@
+# Quick start:  make train   (set up, then train the embedded default task)
+#               make test    (set up, then run the test suite)
+# Each target creates the virtual environment in .venv when it is missing and
+# installs the package with the tested versions pinned by requirements.lock.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+WORKDIR ?= workdirs/default
+CONFIG ?= configs/default.py
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup train test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
+	@touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) launch/train.py --config=$(CONFIG) --workdir=$(WORKDIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/losses.py
+	$(PY) benchmarks/model.py
+	$(PY) benchmarks/sharding.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .hypothesis

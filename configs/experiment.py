@@ -1,0 +1,66 @@
+r"""The CYB comparison (launch/experiment.py): five losses, same data, model, seeds and budget.
+
+  python launch/experiment.py --config=configs/experiment.py --config.preset=smoke \
+      --config.out_dir=/tmp/cyb_smoke
+
+Presets: "smoke" (a few minutes on a 2-core CPU: tiny model, one seed, K = 1),
+"main" (the embedded arithmetic task, K = 1 and 3, 3 seeds), "text" (English text).
+A preset sets the fields below it; any field can still be overridden after it.
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config(preset: str = "main") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.preset = preset  # "smoke" | "main" | "text" (the fields below are set per preset).
+  c.out_dir = f"workdirs/experiment_{preset}"  # Runs go to <out_dir>/runs/<name>; results here.
+  c.losses = ("ce", "pause_ce", "cyb_ap", "cyb_va", "cyb_dp")  # Losses to compare.
+  c.pauses = (1, 3)  # K values for the pause losses (ce always has K = 0).
+  c.seeds = (0, 1, 2)  # Seeds of the main comparison (sweeps use the first).
+  c.from_ce = False  # Fine-tune every run from a shared ce checkpoint per seed (paper's setting).
+  c.ce_init_steps = 500  # Steps of that shared ce checkpoint.
+  c.analyse_pauses = True  # Per-difficulty / per-token pause analysis of each main run.
+  s = ml_collections.ConfigDict()
+  s.gamma = ()  # cyb_ap sweep over gamma (one seed).
+  s.prior_continuation = ()  # cyb_va sweep over the geometric prior's q (one seed).
+  s.budget = ()  # cyb_dp sweep over the pause budget (one seed).
+  c.sweep = s
+  c.run = default.get_config()  # The per-run training config shared by every run.
+  c.run.progress_bar = False
+  c.run.write_report = False
+  c.run.keep_checkpoints = 1
+
+  if preset == "smoke":
+    c.pauses = (1,)
+    c.seeds = (0,)
+    c.run.num_train_steps = 60
+    c.run.eval_every_steps = 20
+    c.run.checkpoint_every_steps = 60
+    c.run.log_every_steps = 20
+    c.run.model.num_layers = 1
+    c.run.model.d_model = 32
+    c.run.model.num_heads = 2
+    c.run.model.mlp_dim = 64
+    c.run.data.seq_len = 32
+    c.run.data.batch_size = 8
+    c.run.data.eval_batches = 2
+    c.run.data.synthetic.max_digits = 2
+  elif preset == "main":
+    c.run.num_train_steps = 1500
+    c.run.eval_every_steps = 150
+    c.run.checkpoint_every_steps = 1500
+  elif preset == "text":
+    c.run.data.source = "text:../shared/data/tinyshakespeare.txt"
+    c.run.data.doc_per = "paragraph"
+    c.run.data.seq_len = 128
+    c.run.data.batch_size = 16
+    c.run.data.spm_vocab_size = 1024
+    c.run.num_train_steps = 1500
+    c.run.eval_every_steps = 150
+    c.run.checkpoint_every_steps = 1500
+  else:
+    raise ValueError(f"preset={preset!r} is unknown; allowed: 'smoke', 'main', 'text'.")
+  return c

@@ -1,0 +1,412 @@
+"""The CYB comparison: train the five losses on the same data, evaluate alike, compare.
+
+``run_experiment(config)`` trains every (loss, K, seed) run of ``config`` with
+:func:`cyb_jax.train.train_and_evaluate` (each in ``<out_dir>/runs/<name>``; a finished
+run is reused, an interrupted one resumes), optionally fine-tuning all of them from one
+shared ``ce`` checkpoint per seed (the paper's setting), then writes
+``results.json``, ``results.md`` and plots to ``out_dir``.
+
+Data efficiency (DESIGN section 5): for two models, take the final eval loss of the
+better one, read from the other's eval curve (eval loss against training tokens,
+linear interpolation, seeds averaged) how many tokens it needed to reach that loss,
+and divide by the better model's tokens. If it never got there, the ratio is at least
+its total tokens over the better model's tokens (reported as ``>= r``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from cyb_jax import analysis
+from cyb_jax import checkpoint as ckpt_lib
+from cyb_jax import losses
+from cyb_jax import report as report_lib
+from cyb_jax import train
+
+CYB_LOSSES = ("cyb_ap", "cyb_va", "cyb_dp")
+BASELINES = ("ce", "pause_ce")
+EVAL_LOSS = "eval/nll_mix"  # the mix protocol: step 0 for ce, step K for pause_ce
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One training run of the experiment."""
+
+  name: str
+  loss: str
+  max_pauses: int
+  seed: int
+  overrides: tuple[tuple[str, Any], ...] = ()  # (dotted config field, value)
+  sweep: str = ""  # "" for the main comparison, else the swept field
+
+
+def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+  *path, last = dotted.split(".")
+  target = config
+  for p in path:
+    target = target[p]
+  target[last] = value
+
+
+def _fmt(value: Any) -> str:
+  return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def plan_runs(config: ml_collections.ConfigDict) -> list[RunSpec]:
+  """Every run of the experiment: the main grid, then the one-seed sweeps."""
+  unknown = sorted(set(config.losses) - set(losses.LOSSES))
+  if unknown:
+    raise ValueError(f"losses {unknown} are unknown; allowed: {sorted(losses.LOSSES)}.")
+  if not config.seeds:
+    raise ValueError("seeds is empty: give at least one seed.")
+  if any(k < 1 for k in config.pauses):
+    raise ValueError(f"pauses={tuple(config.pauses)} must all be >= 1 (ce is the K = 0 run).")
+  runs = []
+  for seed in config.seeds:
+    if "ce" in config.losses:
+      runs.append(RunSpec(f"ce_s{seed}", "ce", 0, seed))
+    for k in config.pauses:
+      for loss in config.losses:
+        if loss != "ce":
+          runs.append(RunSpec(f"{loss}_K{k}_s{seed}", loss, k, seed))
+  seed = config.seeds[0]
+  for field, values in (("loss.gamma", config.sweep.gamma),
+                        ("loss.prior_continuation", config.sweep.prior_continuation),
+                        ("loss.budget", config.sweep.budget)):
+    loss = {"loss.gamma": "cyb_ap", "loss.prior_continuation": "cyb_va",
+            "loss.budget": "cyb_dp"}[field]
+    for value in values:
+      for k in config.pauses:
+        runs.append(RunSpec(f"{loss}_K{k}_s{seed}_{field.split('.')[1]}{_fmt(value)}", loss, k,
+                            seed, ((field, value),), sweep=field))
+  return runs
+
+
+def run_config(config: ml_collections.ConfigDict, spec: RunSpec) -> ml_collections.ConfigDict:
+  """The training config of one run: the shared template plus the run's loss, K and seed."""
+  c = copy.deepcopy(config.run)
+  c.unlock()
+  c.seed = spec.seed
+  c.loss.name = spec.loss
+  c.model.max_pauses = spec.max_pauses
+  for field, value in spec.overrides:
+    _set(c, field, value)
+  return c
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> float:
+  """Trains (or resumes/reuses) one run; returns the seconds it took now."""
+  start = time.perf_counter()
+  train.train_and_evaluate(config, workdir)
+  return time.perf_counter() - start
+
+
+def tokens_to_reach(curve: Sequence[tuple[float, float]], target: float) -> float | None:
+  """Training tokens at which an eval curve first reaches ``target`` (linear interpolation).
+
+  Args:
+    curve: ``(tokens, eval loss)`` points sorted by tokens.
+    target: the eval loss to reach.
+
+  Returns:
+    The tokens, or None if the curve never gets to ``target``.
+  """
+  prev = None
+  for tokens, loss in curve:
+    if loss <= target:
+      if prev is None or prev[1] == loss:
+        return float(tokens)
+      t0, l0 = prev
+      return float(t0 + (l0 - target) / (l0 - loss) * (tokens - t0))
+    prev = (tokens, loss)
+  return None
+
+
+def data_efficiency(curve_a: Sequence[tuple[float, float]],
+                    curve_b: Sequence[tuple[float, float]]) -> dict[str, Any]:
+  """How many times more training tokens the worse of two models needs (DESIGN section 5).
+
+  Returns a dict with ``better`` ("a" or "b"), ``target_loss`` (the better model's final
+  eval loss), ``tokens_better`` and ``tokens_worse`` (tokens to reach it; None if the
+  worse never did), ``ratio`` and ``lower_bound`` (True when the worse never reached the
+  target, so the ratio is its total tokens over the better's, a lower bound).
+  """
+  a_final, b_final = curve_a[-1][1], curve_b[-1][1]
+  better, worse, name = (curve_a, curve_b, "a") if a_final <= b_final else (curve_b, curve_a, "b")
+  target = better[-1][1]
+  tokens_better = tokens_to_reach(better, target)
+  tokens_worse = tokens_to_reach(worse, target)
+  lower_bound = tokens_worse is None
+  ratio = (worse[-1][0] if lower_bound else tokens_worse) / tokens_better
+  return {"better": name, "target_loss": target, "tokens_better": tokens_better,
+          "tokens_worse": tokens_worse, "ratio": ratio, "lower_bound": lower_bound}
+
+
+def mean_curve(workdirs: Sequence[str], key: str = EVAL_LOSS) -> list[tuple[float, float]]:
+  """Seed-averaged eval curve ``(tokens, loss)`` over the steps all runs evaluated."""
+  per_run = []
+  for workdir in workdirs:
+    _, evals = report_lib.read_metrics(workdir)
+    per_run.append({r["step"]: (r["train_tokens"], r[key]) for r in evals})
+  steps = sorted(set.intersection(*(set(r) for r in per_run)))
+  return [(float(np.mean([r[s][0] for r in per_run])), float(np.mean([r[s][1] for r in per_run])))
+          for s in steps]
+
+
+def _final(workdir: str) -> dict[str, Any]:
+  _, evals = report_lib.read_metrics(workdir)
+  return evals[-1]
+
+
+def _summarise(values: Sequence[float]) -> dict[str, float]:
+  arr = np.asarray(values, np.float64)
+  return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+          "n": int(arr.size)}
+
+
+def _pause_analysis(workdir: str, tau: float, loss_name: str) -> dict[str, Any]:
+  """Per-difficulty (synthetic) or per-token (text) pause statistics of a run's eval set."""
+  run = ckpt_lib.load_run(workdir)
+  fixed = train.fixed_step_of(loss_name)
+  stats = analysis.eval_set_stats(run.model_cfg, run.params, run.data.eval_batches, tau, fixed)
+  out: dict[str, Any] = {"summary": analysis.summarize(stats.stats)}
+  if stats.difficulty is not None:
+    diff = analysis.by_difficulty(stats.stats, stats.difficulty, run.data.info.difficulty_names)
+    out["difficulty"] = {
+        "levels": [dataclasses.asdict(g) for g in diff.levels],
+        "spearman_levels": diff.spearman_levels,
+        "spearman_levels_expected": diff.spearman_levels_expected,
+        "spearman_positions": diff.spearman_positions,
+    }
+  else:
+    tok = analysis.by_token(stats.stats, stats.inputs, stats.targets, piece=run.data.info.piece,
+                            min_count=20, top=12)
+    out["tokens"] = {k: [dataclasses.asdict(g) for g in getattr(tok, k)]
+                     for k in ("most_after", "least_after", "most_before", "least_before")}
+  return out
+
+
+def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Trains every run, then writes ``results.json``, ``results.md`` and plots to ``out_dir``.
+
+  Returns:
+    The results dict written to ``results.json``.
+  """
+  out_dir = os.path.abspath(config.out_dir)
+  specs = plan_runs(config)
+  for spec in specs:
+    train.validate_config(run_config(config, spec))
+  os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
+  timings = {}
+  ce_init = {}
+  if config.from_ce:
+    for seed in config.seeds:
+      base = ml_collections.ConfigDict(copy.deepcopy(config.run.to_dict()))
+      base.seed = seed
+      base.loss.name = "ce"
+      base.model.max_pauses = 0
+      base.num_train_steps = config.ce_init_steps
+      base.write_report = False
+      workdir = os.path.join(out_dir, "runs", f"ce_init_s{seed}")
+      timings[f"ce_init_s{seed}"] = _train(base, workdir)
+      ce_init[seed] = workdir
+  for spec in specs:
+    workdir = os.path.join(out_dir, "runs", spec.name)
+    c = run_config(config, spec)
+    if config.from_ce:
+      c.init_from = ce_init[spec.seed]
+    logging.info("Run %s -> %s", spec.name, workdir)
+    timings[spec.name] = _train(c, workdir)
+  results = summarise_runs(config, specs, out_dir, timings)
+  with open(os.path.join(out_dir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2, default=float)
+  write_results_md(config, results, out_dir)
+  return results
+
+
+def summarise_runs(config, specs: Sequence[RunSpec], out_dir: str,
+                   timings: dict[str, float]) -> dict[str, Any]:
+  """Final figures per (loss, K) over seeds, data-efficiency ratios, pause analyses."""
+  workdir = lambda spec: os.path.join(out_dir, "runs", spec.name)
+  main = [s for s in specs if not s.sweep]
+  groups: dict[str, list[RunSpec]] = {}
+  for s in main:
+    groups.setdefault(f"{s.loss}" if s.loss == "ce" else f"{s.loss}_K{s.max_pauses}", []).append(s)
+  rows = {}
+  for key, members in groups.items():
+    finals = [_final(workdir(s)) for s in members]
+    rows[key] = {
+        "loss": members[0].loss, "K": members[0].max_pauses,
+        "seeds": [s.seed for s in members],
+        "train_tokens": float(np.mean([f["train_tokens"] for f in finals])),
+        "seconds": float(np.mean([timings.get(s.name, float("nan")) for s in members])),
+        **{name: _summarise([f[f"eval/{name}"] for f in finals])
+           for name in ("nll_mix", "expected_pauses", "compute_mix", "threshold_nll",
+                        "threshold_accuracy", "threshold_pauses", "compute_threshold")},
+        "curve": mean_curve([workdir(s) for s in members]),
+    }
+  efficiency = {}
+  for k in config.pauses:
+    for loss in CYB_LOSSES:
+      key = f"{loss}_K{k}"
+      if key not in rows:
+        continue
+      for base in ("ce", f"pause_ce_K{k}"):
+        if base in rows:
+          eff = data_efficiency(rows[key]["curve"], rows[base]["curve"])
+          eff["better"] = key if eff["better"] == "a" else base
+          efficiency[f"{key} vs {base}"] = eff
+  pauses = {}
+  tau = config.run.eval.tau
+  if config.analyse_pauses:
+    for key, members in groups.items():
+      pauses[key] = _pause_analysis(workdir(members[0]), tau, members[0].loss)
+  sweeps = []
+  for s in specs:
+    if s.sweep:
+      f = _final(workdir(s))
+      sweeps.append({"name": s.name, "loss": s.loss, "K": s.max_pauses, "field": s.sweep,
+                     "value": s.overrides[0][1], "nll_mix": f[EVAL_LOSS],
+                     "expected_pauses": f["eval/expected_pauses"],
+                     "threshold_accuracy": f["eval/threshold_accuracy"],
+                     "seconds": timings.get(s.name)})
+  return {"preset": config.preset, "data": config.run.data.source,
+          "from_ce": bool(config.from_ce), "rows": rows, "efficiency": efficiency,
+          "pauses": pauses, "sweeps": sweeps}
+
+
+# ------------------------------------------------------------------------------------
+# Writing.
+# ------------------------------------------------------------------------------------
+
+
+def _pm(stat: dict[str, float], digits: int = 3) -> str:
+  if stat["n"] > 1:
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+  return f"{stat['mean']:.{digits}f}"
+
+
+def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
+  """``results.md`` with the tables and ``plots/*.png``; returns its path."""
+  plots = write_plots(results, out_dir)
+  lines = [f"# CYB comparison ({results['preset']})", "",
+           f"Data: `{results['data']}`; "
+           f"{'fine-tuned from a shared ce checkpoint' if results['from_ce'] else 'from scratch'};"
+           f" eval: mix protocol (`nll_mix`; step 0 for ce, step K for pause_ce) and "
+           f"threshold(tau={config.run.eval.tau}). Mean ± std over seeds.", "",
+           "| run | seeds | eval nll_mix | E[pauses] | compute/token | threshold nll | "
+           "threshold acc | threshold pauses | train tokens | s/run |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  for key, r in results["rows"].items():
+    lines.append(
+        f"| {key} | {len(r['seeds'])} | {_pm(r['nll_mix'])} | {_pm(r['expected_pauses'], 2)} | "
+        f"{_pm(r['compute_mix'], 2)} | {_pm(r['threshold_nll'])} | "
+        f"{_pm(r['threshold_accuracy'])} | {_pm(r['threshold_pauses'], 2)} | "
+        f"{r['train_tokens']:,.0f} | {r['seconds']:.0f} |")
+  lines += ["", "## Data efficiency", "",
+            "Tokens the worse model needs to reach the better model's final eval loss, divided "
+            "by the better model's tokens (seed-averaged curves; `>=` when it never got there).",
+            "", "| pair | better | target loss | ratio |", "|---|---|---|---|"]
+  for pair, e in results["efficiency"].items():
+    ratio = f"{'>= ' if e['lower_bound'] else ''}{e['ratio']:.2f}"
+    lines.append(f"| {pair} | {e['better']} | {e['target_loss']:.4f} | {ratio} |")
+  for key, p in results["pauses"].items():
+    if "difficulty" in p:
+      d = p["difficulty"]
+      lines += ["", f"### Pauses by difficulty: {key}", "",
+                f"Spearman(level, mean pauses) = {d['spearman_levels']:.2f}; "
+                f"with E[pauses]: {d['spearman_levels_expected']:.2f}.", "",
+                "| level | count | mean pauses | E[pauses] | acc step 0 | acc | gain |",
+                "|---|---|---|---|---|---|---|"]
+      for g in d["levels"]:
+        lines.append(f"| {g['name']} | {g['count']} | {g['mean_pauses']:.2f} | "
+                     f"{g['mean_expected_pauses']:.2f} | {g['accuracy_step0']:.3f} | "
+                     f"{g['accuracy']:.3f} | {g['gain']:+.3f} |")
+    elif "tokens" in p:
+      lines += ["", f"### Tokens that pause most / least (after reading them): {key}", "",
+                "| most | mean pauses | std | count | least | mean pauses | std | count |",
+                "|---|---|---|---|---|---|---|---|"]
+      for a, b in zip(p["tokens"]["most_after"], p["tokens"]["least_after"]):
+        lines.append(f"| `{a['name']}` | {a['mean_pauses']:.2f} | {a['std_pauses']:.2f} | "
+                     f"{a['count']} | `{b['name']}` | {b['mean_pauses']:.2f} | "
+                     f"{b['std_pauses']:.2f} | {b['count']} |")
+  if results["sweeps"]:
+    lines += ["", "## Sweeps (one seed)", "",
+              "| run | field | value | eval nll_mix | E[pauses] | threshold acc |",
+              "|---|---|---|---|---|---|"]
+    for s in results["sweeps"]:
+      lines.append(f"| {s['name']} | {s['field']} | {s['value']} | {s['nll_mix']:.4f} | "
+                   f"{s['expected_pauses']:.2f} | {s['threshold_accuracy']:.3f} |")
+  lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})"
+                                   for p in plots]
+  path = os.path.join(out_dir, "results.md")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return path
+
+
+def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  plot_dir = os.path.join(out_dir, "plots")
+  os.makedirs(plot_dir, exist_ok=True)
+  paths = []
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for key, r in results["rows"].items():
+    tokens, loss = zip(*r["curve"])
+    ax.plot(tokens, loss, marker="o", markersize=3, label=key,
+            linestyle="--" if r["loss"] in BASELINES else "-")
+  ax.set_xlabel("training tokens")
+  ax.set_ylabel("eval loss (nll_mix)")
+  ax.set_title("Eval loss against training tokens (mean over seeds)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  paths.append(os.path.join(plot_dir, "eval_loss_vs_tokens.png"))
+  fig.tight_layout()
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  for key, r in results["rows"].items():
+    ax.errorbar(r["compute_mix"]["mean"], r["nll_mix"]["mean"], yerr=r["nll_mix"]["std"],
+                marker="o", capsize=3, label=key)
+  ax.set_xlabel("compute per token (1 + mean pauses)")
+  ax.set_ylabel("final eval loss (nll_mix)")
+  ax.set_title("Loss against compute")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  paths.append(os.path.join(plot_dir, "loss_vs_compute.png"))
+  fig.tight_layout()
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+
+  with_levels = {k: p["difficulty"] for k, p in results["pauses"].items() if "difficulty" in p}
+  if with_levels:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    width = 0.8 / len(with_levels)
+    for i, (key, d) in enumerate(with_levels.items()):
+      names = [g["name"] for g in d["levels"]]
+      values = [g["mean_expected_pauses"] for g in d["levels"]]
+      ax.bar(np.arange(len(names)) + i * width, values, width, label=key)
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
+    ax.set_ylabel("mean E[pauses]")
+    ax.set_title("Pauses by difficulty level")
+    ax.legend(fontsize=8)
+    paths.append(os.path.join(plot_dir, "pauses_by_difficulty.png"))
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+  return paths

@@ -1,0 +1,16 @@
+"""Test-session set-up: a persistent XLA compilation cache shared by tests and workers.
+
+Most trainer tests compile the same tiny train step; the cache turns all but the
+first compilation into a disk read. Set CYB_JAX_TEST_CACHE to move it.
+"""
+
+import os
+
+import jax
+
+_CACHE = os.environ.get("CYB_JAX_TEST_CACHE",
+                        os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache",
+                                     "jax_test_compilation"))
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
