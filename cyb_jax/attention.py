@@ -72,30 +72,38 @@ def causal_segment_mask(segment_ids_BxN: jax.Array) -> jax.Array:
   return causal_NxN[None] & same_BxNxN
 
 
-def slot_mask(segment_ids_BxN: jax.Array, num_steps: int, layout: str) -> jax.Array:
+def slot_mask(
+    segment_ids_BxN: jax.Array, num_steps: int, layout: str, taken_pauses_BxN: jax.Array | None = None
+) -> jax.Array:
   """Visibility on the flattened slot grid, slot (n, k) at index n * num_steps + k.
 
   Returns `[B, N*(K+1), N*(K+1)]` bool (K + 1 = num_steps); slots never see other segments.
     private: (n, k) sees (m, 0) for m <= n and (n, k') for 1 <= k' <= k.
     visible: (n, k) sees (m, k') for m < n and any k', and (n, k') for k' <= k; in the
              interleaved order this is exactly causal attention over the flat sequence.
+  With `taken_pauses_BxN` (int, pauses taken at each position), pause slots (m, k') with
+  k' > taken_pauses[m] are hidden from every other position, as in adaptive decoding.
   """
   if layout not in ("private", "visible"):
     raise ValueError(f"layout must be 'private' or 'visible', got {layout!r}")
   n = segment_ids_BxN.shape[1]
   pos_S = jnp.repeat(jnp.arange(n), num_steps)
   step_S = jnp.tile(jnp.arange(num_steps), n)
+  q_pos, k_pos = pos_S[:, None], pos_S[None, :]
   if layout == "visible":
     flat_S = jnp.arange(n * num_steps)
     sees_SxS = flat_S[None, :] <= flat_S[:, None]
   else:
-    q_pos, k_pos = pos_S[:, None], pos_S[None, :]
     q_step, k_step = step_S[:, None], step_S[None, :]
     sees_real = (k_step == 0) & (k_pos <= q_pos)
     sees_own_pause = (k_pos == q_pos) & (k_step >= 1) & (k_step <= q_step)
     sees_SxS = sees_real | sees_own_pause
   seg_BxS = jnp.repeat(segment_ids_BxN, num_steps, axis=1)
-  return sees_SxS[None] & (seg_BxS[:, :, None] == seg_BxS[:, None, :])
+  mask_BxSxS = sees_SxS[None] & (seg_BxS[:, :, None] == seg_BxS[:, None, :])
+  if taken_pauses_BxN is not None:
+    taken_BxS = step_S[None] <= jnp.repeat(taken_pauses_BxN, num_steps, axis=1)
+    mask_BxSxS &= taken_BxS[:, None, :] | (q_pos == k_pos)[None]
+  return mask_BxSxS
 
 
 def attend(

@@ -25,6 +25,7 @@ functions below take `(cfg, params, ...)`. Shape letters: see `cyb_jax.layers`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -113,7 +114,7 @@ class ModelConfig:
           f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}"
       )
     if self.resolved_head_dim % 2:
-      raise ValueError(f"head dimension must be even for rotary positions, got {self.resolved_head_dim}")
+      raise ValueError(f"head dimension (head_dim or d_model // num_heads) must be even for rotary positions, got {self.resolved_head_dim}")
     if not math.isfinite(self.dk_bias_init):
       raise ValueError(f"dk_bias_init must be finite, got {self.dk_bias_init}")
     if not self.rope_base > 0:
@@ -317,8 +318,12 @@ def _init_variables(cfg: ModelConfig, rng: jax.Array):
   return Transformer(cfg).init(rng, jnp.zeros((1, 1), jnp.int32))
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init_params(cfg: ModelConfig, rng: jax.Array):
-  """A fresh parameter pytree of plain arrays (logical-axis boxes removed)."""
+  """A fresh parameter pytree of plain arrays (logical-axis boxes removed).
+
+  Jitted; under an outer `jax.jit(..., out_shardings=...)` the parameters are created sharded.
+  """
   return nn.unbox(_init_variables(cfg, rng)["params"])
 
 
@@ -433,13 +438,17 @@ def _private_step_hidden(cfg: ModelConfig, params, tokens_BxN, segment_ids_BxN, 
   return jnp.concatenate([hidden0_BxNxD[:, :, None], jnp.moveaxis(hidden_KxBxNxD, 0, 2)], axis=2)
 
 
-def step_hidden_flat(cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, positions=None):
+def step_hidden_flat(cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, positions=None, taken_pauses=None):
   """Final hidden states `[B, N, K+1, D]` of either layout, computed on the flattened grid.
 
   The N (K+1) slots are laid out as (n, k) -> n (K+1) + k with inputs embed(x_n) for k = 0 and
   pause_embed[k-1] for k > 0, rotary position positions[n] for every slot of n, and the
   `slot_mask` of `cfg.pause_layout`. Attention work is (K+1)^2 N^2; this is the implementation
   of `visible` and the reference for `private`.
+
+  `taken_pauses` (`[B, N]` int, optional) hides pause slots k > taken_pauses[m] from every other
+  position: the `visible` layout as an adaptive decoder that took those pauses computes it.
+  Other arguments as in `step_hidden`.
   """
   segment_ids, positions = _default_ids(tokens_BxN, segment_ids, positions)
   b, n = tokens_BxN.shape
@@ -451,7 +460,9 @@ def step_hidden_flat(cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, 
     x_BxNxKxD = jnp.concatenate([x_BxNxKxD, jnp.broadcast_to(pauses_KxD, (b, n, steps - 1, cfg.d_model))], axis=2)
   x_BxSxD = x_BxNxKxD.reshape(b, n * steps, cfg.d_model)
   positions_BxS = jnp.repeat(positions, steps, axis=1)
-  mask_BxSxS = slot_mask(segment_ids, steps, cfg.pause_layout)
+  if taken_pauses is not None and taken_pauses.shape != tokens_BxN.shape:
+    raise ValueError(f"taken_pauses must have the tokens' shape {tokens_BxN.shape}, got {taken_pauses.shape}")
+  mask_BxSxS = slot_mask(segment_ids, steps, cfg.pause_layout, taken_pauses)
   hidden_BxSxD, _ = hidden_states(cfg, params, x_BxSxD, positions_BxS, None, Visibility(mask_BxSxS))
   return hidden_BxSxD.reshape(b, n, steps, cfg.d_model)
 

@@ -1,0 +1,140 @@
+"""The jitted decoder (cyb_jax.decode) against the training forward (cyb_jax.model.step_logits)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cyb_jax import decode
+from cyb_jax import model as model_lib
+
+# The model tests' configs, sizes and jitted forward, so that both files share compilations.
+from tests.test_model import CFG, VISIBLE, B, K, N, V, step_logits
+
+P = 4
+T = N - P  # prompt + generated tokens have the model tests' length
+TOL = dict(rtol=1e-5, atol=2e-5)
+
+
+def _params(dk_scale=0.5, dk_bias=5.0):
+  """Random parameters whose DK probability varies a lot across slots (so halting steps vary)."""
+  params = model_lib.init_params(CFG, jax.random.key(0))
+  params["dk_head"]["kernel"] = dk_scale * jax.random.normal(jax.random.key(1), (CFG.d_model,))
+  params["dk_head"]["bias"] = jnp.asarray(dk_bias, jnp.float32)
+  return params
+
+
+def _prompt(seed=2):
+  return jax.random.randint(jax.random.key(seed), (B, P), 0, V)
+
+
+def _generate(cfg, params, halting, **kwargs):
+  return decode.generate(
+      cfg, params, _prompt(), jax.random.key(3), max_new_tokens=T, halting=halting, return_stats=True, **kwargs
+  )
+
+
+@pytest.mark.parametrize("cfg", [CFG, VISIBLE], ids=["private", "visible"])
+def test_teacher_forced_decoder_logits_equal_step_logits(cfg):
+  params, tokens = _params(), jax.random.randint(jax.random.key(4), (B, N), 0, V)
+  logits, pauses = decode.teacher_forced_step_logits(cfg, params, tokens)
+  np.testing.assert_array_equal(pauses, K)
+  np.testing.assert_allclose(logits, step_logits(cfg, params, tokens), **TOL)
+
+
+def _threshold_decisions(logits_BxTxKxV1, threshold):
+  """Halting step k* (first k with d_k <= threshold, else K) and argmax answer at k*."""
+  d_BxTxK = np.asarray(jax.nn.softmax(logits_BxTxKxV1, axis=-1)[..., -1])
+  halts = d_BxTxK <= threshold
+  halts[..., -1] = True
+  k_star = halts.argmax(-1)
+  answers = np.take_along_axis(np.asarray(logits_BxTxKxV1[..., :-1]).argmax(-1), k_star[..., None], -1)[..., 0]
+  return k_star, answers
+
+
+def test_private_threshold_decoding_reproduces_step_logits_decisions():
+  params = _params()
+  tokens, pauses, stats = _generate(CFG, params, "threshold", threshold=0.5)
+  assert tokens.shape == pauses.shape == (B, T) and tokens.dtype == pauses.dtype == jnp.int32
+  logits = step_logits(CFG, params, jnp.concatenate([_prompt(), tokens], axis=1))[:, P - 1 : P - 1 + T]
+  k_star, answers = _threshold_decisions(logits, 0.5)
+  np.testing.assert_array_equal(pauses, k_star)
+  np.testing.assert_array_equal(tokens, answers)
+  assert 0 < pauses.mean() < K  # the check covers early and late answers
+
+
+def test_greedy_halting_answers_when_dk_is_not_the_argmax():
+  params = _params(dk_bias=1.0)
+  tokens, pauses, _ = _generate(CFG, params, "greedy")
+  logits = np.asarray(step_logits(CFG, params, jnp.concatenate([_prompt(), tokens], axis=1))[:, P - 1 : P - 1 + T])
+  answers_now = logits.argmax(-1) != V
+  answers_now[..., -1] = True
+  np.testing.assert_array_equal(pauses, answers_now.argmax(-1))
+  assert 0 < pauses.mean() < K
+
+
+def test_visible_decoding_with_all_pauses_reproduces_step_logits():
+  params = _params()
+  tokens, pauses, stats = _generate(VISIBLE, params, "max")
+  np.testing.assert_array_equal(pauses, K)
+  np.testing.assert_array_equal(stats["pause_steps"], K)
+  logits = step_logits(VISIBLE, params, jnp.concatenate([_prompt(), tokens], axis=1))
+  np.testing.assert_array_equal(tokens, logits[:, P - 1 : P - 1 + T, K, :-1].argmax(-1))
+
+
+def test_visible_adaptive_decoding_keeps_only_taken_pauses_in_context():
+  """Teacher-forced visible decoding with early answers equals the flat visible forward in which
+  each position's untaken pause slots are hidden from later positions."""
+  params, tokens = _params(), jax.random.randint(jax.random.key(4), (B, N), 0, V)
+  logits, pauses = decode.teacher_forced_step_logits(VISIBLE, params, tokens, halting="threshold", threshold=0.5)
+  assert 0 < pauses.mean() < K
+  hidden = jax.jit(model_lib.step_hidden_flat, static_argnums=0)(VISIBLE, params, tokens, taken_pauses=pauses)
+  expected = model_lib.logits_from_hidden(VISIBLE, params, hidden)
+  taken_BxNxK = np.arange(K + 1) <= np.asarray(pauses)[..., None]
+  np.testing.assert_allclose(np.asarray(logits)[taken_BxNxK], np.asarray(expected)[taken_BxNxK], **TOL)
+  # Hiding untaken pauses matters: the full visible forward differs at later positions.
+  full = np.asarray(step_logits(VISIBLE, params, tokens))
+  assert np.abs(full[taken_BxNxK] - np.asarray(logits)[taken_BxNxK]).max() > 1e-3
+
+
+@pytest.mark.parametrize("dk_bias, expected_steps", [(-30.0, 0), (30.0, K), (5.0, None)])
+def test_pause_loop_stops_when_every_sequence_has_answered(dk_bias, expected_steps):
+  tokens, pauses, stats = _generate(CFG, _params(dk_scale=0.5 * (dk_bias == 5.0), dk_bias=dk_bias), "threshold")
+  loop_steps = np.asarray(stats["pause_steps"])
+  np.testing.assert_array_equal(loop_steps, pauses.max(axis=0))  # exactly as many steps as the slowest sequence
+  if expected_steps is not None:
+    np.testing.assert_array_equal(loop_steps, expected_steps)
+  else:
+    assert loop_steps.min() < K and np.any(pauses.min(axis=0) < loop_steps)  # some sequences wait for others
+
+
+def test_sampling_is_reproducible_and_pauses_follow_dk_probability():
+  params = _params(dk_scale=0.0, dk_bias=0.0)  # d_k = 1 / (1 + sum exp(z)) at every step
+  first = _generate(CFG, params, "sample", temperature=1.0)
+  again = _generate(CFG, params, "sample", temperature=1.0)
+  jax.tree.map(np.testing.assert_array_equal, first, again)
+  assert np.all((0 <= first[1]) & (first[1] <= K)) and np.all((0 <= first[0]) & (first[0] < V))
+  params = _params(dk_scale=0.0, dk_bias=30.0)  # DK almost surely: every sequence takes all K pauses
+  np.testing.assert_array_equal(_generate(CFG, params, "sample", temperature=1.0)[1], K)
+
+
+def test_zero_pauses_decodes_as_an_ordinary_language_model():
+  """K = 0 decodes greedily from the step-0 logits (those of any K, see test_model)."""
+  zero = dataclasses.replace(CFG, max_pauses=0)
+  params = _params()
+  tokens, pauses, stats = _generate(zero, {key: value for key, value in params.items() if key != "pause_embed"}, "threshold")
+  np.testing.assert_array_equal(pauses, 0)
+  np.testing.assert_array_equal(stats["pause_steps"], 0)
+  logits = step_logits(CFG, params, jnp.concatenate([_prompt(), tokens], axis=1))
+  np.testing.assert_array_equal(tokens, logits[:, P - 1 : P - 1 + T, 0, :-1].argmax(-1))
+
+
+def test_generate_rejects_bad_arguments():
+  with pytest.raises(ValueError, match="halting must be one of"):
+    decode.generate(CFG, None, _prompt(), jax.random.key(0), max_new_tokens=2, halting="never")
+  with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 1, got 0"):
+    decode.generate(CFG, None, _prompt(), jax.random.key(0), max_new_tokens=0)
+  with pytest.raises(ValueError, match=r"prompt must be an integer array \[B, N\]"):
+    decode.generate(CFG, None, jnp.zeros((B,), jnp.int32), jax.random.key(0), max_new_tokens=2)
