@@ -26,7 +26,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -38,7 +38,6 @@ from matplotlib.patches import Patch
 
 from cyb_jax import analysis
 from cyb_jax import decode
-from cyb_jax import losses
 from cyb_jax.model import ModelConfig
 
 REPORT_FILE = "report.md"
@@ -48,7 +47,6 @@ STATS_JSON = "pause_stats.json"
 STATS_MD = "pause_stats.md"
 PAUSE_MARK = "·"  # one per pause in rendered samples
 
-_FIXED_STEP_OF_LOSS = {"ce": 0, "pause_ce": -1}
 _MAX_CURVE_ROWS = 12  # eval rows listed in report.md (evenly thinned, last always kept)
 
 
@@ -84,13 +82,6 @@ def read_metrics(workdir: str) -> tuple[list[dict[str, Any]], list[dict[str, Any
   train = [r for r in rows if "train/nll_mix" in r or "train/loss" in r]
   evals = [r for r in rows if "eval/nll_mix" in r]
   return train, evals
-
-
-def fixed_step_of_loss(loss_name: str) -> int | None:
-  """The step a fixed-step baseline reads (``ce``: 0, ``pause_ce``: -1 = K); None for CYB losses."""
-  if loss_name not in losses.LOSSES:
-    raise ValueError(f"loss_name={loss_name!r} is unknown; allowed: {sorted(losses.LOSSES)}.")
-  return _FIXED_STEP_OF_LOSS.get(loss_name)
 
 
 # --------------------------------------------------------------------------------------------

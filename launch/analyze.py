@@ -7,8 +7,14 @@ Loads the run's checkpoint (the newest unless --step), runs the model on the run
 prints the tables and writes <out>/pause_stats.json, <out>/pause_stats.md and <out>/plots/.
 """
 
+import os
+
 from absl import app
 from absl import flags
+
+from cyb_jax import checkpoint
+from cyb_jax import report
+from cyb_jax import train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (as given to launch/train.py).", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
@@ -21,14 +27,12 @@ _TOP = flags.DEFINE_integer("top", 20, "Tokens listed as most / least pausing.")
 def analyze_run(workdir: str, *, step: int | None = None, tau: float | None = None, out: str | None = None,
                 min_count: int = 20, top: int = 20) -> str:
   """Loads a run and writes its pause statistics; returns the markdown tables (see report.write_analysis)."""
-  import os  # pylint: disable=g-import-not-at-top
-  from cyb_jax import checkpoint, report  # pylint: disable=g-import-not-at-top
   run = checkpoint.load_run(workdir, step)
   tau = run.config.eval.tau if tau is None else tau
   out = out or os.path.join(workdir, "analysis", f"step_{run.step}")
   text = report.write_analysis(
       out, model_cfg=run.model_cfg, params=run.params, eval_batches=run.data.eval_batches, info=run.data.info,
-      tau=tau, fixed_step=report.fixed_step_of_loss(run.config.loss.name), min_count=min_count, top=top,
+      tau=tau, fixed_step=train.fixed_step_of(run.config.loss.name), min_count=min_count, top=top,
       vocab_chunk=run.config.loss.get("vocab_chunk", 0) or None,
       run={"workdir": os.path.abspath(workdir), "step": run.step, "loss": run.config.loss.name,
            "max_pauses": run.model_cfg.max_pauses, "pause_layout": run.model_cfg.pause_layout})
