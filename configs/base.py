@@ -40,7 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   m.param_dtype = "float32"  # Parameter dtype.
   m.remat_policy = "none"  # Block rematerialisation: none | full | dots_saveable | ...
   m.scan_layers = False  # Stack layers and nn.scan over them (faster compiles for deep models).
-  m.dk_bias_init = 0.0  # Initial bias of the <don't know> logit (log-odds of pausing ~ this).
+  m.dk_bias_init = 0.0  # Initial bias of the <don't know> logit (used when init_pause_prob = 0).
+  m.init_pause_prob = 0.5  # If > 0: start with P(<don't know>) ~ this at every step, by setting
+  #                          dk_bias_init = logit(p) + log V, so pauses are reachable early.
   m.rope_base = 10000.0  # Rotary frequency base.
   c.model = m
 

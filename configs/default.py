@@ -19,7 +19,7 @@ def get_config():
   c.model.num_heads = 4
   c.model.mlp_dim = 512
   c.model.max_pauses = 3
-  c.model.dk_bias_init = 0.0
+  c.model.init_pause_prob = 0.5
   c.loss.name = "cyb_ap"
   c.loss.gamma = 0.9
   c.data.source = "synthetic"

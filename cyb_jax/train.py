@@ -71,9 +71,15 @@ class TrainState:
 
 def make_model_config(config: ml_collections.ConfigDict, data_vocab_size: int
                       ) -> model_lib.ModelConfig:
-  """The ModelConfig of ``config.model``; ``vocab_size = 0`` takes the data's vocabulary."""
+  """The ModelConfig of ``config.model``; ``vocab_size = 0`` takes the data's vocabulary.
+
+  ``model.init_pause_prob = p > 0`` sets ``dk_bias_init = logit(p) + log V``: at
+  initialisation the vocabulary logits are near 0, so P(<don't know>) starts near ``p``
+  at every step and the pause steps receive gradient from the start.
+  """
   fields = {f.name for f in dataclasses.fields(model_lib.ModelConfig)}
   m = dict(config.model)
+  init_pause_prob = float(m.pop("init_pause_prob", 0.0))
   unknown = sorted(set(m) - fields)
   if unknown:
     raise ValueError(f"unknown model config fields {unknown}; allowed: {sorted(fields)}.")
@@ -83,6 +89,11 @@ def make_model_config(config: ml_collections.ConfigDict, data_vocab_size: int
                      f"({data_vocab_size} ids); use 0 to take the data's.")
   for key in ("num_kv_heads", "head_dim"):  # 0 in the config means "derive it".
     m[key] = int(m.get(key) or 0) or None
+  if not 0.0 <= init_pause_prob < 1.0:
+    raise ValueError(f"model.init_pause_prob={init_pause_prob} must lie in [0, 1) "
+                     "(0 = use model.dk_bias_init as given).")
+  if init_pause_prob > 0:
+    m["dk_bias_init"] = math.log(init_pause_prob / (1 - init_pause_prob)) + math.log(vocab)
   return model_lib.ModelConfig(vocab_size=vocab, **m)
 
 
@@ -245,14 +256,15 @@ def train_step(state: TrainState, batch: Batch, *, model_cfg: model_lib.ModelCon
       (loss, metrics), grads = grad_fn(state.params, micro)
       w = metrics["weight_sum"]
       scaled = jax.tree.map(lambda x: x * w, (loss, metrics, grads))
-      return jax.tree.map(jnp.add, carry, scaled), None
+      return jax.tree.map(jnp.add, carry, (scaled, w)), None
 
-    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-        lambda: (lambda r: (r[0][0], r[0][1], r[1]))(
-            grad_fn(state.params, jax.tree.map(lambda x: x[0], micro_batches)))))
-    (loss, metrics, grads), _ = jax.lax.scan(accumulate, zeros, micro_batches)
-    total = jnp.maximum(metrics["weight_sum"], 1e-9)
-    loss, metrics, grads = jax.tree.map(lambda x: x / total, (loss, metrics, grads))
+    first = jax.tree.map(lambda x: x[0], micro_batches)
+    shapes = jax.eval_shape(lambda: (lambda r: ((r[0][0], r[0][1], r[1]), r[0][1]["weight_sum"]))(
+        grad_fn(state.params, first)))
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+    (sums, total), _ = jax.lax.scan(accumulate, zeros, micro_batches)
+    total = jnp.maximum(total, 1e-9)
+    loss, metrics, grads = jax.tree.map(lambda x: x / total, sums)
     metrics["weight_sum"] = total
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -538,11 +550,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     if stopped == "completed" and not final:
       final = evaluate_now(step)
-    if stopped == "completed" and is_main and config.write_report and data.eval_batches:
-      from cyb_jax import report  # pylint: disable=g-import-not-at-top
-      report.write_report(workdir, model_cfg=model_cfg, params=state.params,
-                          eval_batches=data.eval_batches, info=data.info,
-                          loss_name=config.loss.name, tau=config.eval.tau,
-                          fixed_step=fixed_step)
+    if stopped == "completed" and config.write_report and data.eval_batches:
+      params = state.params
+      if jax.process_count() > 1:  # every process takes part; process 0 then writes alone
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        params = multihost_utils.process_allgather(params)
+      if is_main:
+        from cyb_jax import report  # pylint: disable=g-import-not-at-top
+        report.write_report(workdir, model_cfg=model_cfg, params=params,
+                            eval_batches=data.eval_batches, info=data.info,
+                            loss_name=config.loss.name, tau=config.eval.tau,
+                            fixed_step=fixed_step,
+                            vocab_chunk=config.loss.vocab_chunk or None)
   return dict(final, step=step, train_tokens=train_tokens, stopped=stopped)
 
