@@ -85,24 +85,40 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | dict,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A ``(data, fsdp, tensor)`` mesh with Auto axis types (GSPMD propagation).
 
-  ``devices`` defaults to all devices. With ``dcn_data > 1`` (several slices) the
-  data axis spans slices through ``mesh_utils.create_hybrid_device_mesh``.
+  Args:
+    mesh_config: ``{data, fsdp, tensor, dcn_data}`` sizes; one of the first three
+      may be ``-1`` to take the devices the others leave.
+    devices: the devices to lay out (default: all devices of all processes). They
+      may also be a TPU topology's devices for ahead-of-time compilation
+      (``benchmarks/tpu_compile.py``).
+
+  Returns:
+    A Mesh of shape ``(data, fsdp, tensor)``. On one slice the devices are ordered
+    by ``jax.make_mesh`` so the inner axes (tensor, then fsdp) get the fastest
+    interconnect. With ``dcn_data > 1`` the data axis is split into
+    ``dcn_data`` groups of whole slices (``mesh_utils.create_hybrid_device_mesh``):
+    only data-parallel gradient reductions then cross the slower data-centre network.
+
+  Raises:
+    ValueError: sizes that do not multiply to the number of devices.
   """
   devices = list(jax.devices() if devices is None else devices)
   sizes = dict(mesh_config)
   dcn_data = int(sizes.pop("dcn_data", 1))
+  unknown = sorted(set(sizes) - set(MESH_AXES))
+  if unknown:
+    raise ValueError(f"unknown mesh axes {unknown}; allowed: {list(MESH_AXES)} and dcn_data.")
+  if dcn_data < 1:
+    raise ValueError(f"mesh.dcn_data={dcn_data} must be >= 1 (the number of slices).")
   shape = mesh_shape(sizes, len(devices))
   axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-  if dcn_data > 1:
-    from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
-    if shape[0] % dcn_data:
-      raise ValueError(f"mesh.data={shape[0]} must be divisible by mesh.dcn_data={dcn_data}.")
-    ici = (shape[0] // dcn_data, shape[1], shape[2])
-    grid = mesh_utils.create_hybrid_device_mesh(ici, (dcn_data, 1, 1), devices)
-  elif devices == list(jax.devices()):
-    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types)
-  else:
-    grid = np.asarray(devices).reshape(shape)
+  if dcn_data == 1:
+    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+  if shape[0] % dcn_data:
+    raise ValueError(f"mesh.data={shape[0]} must be divisible by mesh.dcn_data={dcn_data}.")
+  from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+  ici = (shape[0] // dcn_data, shape[1], shape[2])
+  grid = mesh_utils.create_hybrid_device_mesh(ici, (dcn_data, 1, 1), devices)
   return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
@@ -132,21 +148,51 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """Every device holds the whole array (scalars, metrics, the step counter)."""
   return NamedSharding(mesh, P())
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Assembles this process's rows into global arrays sharded over ``(data, fsdp)``.
+  """Assembles every process's rows into global arrays sharded over ``(data, fsdp)``.
 
-  Each process passes its own ``[B / process_count, ...]`` rows
-  (``jax.make_array_from_process_local_data``); on one process it is a device put.
+  Args:
+    local_batch: this process's ``[B / P, ...]`` rows of each array (P processes);
+      process p holds global rows ``[p B / P, (p + 1) B / P)`` (``cyb_jax.data``).
+    mesh: the run's mesh.
+
+  Returns:
+    ``[B, ...]`` arrays placed by ``batch_sharding(mesh)``, built with
+    ``jax.make_array_from_process_local_data`` and no cross-process traffic: each
+    process's devices receive the rows it read. On one process it is a device put.
   """
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in local_batch.items()}
+  processes = jax.process_count()
+  out = {}
+  for name, value in local_batch.items():
+    value = np.asarray(value)
+    if value.ndim == 0:
+      raise ValueError(f"batch[{name!r}] is a scalar; every batch array needs a leading "
+                       "row axis [B / process_count, ...].")
+    global_shape = (value.shape[0] * processes,) + value.shape[1:]
+    out[name] = jax.make_array_from_process_local_data(sharding, value, global_shape)
+  return out
+
+
+def bytes_per_device(tree: Any) -> dict[jax.Device, int]:
+  """Bytes of every array of ``tree`` that each addressable device holds.
+
+  A replicated array counts in full on every device; an array sharded n ways counts
+  1/n of its size on each of its devices.
+  """
+  totals: dict[jax.Device, int] = {}
+  for leaf in jax.tree.leaves(tree):
+    for shard in getattr(leaf, "addressable_shards", ()):
+      totals[shard.device] = totals.get(shard.device, 0) + shard.data.nbytes
+  return totals
 
 
 def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
+  """Raises ValueError unless the global batch splits evenly over ``data * fsdp``."""
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if global_batch_size % shards:
     raise ValueError(f"data.batch_size={global_batch_size} must be divisible by "

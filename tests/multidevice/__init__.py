@@ -1,0 +1,1 @@
+"""Helpers for the multi-device tests: programs run in subprocesses with fake CPU devices."""

@@ -1,0 +1,184 @@
+"""A tiny run config and the trainer's sharded state and step, built for a given device set.
+
+Shared by the test process (the 1-device reference) and the subprocesses that run with
+8 fake CPU devices or as one of several `jax.distributed` processes. Everything here is
+assembled from the trainer's own public pieces (`train.state_shardings`,
+`train.init_state`, `train.train_step`, `sharding.make_mesh`, `sharding.global_batch`),
+jitted exactly as `train.train_and_evaluate` jits them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from configs import default as default_config
+from cyb_jax import sharding
+from cyb_jax import train
+from cyb_jax.data import make_data
+
+# XLA flags for every subprocess: 8 fake devices, and the cheapest CPU code generation
+# (compiling dominates these tests; numerics are unchanged to float32 rounding).
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0",
+                      "--xla_llvm_disable_expensive_passes=true",
+                      "--xla_cpu_use_fusion_emitters=false")
+MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 4, 2))
+NUM_STEPS = 3
+
+
+def tiny_config(**overrides: Any) -> ml_collections.ConfigDict:
+  """A 1-layer, d_model 32, K = 2 CYB-AP run on the synthetic task: batch 8 x 16 tokens.
+
+  Every sharded dimension divides 8 (vocab 32, d_model 32, heads 2, mlp 64), so each
+  mesh of 8 devices shards it evenly. ``overrides`` are dotted paths, e.g.
+  ``{"mesh.fsdp": 4}``.
+  """
+  c = default_config.get_config()
+  c.num_train_steps = NUM_STEPS
+  c.eval_every_steps = NUM_STEPS
+  c.checkpoint_every_steps = NUM_STEPS
+  c.log_every_steps = 1
+  c.progress_bar = False
+  c.write_report = False
+  c.model.vocab_size = 32
+  c.model.num_layers = 1
+  c.model.d_model = 32
+  c.model.num_heads = 2
+  c.model.mlp_dim = 64
+  c.model.max_pauses = 2
+  c.data.seq_len = 16
+  c.data.batch_size = 8
+  c.data.eval_batches = 0
+  c.data.synthetic.max_digits = 2
+  c.optimizer.warmup_steps = 1
+  for key, value in overrides.items():
+    target = c
+    *path, last = key.split(".")
+    for p in path:
+      target = target[p]
+    target[last] = value
+  return c
+
+
+def subprocess_env(num_devices: int) -> dict[str, str]:
+  """Environment of a child JAX process with ``num_devices`` CPU devices.
+
+  It shares the test session's persistent compilation cache (``tests/conftest.py``).
+  """
+  env = dict(os.environ)
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  env["XLA_FLAGS"] = " ".join(
+      [*flags, f"--xla_force_host_platform_device_count={num_devices}", *FAST_COMPILE_FLAGS])
+  env["JAX_PLATFORMS"] = "cpu"
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir or "")
+  if not env["JAX_COMPILATION_CACHE_DIR"]:
+    del env["JAX_COMPILATION_CACHE_DIR"]
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+  env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+  return env
+
+
+@dataclasses.dataclass
+class ShardedRun:
+  """The trainer's jitted functions on one mesh.
+
+  create: rng -> TrainState, laid out by ``shardings``;
+  step: (state, global batch) -> (state, metrics), the state donated.
+  """
+
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  rules: Any
+  shardings: train.TrainState
+  create: Any
+  step: Any
+  data: Any
+
+  def abstract_state(self) -> train.TrainState:
+    """``ShapeDtypeStruct``s of the state carrying this mesh's shardings (restore target)."""
+    with sharding.mesh_context(self.mesh, self.rules):
+      shapes = jax.eval_shape(self.create, jax.random.key(self.config.seed))
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        shapes, self.shardings)
+
+  def batch(self, i: int) -> dict[str, jax.Array]:
+    """Global batch ``i`` of the training stream, placed over ``(data, fsdp)``."""
+    self.data.train.set_state(_batch_state(self.data.train.get_state(), i))
+    local = next(self.data.train)
+    return sharding.global_batch({k: local[k] for k in train.BATCH_KEYS}, self.mesh)
+
+  def run(self, state: train.TrainState, first: int, count: int
+          ) -> tuple[train.TrainState, list[float]]:
+    """Steps ``first + 1 .. first + count`` from ``state``; returns the new state and losses."""
+    losses = []
+    with sharding.mesh_context(self.mesh, self.rules):
+      for i in range(first, first + count):
+        state, metrics = self.step(state, self.batch(i))
+        losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+def _batch_state(state: dict, index: int) -> dict:
+  if state.get("kind") != "indexed":
+    raise ValueError(f"expected the synthetic task's indexed iterator, got {state.get('kind')!r}.")
+  return dict(state, batch_index=index)
+
+
+def build(config: ml_collections.ConfigDict, *, workdir: str,
+          devices: Sequence[jax.Device] | None = None) -> ShardedRun:
+  """The trainer's sharded ``create`` and ``step`` for ``config.mesh`` over ``devices``.
+
+  ``workdir`` is where the data pipeline may write (the synthetic task writes nothing).
+  """
+  data = make_data(config.data, seed=config.seed, workdir=workdir,
+                   process_index=jax.process_index(), process_count=jax.process_count())
+  model_cfg = train.make_model_config(config, data.info.vocab_size)
+  loss_fn = train.make_loss_fn(config.loss, model_cfg.num_steps)
+  tx, schedule = train.make_optimizer(config.optimizer, config.num_train_steps)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  rules = sharding.rules_from_config(config.logical_axis_rules)
+  with sharding.mesh_context(mesh, rules):
+    shardings = train.state_shardings(model_cfg, tx, mesh, rules)
+  create = jax.jit(functools.partial(train.init_state, model_cfg=model_cfg, tx=tx,
+                                     multiplier_init=config.loss.multiplier_init),
+                   out_shardings=shardings)
+  step = jax.jit(
+      functools.partial(train.train_step, model_cfg=model_cfg, loss_fn=loss_fn, tx=tx,
+                        schedule=schedule, accum_steps=config.optimizer.grad_accum_steps,
+                        multiplier_rate=config.loss.multiplier_rate,
+                        vocab_chunk=config.loss.vocab_chunk),
+      in_shardings=(shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+  return ShardedRun(config=config, mesh=mesh, rules=rules, shardings=shardings, create=create,
+                    step=step, data=data)
+
+
+def initial_state(run: ShardedRun) -> train.TrainState:
+  with sharding.mesh_context(run.mesh, run.rules):
+    return run.create(jax.random.key(run.config.seed))
+
+
+def shard_shapes(tree: Any) -> dict[str, list[list[int]]]:
+  """``{path: [global shape, shape of the shard on the first device]}`` of every array."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if isinstance(leaf, jax.Array) and leaf.ndim:
+      out[jax.tree_util.keystr(path)] = [list(leaf.shape),
+                                         list(leaf.addressable_shards[0].data.shape)]
+  return out
+
+
+def host_params(state: train.TrainState) -> dict[str, np.ndarray]:
+  """The parameters as ``{path: numpy array}`` (gathered from every shard)."""
+  return {jax.tree_util.keystr(p): np.asarray(jax.device_get(x))
+          for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
