@@ -117,27 +117,33 @@ def attend(
 
   out[b, s, h] = sum_c softmax_c(q . k_c / sqrt(E)) v_c over the visible candidates c of query
   (b, s): shared keys m with shared_mask[b, s, m], private keys (s, j) with private_mask[b, s, j].
-  Query head h reads key/value head h // R (grouped-query attention). Scores and softmax are
-  float32; the result `[B, S, H, E]` is in q's dtype.
+  Query head h reads key/value head h // R (grouped-query attention). The two score blocks
+  share one running maximum and one normaliser, applied after the value products, so the
+  `[.., M]` scores are never concatenated or rescaled. Scores are float32; the result
+  `[B, S, H, E]` is in q's dtype.
   """
   b, s, h, e = q_BxSxHxE.shape
   g = shared.k.shape[-2]
   q_BxSxGxRxE = (q_BxSxHxE * jnp.asarray(e**-0.5, q_BxSxHxE.dtype)).reshape(b, s, g, h // g, e)
-  scores_BxSxGxRxM = jnp.einsum(
-      "bsgre,bmge->bsgrm", q_BxSxGxRxE, shared.k, preferred_element_type=jnp.float32
-  )
-  scores = jnp.where(shared_mask[:, :, None, None, :], scores_BxSxGxRxM, _MASKED)
-  m = scores.shape[-1]
+  blocks = [(
+      jnp.einsum("bsgre,bmge->bsgrm", q_BxSxGxRxE, shared.k, preferred_element_type=jnp.float32),
+      shared_mask,
+      lambda p: jnp.einsum("bsgrm,bmge->bsgre", p, shared.v, preferred_element_type=jnp.float32),
+  )]
   if private is not None:
-    scores_BxSxGxRxJ = jnp.einsum(
-        "bsgre,bsjge->bsgrj", q_BxSxGxRxE, private.k, preferred_element_type=jnp.float32
-    )
-    scores_BxSxGxRxJ = jnp.where(private_mask[:, :, None, None, :], scores_BxSxGxRxJ, _MASKED)
-    scores = jnp.concatenate([scores, scores_BxSxGxRxJ], axis=-1)
-  probs = jax.nn.softmax(scores, axis=-1).astype(shared.v.dtype)
-  out_BxSxGxRxE = jnp.einsum("bsgrm,bmge->bsgre", probs[..., :m], shared.v)
-  if private is not None:
-    out_BxSxGxRxE += jnp.einsum("bsgrj,bsjge->bsgre", probs[..., m:], private.v)
+    blocks.append((
+        jnp.einsum("bsgre,bsjge->bsgrj", q_BxSxGxRxE, private.k, preferred_element_type=jnp.float32),
+        private_mask,
+        lambda p: jnp.einsum("bsgrj,bsjge->bsgre", p, private.v, preferred_element_type=jnp.float32),
+    ))
+  scores = [jnp.where(mask[:, :, None, None, :], sc, _MASKED) for sc, mask, _ in blocks]
+  max_BxSxGxR = jax.lax.stop_gradient(jnp.max(jnp.stack([sc.max(-1) for sc in scores]), axis=0))
+  numerator_BxSxGxRxE, denominator_BxSxGxR = 0.0, 0.0
+  for sc, (_, _, weighted_values) in zip(scores, blocks):
+    p = jnp.exp(sc - max_BxSxGxR[..., None])
+    denominator_BxSxGxR += p.sum(-1)
+    numerator_BxSxGxRxE += weighted_values(p.astype(shared.v.dtype))
+  out_BxSxGxRxE = numerator_BxSxGxRxE / denominator_BxSxGxR[..., None]
   return out_BxSxGxRxE.reshape(b, s, h, e).astype(q_BxSxHxE.dtype)
 
 

@@ -1,0 +1,259 @@
+r"""Benchmark of the pause-aware transformer (issue 3): train-step cost of pauses, decoding speed.
+
+Two experiments, each a markdown table (and JSON with ``--out``):
+
+1. **Train step versus K.** ``jax.value_and_grad`` of CYB-AP (gamma 0.9, through
+   :func:`cyb_jax.losses.step_log_probs` on the full step logits) with respect to all
+   parameters, for K = 0..``--max_pauses``, both layouts, each ``--lengths`` N, on a ~10M
+   parameter model. Reports the time t(K) and
+
+       r(K) = t(K) / ((K + 1) t(0)),
+
+   the cost per slot relative to a no-pause model (K = 0 is the same program for both
+   layouts). `private` runs the pause steps against the real tokens' keys/values (attention
+   work (K+1) N^2), `visible` the flattened N (K+1) grid ((K+1)^2 N^2).
+
+2. **Decoding.** :func:`cyb_jax.decode.generate` tokens per second with adaptive halting
+   (threshold 0.5) versus always taking K pauses ("max"), per layout. The DK bias is set so
+   that a random model answers at each step with probability about 1/2; the table gives the
+   mean pauses per token and the pause-loop iterations per token (the batch's slowest
+   sequence) that the adaptive speed reflects.
+
+Memory is XLA's static buffer assignment of the compiled program (``memory_analysis()``):
+``peak = argument + output + temp - alias`` bytes, deterministic on any backend. Timing:
+every program is compiled and run once before timing, repeats run round-robin over the
+programs of a table, and the median is reported; compare ratios within one run.
+
+  python benchmarks/model.py                       # N = 256 and 1024, K = 0..4 (long on 2 CPUs)
+  python benchmarks/model.py --lengths=256 --repeats=2
+  python benchmarks/model.py --quick               # smoke test
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+
+from cyb_jax import decode
+from cyb_jax import losses
+from cyb_jax import model as model_lib
+from cyb_jax.model import ModelConfig
+
+_QUICK = flags.DEFINE_bool("quick", False, "Small sizes for a smoke test (overrides size flags).")
+_OUT = flags.DEFINE_string("out", None, "Also write all figures as JSON to this path.")
+_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of parameters and inputs.")
+_SKIP_TRAIN = flags.DEFINE_bool("skip_train", False, "Skip table 1 (train step versus K).")
+_SKIP_DECODE = flags.DEFINE_bool("skip_decode", False, "Skip table 2 (decoding).")
+# Model (defaults: ~10.5M parameters).
+_VOCAB = flags.DEFINE_integer("vocab", 8192, "V, vocabulary without DK.")
+_D_MODEL = flags.DEFINE_integer("d_model", 256, "D.")
+_LAYERS = flags.DEFINE_integer("layers", 6, "Transformer blocks.")
+_HEADS = flags.DEFINE_integer("heads", 4, "Query heads (head dimension D / heads).")
+_MLP = flags.DEFINE_integer("mlp_dim", 1024, "SwiGLU width.")
+_MAX_PAUSES = flags.DEFINE_integer("max_pauses", 4, "Largest K; table 1 runs K = 0..max_pauses.")
+_LAYOUTS = flags.DEFINE_list("layouts", ["private", "visible"], "Pause layouts to measure.")
+# Table 1.
+_LENGTHS = flags.DEFINE_list("lengths", ["256", "1024"], "Sequence lengths N of table 1.")
+_BATCH = flags.DEFINE_integer("batch", 1, "B of table 1.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats per program of table 1.")
+# Table 2.
+_DECODE_BATCH = flags.DEFINE_integer("decode_batch", 4, "B of table 2.")
+_PROMPT = flags.DEFINE_integer("prompt", 16, "Prompt length of table 2.")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Generated tokens per sequence in table 2.")
+_DECODE_REPEATS = flags.DEFINE_integer("decode_repeats", 3, "Timed repeats per program of table 2.")
+
+_QUICK_SIZES = dict(vocab=512, d_model=64, layers=2, heads=2, mlp_dim=128, max_pauses=2,
+                    lengths=[64], batch=1, repeats=2, decode_batch=2, prompt=4, new_tokens=8,
+                    decode_repeats=2)
+_MIB = 2.0**20
+
+
+# --------------------------------------------------------------------------------------
+# Measuring.
+# --------------------------------------------------------------------------------------
+
+
+def memory_stats(compiled: jax.stages.Compiled) -> dict[str, int]:
+  """Static buffer sizes of a compiled program in bytes; peak = argument + output + temp - alias."""
+  m = compiled.memory_analysis()
+  stats = dict(argument=m.argument_size_in_bytes, output=m.output_size_in_bytes,
+               temp=m.temp_size_in_bytes, alias=m.alias_size_in_bytes)
+  stats["peak"] = stats["argument"] + stats["output"] + stats["temp"] - stats["alias"]
+  return stats
+
+
+def interleaved_median_seconds(programs: dict[Any, Callable[[], Any]], repeats: int) -> dict[Any, float]:
+  """Median wall time of each zero-argument program: one untimed run each, then `repeats`
+  round-robin rounds (starting one program later each round) so machine load hits all alike."""
+  for run in programs.values():
+    jax.block_until_ready(run())
+  names = list(programs)
+  times = {name: [] for name in names}
+  for r in range(repeats):
+    for name in names[r % len(names):] + names[: r % len(names)]:
+      start = time.perf_counter()
+      jax.block_until_ready(programs[name]())
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+  return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _model_config(max_pauses: int, layout: str) -> ModelConfig:
+  return ModelConfig(vocab_size=_VOCAB.value, num_layers=_LAYERS.value, d_model=_D_MODEL.value,
+                     num_heads=_HEADS.value, mlp_dim=_MLP.value, max_pauses=max_pauses,
+                     pause_layout=layout)
+
+
+def _num_params(params) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+
+
+# --------------------------------------------------------------------------------------
+# Table 1: train step versus K.
+# --------------------------------------------------------------------------------------
+
+
+def train_loss(cfg: ModelConfig, params, tokens_BxN1: jax.Array) -> jax.Array:
+  """CYB-AP (gamma 0.9) of predicting tokens[:, 1:] from tokens[:, :-1] with all K+1 steps."""
+  inputs_BxN, targets_BxN = tokens_BxN1[:, :-1], tokens_BxN1[:, 1:]
+  logits_BxNxKxV1 = model_lib.step_logits(cfg, params, inputs_BxN)
+  stats = losses.step_log_probs(logits_BxNxKxV1, targets_BxN)
+  loss, _ = losses.cyb_ap_loss(stats, jnp.ones(targets_BxN.shape, jnp.float32), gamma=0.9)
+  return loss
+
+
+def bench_train(lengths: Sequence[int], max_pauses: int, layouts: Sequence[str], batch: int,
+                repeats: int, seed: int) -> tuple[dict[str, Any], str]:
+  """Table 1: time and memory of value_and_grad(train_loss) for every (N, layout, K)."""
+  key_p, key_x = jax.random.split(jax.random.key(seed))
+  params = model_lib.init_params(_model_config(max_pauses, "private"), key_p)
+  compiled, memory, args = {}, {}, {}
+  for n in lengths:
+    tokens = jax.random.randint(jax.random.fold_in(key_x, n), (batch, n + 1), 0, _VOCAB.value)
+    for layout in layouts:
+      for k in range(max_pauses + 1):
+        if k == 0 and layout != layouts[0]:
+          continue  # K = 0 is the same program for every layout
+        cfg = _model_config(k, layout)
+        p = {name: v for name, v in params.items() if name != "pause_embed"}
+        if k > 0:
+          p["pause_embed"] = params["pause_embed"][:k]
+        step = jax.jit(jax.value_and_grad(functools.partial(train_loss, cfg)))
+        compiled[(n, layout, k)] = step.lower(p, tokens).compile()
+        memory[(n, layout, k)] = memory_stats(compiled[(n, layout, k)])
+        args[(n, layout, k)] = (p, tokens)
+  seconds = interleaved_median_seconds(
+      {key: functools.partial(c, *args[key]) for key, c in compiled.items()}, repeats)
+
+  header = ["N", "layout", "K", "ms / step", "r(K)", "peak MiB", "temp MiB"]
+  rows, record = [], []
+  for n in lengths:
+    t0 = seconds[(n, layouts[0], 0)]
+    for layout in layouts:
+      for k in range(max_pauses + 1):
+        key = (n, layouts[0] if k == 0 else layout, k)
+        r = seconds[key] / ((k + 1) * t0)
+        rows.append([str(n), layout, str(k), f"{1e3 * seconds[key]:.0f}", f"{r:.3f}",
+                     f"{memory[key]['peak'] / _MIB:.0f}", f"{memory[key]['temp'] / _MIB:.0f}"])
+        record.append(dict(length=n, layout=layout, pauses=k, seconds=seconds[key], r=r,
+                           memory_bytes=memory[key]))
+  title = (f"### Train step (value_and_grad of CYB-AP, all parameters), B={batch}, "
+           f"{_num_params(params) / 1e6:.1f}M parameters, median of {repeats} interleaved repeats\n"
+           "r(K) = t(K) / ((K+1) t(0)); K = 0 is one program for both layouts.\n")
+  return dict(rows=record, num_params=_num_params(params)), title + _markdown(header, rows)
+
+
+# --------------------------------------------------------------------------------------
+# Table 2: decoding.
+# --------------------------------------------------------------------------------------
+
+
+def bench_decode(max_pauses: int, layouts: Sequence[str], batch: int, prompt_len: int,
+                 new_tokens: int, repeats: int, seed: int) -> tuple[dict[str, Any], str]:
+  """Table 2: generate() tokens per second, adaptive (threshold 0.5) versus always K pauses."""
+  key_p, key_dk, key_x, key_g = jax.random.split(jax.random.key(seed), 4)
+  params = model_lib.init_params(_model_config(max_pauses, "private"), key_p)
+  # DK logit ~ logsumexp of the vocabulary logits (about log V + 1/2 at init) +- a
+  # position-dependent term: each step answers with probability about 1/2.
+  d = _D_MODEL.value
+  params["dk_head"]["kernel"] = jax.random.normal(key_dk, (d,)) / math.sqrt(d)
+  params["dk_head"]["bias"] = jnp.asarray(math.log(_VOCAB.value) + 0.5, jnp.float32)
+  prompt = jax.random.randint(key_x, (batch, prompt_len), 0, _VOCAB.value)
+  runs, outputs = {}, {}
+  for layout in layouts:
+    cfg = _model_config(max_pauses, layout)
+    for halting in ("threshold", "max"):
+      run = functools.partial(decode.generate, cfg, params, prompt, key_g, max_new_tokens=new_tokens,
+                              halting=halting, threshold=0.5, return_stats=True)
+      runs[(layout, halting)] = run
+      outputs[(layout, halting)] = jax.device_get(run())
+  seconds = interleaved_median_seconds(runs, repeats)
+
+  header = ["layout", "halting", "tokens / s", "x always-K", "pauses / token", "loop steps / token"]
+  rows, record = [], []
+  for layout in layouts:
+    for halting in ("threshold", "max"):
+      key = (layout, halting)
+      tokens_per_s = batch * new_tokens / seconds[key]
+      speedup = seconds[(layout, "max")] / seconds[key]
+      _, pauses, stats = outputs[key]
+      rows.append([layout, "adaptive (0.5)" if halting == "threshold" else f"always {max_pauses}",
+                   f"{tokens_per_s:.0f}", f"{speedup:.2f}", f"{pauses.mean():.2f}",
+                   f"{stats['pause_steps'].mean():.2f}"])
+      record.append(dict(layout=layout, halting=halting, seconds=seconds[key], tokens_per_s=tokens_per_s,
+                         speedup_vs_always=speedup, mean_pauses=float(pauses.mean()),
+                         mean_loop_steps=float(stats["pause_steps"].mean())))
+  title = (f"### Decoding: generate(), B={batch}, prompt {prompt_len}, {new_tokens} new tokens, "
+           f"K={max_pauses}, median of {repeats} interleaved repeats (includes the prompt)\n")
+  return dict(rows=record), title + _markdown(header, rows)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _QUICK.value:
+    for name, value in _QUICK_SIZES.items():
+      flags.FLAGS[name].value = value
+  for layout in _LAYOUTS.value:
+    if layout not in model_lib.PAUSE_LAYOUTS:
+      raise app.UsageError(f"--layouts: {layout!r} is not one of {model_lib.PAUSE_LAYOUTS}")
+  if _MAX_PAUSES.value < 1:
+    raise app.UsageError(f"--max_pauses={_MAX_PAUSES.value} must be >= 1")
+  lengths = [int(n) for n in _LENGTHS.value]
+  print(f"# Pause-aware transformer benchmark: {jax.devices()[0].device_kind} x{jax.device_count()}, "
+        f"{platform.processor() or platform.machine()}, jax {jax.__version__}\n")
+  record: dict[str, Any] = dict(device=jax.devices()[0].device_kind, flags={
+      name: flags.FLAGS[name].value for name in (
+          "vocab", "d_model", "layers", "heads", "mlp_dim", "max_pauses", "layouts", "lengths",
+          "batch", "repeats", "decode_batch", "prompt", "new_tokens", "decode_repeats", "seed")})
+  if not _SKIP_TRAIN.value:
+    record["train"], table = bench_train(lengths, _MAX_PAUSES.value, _LAYOUTS.value, _BATCH.value,
+                                         _REPEATS.value, _SEED.value)
+    print(table + "\n", flush=True)
+  if not _SKIP_DECODE.value:
+    record["decode"], table = bench_decode(_MAX_PAUSES.value, _LAYOUTS.value, _DECODE_BATCH.value,
+                                           _PROMPT.value, _NEW_TOKENS.value, _DECODE_REPEATS.value,
+                                           _SEED.value)
+    print(table + "\n", flush=True)
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump(record, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
