@@ -245,10 +245,11 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   return "\n".join(lines)
 
 
-def _check_positive(**sizes: int) -> None:
+def _check_sizes(minimum: int, **sizes: int) -> None:
+  """Raises a usage error naming the first flag whose value is below ``minimum``."""
   for name, value in sizes.items():
-    if value < 1:
-      raise app.UsageError(f"--{name}={value} must be >= 1.")
+    if value < minimum:
+      raise app.UsageError(f"--{name}={value} must be >= {minimum}.")
 
 
 # --------------------------------------------------------------------------------------
@@ -264,7 +265,8 @@ def bench_losses(batch: int, length: int, pauses: int, vocab: int, repeats: int,
     ``(record, markdown)``: the record holds the sizes and, per program, median / min /
     max seconds and the memory fields of :func:`memory_stats`.
   """
-  _check_positive(batch=batch, length=length, pauses=pauses + 1, vocab=vocab, repeats=repeats)
+  _check_sizes(1, batch=batch, length=length, vocab=vocab, repeats=repeats)
+  _check_sizes(0, pauses=pauses)
   key_z, key_y = jax.random.split(jax.random.key(seed))
   num_steps = pauses + 1
   logits_BxNxKxV1 = 3.0 * jax.random.normal(key_z, (batch, length, num_steps, vocab + 1),
@@ -329,10 +331,11 @@ def bench_chunked(batch: int, length: int, pauses: int, vocab: int, d_model: int
     ``(record, markdown)`` as :func:`bench_losses`, plus the loss value of each CYB
     program (the chunked ones equal the full one to float tolerance).
   """
-  _check_positive(chunk_batch=batch, chunk_length=length, chunk_pauses=pauses + 1,
-                  chunk_vocab=vocab, d_model=d_model, chunk_repeats=repeats)
+  _check_sizes(1, chunk_batch=batch, chunk_length=length, chunk_vocab=vocab, d_model=d_model,
+               chunk_repeats=repeats)
+  _check_sizes(0, chunk_pauses=pauses)
   for chunk in vocab_chunks:
-    _check_positive(vocab_chunks=chunk)
+    _check_sizes(1, vocab_chunks=chunk)
   num_steps = pauses + 1
   key_h, key_w, key_dk, key_y = jax.random.split(jax.random.key(seed), 4)
   hidden_BxNxKxD = jax.random.normal(key_h, (batch, length, num_steps, d_model), jnp.float32)
