@@ -364,34 +364,31 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
   os.makedirs(plot_dir, exist_ok=True)
   paths = []
 
+  def finish(fig, ax, name, *, xlabel, ylabel, title):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    paths.append(os.path.join(plot_dir, name))
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for key, r in results["rows"].items():
     tokens, loss = zip(*r["curve"])
     ax.plot(tokens, loss, marker="o", markersize=3, label=key,
             linestyle="--" if r["loss"] in BASELINES else "-")
-  ax.set_xlabel("training tokens")
-  ax.set_ylabel("eval loss (nll_mix)")
-  ax.set_title("Eval loss against training tokens (mean over seeds)")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  paths.append(os.path.join(plot_dir, "eval_loss_vs_tokens.png"))
-  fig.tight_layout()
-  fig.savefig(paths[-1], dpi=120)
-  plt.close(fig)
+  finish(fig, ax, "eval_loss_vs_tokens.png", xlabel="training tokens",
+         ylabel="eval loss (nll_mix)", title="Eval loss against training tokens (mean over seeds)")
 
   fig, ax = plt.subplots(figsize=(6, 4.5))
   for key, r in results["rows"].items():
     ax.errorbar(r["compute_mix"]["mean"], r["nll_mix"]["mean"], yerr=r["nll_mix"]["std"],
                 marker="o", capsize=3, label=key)
-  ax.set_xlabel("compute per token (1 + mean pauses)")
-  ax.set_ylabel("final eval loss (nll_mix)")
-  ax.set_title("Loss against compute")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  paths.append(os.path.join(plot_dir, "loss_vs_compute.png"))
-  fig.tight_layout()
-  fig.savefig(paths[-1], dpi=120)
-  plt.close(fig)
+  finish(fig, ax, "loss_vs_compute.png", xlabel="compute per token (1 + mean pauses)",
+         ylabel="final eval loss (nll_mix)", title="Loss against compute")
 
   with_levels = {k: p["difficulty"] for k, p in results["pauses"].items() if "difficulty" in p}
   if with_levels:
@@ -402,11 +399,6 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
       values = [g["mean_expected_pauses"] for g in d["levels"]]
       ax.bar(np.arange(len(names)) + i * width, values, width, label=key)
     ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
-    ax.set_ylabel("mean E[pauses]")
-    ax.set_title("Pauses by difficulty level")
-    ax.legend(fontsize=8)
-    paths.append(os.path.join(plot_dir, "pauses_by_difficulty.png"))
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    finish(fig, ax, "pauses_by_difficulty.png", xlabel="difficulty level",
+           ylabel="mean E[pauses]", title="Pauses by difficulty level")
   return paths
