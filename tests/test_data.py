@@ -51,7 +51,7 @@ def test_default_config_has_every_field_and_is_locked():
     ({"source": "text:"}, "names no path"),
     ({"source": "tfds:bad name!"}, "is not a TFDS dataset"),
     ({"seq_len": 1}, "data.seq_len=1 is out of range"),
-    ({"seq_len": 12}, "data.seq_len=12 is too short for the synthetic task"),
+    ({"seq_len": 10}, "data.seq_len=10 is too short for the synthetic task"),
     ({"batch_size": 0}, "data.batch_size=0 is out of range"),
     ({"doc_per": "sentence"}, "data.doc_per='sentence' is not one of"),
     ({"eval_fraction": 1.0}, "data.eval_fraction=1.0 must be a number in [0, 1)"),
@@ -170,15 +170,20 @@ def _encode(a, b, is_mul, max_digits=4):
 
 
 @pytest.mark.parametrize("a, b, is_mul, text, answer_categories, answer_levels", [
-    # 57*68 = 3876: columns 0 (one product), 1 (two products), 2 (one product + a carry of 8), 3 (carry out).
-    (57, 68, True, "57*68=6783;", ["mul_first", "mul_middle", "mul_middle", "mul_last", "mul_end"], [3, 4, 4, 3, 3]),
-    # 7*345 = 2415: a product by a one-digit number.
-    (7, 345, True, "7*345=5142;", ["mul_first", "mul_single", "mul_single", "mul_last", "mul_end"], [3, 3, 3, 3, 3]),
-    (0, 5, True, "0*5=0;", ["mul_first", "mul_end"], [3, 3]),
+    # 57*68 = 3876: column 0 is one product (a lookup), column 1 sums two products, column 2 adds
+    # a carry of 8 from column 1 to 5*6, then the leading digit and the closing ";".
+    (57, 68, True, "57*68=6783;", ["mul_first", "mul_column", "mul_column", "mul_last", "mul_end"], [1, 4, 4, 2, 1]),
+    # 7*345 = 2415: a product by a one-digit number (a carry chain).
+    (7, 345, True, "7*345=5142;", ["mul_first", "mul_by_digit", "mul_by_digit", "mul_last", "mul_end"],
+     [1, 3, 3, 2, 1]),
+    (0, 5, True, "0*5=0;", ["mul_first", "mul_end"], [1, 1]),
     # 95+7 = 102: 5+7 = 12 (no carry in), 9 + carry, the carry-out digit.
-    (95, 7, False, "95+7=201;", ["add_digits", "add_carry", "add_final", "add_end"], [2, 2, 2, 2]),
+    (95, 7, False, "95+7=201;", ["add_digits", "add_carry", "add_final", "add_end"], [2, 2, 1, 1]),
     # 123+45 = 168: the hundreds digit copies the 1 of 123.
-    (123, 45, False, "123+45=861;", ["add_digits", "add_digits", "add_copy", "add_end"], [2, 2, 1, 2]),
+    (123, 45, False, "123+45=861;", ["add_digits", "add_digits", "add_copy", "add_end"], [2, 2, 1, 1]),
+    # 999+1 = 1000: the carry runs through digits where only 999 has a digit.
+    (999, 1, False, "999+1=0001;", ["add_digits", "add_carry", "add_carry", "add_final", "add_end"],
+     [2, 2, 2, 1, 1]),
 ])
 def test_synthetic_categories_hand_checked(a, b, is_mul, text, answer_categories, answer_levels):
   got_text, categories, levels = _encode(a, b, is_mul)
@@ -218,7 +223,7 @@ def test_synthetic_rows_are_correct_arithmetic_and_labels_align():
     assert (d[w & in_answer] >= 1).all()
   assert num_problems > 4 * cfg.batch_size
   assert bundle.info.vocab_size == synthetic.VOCAB_SIZE and bundle.info.pad_id == 0
-  assert bundle.info.difficulty_names == ("noise", "copy", "add", "mul_end", "mul_middle")
+  assert bundle.info.difficulty_names == ("noise", "lookup", "local", "carry_chain", "multi_product")
   assert bundle.info.decode(bundle.info.encode(";12*3=63;")) == ";12*3=63;"
   assert [bundle.info.piece(i) for i in (0, 1, 12, 14)] == ["<pad>", "0", "*", ";"]
 

@@ -55,7 +55,7 @@ def default_data_config() -> ml_collections.ConfigDict:
 
   s = ml_collections.ConfigDict()
   s.min_digits = 1  # Fewest digits of an operand (operands are uniform over their digit count).
-  s.max_digits = 3  # Most digits of an operand (at most 9).
+  s.max_digits = 2  # Most digits of an operand (at most 9); 3 makes products much harder.
   s.mul_fraction = 0.5  # Probability that a problem is a multiplication (otherwise an addition).
   c.synthetic = s  # The synthetic arithmetic task (see cyb_jax/data/synthetic.py).
   c.lock()

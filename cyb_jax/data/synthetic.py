@@ -1,6 +1,6 @@
 """The embedded synthetic task: a character-level stream of arithmetic problems.
 
-A row of the stream reads, for example (answers least significant digit first)
+A row of the stream reads, for example (max_digits=3; answers least significant digit first)
 
     ;871*65=51665;13+44=75;75+997=2701;5*68=043;______
 
@@ -11,42 +11,55 @@ least significant digit first. Rows start with `;`, hold only whole problems and
 padded after the last problem that fits (N + 1 tokens, see packing.py); each row is one
 segment.
 
-Why this task. Operand digits are uniform noise: no amount of computation predicts them
-better than their marginal (about log 10 nats). Answer digits are deterministic, and the
-computation they need differs in a way one can state in advance: writing R from its least
-significant digit lets every addition digit be a LOCAL function (a_k, b_k and the carry,
-which the previous answer digit together with a_{k-1}, b_{k-1} determines), while a
-product digit in a column with two or more partial products a_i*b_j (i + j = k) needs
-the sum of those products plus a carry that can exceed 9 and so is not recoverable from
-the previous answer digit: it needs the whole lower part of the multiplication. The
-first product digit (a_0*b_0 mod 10) is a single lookup; the last one is the leading digit
-of the product, which the leading operand digits determine except near a boundary.
+Why this task. Operand digits are uniform noise: no computation predicts them better than
+their marginal (about log 10 nats), so pausing there cannot help. Answer digits are
+deterministic, and the computation each needs can be stated in advance. Writing R from its
+least significant digit makes every addition digit LOCAL: a_k + b_k plus a carry that the
+previous answer digit together with a_{k-1}, b_{k-1} determines. A product digit of a
+column that sums two or more partial products a_i*b_j (i + j = k) needs that sum plus a
+carry which can exceed 9, so the previous answer digit does not determine it: it needs the
+whole lower part of the multiplication. In between, a product by a one-digit number d has
+one partial product per column and a carry of at most 8, which the previous answer digit
+fixes only after undoing a multiplication (d*a_{k-1} + c = s_{k-1} mod 10): several
+lookups in sequence.
 
-Every target token carries a fine *category* (what the token is) and an ordinal
-*difficulty level* (how much computation predicting it needs; a model should pause more
-on higher levels, and not at all on level 0, where pausing cannot help):
+Every target token carries a fine *category* (CATEGORY_NAMES, what the token is) and an
+ordinal *difficulty level* (DIFFICULTY_NAMES, how much computation predicting it needs; a
+model should pause more on higher levels, and not on level 0):
 
-  level 0 "noise":      operand digits, the operator, "=" (drawn at random; the operator
-                        and "=" are predictable only once an operand has max_digits digits).
-  level 1 "copy":       addition digits where only the longer operand has a digit and no
-                        carry comes in: a copy of that digit.
-  level 2 "add":        other addition digits (two operand digits and/or a carry, and the
-                        final carry digit "1"), and the ";" closing an addition (the
-                        decision whether a carry digit follows).
-  level 3 "mul_end":    the first and the last digit of a product, every digit of a
-                        product by a 1-digit number (one partial product plus a carry of at
-                        most 8, which the previous answer digit determines), and the ";"
-                        closing a product (whether the product has la+lb or la+lb-1 digits).
-  level 4 "mul_middle": the other product digits (2 or more partial products plus a carry).
+  0 "noise":         operand digits, the operator and "=": drawn at random (the operator
+                     and "=" become predictable only after a max_digits-digit operand).
+  1 "lookup":        one table lookup or copy: the first product digit a_0*b_0 mod 10, an
+                     addition digit copied from the longer operand (no carry in), the
+                     carry-out digit "1" of an addition, and the ";" closing an answer.
+  2 "local":         a few digits combined: addition digits of two operand digits and/or a
+                     carry, and the leading digit of a product (set by the leading operand
+                     digits except near a boundary).
+  3 "carry_chain":   inner digits of a product by a one-digit number.
+  4 "multi_product": inner digits of a product of two multi-digit numbers.
+
+The order is also what small models show, and the default task (max_digits=2) leaves
+room for extra computation to help. Per-level NLL in nats (range over the level's
+categories) of plain transformers without pauses (d_model 64, 4 heads, batches of
+32 x 128 tokens, the eval rows); the 1 -> 2 layer gain stands in for the gain from compute:
+
+  level            max_digits=2          max_digits=2          max_digits=3
+                   1 layer, 2000 steps   2 layers, 2000 steps  2 layers, 2500 steps
+  0 noise          0.33 - 2.51           0.34 - 2.51           0.59 - 2.52   (random draws)
+  1 lookup         0.000 - 0.041         0.000 - 0.003         0.000 - 0.005
+  2 local          0.02 - 0.75           0.004 - 0.11          0.17 - 0.39
+  3 carry_chain    1.80                  1.07                  1.59
+  4 multi_product  2.16                  2.17                  2.24          (chance 2.30)
 
 Tokens that are never targets (the row's leading ";", padding) get difficulty -1.
 
 Vocabulary (V = 15): 0 = padding, 1..10 = digits "0".."9", 11 = "+", 12 = "*", 13 = "=",
 14 = ";". There is no BOS: the leading ";" plays its part.
 
-Determinism: row r of global batch i is drawn from keyed_rng(stream, seed, i, r) (eval
-rows from a seed-independent stream), so every row is a pure function of its key and a
-process computes exactly its own rows.
+Determinism: global row g (row r of global batch i is g = i * batch_size + r) is drawn
+from keyed_rng(SYNTHETIC_TRAIN, seed, g); eval rows from keyed_rng(SYNTHETIC_EVAL, 0, g),
+independent of the seed. Every row is a pure function of its key, so a process computes
+exactly its own rows, and any batch can be regenerated directly.
 """
 
 from __future__ import annotations
@@ -69,19 +82,27 @@ CATEGORY_NAMES = (
     "operand",      # 0  an operand digit
     "operator",     # 1  "+" or "*"
     "equals",       # 2  "="
-    "add_copy",     # 3  addition digit: one operand digit, no carry in
+    "add_copy",     # 3  addition digit: one operand digit, no carry in (a copy)
     "add_digits",   # 4  addition digit: two operand digits, no carry in
     "add_carry",    # 5  addition digit with a carry in (one or two operand digits)
     "add_final",    # 6  the carry-out digit "1" of an addition
     "add_end",      # 7  ";" after an addition
     "mul_first",    # 8  least significant product digit, a_0*b_0 mod 10
-    "mul_single",   # 9  a non-first, non-last digit of a product by a 1-digit number
-    "mul_middle",   # 10 a non-first, non-last digit of a product of two multi-digit numbers
+    "mul_by_digit", # 9  an inner digit of a product by a 1-digit number
+    "mul_column",   # 10 an inner digit of a product of two multi-digit numbers
     "mul_last",     # 11 most significant product digit (when the product has 2+ digits)
     "mul_end",      # 12 ";" after a product
 )
-DIFFICULTY_NAMES = ("noise", "copy", "add", "mul_end", "mul_middle")
-LEVEL_OF_CATEGORY = np.array([0, 0, 0, 1, 2, 2, 2, 2, 3, 3, 4, 3, 3], dtype=np.int32)
+DIFFICULTY_NAMES = ("noise", "lookup", "local", "carry_chain", "multi_product")
+_LEVEL = {
+    "operand": 0, "operator": 0, "equals": 0,
+    "add_copy": 1, "add_final": 1, "add_end": 1, "mul_first": 1, "mul_end": 1,
+    "add_digits": 2, "add_carry": 2, "mul_last": 2,
+    "mul_by_digit": 3,
+    "mul_column": 4,
+}
+LEVEL_OF_CATEGORY = np.array([_LEVEL[name] for name in CATEGORY_NAMES], dtype=np.int32)
+_CATEGORY = {name: i for i, name in enumerate(CATEGORY_NAMES)}
 _POW10 = 10 ** np.arange(19, dtype=np.int64)
 
 
@@ -148,18 +169,21 @@ def encode_problems(p: dict[str, np.ndarray], max_digits: int) -> tuple[np.ndarr
        DIGIT0_ID + _digit(b, eq_col - 1 - j), EQUALS_ID, DIGIT0_ID + _digit(r, k), SEP_ID],
       PAD_ID)
 
+  c = _CATEGORY
   # Addition: operand digits present in column k, and the carry into column k.
   n_add = (k < la).astype(np.int64) + (k < lb)
   low = _POW10[np.clip(k, 0, 18)]
   carry_in = (a % low + b % low) >= low
-  add_cat = np.select([n_add == 0, carry_in, n_add == 2], [6, 5, 4], 3)
-  # Multiplication: first, last, by a 1-digit number, or a multi-product column.
-  single = (la == 1) | (lb == 1)
-  mul_cat = np.select([k == 0, k == lr - 1, single], [8, 11, 9], 10)
+  add_cat = np.select([n_add == 0, carry_in, n_add == 2],
+                      [c["add_final"], c["add_carry"], c["add_digits"]], c["add_copy"])
+  # Multiplication: first, last, inner digit of a product by a 1-digit number, or of a wider product.
+  by_digit = (la == 1) | (lb == 1)
+  mul_cat = np.select([k == 0, k == lr - 1, by_digit], [c["mul_first"], c["mul_last"], c["mul_by_digit"]],
+                      c["mul_column"])
 
   category = np.select(
       [in_a | in_b, at_op, at_eq, in_r & ~is_mul, in_r & is_mul, at_end & ~is_mul, at_end & is_mul],
-      [0, 1, 2, add_cat, mul_cat, 7, 12], -1)
+      [c["operand"], c["operator"], c["equals"], add_cat, mul_cat, c["add_end"], c["mul_end"]], -1)
   length = (la + lb + lr + 3)[:, 0]
   return tokens.astype(np.int32), category.astype(np.int32), length
 
@@ -243,7 +267,7 @@ def decode(ids) -> str:
 def encode(text: str) -> np.ndarray:
   """Text (digits, "+", "*", "=", ";") to int32 ids; raises ValueError naming a character outside the vocabulary."""
   try:
-    return np.array([_CHARS.index(ch) if ch else PAD_ID for ch in text], np.int32)
+    return np.array([_CHARS.index(ch) for ch in text], np.int32)
   except ValueError:
     bad = next(ch for ch in text if ch not in _CHARS)
     raise ValueError(f"Character {bad!r} is not in the synthetic vocabulary {''.join(_CHARS)!r}.") from None
