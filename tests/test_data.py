@@ -9,6 +9,7 @@ from cyb_jax.data import config as config_lib
 from cyb_jax.data import flat_stream
 from cyb_jax.data import make_data
 from cyb_jax.data import packing
+from cyb_jax.data import streaming
 from cyb_jax.data import synthetic
 from cyb_jax.data import default_data_config
 
@@ -153,6 +154,39 @@ def test_ordered_rows_pad_after_the_end():
   np.testing.assert_array_equal(b["targets"], [[2, 3, 0], [5, 0, 0]])
   np.testing.assert_array_equal(b["weights"], [[1, 1, 0], [1, 0, 0]])
   np.testing.assert_array_equal(b["segment_ids"], [[1, 1, 1], [1, 1, 0]])
+
+
+def test_stream_packer_matches_the_flat_stream_and_resumes():
+  rng = np.random.default_rng(2)
+  lengths = rng.integers(0, 3 * SEQ_LEN // 4, 200)  # some documents empty, some longer than a row
+  lengths[:3] = 0  # the stream starts with empty documents
+  docs = [rng.integers(1, 50, n) for n in lengths]
+  doc_at = lambda q: docs[q % len(docs)]
+
+  def packer():
+    return streaming.StreamPacker(doc_at, num_rows=3, seq_len=SEQ_LEN // 4, pad_id=0, max_empty_docs=50)
+
+  run = packer()
+  batches = [run.next_batch() for _ in range(12)]
+  # The same rows as cutting the concatenation of the non-empty documents.
+  nonempty = [q for q in range(len(docs)) if len(docs[q])]
+  tokens = np.concatenate([docs[q] for q in nonempty])
+  doc_ids = np.concatenate([np.full(len(docs[q]), q) for q in nonempty])
+  pos = packing.window_positions(0, 36, SEQ_LEN // 4)
+  _assert_equal_batches(packing.concat_batches(batches), packing.pack_windows(tokens[pos], doc_ids[pos], 0))
+
+  fresh = packer()
+  for _ in range(5):
+    fresh.next_batch()
+  state = json.loads(json.dumps(fresh.get_state()))
+  resumed = packer()
+  resumed.set_state(state)
+  for want in batches[5:]:
+    _assert_equal_batches(resumed.next_batch(), want)
+
+  silent = streaming.StreamPacker(lambda q: np.zeros(0, np.int32), num_rows=1, seq_len=4, pad_id=0, max_empty_docs=5)
+  with pytest.raises(ValueError, match="5 consecutive documents .* have no tokens"):
+    silent.next_batch()
 
 
 # ----------------------------------------------------------------------------- synthetic task
