@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import signal
@@ -390,6 +391,43 @@ class _Preemption:
     return False
 
 
+_DATA_STATE_BYTES = 1 << 16
+
+
+def gather_data_states(state: dict) -> dict:
+  """Every process's data-iterator state, keyed by process index (as a string).
+
+  Iterators that read process-local shards (TFDS) have a different position on every
+  process; the checkpoint keeps them all. On one process this is ``{"0": state}``.
+  """
+  if jax.process_count() == 1:
+    return {"0": state}
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  encoded = json.dumps(state).encode()
+  if len(encoded) > _DATA_STATE_BYTES:
+    raise ValueError(f"data iterator state is {len(encoded)} bytes; at most "
+                     f"{_DATA_STATE_BYTES} can be gathered.")
+  buffer = np.zeros((_DATA_STATE_BYTES + 4,), np.uint8)
+  buffer[:4] = np.frombuffer(np.uint32(len(encoded)).tobytes(), np.uint8)
+  buffer[4:4 + len(encoded)] = np.frombuffer(encoded, np.uint8)
+  gathered = np.asarray(multihost_utils.process_allgather(buffer))
+  states = {}
+  for index, row in enumerate(gathered):
+    size = int(np.frombuffer(row[:4].tobytes(), np.uint32)[0])
+    states[str(index)] = json.loads(row[4:4 + size].tobytes().decode())
+  return states
+
+
+def own_data_state(states: dict) -> dict:
+  """This process's state from :func:`gather_data_states`' output."""
+  key = str(jax.process_index())
+  if key not in states:
+    raise ckpt_lib.IncompatibleCheckpointError(
+        f"the checkpoint holds data states of processes {sorted(states)}, not of process "
+        f"{key}: resume with the same number of processes ({len(states)}).")
+  return states[key]
+
+
 def _host(tree):
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
@@ -449,7 +487,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       ckpt_lib.check_compatible(checkpointer.restore_meta(latest), meta,
                                 what=f"the checkpoint of step {latest} in {workdir}")
       state, data_state, saved_meta = checkpointer.restore(latest, abstract_state)
-      data.train.set_state(data_state)
+      data.train.set_state(own_data_state(data_state))
       train_tokens = int(saved_meta.get("train_tokens", 0))
       writer.truncate_after(latest)
       logging.info("Resumed from step %d.", latest)
@@ -494,7 +532,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       return figures
 
     def save(step: int) -> None:
-      checkpointer.save(step, state, data.train.get_state(),
+      checkpointer.save(step, state, gather_data_states(data.train.get_state()),
                         dict(meta, train_tokens=train_tokens, step=step))
 
     start = int(state.step)
