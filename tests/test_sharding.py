@@ -223,6 +223,9 @@ def test_meshes_of_8_devices_match_one_device_and_checkpoints_move_between_them(
     assert r["restored_shards"] == r["shards"], f"mesh {name}: restored layout differs"
     np.testing.assert_allclose(r["restored_loss"], reference_losses[-1], rtol=LOSS_RTOL,
                                err_msg=f"mesh {name} restored from {r['restored_from']}")
+  # After the pause-step scan, hidden states and loss statistics stay split by rows.
+  assert results["2x2x2"]["batch_sharded"] == {
+      "hidden": True, "log_dk": True, "log_answer": True, "log_target": True, "correct": True}
 
 
 @pytest.mark.multidevice

@@ -92,11 +92,13 @@ def subprocess_env(num_devices: int) -> dict[str, str]:
 class ShardedRun:
   """The trainer's jitted functions on one mesh.
 
+  model_cfg: the model's ``ModelConfig``;
   create: rng -> TrainState, laid out by ``shardings``;
   step: (state, global batch) -> (state, metrics), the state donated.
   """
 
   config: ml_collections.ConfigDict
+  model_cfg: Any
   mesh: jax.sharding.Mesh
   rules: Any
   shardings: train.TrainState
@@ -159,7 +161,7 @@ def build(config: ml_collections.ConfigDict, *, workdir: str,
                         vocab_chunk=config.loss.vocab_chunk),
       in_shardings=(shardings, sharding.batch_sharding(mesh)),
       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-  return ShardedRun(config=config, mesh=mesh, rules=rules, shardings=shardings, create=create,
+  return ShardedRun(config=config, model_cfg=model_cfg, mesh=mesh, rules=rules, shardings=shardings, create=create,
                     step=step, data=data)
 
 

@@ -13,7 +13,9 @@ The JSON maps each mesh name ``"DxFxT"`` to: ``losses`` (one per step),
 ``shards`` (``{path: [global shape, first device's shard shape]}`` of the fresh state),
 ``state_bytes_per_device`` (the distinct per-device totals of the state),
 ``restored_from`` (the mesh whose checkpoint was restored here), ``restored_loss``
-(the last step's loss after the restore) and ``restored_shards``.
+(the last step's loss after the restore) and ``restored_shards``; for mesh (2, 2, 2) also
+``batch_sharded``: ``{array: whether the compiled forward keeps it split by rows over
+(data, fsdp)}`` for the step hidden states and each per-step statistic.
 """
 
 from __future__ import annotations
@@ -23,14 +25,44 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 
 from cyb_jax import checkpoint as ckpt_lib
+from cyb_jax import model as model_lib
 from cyb_jax import sharding
+from cyb_jax import train
 from tests.multidevice import harness
+
+ACTIVATIONS_MESH = (2, 2, 2)  # all three axes in use
 
 
 def mesh_name(shape) -> str:
   return "x".join(map(str, shape))
+
+
+def activations_follow_the_batch(run: harness.ShardedRun) -> dict[str, bool]:
+  """Whether the compiler keeps the step hidden states ``[B, N, K+1, D]`` (after the
+  pause-step scan) and every per-step statistic ``[B, N, K+1]`` split over ``(data,
+  fsdp)`` by rows and whole otherwise, as the batch is."""
+  batch_spec = sharding.batch_sharding(run.mesh)
+  abstract = run.abstract_state().params
+  batch = {k: jax.ShapeDtypeStruct((run.config.data.batch_size, run.config.data.seq_len),
+                                   jnp.float32 if k == "weights" else jnp.int32,
+                                   sharding=batch_spec) for k in train.BATCH_KEYS}
+
+  def hidden_and_stats(params, batch):
+    hidden = model_lib.step_hidden(run.model_cfg, params, batch["inputs"],
+                                   segment_ids=batch["segment_ids"],
+                                   positions=batch["positions"])
+    return hidden, train.compute_stats(run.model_cfg, params, batch)
+
+  with sharding.mesh_context(run.mesh, run.rules):
+    compiled = jax.jit(hidden_and_stats).lower(abstract, batch).compile()
+  hidden, stats = compiled.output_shardings
+  out = {"hidden": bool(hidden.is_equivalent_to(batch_spec, 4))}
+  for name, s in stats._asdict().items():
+    out[name] = bool(s.is_equivalent_to(batch_spec, 3))
+  return out
 
 
 def main() -> None:
@@ -60,6 +92,8 @@ def main() -> None:
     checkpointer.close()
     results[name]["losses"] = losses + last
     del state
+    if shape == ACTIVATIONS_MESH:
+      results[name]["batch_sharded"] = activations_follow_the_batch(run)
 
   names = list(runs)
   for source, target in zip(names, names[1:] + names[:1]):

@@ -1,0 +1,197 @@
+r"""Compiles the sharded train step for a Cloud TPU pod slice without one (issue 5, part 6).
+
+JAX can describe a TPU topology it is not running on
+(``jax.experimental.topologies.get_topology_desc``, the same route as MaxText's
+``train_compile.py``): its devices carry the chips' coordinates, a mesh is built over
+them with ``cyb_jax.sharding.make_mesh``, and the trainer's own ``train_step`` (jitted
+with the trainer's shardings, donated state) is lowered with abstract inputs and
+compiled by libtpu's compiler. Nothing is allocated; XLA's buffer assignment then
+gives each chip's memory, and a program that does not fit fails to compile with the
+out-of-memory error the real slice would give.
+
+It needs ``libtpu`` matching the installed JAX (``pip install -e '.[tpu]'``; for
+jax 0.10.2 that is ``libtpu==0.0.42.*``), in an environment of its own: with libtpu
+installed, JAX looks for TPU chips at start-up. ``JAX_PLATFORMS=cpu`` (set here) keeps
+the default backend on the CPU; the topology is still compiled for by libtpu.
+
+  /tmp/tpuvenv/bin/python benchmarks/tpu_compile.py                      # 1B model, v5e-16 and v4-32
+  /tmp/tpuvenv/bin/python benchmarks/tpu_compile.py --topology=v5e-16 --mesh=1,16,1 \
+      --batch_size=32 --seq_len=2048 --remat_policy=full
+  /tmp/tpuvenv/bin/python benchmarks/tpu_compile.py --topology=v5e-16 --num_slices=2 --dcn_data=2
+
+The mesh is ``data,fsdp,tensor`` with ``-1`` filling in; ``--dcn_data`` splits the data
+axis across ``--num_slices`` slices as ``mesh.dcn_data`` does on a multi-slice job.
+"""
+
+from __future__ import annotations
+
+import os
+
+if __name__ == "__main__":
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the TPU is only a compile target here
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no GCE metadata server to ask
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import dataclasses
+import json
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+from jax.experimental import topologies
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import sharding as sharding_benchmark
+from configs import base as base_config
+from cyb_jax import model as model_lib
+from cyb_jax import sharding
+from cyb_jax import train
+from cyb_jax.data import synthetic
+
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+  """A Cloud TPU slice as ``get_topology_desc`` names it, and its memory per chip."""
+
+  topology: str  # "<generation>:<chips per dimension>"
+  chip_config: str  # "default", or "megacore" (v4: the chip's 2 TensorCores as one device)
+  chips_per_host: tuple[int, int, int]
+  hbm_bytes: int  # per chip
+
+
+SLICES = {
+    "v4-8": Slice("v4:2x2x1", "megacore", (2, 2, 1), 32 * GIB),
+    "v4-16": Slice("v4:2x2x2", "megacore", (2, 2, 1), 32 * GIB),
+    "v4-32": Slice("v4:2x2x4", "megacore", (2, 2, 1), 32 * GIB),
+    "v4-64": Slice("v4:2x4x4", "megacore", (2, 2, 1), 32 * GIB),
+    "v5e-8": Slice("v5e:2x4", "default", (2, 2, 1), 16 * GIB),
+    "v5e-16": Slice("v5e:4x4", "default", (2, 2, 1), 16 * GIB),
+    "v5e-32": Slice("v5e:4x8", "default", (2, 2, 1), 16 * GIB),
+    "v5e-64": Slice("v5e:8x8", "default", (2, 2, 1), 16 * GIB),
+    "v5e-256": Slice("v5e:16x16", "default", (2, 2, 1), 16 * GIB),
+}
+
+_TOPOLOGY = flags.DEFINE_list("topology", ["v5e-16", "v4-32"],
+                              f"Slices to compile for, of {sorted(SLICES)}.")
+_NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices joined over the data-centre network.")
+_MESH = flags.DEFINE_string("mesh", "1,-1,1", "data,fsdp,tensor sizes per job (-1 fills in).")
+_DCN_DATA = flags.DEFINE_integer("dcn_data", 1, "mesh.dcn_data: data-parallel groups of slices.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Global batch in rows.")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", 2048, "Tokens per row (N).")
+_MAX_PAUSES = flags.DEFINE_integer("max_pauses", 3, "K.")
+_REMAT = flags.DEFINE_string("remat_policy", "full", "model.remat_policy.")
+_VOCAB_CHUNK = flags.DEFINE_integer("vocab_chunk", 8192, "loss.vocab_chunk (0: full logits).")
+_PRESET = flags.DEFINE_enum("preset", "1b", ["1b", "tiny"],
+                            "Model size when no --config is given.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A run config (e.g. configs/tfds_lm.py) to compile instead of --preset; "
+    "override its fields with --config.FIELD=VALUE. The flags batch_size, seq_len, "
+    "max_pauses, remat_policy and vocab_chunk then do not apply; --mesh and --dcn_data do.",
+    lock_config=False)
+_OUT = flags.DEFINE_string("out", None, "Also write the figures as JSON to this path.")
+
+
+def model_config(preset: str) -> dict:
+  """``1b``: 16 layers, d_model 2048, 16 heads, SwiGLU 5632, V = 32768: 0.95B parameters."""
+  if preset == "1b":
+    return dict(vocab_size=32768, num_layers=16, d_model=2048, num_heads=16, mlp_dim=5632)
+  return dict(vocab_size=256, num_layers=2, d_model=256, num_heads=8, mlp_dim=512)
+
+
+def run_config(preset: str):
+  """The run config compiled here: ``--config``'s, or a CYB-AP preset (bfloat16 compute,
+  float32 parameters and AdamW); the mesh from ``--mesh`` and ``--dcn_data``."""
+  data, fsdp, tensor = (int(s) for s in _MESH.value.split(","))
+  if _CONFIG.value is not None:
+    c = _CONFIG.value
+    if not c.model.vocab_size and c.data.source != "synthetic":
+      c.model.vocab_size = c.data.spm_vocab_size  # the vocabulary the tokenizer is asked for
+    c.mesh.update(data=data, fsdp=fsdp, tensor=tensor, dcn_data=_DCN_DATA.value)
+    return c
+  c = base_config.get_config()
+  c.model.update(model_config(preset), max_pauses=_MAX_PAUSES.value, dtype="bfloat16",
+                 param_dtype="float32", scan_layers=True, remat_policy=_REMAT.value)
+  c.loss.name = "cyb_ap"
+  c.loss.vocab_chunk = _VOCAB_CHUNK.value
+  c.data.update(batch_size=_BATCH.value, seq_len=_SEQ_LEN.value)
+  c.mesh.update(data=data, fsdp=fsdp, tensor=tensor, dcn_data=_DCN_DATA.value)
+  return c
+
+
+def topology_devices(name: str, num_slices: int) -> list:
+  if name not in SLICES:
+    raise app.UsageError(f"--topology={name!r} is unknown; allowed: {sorted(SLICES)}.")
+  s = SLICES[name]
+  return topologies.get_topology_desc(
+      s.topology, platform="tpu", chip_config_name=s.chip_config,
+      chips_per_host_bounds=s.chips_per_host, num_slices=num_slices).devices
+
+
+def compile_for(name: str, config) -> dict:
+  """Compiles the train step for slice ``name``; returns its per-chip memory figures."""
+  devices = topology_devices(name, _NUM_SLICES.value)
+  mesh = sharding.make_mesh(config.mesh, devices=devices)
+  model_cfg = train.make_model_config(config, synthetic.VOCAB_SIZE)
+  num_params = sum(x.size for x in jax.tree.leaves(
+      jax.eval_shape(model_lib.init_params, model_cfg, jax.random.key(0))))
+  start = time.perf_counter()
+  row = {"slice": name, "num_slices": _NUM_SLICES.value, "chips": len(devices),
+         "device_kind": devices[0].device_kind, "mesh": dict(mesh.shape),
+         "num_params": num_params, "batch": [config.data.batch_size, config.data.seq_len],
+         "max_pauses": config.model.max_pauses, "remat_policy": config.model.remat_policy,
+         "vocab_chunk": config.loss.vocab_chunk, "hbm_bytes": SLICES[name].hbm_bytes}
+  try:
+    compiled = sharding_benchmark.compile_train_step(config, mesh)
+  except Exception as e:  # pylint: disable=broad-except
+    # libtpu reports programs that do not fit as a compile error (RESOURCE_EXHAUSTED).
+    row.update(compiled=False, error=str(e).splitlines()[0][:500],
+               compile_s=time.perf_counter() - start)
+    return row
+  row.update(compiled=True, compile_s=time.perf_counter() - start,
+             **sharding_benchmark.program_bytes(compiled))
+  row["fits"] = row["peak"] <= row["hbm_bytes"]
+  counts = sharding_benchmark.count_collectives(compiled.as_text())
+  row["collectives"] = {k: v["count"] for k, v in counts.items()}
+  return row
+
+
+def main(argv):
+  del argv
+  config = run_config(_PRESET.value)
+  source = "--config" if _CONFIG.value is not None else f"preset {_PRESET.value}"
+  m = config.model
+  print(f"JAX {jax.__version__}; compiling the {config.loss.name} train step ({source}: "
+        f"V={m.vocab_size} D={m.d_model} L={m.num_layers} heads={m.num_heads} mlp={m.mlp_dim} "
+        f"K={m.max_pauses}, batch {config.data.batch_size} x {config.data.seq_len}, "
+        f"remat {m.remat_policy}, vocab_chunk {config.loss.vocab_chunk}, "
+        f"{m.dtype} compute, {m.param_dtype} parameters and AdamW state) for {', '.join(_TOPOLOGY.value)}.\n")
+  rows = [compile_for(name, config) for name in _TOPOLOGY.value]
+  print("| slice | chips | mesh (data, fsdp, tensor) | parameters | arguments GiB | "
+        "temporaries GiB | peak GiB | HBM GiB | fits | compile s |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    mesh = tuple(r["mesh"].values())
+    if not r["compiled"]:
+      print(f"| {r['slice']} x{r['num_slices']} | {r['chips']} | {mesh} | "
+            f"{r['num_params'] / 1e9:.2f}B | - | - | - | {r['hbm_bytes'] / GIB:.0f} | "
+            f"no: {r['error']} | {r['compile_s']:.0f} |")
+      continue
+    print(f"| {r['slice']} x{r['num_slices']} | {r['chips']} | {mesh} | "
+          f"{r['num_params'] / 1e9:.2f}B | {r['argument'] / GIB:.2f} | {r['temp'] / GIB:.2f} | "
+          f"{r['peak'] / GIB:.2f} | {r['hbm_bytes'] / GIB:.0f} | {'yes' if r['fits'] else 'no'} | "
+          f"{r['compile_s']:.0f} |")
+  for r in rows:
+    if r["compiled"]:
+      print(f"{r['slice']}: collectives {r['collectives']}")
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
