@@ -206,6 +206,10 @@ def step_log_probs(logits: ArrayLike, targets: ArrayLike) -> StepLogProbs:
   weight 0 they are selected away and change neither losses nor gradients. Use
   :func:`checked_step_log_probs` to raise instead.
 
+  A model that computes the vocabulary and DK logits separately should call
+  :func:`step_log_probs_from_parts` instead: slicing joined logits apart costs two
+  extra ``[..., V+1]`` buffers in the backward pass.
+
   Raises:
     ValueError: at trace time for mismatched shapes, a last axis < 2, or float targets.
   """
@@ -213,16 +217,38 @@ def step_log_probs(logits: ArrayLike, targets: ArrayLike) -> StepLogProbs:
   targets = jnp.asarray(targets)
   _check_logits(logits, targets)
   vocab_size = logits.shape[-1] - 1
-  z_SxV1 = logits.astype(_compute_dtype(logits.dtype))
-  z_SxV = z_SxV1[..., :vocab_size]
+  return step_log_probs_from_parts(logits[..., :vocab_size], logits[..., vocab_size], targets)
+
+
+def step_log_probs_from_parts(vocab_logits: ArrayLike, dk_logits: ArrayLike,
+                              targets: ArrayLike) -> StepLogProbs:
+  """:func:`step_log_probs` of ``concat(vocab_logits, dk_logits[..., None])``, without the concat.
+
+  Args:
+    vocab_logits: ``[..., K+1, V]`` vocabulary logits, any float dtype.
+    dk_logits: ``[..., K+1]`` the ``<don't know>`` logit of each step.
+    targets: ``[...]`` integer ids in ``[0, V)``.
+  """
+  vocab_logits = jnp.asarray(vocab_logits)
+  dk_logits = jnp.asarray(dk_logits)
+  targets = jnp.asarray(targets)
+  if vocab_logits.ndim < 2 or vocab_logits.shape[-1] < 1:
+    raise ValueError(f"vocab_logits must be [..., K+1, V] with V >= 1, got {vocab_logits.shape}.")
+  if tuple(dk_logits.shape) != tuple(vocab_logits.shape[:-1]):
+    raise ValueError(f"dk_logits shape {dk_logits.shape} must equal vocab_logits.shape[:-1] = "
+                     f"{vocab_logits.shape[:-1]}.")
+  joined_shape = vocab_logits.shape[:-1] + (vocab_logits.shape[-1] + 1,)
+  _check_logits(jax.ShapeDtypeStruct(joined_shape, vocab_logits.dtype), targets)
+  vocab_size = vocab_logits.shape[-1]
+  dtype = _compute_dtype(jnp.result_type(vocab_logits, dk_logits))
+  z_SxV = vocab_logits.astype(dtype)
   lse_voc = jax.nn.logsumexp(z_SxV, axis=-1)
   safe_targets = jnp.clip(targets, 0, vocab_size - 1)
   target_logit = jnp.take_along_axis(
       z_SxV, jnp.broadcast_to(safe_targets[..., None, None], z_SxV.shape[:-1] + (1,)),
       axis=-1)[..., 0]
   pred = jnp.argmax(z_SxV, axis=-1)
-  return _assemble(lse_voc, z_SxV1[..., vocab_size], target_logit, pred, targets,
-                   vocab_size)
+  return _assemble(lse_voc, dk_logits.astype(dtype), target_logit, pred, targets, vocab_size)
 
 
 def checked_step_log_probs(logits: ArrayLike, targets: ArrayLike) -> StepLogProbs:

@@ -397,3 +397,20 @@ def test_errors_are_raised_at_trace_time_under_jit():
   loss = jax.jit(lambda g: L.cyb_ap_loss(L.step_log_probs(logits, targets), np.ones((2, 3)),
                                          gamma=g)[0])(0.9)
   assert np.isfinite(loss)
+
+
+def test_from_parts_equals_joined_logits_values_and_gradients():
+  logits, targets = _random_logits(13, k=2, v=6)
+  weights = np.ones(targets.shape, np.float32)
+
+  def joined(z):
+    return L.cyb_ap_loss(L.step_log_probs(z, targets), weights, gamma=0.8)[0]
+
+  def parts(z):
+    return L.cyb_ap_loss(L.step_log_probs_from_parts(z[..., :-1], z[..., -1], targets), weights,
+                         gamma=0.8)[0]
+
+  np.testing.assert_allclose(parts(logits), joined(logits), rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(parts)(logits), jax.grad(joined)(logits), atol=1e-7)
+  with pytest.raises(ValueError, match=r"dk_logits shape \(2, 3\) must equal"):
+    L.step_log_probs_from_parts(logits[..., :-1], logits[..., 0, -1], targets)
