@@ -93,7 +93,8 @@ def memory_stats(compiled: jax.stages.Compiled) -> dict[str, int]:
   return stats
 
 
-def interleaved_median_seconds(programs: dict[Any, Callable[[], Any]], repeats: int) -> dict[Any, float]:
+def interleaved_median_seconds(programs: dict[Any, Callable[[], Any]],
+                               repeats: int) -> dict[Any, float]:
   """Median wall time of each zero-argument program: one untimed run each, then `repeats`
   round-robin rounds (starting one program later each round) so machine load hits all alike."""
   for run in programs.values():
@@ -198,8 +199,9 @@ def bench_decode(max_pauses: int, layouts: Sequence[str], batch: int, prompt_len
   for layout in layouts:
     cfg = _model_config(max_pauses, layout)
     for halting in ("threshold", "max"):
-      run = functools.partial(decode.generate, cfg, params, prompt, key_g, max_new_tokens=new_tokens,
-                              halting=halting, threshold=0.5, return_stats=True)
+      run = functools.partial(decode.generate, cfg, params, prompt, key_g,
+                              max_new_tokens=new_tokens, halting=halting, threshold=0.5,
+                              return_stats=True)
       runs[(layout, halting)] = run
       outputs[(layout, halting)] = jax.device_get(run())
   seconds = interleaved_median_seconds(runs, repeats)
@@ -215,8 +217,9 @@ def bench_decode(max_pauses: int, layouts: Sequence[str], batch: int, prompt_len
       rows.append([layout, "adaptive (0.5)" if halting == "threshold" else f"always {max_pauses}",
                    f"{tokens_per_s:.0f}", f"{speedup:.2f}", f"{pauses.mean():.2f}",
                    f"{stats['pause_steps'].mean():.2f}"])
-      record.append(dict(layout=layout, halting=halting, seconds=seconds[key], tokens_per_s=tokens_per_s,
-                         speedup_vs_always=speedup, mean_pauses=float(pauses.mean()),
+      record.append(dict(layout=layout, halting=halting, seconds=seconds[key],
+                         tokens_per_s=tokens_per_s, speedup_vs_always=speedup,
+                         mean_pauses=float(pauses.mean()),
                          mean_loop_steps=float(stats["pause_steps"].mean())))
   title = (f"### Decoding: generate(), B={batch}, prompt {prompt_len}, {new_tokens} new tokens, "
            f"K={max_pauses}, median of {repeats} interleaved repeats (includes the prompt)\n")
@@ -235,7 +238,8 @@ def main(argv: Sequence[str]) -> None:
   if _MAX_PAUSES.value < 1:
     raise app.UsageError(f"--max_pauses={_MAX_PAUSES.value} must be >= 1")
   lengths = [int(n) for n in _LENGTHS.value]
-  print(f"# Pause-aware transformer benchmark: {jax.devices()[0].device_kind} x{jax.device_count()}, "
+  device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
+  print(f"# Pause-aware transformer benchmark: {device}, "
         f"{platform.processor() or platform.machine()}, jax {jax.__version__}\n")
   record: dict[str, Any] = dict(device=jax.devices()[0].device_kind, flags={
       name: flags.FLAGS[name].value for name in (

@@ -21,6 +21,8 @@ It returns the key/value buffer it wrote (own keys, updated shared keys or updat
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -73,7 +75,10 @@ def causal_segment_mask(segment_ids_BxN: jax.Array) -> jax.Array:
 
 
 def slot_mask(
-    segment_ids_BxN: jax.Array, num_steps: int, layout: str, taken_pauses_BxN: jax.Array | None = None
+    segment_ids_BxN: jax.Array,
+    num_steps: int,
+    layout: str,
+    taken_pauses_BxN: jax.Array | None = None,
 ) -> jax.Array:
   """Visibility on the flattened slot grid, slot (n, k) at index n * num_steps + k.
 
@@ -106,6 +111,20 @@ def slot_mask(
   return mask_BxSxS
 
 
+def _softmax_block(scores_BxGxRxSxC: jax.Array, weighted_sum) -> tuple[jax.Array, jax.Array]:
+  """Softmax attention over one block of C candidate keys (masked scores set to _MASKED).
+
+  Returns `(out [B, G, R, S, E], log_normaliser [B, G, R, S])`: out = sum_c p_c v_c with
+  p = softmax(scores), and log_normaliser = logsumexp(scores), which merges blocks exactly.
+  """
+  # Softmax is shift-invariant, so the shift needs no gradient.
+  row_max_BxGxRxSx1 = jax.lax.stop_gradient(scores_BxGxRxSxC.max(-1, keepdims=True))
+  weights_BxGxRxSxC = jnp.exp(scores_BxGxRxSxC - row_max_BxGxRxSx1)
+  normaliser_BxGxRxS = weights_BxGxRxSxC.sum(-1)
+  out_BxGxRxSxE = weighted_sum(weights_BxGxRxSxC) / normaliser_BxGxRxS[..., None]
+  return out_BxGxRxSxE, jnp.log(normaliser_BxGxRxS) + row_max_BxGxRxSx1[..., 0]
+
+
 def attend(
     q_BxSxHxE: jax.Array,
     shared: KeyValues,
@@ -117,34 +136,56 @@ def attend(
 
   out[b, s, h] = sum_c softmax_c(q . k_c / sqrt(E)) v_c over the visible candidates c of query
   (b, s): shared keys m with shared_mask[b, s, m], private keys (s, j) with private_mask[b, s, j].
-  Query head h reads key/value head h // R (grouped-query attention). The two score blocks
-  share one running maximum and one normaliser, applied after the value products, so the
-  `[.., M]` scores are never concatenated or rescaled. Scores are float32; the result
-  `[B, S, H, E]` is in q's dtype.
+  Query head h reads key/value head h // R (grouped-query attention).
+
+  Each block is attended on its own and the two results are merged with their log-normalisers,
+  out = sigmoid(lse_M - lse_J) out_M + sigmoid(lse_J - lse_M) out_J, which is exactly the
+  softmax over the union; the large shared block thus costs what it costs without pauses.
+  Scores are head-major `[B, G, R, S, M]`, the natural output of the batched products, so
+  they are never transposed. Scores are float32; the result `[B, S, H, E]` is in q's dtype.
   """
   b, s, h, e = q_BxSxHxE.shape
   g = shared.k.shape[-2]
+  f32 = jnp.float32
   q_BxSxGxRxE = (q_BxSxHxE * jnp.asarray(e**-0.5, q_BxSxHxE.dtype)).reshape(b, s, g, h // g, e)
-  blocks = [(
-      jnp.einsum("bsgre,bmge->bsgrm", q_BxSxGxRxE, shared.k, preferred_element_type=jnp.float32),
-      shared_mask,
-      lambda p: jnp.einsum("bsgrm,bmge->bsgre", p, shared.v, preferred_element_type=jnp.float32),
-  )]
+  q_BxGxRxSxE = jnp.transpose(q_BxSxGxRxE, (0, 2, 3, 1, 4))
+  k_BxGxMxE, v_BxGxMxE = jnp.swapaxes(shared.k, 1, 2), jnp.swapaxes(shared.v, 1, 2)
+  scores_BxGxRxSxM = jnp.where(
+      shared_mask[:, None, None],
+      jnp.einsum("bgrse,bgme->bgrsm", q_BxGxRxSxE, k_BxGxMxE, preferred_element_type=f32),
+      _MASKED,
+  )
+  out_BxGxRxSxE, lse_shared_BxGxRxS = _softmax_block(
+      scores_BxGxRxSxM,
+      lambda w: jnp.einsum(
+          "bgrsm,bgme->bgrse", w.astype(v_BxGxMxE.dtype), v_BxGxMxE, preferred_element_type=f32
+      ),
+  )
   if private is not None:
-    blocks.append((
-        jnp.einsum("bsgre,bsjge->bsgrj", q_BxSxGxRxE, private.k, preferred_element_type=jnp.float32),
-        private_mask,
-        lambda p: jnp.einsum("bsgrj,bsjge->bsgre", p, private.v, preferred_element_type=jnp.float32),
-    ))
-  scores = [jnp.where(mask[:, :, None, None, :], sc, _MASKED) for sc, mask, _ in blocks]
-  max_BxSxGxR = jax.lax.stop_gradient(jnp.max(jnp.stack([sc.max(-1) for sc in scores]), axis=0))
-  numerator_BxSxGxRxE, denominator_BxSxGxR = 0.0, 0.0
-  for sc, (_, _, weighted_values) in zip(scores, blocks):
-    p = jnp.exp(sc - max_BxSxGxR[..., None])
-    denominator_BxSxGxR += p.sum(-1)
-    numerator_BxSxGxRxE += weighted_values(p.astype(shared.v.dtype))
-  out_BxSxGxRxE = numerator_BxSxGxRxE / denominator_BxSxGxR[..., None]
+    scores_BxGxRxSxJ = jnp.where(
+        private_mask[:, None, None],
+        jnp.einsum("bgrse,bsjge->bgrsj", q_BxGxRxSxE, private.k, preferred_element_type=f32),
+        _MASKED,
+    )
+    private_out_BxGxRxSxE, lse_private_BxGxRxS = _softmax_block(
+        scores_BxGxRxSxJ,
+        lambda w: jnp.einsum(
+            "bgrsj,bsjge->bgrse", w.astype(private.v.dtype), private.v, preferred_element_type=f32
+        ),
+    )
+    shared_share_BxGxRxSx1 = jax.nn.sigmoid(lse_shared_BxGxRxS - lse_private_BxGxRxS)[..., None]
+    out_BxGxRxSxE = (shared_share_BxGxRxSx1 * out_BxGxRxSxE
+                     + (1.0 - shared_share_BxGxRxSx1) * private_out_BxGxRxSxE)
+  out_BxSxGxRxE = jnp.transpose(out_BxGxRxSxE, (0, 3, 1, 2, 4))
   return out_BxSxGxRxE.reshape(b, s, h, e).astype(q_BxSxHxE.dtype)
+
+
+def _write(buffer: KeyValues, new: KeyValues, index: jax.Array, axis: int) -> KeyValues:
+  """`buffer` with `new` written at `index` along `axis`."""
+  return jax.tree.map(
+      lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), index, axis),
+      buffer, new,
+  )
 
 
 class Attention(nn.Module):
@@ -181,28 +222,29 @@ class Attention(nn.Module):
     wo_HxExD = kernel("out_kernel", (h, e, d), (0, 1), 2, ("heads", "head_dim", "embed"))
 
     x = x_BxSxD.astype(self.dtype)
-    q_BxSxHxE = apply_rotary(jnp.einsum("bsd,dhe->bshe", x, wq_DxHxE), positions_BxS, self.rope_base)
-    k_BxSxGxE = apply_rotary(jnp.einsum("bsd,dge->bsge", x, wk_DxGxE), positions_BxS, self.rope_base)
+    rotate = functools.partial(apply_rotary, positions_BxS=positions_BxS, base=self.rope_base)
+    q_BxSxHxE = rotate(jnp.einsum("bsd,dhe->bshe", x, wq_DxHxE))
+    k_BxSxGxE = rotate(jnp.einsum("bsd,dge->bsge", x, wk_DxGxE))
     v_BxSxGxE = jnp.einsum("bsd,dge->bsge", x, wv_DxGxE)
-    q_BxSxHxE = nn.with_logical_constraint(q_BxSxHxE, ("act_batch", "act_length", "act_heads", None))
-    k_BxSxGxE = nn.with_logical_constraint(k_BxSxGxE, ("act_batch", "act_length", "act_kv_heads", None))
-    v_BxSxGxE = nn.with_logical_constraint(v_BxSxGxE, ("act_batch", "act_length", "act_kv_heads", None))
+    q_names = ("act_batch", "act_length", "act_heads", None)
+    kv_names = ("act_batch", "act_length", "act_kv_heads", None)
+    q_BxSxHxE = nn.with_logical_constraint(q_BxSxHxE, q_names)
+    k_BxSxGxE = nn.with_logical_constraint(k_BxSxGxE, kv_names)
+    v_BxSxGxE = nn.with_logical_constraint(v_BxSxGxE, kv_names)
 
+    own = KeyValues(k_BxSxGxE, v_BxSxGxE)
     private = None
-    if cache is None:
-      shared = written = KeyValues(k_BxSxGxE, v_BxSxGxE)
-    elif cache.private is None:
-      write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
-          buf, new.astype(buf.dtype), visibility.write_index, axis=1
-      )
-      shared = written = KeyValues(write(cache.shared.k, k_BxSxGxE), write(cache.shared.v, v_BxSxGxE))
-    else:
-      write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
-          buf, new[:, :, None].astype(buf.dtype), visibility.write_index, axis=2
-      )
+    if cache is None:  # self-attention: the own keys are the shared set
+      shared = written = own
+    elif cache.private is None:  # own keys [B, S, ..] go to shared slots write_index.. (axis M)
+      shared = written = _write(cache.shared, own, visibility.write_index, axis=1)
+    else:  # own keys go to private slot write_index (axis J) of each query
+      own_BxSx1xGxE = jax.tree.map(lambda a: a[:, :, None], own)
       shared = cache.shared
-      private = written = KeyValues(write(cache.private.k, k_BxSxGxE), write(cache.private.v, v_BxSxGxE))
+      private = written = _write(cache.private, own_BxSx1xGxE, visibility.write_index, axis=2)
 
-    out_BxSxHxE = attend(q_BxSxHxE, shared, visibility.shared_mask, private, visibility.private_mask)
+    out_BxSxHxE = attend(
+        q_BxSxHxE, shared, visibility.shared_mask, private, visibility.private_mask
+    )
     out_BxSxD = jnp.einsum("bshe,hed->bsd", out_BxSxHxE, wo_HxExD)
     return out_BxSxD, written

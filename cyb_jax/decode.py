@@ -99,7 +99,9 @@ def _prefill_private(cfg: ModelConfig, params, tokens_BxP, cache_slots: int) -> 
   visibility = Visibility(shared_mask=causal_segment_mask(jnp.ones((1, p), jnp.int32)))
   x_BxPxD = model_lib.embed_tokens(cfg, params, tokens_BxP)
   hidden_BxPxD, kv = model_lib.hidden_states(cfg, params, x_BxPxD, positions_BxP, None, visibility)
-  cache = jax.tree.map(lambda buf, new: buf.at[:, :, :p].set(new.astype(buf.dtype)), state.cache, kv)
+  cache = jax.tree.map(
+      lambda buf, new: buf.at[:, :, :p].set(new.astype(buf.dtype)), state.cache, kv
+  )
   return _State(
       cache=_constrain_cache(cache),
       valid_BxM=jnp.broadcast_to(jnp.arange(cache_slots) < p, (b, cache_slots)),
@@ -111,7 +113,9 @@ def _prefill_private(cfg: ModelConfig, params, tokens_BxP, cache_slots: int) -> 
 def _run_slot(cfg, params, x_BxD, position, cache: LayerCache, visibility: Visibility):
   """Runs one slot per sequence at rotary `position`: `-> (logits [B, V+1], written)`."""
   positions_Bx1 = jnp.full((x_BxD.shape[0], 1), position, jnp.int32)
-  hidden_Bx1xD, written = model_lib.hidden_states(cfg, params, x_BxD[:, None], positions_Bx1, cache, visibility)
+  hidden_Bx1xD, written = model_lib.hidden_states(
+      cfg, params, x_BxD[:, None], positions_Bx1, cache, visibility
+  )
   return model_lib.logits_from_hidden(cfg, params, hidden_Bx1xD[:, 0]), written
 
 
@@ -143,7 +147,7 @@ def _halts(cfg: ModelConfig, logits_BxV1, k, uniform_B, policy: _Policy) -> jax.
 
 
 def _choose_token(answer_logits_BxV1, uniform_BxV, temperature) -> jax.Array:
-  """argmax of the answer distribution (temperature 0), else a Gumbel-max sample at `temperature`."""
+  """argmax of the answer distribution (temperature 0), else a Gumbel-max sample."""
   vocab_BxV = answer_logits_BxV1[:, :-1]
   gumbel_BxV = -jnp.log(-jnp.log(uniform_BxV))
   sampled_B = jnp.argmax(vocab_BxV / jnp.maximum(temperature, 1e-6) + gumbel_BxV, axis=-1)
@@ -171,7 +175,8 @@ def _answer(cfg: ModelConfig, params, state: _State, uniform_BxK1, policy: _Poli
     record_BxKxV1 = jnp.zeros((b, cfg.num_steps, cfg.vocab_size + 1), jnp.float32)
     carry["record_BxKxV1"] = record_BxKxV1.at[:, 0].set(state.logits0_BxV1)
   if cfg.pause_layout == "private" and k_max > 0:
-    zeros = jnp.zeros((cfg.num_layers, b, 1, k_max, cfg.resolved_num_kv_heads, cfg.resolved_head_dim), cfg.compute_dtype)
+    shape = (cfg.num_layers, b, 1, k_max, cfg.resolved_num_kv_heads, cfg.resolved_head_dim)
+    zeros = jnp.zeros(shape, cfg.compute_dtype)
     carry["scratch"] = KeyValues(zeros, zeros)
 
   def cond(c):
@@ -185,9 +190,12 @@ def _answer(cfg: ModelConfig, params, state: _State, uniform_BxK1, policy: _Poli
     if cfg.pause_layout == "private":
       scratch = nn.with_logical_constraint(c["scratch"], KeyValues(_SCRATCH_NAMES, _SCRATCH_NAMES))
       visibility = Visibility(
-          shared_mask=st.valid_BxM[:, None], private_mask=(jnp.arange(k_max) < k)[None, None], write_index=k - 1
+          shared_mask=st.valid_BxM[:, None],
+          private_mask=(jnp.arange(k_max) < k)[None, None],
+          write_index=k - 1,
       )
-      logits, c["scratch"] = _run_slot(cfg, params, x_BxD, st.position, LayerCache(st.cache, scratch), visibility)
+      cache = LayerCache(st.cache, scratch)
+      logits, c["scratch"] = _run_slot(cfg, params, x_BxD, st.position, cache, visibility)
     else:
       index = _slot_index(cfg, st.position, k)
       taken_BxM = (jnp.arange(st.valid_BxM.shape[1]) == index)[None] & ~c["done_B"][:, None]
@@ -232,7 +240,8 @@ def _step(cfg: ModelConfig, params, policy: _Policy, record: bool, carry, xs):
   return (state, next_B), (next_B, pauses_B, loop_steps, record_BxKxV1)
 
 
-def _run(cfg: ModelConfig, params, state: _State, first_B, forced_SxB, use_forced_S, rng, policy, record):
+def _run(cfg: ModelConfig, params, state: _State, first_B, forced_SxB, use_forced_S, rng,
+         policy: _Policy, record: bool):
   """Scans `_step` over S steps starting by reading `first_B`."""
   steps = forced_SxB.shape[0]
   step = functools.partial(_step, cfg, params, policy, record)
@@ -255,13 +264,17 @@ def _generate(cfg: ModelConfig, params, prompt_BxP, rng, policy: _Policy, *, max
     forced_SxB = jnp.concatenate([prompt_BxP[:, 1:].T, jnp.zeros((t, b), prompt_BxP.dtype)])
     use_forced_S = jnp.arange(p - 1 + t) < p - 1
   first_B = prompt_BxP[:, -1] if cfg.pause_layout == "private" else prompt_BxP[:, 0]
-  tokens_SxB, pauses_SxB, loop_steps_S, _ = _run(cfg, params, state, first_B, forced_SxB, use_forced_S, rng, policy, False)
+  tokens_SxB, pauses_SxB, loop_steps_S, _ = _run(
+      cfg, params, state, first_B, forced_SxB, use_forced_S, rng, policy, False
+  )
   return tokens_SxB[-t:].T, pauses_SxB[-t:].T, loop_steps_S[-t:]
 
 
 def _check_tokens(name: str, tokens) -> None:
   if tokens.ndim != 2 or tokens.shape[1] < 1 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-    raise ValueError(f"{name} must be an integer array [B, N] with N >= 1, got {tokens.dtype} {tokens.shape}")
+    raise ValueError(
+        f"{name} must be an integer array [B, N] with N >= 1, got {tokens.dtype} {tokens.shape}"
+    )
 
 
 def _policy(halting: str, threshold, temperature) -> _Policy:
@@ -313,7 +326,9 @@ def generate(
   if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
   policy = _policy(halting, threshold, temperature)
-  tokens, pauses, loop_steps = _generate(cfg, params, prompt, rng, policy, max_new_tokens=max_new_tokens)
+  tokens, pauses, loop_steps = _generate(
+      cfg, params, prompt, rng, policy, max_new_tokens=max_new_tokens
+  )
   return (tokens, pauses, {"pause_steps": loop_steps}) if return_stats else (tokens, pauses)
 
 

@@ -22,9 +22,13 @@ from flax import linen as nn
 Dtype = jnp.dtype
 
 
-def fan_in_init(in_axis: int | Sequence[int], out_axis: int | Sequence[int]) -> nn.initializers.Initializer:
-  """LeCun truncated-normal initialiser, variance 1 / fan_in, for kernels with several in/out axes."""
-  return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis)
+def fan_in_init(
+    in_axis: int | Sequence[int], out_axis: int | Sequence[int]
+) -> nn.initializers.Initializer:
+  """LeCun truncated normal (variance 1 / fan_in) for kernels with several in or out axes."""
+  return nn.initializers.variance_scaling(
+      1.0, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis
+  )
 
 
 class RMSNorm(nn.Module):
@@ -40,9 +44,8 @@ class RMSNorm(nn.Module):
   @nn.compact
   def __call__(self, x_xD: jax.Array) -> jax.Array:
     d = x_xD.shape[-1]
-    scale_D = self.param(
-        "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (d,), self.param_dtype
-    )
+    init = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
+    scale_D = self.param("scale", init, (d,), self.param_dtype)
     x32 = x_xD.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
     return (normed * scale_D.astype(jnp.float32)).astype(self.dtype)
@@ -61,10 +64,8 @@ class SwiGLU(nn.Module):
     in_init = nn.with_logical_partitioning(fan_in_init(0, 1), ("embed", "mlp"))
     gate_DxF = self.param("gate_kernel", in_init, (d, self.mlp_dim), self.param_dtype)
     up_DxF = self.param("up_kernel", in_init, (d, self.mlp_dim), self.param_dtype)
-    down_FxD = self.param(
-        "down_kernel", nn.with_logical_partitioning(fan_in_init(0, 1), ("mlp", "embed")), (self.mlp_dim, d),
-        self.param_dtype,
-    )
+    out_init = nn.with_logical_partitioning(fan_in_init(0, 1), ("mlp", "embed"))
+    down_FxD = self.param("down_kernel", out_init, (self.mlp_dim, d), self.param_dtype)
     x = x_BxSxD.astype(self.dtype)
     gate_BxSxF = jnp.einsum("bsd,df->bsf", x, gate_DxF.astype(self.dtype))
     up_BxSxF = jnp.einsum("bsd,df->bsf", x, up_DxF.astype(self.dtype))

@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cyb_jax.attention import Attention, KeyValues, LayerCache, Visibility, causal_segment_mask, slot_mask
+from cyb_jax.attention import (
+    Attention, KeyValues, LayerCache, Visibility, causal_segment_mask, slot_mask)
 from cyb_jax.layers import RMSNorm, SwiGLU, fan_in_init
 
 PAUSE_LAYOUTS = ("private", "visible")
@@ -114,7 +115,10 @@ class ModelConfig:
           f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}"
       )
     if self.resolved_head_dim % 2:
-      raise ValueError(f"head dimension (head_dim or d_model // num_heads) must be even for rotary positions, got {self.resolved_head_dim}")
+      raise ValueError(
+          "head dimension (head_dim or d_model // num_heads) must be even for rotary positions, "
+          f"got {self.resolved_head_dim}"
+      )
     if not math.isfinite(self.dk_bias_init):
       raise ValueError(f"dk_bias_init must be finite, got {self.dk_bias_init}")
     if not self.rope_base > 0:
@@ -174,7 +178,8 @@ class Block(nn.Module):
         **dtypes,
     )(h_BxSxD, positions_BxS, cache, visibility)
     x_BxSxD = x_BxSxD + attn_BxSxD
-    x_BxSxD = x_BxSxD + SwiGLU(cfg.mlp_dim, name="mlp", **dtypes)(RMSNorm(name="mlp_norm", **dtypes)(x_BxSxD))
+    h_BxSxD = RMSNorm(name="mlp_norm", **dtypes)(x_BxSxD)
+    x_BxSxD = x_BxSxD + SwiGLU(cfg.mlp_dim, name="mlp", **dtypes)(h_BxSxD)
     x_BxSxD = nn.with_logical_constraint(x_BxSxD, ("act_batch", "act_length", "act_embed"))
     return x_BxSxD, written
 
@@ -192,7 +197,9 @@ class Decoder(nn.Module):
     cfg = self.cfg
     block = Block
     if cfg.remat_policy != "none":
-      block = nn.remat(block, policy=_remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers)
+      block = nn.remat(
+          block, policy=_remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers
+      )
     if cfg.scan_layers:
       stack = nn.scan(
           block,
@@ -206,7 +213,8 @@ class Decoder(nn.Module):
     written = []
     for i in range(cfg.num_layers):
       cache_i = None if cache is None else jax.tree.map(lambda a, i=i: a[i], cache)
-      x_BxSxD, written_i = block(cfg, name=f"layer_{i}")(x_BxSxD, positions_BxS, cache_i, visibility)
+      layer = block(cfg, name=f"layer_{i}")
+      x_BxSxD, written_i = layer(x_BxSxD, positions_BxS, cache_i, visibility)
       written.append(written_i)
     return x_BxSxD, jax.tree.map(lambda *a: jnp.stack(a), *written)
 
@@ -249,7 +257,8 @@ class Transformer(nn.Module):
   def embed_pause(self, k: jax.Array) -> jax.Array:
     """Input `[D]` of pause slot k in 1..K (may be traced): pause_embed[k - 1], or [0] if shared."""
     index = 0 if self.cfg.shared_pause_embed else k - 1
-    return jax.lax.dynamic_index_in_dim(self.pause_embed, index, keepdims=False).astype(self.cfg.compute_dtype)
+    x_D = jax.lax.dynamic_index_in_dim(self.pause_embed, index, keepdims=False)
+    return x_D.astype(self.cfg.compute_dtype)
 
   def hidden(self, x_BxSxD, positions_BxS, cache, visibility):
     """Blocks then final norm: `-> (hidden [B, S, D], written KeyValues with leading L)`."""
@@ -266,7 +275,8 @@ class Transformer(nn.Module):
     b, n = tokens_BxN.shape
     positions_BxN = jnp.broadcast_to(jnp.arange(n), (b, n))
     mask = causal_segment_mask(jnp.ones((b, n), jnp.int32))
-    hidden_BxNxD, _ = self.hidden(self.embed_tokens(tokens_BxN), positions_BxN, None, Visibility(shared_mask=mask))
+    x_BxNxD = self.embed_tokens(tokens_BxN)
+    hidden_BxNxD, _ = self.hidden(x_BxNxD, positions_BxN, None, Visibility(shared_mask=mask))
     return _project(self.cfg, *self.output_projection(), hidden_BxNxD)
 
 
@@ -293,21 +303,23 @@ class _DKHead(nn.Module):
   def __call__(self):
     cfg = self.cfg
     pdt = jnp.dtype(cfg.param_dtype)
-    kernel_D = self.param("kernel", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (cfg.d_model,), pdt)
-    bias = self.param(
-        "bias", nn.with_logical_partitioning(nn.initializers.constant(cfg.dk_bias_init), ()), (), pdt
-    )
-    return kernel_D, bias
+    kernel_init = nn.with_logical_partitioning(nn.initializers.zeros, ("embed",))
+    bias_init = nn.with_logical_partitioning(nn.initializers.constant(cfg.dk_bias_init), ())
+    kernel_D = self.param("kernel", kernel_init, (cfg.d_model,), pdt)
+    return kernel_D, self.param("bias", bias_init, (), pdt)
 
 
 def _project(cfg: ModelConfig, output_kernel_DxV, dk_kernel_D, dk_bias, hidden_xD):
   h = hidden_xD.astype(cfg.compute_dtype)
-  vocab_xV = jnp.einsum("...d,dv->...v", h, output_kernel_DxV.astype(h.dtype), preferred_element_type=jnp.float32)
-  dk_x = jnp.einsum("...d,d->...", h, dk_kernel_D.astype(h.dtype), preferred_element_type=jnp.float32)
+  f32 = jnp.float32
+  kernel_DxV = output_kernel_DxV.astype(h.dtype)
+  vocab_xV = jnp.einsum("...d,dv->...v", h, kernel_DxV, preferred_element_type=f32)
+  dk_x = jnp.einsum("...d,d->...", h, dk_kernel_D.astype(h.dtype), preferred_element_type=f32)
   logits = jnp.concatenate([vocab_xV, (dk_x + dk_bias.astype(jnp.float32))[..., None]], axis=-1)
   if logits.ndim < 3:
     return logits
-  return nn.with_logical_constraint(logits, ("act_batch", "act_length") + (None,) * (logits.ndim - 3) + ("act_vocab",))
+  names = ("act_batch", "act_length") + (None,) * (logits.ndim - 3) + ("act_vocab",)
+  return nn.with_logical_constraint(logits, names)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,7 +351,10 @@ def output_projection(cfg: ModelConfig, params) -> tuple[jax.Array, jax.Array, j
   Vocabulary logits are hidden @ output_kernel (the token embedding transposed when tied);
   the DK logit is hidden @ dk_kernel + dk_bias.
   """
-  output_kernel_DxV = params["token_embed"].T if cfg.tie_embeddings else params["vocab_head"]["kernel"]
+  if cfg.tie_embeddings:
+    output_kernel_DxV = params["token_embed"].T
+  else:
+    output_kernel_DxV = params["vocab_head"]["kernel"]
   return output_kernel_DxV, params["dk_head"]["kernel"], params["dk_head"]["bias"]
 
 
@@ -394,7 +409,9 @@ def hidden_states(
 
 def _default_ids(tokens_BxN, segment_ids, positions):
   if tokens_BxN.ndim != 2 or not jnp.issubdtype(tokens_BxN.dtype, jnp.integer):
-    raise ValueError(f"tokens must be an integer array [B, N], got {tokens_BxN.dtype} {tokens_BxN.shape}")
+    raise ValueError(
+        f"tokens must be an integer array [B, N], got {tokens_BxN.dtype} {tokens_BxN.shape}"
+    )
   b, n = tokens_BxN.shape
   if segment_ids is None:
     segment_ids = jnp.ones((b, n), jnp.int32)
@@ -412,7 +429,9 @@ def _private_step_hidden(cfg: ModelConfig, params, tokens_BxN, segment_ids_BxN, 
   k_max = cfg.max_pauses
   real_mask_BxNxN = causal_segment_mask(segment_ids_BxN)
   x_BxNxD = embed_tokens(cfg, params, tokens_BxN)
-  hidden0_BxNxD, real = hidden_states(cfg, params, x_BxNxD, positions_BxN, None, Visibility(real_mask_BxNxN))
+  hidden0_BxNxD, real = hidden_states(
+      cfg, params, x_BxNxD, positions_BxN, None, Visibility(real_mask_BxNxN)
+  )
   if k_max == 0:
     return hidden0_BxNxD[:, :, None]
   real_names = (None, "act_batch", "act_length", "act_kv_heads", None)
@@ -431,14 +450,18 @@ def _private_step_hidden(cfg: ModelConfig, params, tokens_BxN, segment_ids_BxN, 
         private_mask=(jnp.arange(k_max) < k)[None, None, :],
         write_index=k - 1,
     )
-    hidden_BxNxD, pauses = hidden_states(cfg, params, x_BxNxD, positions_BxN, LayerCache(real, pauses), visibility)
+    hidden_BxNxD, pauses = hidden_states(
+        cfg, params, x_BxNxD, positions_BxN, LayerCache(real, pauses), visibility
+    )
     return pauses, hidden_BxNxD
 
   _, hidden_KxBxNxD = jax.lax.scan(pause_step, pauses_init, jnp.arange(1, k_max + 1))
   return jnp.concatenate([hidden0_BxNxD[:, :, None], jnp.moveaxis(hidden_KxBxNxD, 0, 2)], axis=2)
 
 
-def step_hidden_flat(cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, positions=None, taken_pauses=None):
+def step_hidden_flat(
+    cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, positions=None, taken_pauses=None
+) -> jax.Array:
   """Final hidden states `[B, N, K+1, D]` of either layout, computed on the flattened grid.
 
   The N (K+1) slots are laid out as (n, k) -> n (K+1) + k with inputs embed(x_n) for k = 0 and
@@ -457,17 +480,22 @@ def step_hidden_flat(cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, 
   x_BxNxKxD = x_BxNxD[:, :, None]
   if cfg.max_pauses > 0:
     pauses_KxD = jnp.stack([embed_pause(cfg, params, k) for k in range(1, steps)])
-    x_BxNxKxD = jnp.concatenate([x_BxNxKxD, jnp.broadcast_to(pauses_KxD, (b, n, steps - 1, cfg.d_model))], axis=2)
+    pauses_BxNxKxD = jnp.broadcast_to(pauses_KxD, (b, n, steps - 1, cfg.d_model))
+    x_BxNxKxD = jnp.concatenate([x_BxNxKxD, pauses_BxNxKxD], axis=2)
   x_BxSxD = x_BxNxKxD.reshape(b, n * steps, cfg.d_model)
   positions_BxS = jnp.repeat(positions, steps, axis=1)
   if taken_pauses is not None and taken_pauses.shape != tokens_BxN.shape:
-    raise ValueError(f"taken_pauses must have the tokens' shape {tokens_BxN.shape}, got {taken_pauses.shape}")
+    raise ValueError(
+        f"taken_pauses must have the tokens' shape {tokens_BxN.shape}, got {taken_pauses.shape}"
+    )
   mask_BxSxS = slot_mask(segment_ids, steps, cfg.pause_layout, taken_pauses)
   hidden_BxSxD, _ = hidden_states(cfg, params, x_BxSxD, positions_BxS, None, Visibility(mask_BxSxS))
   return hidden_BxSxD.reshape(b, n, steps, cfg.d_model)
 
 
-def step_hidden(cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, positions=None) -> jax.Array:
+def step_hidden(
+    cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, positions=None
+) -> jax.Array:
   """Final hidden states (after the last RMSNorm, compute dtype) `[B, N, K+1, D]` of every slot.
 
   Args:
@@ -482,10 +510,14 @@ def step_hidden(cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, posit
   return step_hidden_flat(cfg, params, tokens_BxN, segment_ids=segment_ids, positions=positions)
 
 
-def step_logits(cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, positions=None) -> jax.Array:
+def step_logits(
+    cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, positions=None
+) -> jax.Array:
   """float32 step logits `[B, N, K+1, V+1]`: slot (n, k)'s prediction of x_{n+1}, DK last.
 
   Equals `logits_from_hidden(cfg, params, step_hidden(...))`; see `step_hidden` for the args.
   """
-  hidden_BxNxKxD = step_hidden(cfg, params, tokens_BxN, segment_ids=segment_ids, positions=positions)
+  hidden_BxNxKxD = step_hidden(
+      cfg, params, tokens_BxN, segment_ids=segment_ids, positions=positions
+  )
   return logits_from_hidden(cfg, params, hidden_BxNxKxD)
