@@ -56,8 +56,8 @@ class LayerCache:
 class Visibility:
   """Which keys each query sees and where the queries' own keys go; identical for every layer.
 
-  shared_mask: bool, broadcastable to `[B, S, M]` (M = S when there is no cache).
-  private_mask: bool, broadcastable to `[B, S, J]`; required with private keys.
+  shared_mask: bool `[B or 1, S or 1, M]` (M = S when there is no cache).
+  private_mask: bool `[B or 1, S or 1, J]`; required with private keys.
   write_index: int scalar; where own keys are written when a cache is given.
   """
 
