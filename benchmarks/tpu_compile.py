@@ -5,14 +5,17 @@ JAX can describe a TPU topology it is not running on
 ``train_compile.py``): its devices carry the chips' coordinates, a mesh is built over
 them with ``cyb_jax.sharding.make_mesh``, and the trainer's own ``train_step`` (jitted
 with the trainer's shardings, donated state) is lowered with abstract inputs and
-compiled by libtpu's compiler. Nothing is allocated; XLA's buffer assignment then
-gives each chip's memory, and a program that does not fit fails to compile with the
-out-of-memory error the real slice would give.
+compiled by libtpu's compiler. Nothing is allocated; XLA's buffer assignment
+(``memory_analysis()``) then gives each chip's memory, which is compared with the chip's
+HBM ("fits"). The compile-only client does not itself refuse a program that is too
+large (a v5e program of 20.6 GiB compiled), so read the "fits" column, not the absence
+of errors.
 
 It needs ``libtpu`` matching the installed JAX (``pip install -e '.[tpu]'``; for
 jax 0.10.2 that is ``libtpu==0.0.42.*``), in an environment of its own: with libtpu
 installed, JAX looks for TPU chips at start-up. ``JAX_PLATFORMS=cpu`` (set here) keeps
-the default backend on the CPU; the topology is still compiled for by libtpu.
+the default backend on the CPU; the topology is still compiled for by libtpu. Only one
+process at a time can load libtpu (it holds ``/tmp/libtpu_lockfile``).
 
   /tmp/tpuvenv/bin/python benchmarks/tpu_compile.py                      # 1B model, v5e-16 and v4-32
   /tmp/tpuvenv/bin/python benchmarks/tpu_compile.py --topology=v5e-16 --mesh=1,16,1 \
@@ -144,7 +147,10 @@ def compile_for(name: str, config) -> dict:
          "device_kind": devices[0].device_kind, "mesh": dict(mesh.shape),
          "num_params": num_params, "batch": [config.data.batch_size, config.data.seq_len],
          "max_pauses": config.model.max_pauses, "remat_policy": config.model.remat_policy,
-         "vocab_chunk": config.loss.vocab_chunk, "hbm_bytes": SLICES[name].hbm_bytes}
+         "vocab_chunk": config.loss.vocab_chunk, "hbm_bytes": SLICES[name].hbm_bytes,
+         # Which slices each index of the data axis spans (multi-slice: one slice each).
+         "data_axis_slices": [sorted({int(getattr(d, "slice_index", 0)) for d in row.flat})
+                              for row in mesh.devices]}
   try:
     compiled = sharding_benchmark.compile_train_step(config, mesh)
   except Exception as e:  # pylint: disable=broad-except
@@ -187,7 +193,8 @@ def main(argv):
           f"{r['compile_s']:.0f} |")
   for r in rows:
     if r["compiled"]:
-      print(f"{r['slice']}: collectives {r['collectives']}")
+      print(f"{r['slice']} x{r['num_slices']}: collectives {r['collectives']}; slices of "
+            f"each data index {r['data_axis_slices']}")
   if _OUT.value:
     with open(_OUT.value, "w") as f:
       json.dump(rows, f, indent=1)

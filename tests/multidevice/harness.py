@@ -36,8 +36,8 @@ NUM_STEPS = 3
 def tiny_config(**overrides: Any) -> ml_collections.ConfigDict:
   """A 1-layer, d_model 32, K = 2 CYB-AP run on the synthetic task: batch 8 x 16 tokens.
 
-  Every sharded dimension divides 8 (vocab 32, d_model 32, heads 2, mlp 64), so each
-  mesh of 8 devices shards it evenly. ``overrides`` are dotted paths, e.g.
+  Every sharded dimension (vocab 32, d_model 32, heads 2, mlp 64, batch 8) is divisible
+  by the axis sizes of every mesh in ``MESHES``, so each shards it evenly. ``overrides`` are dotted paths, e.g.
   ``{"mesh.fsdp": 4}``.
   """
   c = default_config.get_config()

@@ -87,7 +87,8 @@ def main() -> None:
                          sorted(set(sharding.bytes_per_device(state).values()))}
     state, losses = run.run(state, 0, saved_step)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(args.workdir, name), keep=1)
-    checkpointer.save(saved_step, state, run.data.train.get_state(), {"mesh": list(shape)})
+    checkpointer.save(saved_step, state, train.gather_data_states(run.data.train.get_state()),
+                      {"mesh": list(shape)})
     state, last = run.run(state, saved_step, 1)
     checkpointer.close()
     results[name]["losses"] = losses + last
