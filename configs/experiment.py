@@ -23,6 +23,7 @@ def get_config(preset: str = "main") -> ml_collections.ConfigDict:
   c.from_ce = False  # Fine-tune every run from a shared ce checkpoint per seed (paper's setting).
   c.ce_init_steps = 500  # Steps of that shared ce checkpoint.
   c.analyse_pauses = True  # Per-difficulty / per-token pause analysis of each main run.
+  c.summarise_only = False  # Train nothing: summarise the finished runs in out_dir (and list the rest).
   s = ml_collections.ConfigDict()
   s.gamma = ()  # cyb_ap sweep over gamma (one seed).
   s.prior_continuation = ()  # cyb_va sweep over the geometric prior's q (one seed).

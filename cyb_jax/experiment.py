@@ -149,8 +149,12 @@ def data_efficiency(curve_a: Sequence[tuple[float, float]],
   tokens_worse = tokens_to_reach(worse, target)
   lower_bound = tokens_worse is None
   ratio = (worse[-1][0] if lower_bound else tokens_worse) / tokens_better
+  # The same comparison at the worse model's final loss, which the better one reaches.
+  at_worse = tokens_to_reach(better, worse[-1][1])
+  ratio_at_worse = worse[-1][0] / at_worse if at_worse else float("nan")
   return {"better": name, "target_loss": target, "tokens_better": tokens_better,
-          "tokens_worse": tokens_worse, "ratio": ratio, "lower_bound": lower_bound}
+          "tokens_worse": tokens_worse, "ratio": ratio, "lower_bound": lower_bound,
+          "worse_final_loss": worse[-1][1], "ratio_at_worse_final": ratio_at_worse}
 
 
 def mean_curve(workdirs: Sequence[str], key: str = EVAL_LOSS) -> list[tuple[float, float]]:
@@ -205,6 +209,8 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """
   out_dir = os.path.abspath(config.out_dir)
   specs = plan_runs(config)
+  if config.summarise_only:
+    return write_results(config, specs, out_dir, {})
   for spec in specs:
     train.validate_config(run_config(config, spec))
   os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
@@ -227,12 +233,53 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if config.from_ce:
       c.init_from = ce_init[spec.seed]
     logging.info("Run %s -> %s", spec.name, workdir)
-    timings[spec.name] = _train(c, workdir)
-  results = summarise_runs(config, specs, out_dir, timings)
+    seconds = _train(c, workdir)
+    if seconds > 5 or spec.name not in timings:  # a reused finished run takes ~0 s
+      timings[spec.name] = seconds
+    with open(os.path.join(out_dir, "timings.json"), "w") as f:
+      json.dump(dict(_read_timings(out_dir), **timings), f, indent=2)
+  return write_results(config, specs, out_dir, timings)
+
+
+def _finished(config, spec: RunSpec, out_dir: str) -> bool:
+  _, evals = report_lib.read_metrics(os.path.join(out_dir, "runs", spec.name))
+  return bool(evals) and evals[-1]["step"] == config.run.num_train_steps
+
+
+def write_results(config, specs: Sequence[RunSpec], out_dir: str,
+                  timings: dict[str, float]) -> dict[str, Any]:
+  """Summarises the finished runs into results.json / results.md / plots."""
+  done = [s for s in specs if _finished(config, s, out_dir)]
+  missing = [s.name for s in specs if s not in done]
+  if not done:
+    raise ValueError(f"no finished run in {out_dir}/runs: nothing to summarise.")
+  timings = dict(_read_timings(out_dir), **timings)
+  with open(os.path.join(out_dir, "timings.json"), "w") as f:
+    json.dump(timings, f, indent=2)
+  results = summarise_runs(config, done, out_dir, timings)
+  results["missing_runs"] = missing
   with open(os.path.join(out_dir, "results.json"), "w") as f:
     json.dump(results, f, indent=2, default=float)
   write_results_md(config, results, out_dir)
   return results
+
+
+def _read_timings(out_dir: str) -> dict[str, float]:
+  """Seconds per run: timings.json, else the time from a run's config.json being written
+  to its newest checkpoint (an estimate that includes any pause between a stop and a resume)."""
+  timings = {}
+  runs = os.path.join(out_dir, "runs")
+  for name in (os.listdir(runs) if os.path.isdir(runs) else ()):
+    config_file = os.path.join(runs, name, ckpt_lib.CONFIG_FILE)
+    checkpoints = ckpt_lib.checkpoint_dir(os.path.join(runs, name))
+    if os.path.exists(config_file) and os.path.isdir(checkpoints) and os.listdir(checkpoints):
+      newest = max(os.path.getmtime(os.path.join(checkpoints, c)) for c in os.listdir(checkpoints))
+      timings[name] = newest - os.path.getmtime(config_file)
+  path = os.path.join(out_dir, "timings.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      timings.update(json.load(f))
+  return timings
 
 
 def summarise_runs(config, specs: Sequence[RunSpec], out_dir: str,
@@ -316,11 +363,15 @@ def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
         f"{r['train_tokens']:,.0f} | {r['seconds']:.0f} |")
   lines += ["", "## Data efficiency", "",
             "Tokens the worse model needs to reach the better model's final eval loss, divided "
-            "by the better model's tokens (seed-averaged curves; `>=` when it never got there).",
-            "", "| pair | better | target loss | ratio |", "|---|---|---|---|"]
+            "by the better model's tokens (seed-averaged curves; `>=` when it never got there, "
+            "a lower bound at equal budgets). The last column makes the same comparison at the "
+            "worse model's final loss, which the better one reaches.",
+            "", "| pair | better | better's final loss | ratio | worse's final loss | ratio there |",
+            "|---|---|---|---|---|---|"]
   for pair, e in results["efficiency"].items():
     ratio = f"{'>= ' if e['lower_bound'] else ''}{e['ratio']:.2f}"
-    lines.append(f"| {pair} | {e['better']} | {e['target_loss']:.4f} | {ratio} |")
+    lines.append(f"| {pair} | {e['better']} | {e['target_loss']:.4f} | {ratio} | "
+                 f"{e['worse_final_loss']:.4f} | {e['ratio_at_worse_final']:.2f} |")
   for key, p in results["pauses"].items():
     if "difficulty" in p:
       d = p["difficulty"]
@@ -348,6 +399,9 @@ def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
     for s in results["sweeps"]:
       lines.append(f"| {s['name']} | {s['field']} | {s['value']} | {s['nll_mix']:.4f} | "
                    f"{s['expected_pauses']:.2f} | {s['threshold_accuracy']:.3f} |")
+  if results.get("missing_runs"):
+    lines += ["", "Runs not finished (left out of every table): " +
+              ", ".join(f"`{n}`" for n in results["missing_runs"]) + "."]
   lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})"
                                    for p in plots]
   path = os.path.join(out_dir, "results.md")

@@ -23,6 +23,7 @@ def test_data_efficiency_ratio_and_lower_bound():
   slow = [(100, 3.0), (200, 2.5), (300, 2.0), (400, 1.5), (600, 1.0)]
   e = experiment.data_efficiency(fast, slow)
   assert e["better"] == "a" and e["target_loss"] == 1.0
+  assert e["ratio_at_worse_final"] == pytest.approx(600 / 200)
   assert e["ratio"] == pytest.approx(600 / 200) and not e["lower_bound"]
   never = [(100, 3.0), (400, 2.0)]
   e = experiment.data_efficiency(never, fast)
