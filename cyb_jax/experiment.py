@@ -274,7 +274,8 @@ def _read_timings(out_dir: str) -> dict[str, float]:
     checkpoints = ckpt_lib.checkpoint_dir(os.path.join(runs, name))
     if os.path.exists(config_file) and os.path.isdir(checkpoints) and os.listdir(checkpoints):
       newest = max(os.path.getmtime(os.path.join(checkpoints, c)) for c in os.listdir(checkpoints))
-      timings[name] = newest - os.path.getmtime(config_file)
+      seconds = newest - os.path.getmtime(config_file)
+      timings[name] = seconds if seconds > 0 else float("nan")  # config rewritten by a resume
   path = os.path.join(out_dir, "timings.json")
   if os.path.exists(path):
     with open(path) as f:
@@ -360,7 +361,8 @@ def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
         f"| {key} | {len(r['seeds'])} | {_pm(r['nll_mix'])} | {_pm(r['expected_pauses'], 2)} | "
         f"{_pm(r['compute_mix'], 2)} | {_pm(r['threshold_nll'])} | "
         f"{_pm(r['threshold_accuracy'])} | {_pm(r['threshold_pauses'], 2)} | "
-        f"{r['train_tokens']:,.0f} | {r['seconds']:.0f} |")
+        f"{r['train_tokens']:,.0f} | "
+        f"{'n/a' if math.isnan(r['seconds']) else format(r['seconds'], '.0f')} |")
   lines += ["", "## Data efficiency", "",
             "Tokens the worse model needs to reach the better model's final eval loss, divided "
             "by the better model's tokens (seed-averaged curves; `>=` when it never got there, "
