@@ -17,7 +17,7 @@
 
 if [[ -z "${PROJECT}" ]]; then
   echo "Set PROJECT (or run: gcloud config set project YOUR_PROJECT)." >&2
-  exit 1
+  return 1 2>/dev/null || exit 1  # sourced from a shell: do not close it
 fi
 
 # The TPU VM nodes of the job: one per slice.
