@@ -36,7 +36,6 @@ if __name__ == "__main__" and "device_count" not in os.environ.get("XLA_FLAGS", 
                              + " --xla_force_host_platform_device_count=8").strip()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import collections
 import functools
 import json
 import re
