@@ -309,13 +309,22 @@ class _DKHead(nn.Module):
     return kernel_D, self.param("bias", bias_init, (), pdt)
 
 
-def _project(cfg: ModelConfig, output_kernel_DxV, dk_kernel_D, dk_bias, hidden_xD):
+def _project_parts(cfg: ModelConfig, output_kernel_DxV, dk_kernel_D, dk_bias, hidden_xD):
+  """float32 `(vocab logits [..., V], DK logit [...])`, compute dtype, float32 accumulation."""
   h = hidden_xD.astype(cfg.compute_dtype)
   f32 = jnp.float32
   kernel_DxV = output_kernel_DxV.astype(h.dtype)
   vocab_xV = jnp.einsum("...d,dv->...v", h, kernel_DxV, preferred_element_type=f32)
   dk_x = jnp.einsum("...d,d->...", h, dk_kernel_D.astype(h.dtype), preferred_element_type=f32)
-  logits = jnp.concatenate([vocab_xV, (dk_x + dk_bias.astype(jnp.float32))[..., None]], axis=-1)
+  if vocab_xV.ndim >= 3:
+    names = ("act_batch", "act_length") + (None,) * (vocab_xV.ndim - 3) + ("act_vocab",)
+    vocab_xV = nn.with_logical_constraint(vocab_xV, names)
+  return vocab_xV, dk_x + dk_bias.astype(f32)
+
+
+def _project(cfg: ModelConfig, output_kernel_DxV, dk_kernel_D, dk_bias, hidden_xD):
+  vocab_xV, dk_x = _project_parts(cfg, output_kernel_DxV, dk_kernel_D, dk_bias, hidden_xD)
+  logits = jnp.concatenate([vocab_xV, dk_x[..., None]], axis=-1)
   if logits.ndim < 3:
     return logits
   names = ("act_batch", "act_length") + (None,) * (logits.ndim - 3) + ("act_vocab",)
@@ -364,6 +373,16 @@ def logits_from_hidden(cfg: ModelConfig, params, hidden_xD: jax.Array) -> jax.Ar
   Products run in the compute dtype with float32 accumulation.
   """
   return _project(cfg, *output_projection(cfg, params), hidden_xD)
+
+
+def split_logits_from_hidden(cfg: ModelConfig, params, hidden_xD: jax.Array
+                             ) -> tuple[jax.Array, jax.Array]:
+  """`logits_from_hidden` as its two parts: vocabulary logits `[..., V]` and the DK logit `[...]`.
+
+  For `losses.step_log_probs_from_parts`: joining the parts only to slice them apart again
+  costs two extra `[..., V+1]` buffers in the backward pass.
+  """
+  return _project_parts(cfg, *output_projection(cfg, params), hidden_xD)
 
 
 # ----------------------------------------------------------------------------------------------

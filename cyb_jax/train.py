@@ -226,8 +226,8 @@ def compute_stats(model_cfg: model_lib.ModelConfig, params: Any, batch: Batch, *
     kernel_DxV, dk_D, dk_bias = model_lib.output_projection(model_cfg, params)
     return losses.chunked_step_log_probs(hidden_BxNxKxD, kernel_DxV, dk_D, batch["targets"],
                                          vocab_chunk=vocab_chunk, dk_bias=dk_bias)
-  logits_BxNxKxV = model_lib.logits_from_hidden(model_cfg, params, hidden_BxNxKxD)
-  return losses.step_log_probs(logits_BxNxKxV, batch["targets"])
+  vocab_BxNxKxV, dk_BxNxK = model_lib.split_logits_from_hidden(model_cfg, params, hidden_BxNxKxD)
+  return losses.step_log_probs_from_parts(vocab_BxNxKxV, dk_BxNxK, batch["targets"])
 
 
 def train_step(state: TrainState, batch: Batch, *, model_cfg: model_lib.ModelConfig,

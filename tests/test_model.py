@@ -252,3 +252,15 @@ def test_config_builds_from_a_dict_and_is_hashable():
 def test_step_hidden_rejects_mismatched_segment_ids():
   with pytest.raises(ValueError, match="segment_ids must have the tokens' shape"):
     model_lib.step_hidden(CFG, _params(), _tokens(), segment_ids=jnp.ones((B, N - 1), jnp.int32))
+
+
+def test_split_logits_are_the_parts_of_step_logits():
+  cfg = ModelConfig(vocab_size=11, num_layers=1, d_model=16, num_heads=2, mlp_dim=32,
+                          max_pauses=2)
+  params = model_lib.init_params(cfg, jax.random.key(3))
+  tokens = jnp.arange(10, dtype=jnp.int32).reshape(2, 5)
+  hidden = model_lib.step_hidden(cfg, params, tokens)
+  vocab, dk = model_lib.split_logits_from_hidden(cfg, params, hidden)
+  joined = model_lib.step_logits(cfg, params, tokens)
+  np.testing.assert_array_equal(vocab, joined[..., :-1])
+  np.testing.assert_array_equal(dk, joined[..., -1])
