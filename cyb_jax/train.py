@@ -367,6 +367,11 @@ class _Preemption:
     self._previous = None
 
   def __enter__(self):
+    if jax.process_count() > 1:
+      # Multi-host: JAX's preemption service owns SIGTERM and picks one step at which every
+      # process stops (reached_preemption_sync_point); a Python handler here would make each
+      # process stop at a different step and the collective save hang.
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread: no handler, no preemption saves
@@ -462,7 +467,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.logical_axis_rules)
-  sharding.check_batch_divisible(config.data.batch_size, mesh)
+  sharding.check_batch_divisible(config.data.batch_size // config.optimizer.grad_accum_steps,
+                                 mesh)
   os.makedirs(workdir, exist_ok=True)
   if is_main:
     ckpt_lib.save_config(workdir, config)

@@ -273,9 +273,6 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
 
 @pytest.mark.multidevice
 @pytest.mark.slow
-@pytest.mark.skip(reason="hangs: train._Preemption installs a Python SIGTERM handler, which "
-                  "replaces JAX's preemption notifier, so processes stop at different steps; "
-                  "enable once it leaves SIGTERM to JAX when jax.process_count() > 1")
 def test_sigterm_stops_every_process_at_the_same_step(tmp_path):
   """A maintenance event (SIGTERM to every host) saves one checkpoint and exits cleanly."""
   workdir = str(tmp_path / "run")
