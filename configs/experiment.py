@@ -13,6 +13,19 @@ import ml_collections
 from configs import default
 
 
+def _one_layer_model(run: ml_collections.ConfigDict, *, steps: int) -> None:
+  """A 1-layer, d 64 model trained for `steps` on 16 x 64-token batches."""
+  run.model.num_layers = 1
+  run.model.d_model = 64
+  run.model.num_heads = 4
+  run.model.mlp_dim = 256
+  run.data.seq_len = 64
+  run.data.batch_size = 16
+  run.num_train_steps = steps
+  run.eval_every_steps = steps // 8
+  run.checkpoint_every_steps = steps
+
+
 def get_config(preset: str = "main") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.preset = preset  # "smoke" | "main" | "text" (the fields below are set per preset).
@@ -52,30 +65,14 @@ def get_config(preset: str = "main") -> ml_collections.ConfigDict:
   elif preset == "main":
     # A 1-layer model: on this task a second layer halves the loss on carry-chain digits,
     # so a pause step (one more pass through the layer) has something to buy.
-    c.run.model.num_layers = 1
-    c.run.model.d_model = 64
-    c.run.model.num_heads = 4
-    c.run.model.mlp_dim = 256
-    c.run.data.seq_len = 64
-    c.run.data.batch_size = 16
-    c.run.num_train_steps = 800
-    c.run.eval_every_steps = 100
-    c.run.checkpoint_every_steps = 800
+    _one_layer_model(c.run, steps=800)
   elif preset == "text":
     c.pauses = (1,)
     c.seeds = (0,)
     c.run.data.source = "text:../shared/data/tinyshakespeare.txt"
     c.run.data.doc_per = "paragraph"
-    c.run.data.seq_len = 64
-    c.run.data.batch_size = 16
     c.run.data.spm_vocab_size = 512
-    c.run.model.num_layers = 1
-    c.run.model.d_model = 64
-    c.run.model.num_heads = 4
-    c.run.model.mlp_dim = 256
-    c.run.num_train_steps = 800
-    c.run.eval_every_steps = 100
-    c.run.checkpoint_every_steps = 800
+    _one_layer_model(c.run, steps=800)
   else:
     raise ValueError(f"preset={preset!r} is unknown; allowed: 'smoke', 'main', 'text'.")
   return c
