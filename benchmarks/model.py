@@ -148,9 +148,10 @@ def bench_train(lengths: Sequence[int], max_pauses: int, layouts: Sequence[str],
   """Table 1: time and memory of value_and_grad(train_loss) for every (N, layout, K)."""
   key_p, key_x = jax.random.split(jax.random.key(seed))
   params = model_lib.init_params(_model_config(max_pauses, "private"), key_p)
-  compiled, memory, args = {}, {}, {}
-  for n in lengths:
+  memory, seconds = {}, {}
+  for n in lengths:  # one length at a time: small programs are not timed among large ones
     tokens = jax.random.randint(jax.random.fold_in(key_x, n), (batch, n + 1), 0, _VOCAB.value)
+    programs = {}
     for layout in layouts:
       for k in range(max_pauses + 1):
         if k == 0 and layout != layouts[0]:
@@ -160,11 +161,10 @@ def bench_train(lengths: Sequence[int], max_pauses: int, layouts: Sequence[str],
         if k > 0:
           p["pause_embed"] = params["pause_embed"][:k]
         step = jax.jit(jax.value_and_grad(functools.partial(train_loss, cfg)))
-        compiled[(n, layout, k)] = step.lower(p, tokens).compile()
-        memory[(n, layout, k)] = memory_stats(compiled[(n, layout, k)])
-        args[(n, layout, k)] = (p, tokens)
-  seconds = interleaved_seconds(
-      {key: functools.partial(c, *args[key]) for key, c in compiled.items()}, repeats)
+        compiled = step.lower(p, tokens).compile()
+        memory[(n, layout, k)] = memory_stats(compiled)
+        programs[(n, layout, k)] = functools.partial(compiled, p, tokens)
+    seconds |= interleaved_seconds(programs, repeats)
 
   header = ["N", "layout", "K", "ms / step (min)", "r(K)", "ms (median)", "r (median)",
             "peak MiB", "temp MiB"]
