@@ -236,8 +236,7 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
     seconds = _train(c, workdir)
     if seconds > 5 or spec.name not in timings:  # a reused finished run takes ~0 s
       timings[spec.name] = seconds
-    with open(os.path.join(out_dir, "timings.json"), "w") as f:
-      json.dump(dict(_read_timings(out_dir), **timings), f, indent=2)
+    _write_json(os.path.join(out_dir, "timings.json"), dict(_read_timings(out_dir), **timings))
   return write_results(config, specs, out_dir, timings)
 
 
@@ -254,14 +253,20 @@ def write_results(config, specs: Sequence[RunSpec], out_dir: str,
   if not done:
     raise ValueError(f"no finished run in {out_dir}/runs: nothing to summarise.")
   timings = dict(_read_timings(out_dir), **timings)
-  with open(os.path.join(out_dir, "timings.json"), "w") as f:
-    json.dump(timings, f, indent=2)
+  _write_json(os.path.join(out_dir, "timings.json"), timings)
   results = summarise_runs(config, done, out_dir, timings)
   results["missing_runs"] = missing
-  with open(os.path.join(out_dir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2, default=float)
+  _write_json(os.path.join(out_dir, "results.json"), results)
   write_results_md(config, results, out_dir)
   return results
+
+
+def _write_json(path: str, value: Any) -> None:
+  """Writes JSON through a temporary file, so a reader never sees a partial file."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2, default=float)
+  os.replace(tmp, path)
 
 
 def _read_timings(out_dir: str) -> dict[str, float]:

@@ -258,7 +258,8 @@ def test_write_report_synthetic(tmp_path, synthetic_data):
   text = open(path).read()
   for needle in ("| max pauses K | 2 |", "| training steps | 30 |", "| training tokens seen | 3k |",
                  "## Final evaluation", "threshold (tau = 0.5)", "step K (always 2 pauses)", "### Per step",
-                 "## Training curve", "## Pauses by difficulty", "mul_middle", "Spearman"):
+                 "## Training curve", "## Pauses by difficulty", synthetic_data.info.difficulty_names[-1],
+                 "Spearman"):
     assert needle in text, needle
   for plot in ("eval_curve", "halting", "pauses_by_difficulty"):
     assert f"(plots/{plot}.png)" in text

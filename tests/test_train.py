@@ -245,7 +245,7 @@ def test_gradient_accumulation_matches_the_full_batch_step():
   state = train.init_state(jax.random.key(0), model_cfg=model_cfg, tx=tx, multiplier_init=0.0)
   outs = [jax.jit(lambda s, b, a=a: train.train_step(
       s, b, model_cfg=model_cfg, loss_fn=loss_fn, tx=tx, schedule=schedule,
-      accum_steps=a))(state, batch) for a in (1, 2, 4)]
+      accum_steps=a))(state, batch) for a in (1, 4)]
   for other in outs[1:]:
     np.testing.assert_allclose(other[1]["loss"], outs[0][1]["loss"], rtol=1e-5)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6),
