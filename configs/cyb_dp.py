@@ -8,5 +8,5 @@ def get_config():
   c.loss.name = "cyb_dp"
   c.loss.budget = 1.0
   c.loss.multiplier_init = 0.0
-  c.loss.multiplier_rate = 0.05
+  c.loss.multiplier_rate = 0.01
   return c

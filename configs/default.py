@@ -1,8 +1,10 @@
-"""The embedded default task: CYB-AP with K = 3 on synthetic arithmetic, a few minutes on a CPU.
+"""The embedded default task: CYB-DP with K = 3 on synthetic arithmetic, a few minutes on a CPU.
 
 The data are generated on the fly (no download): additions and multiplications with
 answers written least significant digit first, each target token labelled with how
-much computation it needs (cyb_jax/data/synthetic.py).
+much computation it needs (cyb_jax/data/synthetic.py). CYB-DP (a budget of one pause
+per token on average) is the loss that, at this size, learns to pause on the hardest
+digits (docs/RESULTS.md); switch with --config.loss.name=cyb_ap etc.
 """
 
 from configs import base
@@ -10,21 +12,22 @@ from configs import base
 
 def get_config():
   c = base.get_config()
-  c.num_train_steps = 1500
-  c.eval_every_steps = 250
-  c.checkpoint_every_steps = 500
-  c.log_every_steps = 50
-  c.model.num_layers = 2
-  c.model.d_model = 128
+  c.num_train_steps = 800
+  c.eval_every_steps = 100
+  c.checkpoint_every_steps = 400
+  c.log_every_steps = 25
+  c.model.num_layers = 1
+  c.model.d_model = 64
   c.model.num_heads = 4
-  c.model.mlp_dim = 512
+  c.model.mlp_dim = 256
   c.model.max_pauses = 3
   c.model.init_pause_prob = 0.5
-  c.loss.name = "cyb_ap"
-  c.loss.gamma = 0.9
+  c.loss.name = "cyb_dp"
+  c.loss.budget = 1.0
+  c.loss.multiplier_rate = 0.01
   c.data.source = "synthetic"
   c.data.seq_len = 64
-  c.data.batch_size = 32
+  c.data.batch_size = 16
   c.data.eval_batches = 8
   c.optimizer.learning_rate = 3e-3
   c.optimizer.warmup_steps = 100
