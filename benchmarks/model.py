@@ -19,14 +19,16 @@ Two experiments, each a markdown table (and JSON with ``--out``):
    mean pauses per token and the pause-loop iterations per token (the batch's slowest
    sequence) that the adaptive speed reflects.
 
-Memory is XLA's static buffer assignment of the compiled program (``memory_analysis()``):
-``peak = argument + output + temp - alias`` bytes, deterministic on any backend. Timing:
-every program is compiled and run once before timing, repeats run round-robin over the
-programs of a table, and the fastest repeat is reported (load on a shared machine only adds
-time; the train table also gives medians); compare ratios within one run.
+Timing: every program is compiled and run once, then repeats run round-robin over the
+programs of one table (one sequence length at a time), and the fastest repeat is reported.
+Two clocks: process CPU time (all threads of this process), which measures the work and barely
+moves when other jobs share the machine, and wall time (load only adds to it; the train table
+also gives the median). Compare ratios within one run. Memory is XLA's static buffer
+assignment of the compiled program (``memory_analysis()``): ``peak = argument + output + temp
+- alias`` bytes, deterministic on any backend.
 
   python benchmarks/model.py                       # N = 256 and 1024, K = 0..4 (long on 2 CPUs)
-  python benchmarks/model.py --lengths=256 --repeats=2
+  python benchmarks/model.py --lengths=256 --repeats=2 --unroll_pause_scan
   python benchmarks/model.py --quick               # smoke test
 """
 
@@ -64,6 +66,7 @@ _HEADS = flags.DEFINE_integer("heads", 4, "Query heads (head dimension D / heads
 _MLP = flags.DEFINE_integer("mlp_dim", 1024, "SwiGLU width.")
 _MAX_PAUSES = flags.DEFINE_integer("max_pauses", 4, "Largest K; table 1 runs K = 0..max_pauses.")
 _LAYOUTS = flags.DEFINE_list("layouts", ["private", "visible"], "Pause layouts to measure.")
+_UNROLL = flags.DEFINE_bool("unroll_pause_scan", False, "ModelConfig.unroll_pause_scan.")
 # Table 1.
 _LENGTHS = flags.DEFINE_list("lengths", ["256", "1024"], "Sequence lengths N of table 1.")
 _BATCH = flags.DEFINE_integer("batch", 1, "B of table 1.")
@@ -96,22 +99,25 @@ def memory_stats(compiled: jax.stages.Compiled) -> dict[str, int]:
 
 def interleaved_seconds(programs: dict[Any, Callable[[], Any]],
                         repeats: int) -> dict[Any, dict[str, float]]:
-  """Fastest and median wall time of each zero-argument program.
+  """Wall and process CPU seconds of each zero-argument program (fastest and median repeat).
 
   One untimed run each, then `repeats` round-robin rounds (starting one program later each
-  round) so that machine load hits all programs alike. On a shared machine load only ever adds
-  time, so the minimum is the figure to compare; the median shows the spread.
+  round) so that machine load hits all programs alike. Load on a shared machine only ever adds
+  wall time, so the fastest repeat is the wall figure to compare; CPU time (all threads of this
+  process) measures the work itself and barely moves with load.
   """
   for run in programs.values():
     jax.block_until_ready(run())
   names = list(programs)
-  times = {name: [] for name in names}
+  wall, cpu = {name: [] for name in names}, {name: [] for name in names}
   for r in range(repeats):
     for name in names[r % len(names):] + names[: r % len(names)]:
-      start = time.perf_counter()
+      start_wall, start_cpu = time.perf_counter(), time.process_time()
       jax.block_until_ready(programs[name]())
-      times[name].append(time.perf_counter() - start)
-  return {name: dict(min=min(t), median=statistics.median(t)) for name, t in times.items()}
+      wall[name].append(time.perf_counter() - start_wall)
+      cpu[name].append(time.process_time() - start_cpu)
+  return {name: dict(min=min(wall[name]), median=statistics.median(wall[name]),
+                     cpu=min(cpu[name])) for name in names}
 
 
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -122,7 +128,7 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def _model_config(max_pauses: int, layout: str) -> ModelConfig:
   return ModelConfig(vocab_size=_VOCAB.value, num_layers=_LAYERS.value, d_model=_D_MODEL.value,
                      num_heads=_HEADS.value, mlp_dim=_MLP.value, max_pauses=max_pauses,
-                     pause_layout=layout)
+                     pause_layout=layout, unroll_pause_scan=_UNROLL.value)
 
 
 def _num_params(params) -> int:
@@ -166,23 +172,24 @@ def bench_train(lengths: Sequence[int], max_pauses: int, layouts: Sequence[str],
         programs[(n, layout, k)] = functools.partial(compiled, p, tokens)
     seconds |= interleaved_seconds(programs, repeats)
 
-  header = ["N", "layout", "K", "ms / step (min)", "r(K)", "ms (median)", "r (median)",
-            "peak MiB", "temp MiB"]
+  header = ["N", "layout", "K", "CPU ms", "r(K) CPU", "wall ms (min)", "r(K) wall",
+            "wall ms (median)", "peak MiB", "temp MiB"]
   rows, record = [], []
   for n in lengths:
     t0 = seconds[(n, layouts[0], 0)]
     for layout in layouts:
       for k in range(max_pauses + 1):
         key = (n, layouts[0] if k == 0 else layout, k)
-        r = {stat: seconds[key][stat] / ((k + 1) * t0[stat]) for stat in ("min", "median")}
-        rows.append([str(n), layout, str(k), f"{1e3 * seconds[key]['min']:.0f}",
-                     f"{r['min']:.3f}", f"{1e3 * seconds[key]['median']:.0f}",
-                     f"{r['median']:.3f}", f"{memory[key]['peak'] / _MIB:.0f}",
+        r = {stat: seconds[key][stat] / ((k + 1) * t0[stat]) for stat in ("cpu", "min")}
+        rows.append([str(n), layout, str(k), f"{1e3 * seconds[key]['cpu']:.0f}",
+                     f"{r['cpu']:.3f}", f"{1e3 * seconds[key]['min']:.0f}", f"{r['min']:.3f}",
+                     f"{1e3 * seconds[key]['median']:.0f}", f"{memory[key]['peak'] / _MIB:.0f}",
                      f"{memory[key]['temp'] / _MIB:.0f}"])
         record.append(dict(length=n, layout=layout, pauses=k, seconds=seconds[key], r=r,
                            memory_bytes=memory[key]))
   title = (f"### Train step (value_and_grad of CYB-AP, all parameters), B={batch}, "
-           f"{_num_params(params) / 1e6:.1f}M parameters, {repeats} interleaved repeats\n"
+           f"{_num_params(params) / 1e6:.1f}M parameters, {repeats} interleaved repeats, "
+           f"unroll_pause_scan={_UNROLL.value}\n"
            "r(K) = t(K) / ((K+1) t(0)); K = 0 is one program for both layouts.\n")
   return dict(rows=record, num_params=_num_params(params)), title + _markdown(header, rows)
 
@@ -255,7 +262,8 @@ def main(argv: Sequence[str]) -> None:
         f"{platform.processor() or platform.machine()}, jax {jax.__version__}\n")
   record: dict[str, Any] = dict(device=jax.devices()[0].device_kind, flags={
       name: flags.FLAGS[name].value for name in (
-          "vocab", "d_model", "layers", "heads", "mlp_dim", "max_pauses", "layouts", "lengths",
+          "vocab", "d_model", "layers", "heads", "mlp_dim", "max_pauses", "layouts",
+          "unroll_pause_scan", "lengths",
           "batch", "repeats", "decode_batches", "prompt", "new_tokens", "decode_repeats",
           "seed")})
   if not _SKIP_TRAIN.value:

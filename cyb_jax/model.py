@@ -68,6 +68,9 @@ class ModelConfig:
     param_dtype: parameter dtype.
     remat_policy: rematerialisation of each block: one of REMAT_POLICIES.
     scan_layers: stack block parameters on a leading "layers" axis and `nn.scan` over them.
+    unroll_pause_scan: fully unroll the `lax.scan` over pause steps of the `private` training
+      forward: no stacked per-step residuals (less memory, ~5-10% faster steps measured on
+      CPU), at K times the compile time of one step.
     dk_bias_init: initial bias of the DK logit (the DK kernel starts at zero).
     rope_base: rotary frequency base.
   """
@@ -87,6 +90,7 @@ class ModelConfig:
   param_dtype: str = "float32"
   remat_policy: str = "none"
   scan_layers: bool = False
+  unroll_pause_scan: bool = False
   dk_bias_init: float = 0.0
   rope_base: float = 10000.0
 
@@ -94,6 +98,9 @@ class ModelConfig:
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "mlp_dim"):
       _check_int(name, getattr(self, name), minimum=1)
     _check_int("max_pauses", self.max_pauses, minimum=0)
+    for name in ("tie_embeddings", "shared_pause_embed", "scan_layers", "unroll_pause_scan"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
     if self.num_kv_heads is not None:
       _check_int("num_kv_heads", self.num_kv_heads, minimum=1)
     if self.head_dim is not None:
@@ -474,7 +481,9 @@ def _private_step_hidden(cfg: ModelConfig, params, tokens_BxN, segment_ids_BxN, 
     )
     return pauses, hidden_BxNxD
 
-  _, hidden_KxBxNxD = jax.lax.scan(pause_step, pauses_init, jnp.arange(1, k_max + 1))
+  _, hidden_KxBxNxD = jax.lax.scan(
+      pause_step, pauses_init, jnp.arange(1, k_max + 1), unroll=cfg.unroll_pause_scan or 1
+  )
   return jnp.concatenate([hidden0_BxNxD[:, :, None], jnp.moveaxis(hidden_KxBxNxD, 0, 2)], axis=2)
 
 

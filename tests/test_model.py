@@ -157,8 +157,10 @@ def test_zero_pauses_is_an_ordinary_language_model():
     np.testing.assert_allclose(step_logits(cfg, no_pause_params, tokens), expected, **TOL)
 
 
-def test_layer_scan_with_remat_matches_unrolled_layers():
-  scanned_cfg = dataclasses.replace(CFG, scan_layers=True, remat_policy="dots_saveable")
+def test_layer_scan_remat_and_unrolled_pause_scan_match_the_default_forward():
+  scanned_cfg = dataclasses.replace(
+      CFG, scan_layers=True, remat_policy="dots_saveable", unroll_pause_scan=True
+  )
   params, tokens = _params(), _tokens()
   layers = [params["decoder"][f"layer_{i}"] for i in range(CFG.num_layers)]
   scanned = {**params, "decoder": {"layers": jax.tree.map(lambda *a: jnp.stack(a), *layers)}}
