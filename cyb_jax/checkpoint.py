@@ -24,6 +24,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from cyb_jax import model as model_lib
+
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 
@@ -77,17 +79,23 @@ class Checkpointer:
 
 
 def check_compatible(saved_meta: dict, meta: dict, *, what: str) -> None:
-  """Raises :class:`IncompatibleCheckpointError` naming every field that differs.
+  """Raises :class:`IncompatibleCheckpointError` naming every model field that differs.
 
-  Compares the model shape (``model``) and vocabulary; ``what`` says which
-  checkpoint is meant, for the message.
+  Compares the fields of :class:`~cyb_jax.model.ModelConfig` that define the
+  model's function (not ``model.RUNTIME_FIELDS``, such as the remat policy). A
+  field that one side lacks (a checkpoint written before the field existed)
+  counts as its default. ``what`` says which checkpoint is meant, for the message.
   """
+  defaults = {f.name: f.default for f in dataclasses.fields(model_lib.ModelConfig)
+              if f.default is not dataclasses.MISSING}
   diffs = []
   saved_model, model = saved_meta.get("model", {}), meta.get("model", {})
   for key in sorted(set(saved_model) | set(model)):
-    if saved_model.get(key) != model.get(key):
-      diffs.append(f"model.{key}: checkpoint {saved_model.get(key)!r} vs config "
-                   f"{model.get(key)!r}")
+    if key in model_lib.RUNTIME_FIELDS:
+      continue
+    saved_value, value = (m.get(key, defaults.get(key)) for m in (saved_model, model))
+    if saved_value != value:
+      diffs.append(f"model.{key}: checkpoint {saved_value!r} vs config {value!r}")
   if diffs:
     raise IncompatibleCheckpointError(
         f"{what} does not fit this config:\n  " + "\n  ".join(diffs))
@@ -148,7 +156,7 @@ class LoadedRun:
 def load_run(workdir: str, step: int | None = None) -> LoadedRun:
   """Loads a run's config, data and parameters (the newest checkpoint by default)."""
   # Imported here: train imports this module.
-  from cyb_jax import model, train  # pylint: disable=g-import-not-at-top
+  from cyb_jax import train  # pylint: disable=g-import-not-at-top
   config = load_config(workdir)
   data = train.make_run_data(config, workdir)
   model_cfg = train.make_model_config(config, data.info.vocab_size)
@@ -157,7 +165,7 @@ def load_run(workdir: str, step: int | None = None) -> LoadedRun:
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}.")
-  abstract = jax.eval_shape(lambda: model.init_params(model_cfg, jax.random.key(0)))
+  abstract = jax.eval_shape(lambda: model_lib.init_params(model_cfg, jax.random.key(0)))
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   manager.close()
   params = jax.tree.map(lambda ref, x: jax.numpy.asarray(x, ref.dtype), abstract,

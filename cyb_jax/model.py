@@ -48,6 +48,11 @@ REMAT_POLICIES = (
 )
 
 
+# ModelConfig fields that say how the model is computed or initialised, not which function
+# its parameters define: a checkpoint may be resumed with other values of these.
+RUNTIME_FIELDS = ("dtype", "remat_policy", "unroll_pause_scan", "dk_bias_init")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Hyperparameters of the pause-aware transformer (hashable: usable as a static jit argument).

@@ -1,5 +1,6 @@
 """End-to-end tests of the trainer on tiny configs (embedded task, text files, TFDS)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -260,3 +261,18 @@ def test_chunked_loss_path_trains_like_the_full_path(tmp_path):
   rows_a, rows_b = _train_rows(str(tmp_path / "full")), _train_rows(str(tmp_path / "chunked"))
   np.testing.assert_allclose([r["train/loss"] for r in rows_b],
                              [r["train/loss"] for r in rows_a], rtol=1e-4)
+
+
+def test_compatibility_ignores_runtime_fields_and_fills_missing_ones_with_defaults():
+  cfg = model_lib.ModelConfig(vocab_size=10, num_layers=1, d_model=16, num_heads=2,
+                              mlp_dim=32, max_pauses=1)
+  meta = {"model": dataclasses.asdict(cfg)}
+  older = {"model": {k: v for k, v in meta["model"].items() if k != "unroll_pause_scan"}}
+  ckpt_lib.check_compatible(older, meta, what="old")  # a field added since: its default
+  other_runtime = dataclasses.replace(cfg, remat_policy="full", dk_bias_init=3.0)
+  ckpt_lib.check_compatible(meta, {"model": dataclasses.asdict(other_runtime)}, what="x")
+  with pytest.raises(ckpt_lib.IncompatibleCheckpointError,
+                     match=r"model.shared_pause_embed: checkpoint False vs config True"):
+    ckpt_lib.check_compatible(
+        older, {"model": dataclasses.asdict(dataclasses.replace(cfg, shared_pause_embed=True))},
+        what="old")
