@@ -22,7 +22,7 @@ programs and the placed arrays, not a timing, so it transfers to TPU and GPU mes
   python benchmarks/sharding.py --quick          # tiny model, smoke test
   python benchmarks/sharding.py --out=/tmp/sharding.json
 
-:func:`sharded_train_fns` and :func:`compile_train_step` are shared with
+:func:`sharded_programs` and :func:`compile_train_step` are shared with
 ``benchmarks/tpu_compile.py``.
 """
 
@@ -36,7 +36,6 @@ if __name__ == "__main__" and "device_count" not in os.environ.get("XLA_FLAGS", 
                              + " --xla_force_host_platform_device_count=8").strip()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import functools
 import json
 import re
 from collections.abc import Sequence
@@ -89,52 +88,35 @@ def abstract_batch(batch_size: int, seq_len: int, mesh: jax.sharding.Mesh
           for k in train.BATCH_KEYS}
 
 
-def sharded_train_fns(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-                      ) -> tuple[Any, Any, Any, dict]:
-  """The trainer's sharded ``init_state`` and ``train_step`` for ``mesh``, and their inputs.
+def sharded_programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+                     ) -> tuple[train.Programs, train.TrainState, dict]:
+  """The trainer's programs (``train.make_programs``) for ``mesh``, and their inputs.
 
-  Both are jitted as ``train.train_and_evaluate`` jits them: shardings from
-  ``train.state_shardings``, the step's state donated and its metrics replicated.
-  ``mesh`` may hold real devices or a TPU topology's devices. Call (or lower) them
-  inside ``sharding.mesh_context(mesh, rules)``.
+  ``mesh`` may hold real devices or a TPU topology's devices. Call (or lower) the
+  programs inside ``sharding.mesh_context(mesh, rules)``.
 
   Returns:
-    ``(create, step, abstract_state, abstract_batch)``: ``create(rng) -> TrainState``,
-    ``step(state, batch) -> (state, metrics)``, and ``ShapeDtypeStruct``s with shardings
-    of the state and of one global batch.
+    ``(programs, abstract_state, abstract_batch)``: ``ShapeDtypeStruct``s with
+    shardings of the state and of one global batch.
   """
   model_cfg = train.make_model_config(config, synthetic.VOCAB_SIZE)
-  loss_fn = train.make_loss_fn(config.loss, model_cfg.num_steps)
-  tx, schedule = train.make_optimizer(config.optimizer, config.num_train_steps)
   rules = sharding.rules_from_config(config.logical_axis_rules)
   sharding.check_batch_divisible(config.data.batch_size, mesh)
   # Outside the mesh context: eager work (PRNG keys) must not run on the mesh's devices,
   # which for a TPU topology are only a compile target.
-  shardings = train.state_shardings(model_cfg, tx, mesh, rules)
+  programs = train.make_programs(config, model_cfg, mesh, rules)
   rng = jax.random.key(config.seed)
-  create = jax.jit(functools.partial(train.init_state, model_cfg=model_cfg, tx=tx,
-                                     multiplier_init=config.loss.multiplier_init),
-                   out_shardings=shardings)
-  step = jax.jit(
-      functools.partial(train.train_step, model_cfg=model_cfg, loss_fn=loss_fn, tx=tx,
-                        schedule=schedule, accum_steps=config.optimizer.grad_accum_steps,
-                        multiplier_rate=config.loss.multiplier_rate,
-                        vocab_chunk=config.loss.vocab_chunk),
-      in_shardings=(shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
   with sharding.mesh_context(mesh, rules):
-    abstract_state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        jax.eval_shape(create, rng), shardings)
+    abstract_state = programs.abstract_state(rng)
   batch = abstract_batch(config.data.batch_size, config.data.seq_len, mesh)
-  return create, step, abstract_state, batch
+  return programs, abstract_state, batch
 
 
 def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Any:
   """The trainer's train step for ``mesh`` compiled ahead of time (no arrays allocated)."""
-  _, step, abstract_state, batch = sharded_train_fns(config, mesh)
+  programs, abstract_state, batch = sharded_programs(config, mesh)
   with sharding.mesh_context(mesh, sharding.rules_from_config(config.logical_axis_rules)):
-    return step.lower(abstract_state, batch).compile()
+    return programs.train_step.lower(abstract_state, batch).compile()
 
 
 def count_collectives(hlo_text: str) -> dict[str, dict[str, int]]:
@@ -168,9 +150,9 @@ def state_memory(config: ml_collections.ConfigDict, fsdps: Sequence[int]) -> lis
   rows = []
   for fsdp in fsdps:
     mesh = sharding.make_mesh(mesh_config((n // fsdp, fsdp, 1)))
-    create, _, _, _ = sharded_train_fns(config, mesh)
+    programs, _, _ = sharded_programs(config, mesh)
     with sharding.mesh_context(mesh, sharding.rules_from_config(config.logical_axis_rules)):
-      state = create(jax.random.key(config.seed))
+      state = programs.init(jax.random.key(config.seed))
     params = max(sharding.bytes_per_device(state.params).values())
     opt = max(sharding.bytes_per_device(state.opt_state).values())
     total = sum(x.nbytes for x in jax.tree.leaves(state.params))

@@ -51,14 +51,6 @@ class RunSpec:
   sweep: str = ""  # "" for the main comparison, else the swept field
 
 
-def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
-  *path, last = dotted.split(".")
-  target = config
-  for p in path:
-    target = target[p]
-  target[last] = value
-
-
 def _fmt(value: Any) -> str:
   return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -100,16 +92,27 @@ def run_config(config: ml_collections.ConfigDict, spec: RunSpec) -> ml_collectio
   c.seed = spec.seed
   c.loss.name = spec.loss
   c.model.max_pauses = spec.max_pauses
-  for field, value in spec.overrides:
-    _set(c, field, value)
+  c.update_from_flattened_dict(dict(spec.overrides))
   return c
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str) -> float:
-  """Trains (or resumes/reuses) one run; returns the seconds it took now."""
+def _is_finished(workdir: str, num_train_steps: int) -> bool:
+  """Whether the run in ``workdir`` has its final evaluation."""
+  _, evals = report_lib.read_metrics(workdir)
+  return bool(evals) and evals[-1]["step"] == num_train_steps
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, name: str,
+           timings: dict[str, float]) -> None:
+  """Trains (or resumes) one run; records its seconds in ``timings`` unless it was finished.
+
+  A resumed run records the seconds of this resumption only.
+  """
+  finished = _is_finished(workdir, config.num_train_steps)
   start = time.perf_counter()
   train.train_and_evaluate(config, workdir)
-  return time.perf_counter() - start
+  if not finished:
+    timings[name] = time.perf_counter() - start
 
 
 def tokens_to_reach(curve: Sequence[tuple[float, float]], target: float) -> float | None:
@@ -225,7 +228,7 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
       base.num_train_steps = config.ce_init_steps
       base.write_report = False
       workdir = os.path.join(out_dir, "runs", f"ce_init_s{seed}")
-      timings[f"ce_init_s{seed}"] = _train(base, workdir)
+      _train(base, workdir, f"ce_init_s{seed}", timings)
       ce_init[seed] = workdir
   for spec in specs:
     workdir = os.path.join(out_dir, "runs", spec.name)
@@ -233,22 +236,16 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if config.from_ce:
       c.init_from = ce_init[spec.seed]
     logging.info("Run %s -> %s", spec.name, workdir)
-    seconds = _train(c, workdir)
-    if seconds > 5 or spec.name not in timings:  # a reused finished run takes ~0 s
-      timings[spec.name] = seconds
+    _train(c, workdir, spec.name, timings)
     _write_json(os.path.join(out_dir, "timings.json"), dict(_read_timings(out_dir), **timings))
   return write_results(config, specs, out_dir, timings)
-
-
-def _finished(config, spec: RunSpec, out_dir: str) -> bool:
-  _, evals = report_lib.read_metrics(os.path.join(out_dir, "runs", spec.name))
-  return bool(evals) and evals[-1]["step"] == config.run.num_train_steps
 
 
 def write_results(config, specs: Sequence[RunSpec], out_dir: str,
                   timings: dict[str, float]) -> dict[str, Any]:
   """Summarises the finished runs into results.json / results.md / plots."""
-  done = [s for s in specs if _finished(config, s, out_dir)]
+  done = [s for s in specs
+          if _is_finished(os.path.join(out_dir, "runs", s.name), config.run.num_train_steps)]
   missing = [s.name for s in specs if s not in done]
   if not done:
     raise ValueError(f"no finished run in {out_dir}/runs: nothing to summarise.")

@@ -324,6 +324,63 @@ def init_state(rng: jax.Array, *, model_cfg, tx, multiplier_init: float) -> Trai
                     multiplier=jnp.asarray(multiplier_init, jnp.float32))
 
 
+@dataclasses.dataclass(frozen=True)
+class Programs:
+  """The sharded, jitted programs of one run (built by :func:`make_programs`).
+
+  Attributes:
+    tx: the optax optimiser.
+    shardings: a ``TrainState`` of NamedShardings, one per leaf.
+    init: ``rng -> TrainState``, a fresh state placed by ``shardings``.
+    train_step: ``(state, batch) -> (state, metrics)``; donates ``state``.
+    eval_step: ``(params, batch) -> figures`` of ``losses.evaluate`` for that batch.
+  """
+
+  tx: optax.GradientTransformation
+  shardings: TrainState
+  init: Callable[[jax.Array], TrainState]
+  train_step: Callable[[TrainState, Batch], tuple[TrainState, dict]]
+  eval_step: Callable[[Any, Batch], dict]
+
+  def abstract_state(self, rng: jax.Array) -> TrainState:
+    """Shapes, dtypes and shardings of the state (the target of a checkpoint restore).
+
+    Call it under ``sharding.mesh_context``: tracing meets the activation constraints.
+    """
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        jax.eval_shape(self.init, rng), self.shardings)
+
+
+def make_programs(config: ml_collections.ConfigDict, model_cfg: model_lib.ModelConfig,
+                  mesh: Mesh, rules) -> Programs:
+  """Jits init, train and eval steps of ``config`` with explicit shardings on ``mesh``.
+
+  Nothing is compiled until first called (or lowered); nothing runs on ``mesh``'s
+  devices here, so ``mesh`` may be made of TPU topology devices (AOT compilation).
+  """
+  loss_fn = make_loss_fn(config.loss, model_cfg.num_steps)
+  tx, schedule = make_optimizer(config.optimizer, config.num_train_steps)
+  shardings = state_shardings(model_cfg, tx, mesh, rules)
+  batch_sharding = sharding.batch_sharding(mesh)
+  init = jax.jit(functools.partial(init_state, model_cfg=model_cfg, tx=tx,
+                                   multiplier_init=config.loss.multiplier_init),
+                 out_shardings=shardings)
+  step = jax.jit(
+      functools.partial(train_step, model_cfg=model_cfg, loss_fn=loss_fn, tx=tx,
+                        schedule=schedule, accum_steps=config.optimizer.grad_accum_steps,
+                        multiplier_rate=config.loss.multiplier_rate,
+                        vocab_chunk=config.loss.vocab_chunk),
+      in_shardings=(shardings, batch_sharding),
+      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+  evaluate = jax.jit(
+      functools.partial(eval_step, model_cfg=model_cfg, tau=config.eval.tau,
+                        fixed_step=fixed_step_of(config.loss.name),
+                        vocab_chunk=config.loss.vocab_chunk),
+      in_shardings=(shardings.params, batch_sharding),
+      out_shardings=sharding.replicated(mesh))
+  return Programs(tx=tx, shardings=shardings, init=init, train_step=step, eval_step=evaluate)
+
+
 def merge_init_params(fresh: Any, source: Any) -> tuple[Any, list[str], list[str]]:
   """Copies every parameter of ``source`` into ``fresh`` where the path exists.
 
@@ -459,10 +516,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   data = make_run_data(config, workdir)
   model_cfg = make_model_config(config, data.info.vocab_size)
-  num_steps_k = model_cfg.num_steps
-  loss_fn = make_loss_fn(config.loss, num_steps_k)
-  tx, schedule = make_optimizer(config.optimizer, config.num_train_steps)
-  fixed_step = fixed_step_of(config.loss.name)
   is_main = jax.process_index() == 0
 
   mesh = sharding.make_mesh(config.mesh)
@@ -475,15 +528,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   meta = run_meta(config, model_cfg)
 
   with sharding.mesh_context(mesh, rules):
-    shardings = state_shardings(model_cfg, tx, mesh, rules)
-    batch_sharding = sharding.batch_sharding(mesh)
-    create = jax.jit(functools.partial(init_state, model_cfg=model_cfg, tx=tx,
-                                       multiplier_init=config.loss.multiplier_init),
-                     out_shardings=shardings)
-    abstract_state = jax.eval_shape(create, jax.random.key(config.seed))
-    abstract_state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
-        shardings)
+    programs = make_programs(config, model_cfg, mesh, rules)
+    abstract_state = programs.abstract_state(jax.random.key(config.seed))
 
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
     writer = metrics_writer.MetricsWriter(workdir, enabled=is_main)
@@ -498,7 +544,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       writer.truncate_after(latest)
       logging.info("Resumed from step %d.", latest)
     else:
-      state = create(jax.random.key(config.seed))
+      state = programs.init(jax.random.key(config.seed))
       if config.init_from:
         source_params, source_meta = ckpt_lib.restore_params_for_init(config.init_from)
         if source_meta.get("model", {}).get("vocab_size") != model_cfg.vocab_size:
@@ -508,29 +554,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
               f"{model_cfg.vocab_size}.")
         params, copied, kept = merge_init_params(state.params, source_params)
         state = state.replace(params=params, opt_state=jax.jit(
-            tx.init, out_shardings=shardings.opt_state)(params))
+            programs.tx.init, out_shardings=programs.shardings.opt_state)(params))
         logging.info("init_from %s: copied %d parameters; fresh: %s", config.init_from,
                      len(copied), kept)
 
-    step_fn = jax.jit(
-        functools.partial(train_step, model_cfg=model_cfg, loss_fn=loss_fn, tx=tx,
-                          schedule=schedule, accum_steps=config.optimizer.grad_accum_steps,
-                          multiplier_rate=config.loss.multiplier_rate,
-                          vocab_chunk=config.loss.vocab_chunk),
-        in_shardings=(shardings, batch_sharding),
-        out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-    eval_fn = jax.jit(
-        functools.partial(eval_step, model_cfg=model_cfg, tau=config.eval.tau,
-                          fixed_step=fixed_step, vocab_chunk=config.loss.vocab_chunk),
-        in_shardings=(shardings.params, batch_sharding),
-        out_shardings=sharding.replicated(mesh))
     eval_batches = [sharding.global_batch({k: b[k] for k in BATCH_KEYS}, mesh)
                     for b in data.eval_batches]
 
     def evaluate_now(step: int) -> dict:
       if not eval_batches:
         return {}
-      figures = combine_eval([_host(eval_fn(state.params, b)) for b in eval_batches])
+      figures = combine_eval([_host(programs.eval_step(state.params, b))
+                              for b in eval_batches])
       row = {f"eval/{k}": v for k, v in figures.items() if k != "tokens"}
       row["eval/accuracy"] = figures["threshold_accuracy"]
       row["train_tokens"] = train_tokens
@@ -554,7 +589,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         while step < config.num_train_steps:
           local = next(data.train)
           batch = sharding.global_batch({k: local[k] for k in BATCH_KEYS}, mesh)
-          state, metrics = step_fn(state, batch)
+          state, metrics = programs.train_step(state, batch)
           step += 1
           steps_since += 1
           loss = float(metrics["loss"])
@@ -604,7 +639,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         report.write_report(workdir, model_cfg=model_cfg, params=params,
                             eval_batches=data.eval_batches, info=data.info,
                             loss_name=config.loss.name, tau=config.eval.tau,
-                            fixed_step=fixed_step,
+                            fixed_step=fixed_step_of(config.loss.name),
                             vocab_chunk=config.loss.vocab_chunk or None)
   return dict(final, step=step, train_tokens=train_tokens, stopped=stopped)
 

@@ -1,5 +1,6 @@
 """Tests of the data layer: config validation, packing, the synthetic task, determinism and resume."""
 
+import functools
 import json
 
 import numpy as np
@@ -12,25 +13,14 @@ from cyb_jax.data import packing
 from cyb_jax.data import streaming
 from cyb_jax.data import synthetic
 from cyb_jax.data import default_data_config
+from tests import tiny
 
 SEQ_LEN = 48
 BATCH = 4
 
 
-def _synthetic_config(**overrides):
-  cfg = default_data_config()
-  cfg.seq_len = SEQ_LEN
-  cfg.batch_size = BATCH
-  cfg.eval_batches = 2
-  for k, v in overrides.items():
-    setattr(cfg, k, v)
-  return cfg
-
-
-def _assert_equal_batches(a, b):
-  assert a.keys() == b.keys()
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+_synthetic_config = functools.partial(tiny.data_config, seq_len=SEQ_LEN, batch_size=BATCH,
+                                      eval_batches=2)
 
 
 # ----------------------------------------------------------------------------- config
@@ -142,7 +132,7 @@ def test_stream_rows_are_computed_directly_and_epochs_differ():
   stream = flat_stream.ShuffledStream(corpus, seed=0)
   all_rows = stream.rows(0, 40, SEQ_LEN // 4, pad_id=0)
   part = flat_stream.ShuffledStream(corpus, seed=0).rows(17, 5, SEQ_LEN // 4, pad_id=0)
-  _assert_equal_batches(packing.slice_rows(all_rows, 17, 22), part)
+  tiny.assert_equal_batches(packing.slice_rows(all_rows, 17, 22), part)
   assert not np.array_equal(stream.epoch(0)[0], stream.epoch(1)[0])
   assert not np.array_equal(stream.epoch(0)[0], flat_stream.ShuffledStream(corpus, seed=1).epoch(0)[0])
 
@@ -173,7 +163,7 @@ def test_stream_packer_matches_the_flat_stream_and_resumes():
   tokens = np.concatenate([docs[q] for q in nonempty])
   doc_ids = np.concatenate([np.full(len(docs[q]), q) for q in nonempty])
   pos = packing.window_positions(0, 36, SEQ_LEN // 4)
-  _assert_equal_batches(packing.concat_batches(batches), packing.pack_windows(tokens[pos], doc_ids[pos], 0))
+  tiny.assert_equal_batches(packing.concat_batches(batches), packing.pack_windows(tokens[pos], doc_ids[pos], 0))
 
   fresh = packer()
   for _ in range(5):
@@ -182,7 +172,7 @@ def test_stream_packer_matches_the_flat_stream_and_resumes():
   resumed = packer()
   resumed.set_state(state)
   for want in batches[5:]:
-    _assert_equal_batches(resumed.next_batch(), want)
+    tiny.assert_equal_batches(resumed.next_batch(), want)
 
   silent = streaming.StreamPacker(lambda q: np.zeros(0, np.int32), num_rows=1, seq_len=4, pad_id=0, max_empty_docs=5)
   with pytest.raises(ValueError, match="5 consecutive documents .* have no tokens"):
@@ -281,11 +271,11 @@ def test_synthetic_determinism_seed_and_eval_independence(tmp_path):
   b = make_data(cfg, seed=0, workdir=str(tmp_path))
   c = make_data(cfg, seed=1, workdir=str(tmp_path))
   batch_a, batch_b, batch_c = next(a.train), next(b.train), next(c.train)
-  _assert_equal_batches(batch_a, batch_b)
+  tiny.assert_equal_batches(batch_a, batch_b)
   assert not np.array_equal(batch_a["inputs"], batch_c["inputs"])
   assert len(a.eval_batches) == 2
   for ea, ec in zip(a.eval_batches, c.eval_batches):
-    _assert_equal_batches(ea, ec)  # the eval set does not depend on the seed
+    tiny.assert_equal_batches(ea, ec)  # the eval set does not depend on the seed
   assert not np.array_equal(a.eval_batches[0]["inputs"], batch_a["inputs"])
   assert not any(tmp_path.iterdir())  # the synthetic source writes nothing
 
@@ -300,7 +290,7 @@ def test_resume_yields_the_uninterrupted_batches(tmp_path):
   resumed = make_data(cfg, seed=7, workdir=str(tmp_path)).train
   resumed.set_state(state)
   for want in expected:
-    _assert_equal_batches(next(resumed), want)
+    tiny.assert_equal_batches(next(resumed), want)
 
 
 def test_set_state_rejects_other_data_settings(tmp_path):
@@ -319,6 +309,6 @@ def test_process_slices_tile_the_global_batch(tmp_path):
   for _ in range(2):
     got = packing.concat_batches([next(p.train) for p in parts])
     assert all(v.shape[0] == 6 for v in got.values())
-    _assert_equal_batches(got, next(whole.train))
+    tiny.assert_equal_batches(got, next(whole.train))
   for j in range(cfg.eval_batches):
-    _assert_equal_batches(packing.concat_batches([p.eval_batches[j] for p in parts]), whole.eval_batches[j])
+    tiny.assert_equal_batches(packing.concat_batches([p.eval_batches[j] for p in parts]), whole.eval_batches[j])

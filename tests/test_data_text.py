@@ -6,11 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from cyb_jax.data import default_data_config
 from cyb_jax.data import make_data
 from cyb_jax.data import packing
 from cyb_jax.data import text
 from cyb_jax.data import tokenizer as tokenizer_lib
+from tests import tiny
 
 _WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hex "
           "jovial zebras and big sphinx of quartz judge my vow").split()
@@ -30,23 +30,9 @@ def _write_corpus(folder, num_files=2, lines_per_file=120, seed=0):
 
 
 def _text_config(pattern, **overrides):
-  cfg = default_data_config()
-  cfg.source = f"text:{pattern}"
-  cfg.seq_len = 32
-  cfg.batch_size = 4
-  cfg.eval_batches = 2
-  cfg.eval_fraction = 0.1
-  cfg.spm_vocab_size = 320
-  cfg.spm_max_sentences = 500
-  for k, v in overrides.items():
-    setattr(cfg, k, v)
-  return cfg
-
-
-def _assert_equal_batches(a, b):
-  assert a.keys() == b.keys()
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  return tiny.data_config(**{"source": f"text:{pattern}", "seq_len": 32, "batch_size": 4,
+                             "eval_batches": 2, "eval_fraction": 0.1, "spm_vocab_size": 320,
+                             "spm_max_sentences": 500, **overrides})
 
 
 def test_documents_per_line_paragraph_and_file():
@@ -79,7 +65,7 @@ def test_tokenizer_is_trained_saved_and_reused(tmp_path):
 
   resumed = make_data(_text_config(pattern), seed=0, workdir=str(workdir))
   assert model_file.stat().st_mtime_ns == stamp and model_file.read_bytes() == saved  # reused, not retrained
-  _assert_equal_batches(next(first.train), next(resumed.train))
+  tiny.assert_equal_batches(next(first.train), next(resumed.train))
 
   info = first.info
   assert 280 < info.vocab_size <= 320 and info.pad_id == 0 and (info.bos_id, info.eos_id) == (2, 3)
@@ -97,7 +83,7 @@ def test_given_tokenizer_is_used_and_nothing_is_written(tmp_path):
   given = make_data(_text_config(pattern, tokenizer=trained.info.tokenizer_path), seed=0, workdir=str(workdir))
   assert given.info.tokenizer_path == trained.info.tokenizer_path
   assert not workdir.exists()
-  _assert_equal_batches(next(given.train), next(trained.train))
+  tiny.assert_equal_batches(next(given.train), next(trained.train))
 
 
 def test_workdir_tokenizer_with_other_settings_is_refused(tmp_path):
@@ -137,11 +123,11 @@ def test_text_eval_set_is_fixed_and_process_slices_tile(tmp_path):
   parts = [make_data(cfg, seed=0, workdir=workdir, process_index=p, process_count=2) for p in range(2)]
   assert len(whole.eval_batches) == 2
   for j in range(2):
-    _assert_equal_batches(whole.eval_batches[j], other_seed.eval_batches[j])
-    _assert_equal_batches(packing.concat_batches([p.eval_batches[j] for p in parts]), whole.eval_batches[j])
+    tiny.assert_equal_batches(whole.eval_batches[j], other_seed.eval_batches[j])
+    tiny.assert_equal_batches(packing.concat_batches([p.eval_batches[j] for p in parts]), whole.eval_batches[j])
   assert whole.eval_batches[0]["weights"].sum() > 0
   for _ in range(3):
-    _assert_equal_batches(packing.concat_batches([next(p.train) for p in parts]), next(whole.train))
+    tiny.assert_equal_batches(packing.concat_batches([next(p.train) for p in parts]), next(whole.train))
   assert not np.array_equal(next(whole.train)["inputs"], next(other_seed.train)["inputs"])
 
 
@@ -156,7 +142,7 @@ def test_text_resume(tmp_path):
   resumed = make_data(cfg, seed=4, workdir=str(tmp_path / "run")).train
   resumed.set_state(state)
   for want in expected:
-    _assert_equal_batches(next(resumed), want)
+    tiny.assert_equal_batches(next(resumed), want)
 
 
 def test_bad_text_configs_fail_fast_and_write_nothing(tmp_path):

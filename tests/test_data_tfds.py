@@ -1,5 +1,6 @@
 """Tests of the TFDS source: `tfds.data_source` under `tfds.testing.mock_data` (no TensorFlow, no download)."""
 
+import functools
 import json
 import sys
 
@@ -7,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from cyb_jax.data import default_data_config
 from cyb_jax.data import make_data
 from cyb_jax.data import packing
 from cyb_jax.data import tfds_source
+from tests import tiny
 
 NUM_RECORDS = 40
 
@@ -23,23 +24,8 @@ def mocked_tfds():
     yield
 
 
-def _tfds_config(**overrides):
-  cfg = default_data_config()
-  cfg.source = "tfds:lm1b"
-  cfg.seq_len = 16
-  cfg.batch_size = 4
-  cfg.eval_batches = 2
-  cfg.spm_vocab_size = 320
-  cfg.spm_max_sentences = 100
-  for k, v in overrides.items():
-    setattr(cfg, k, v)
-  return cfg
-
-
-def _assert_equal_batches(a, b):
-  assert a.keys() == b.keys()
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+_tfds_config = functools.partial(tiny.data_config, source="tfds:lm1b", seq_len=16, batch_size=4,
+                                 eval_batches=2, spm_vocab_size=320, spm_max_sentences=100)
 
 
 def test_tfds_batches_are_packed_text(mocked_tfds, tmp_path):
@@ -67,7 +53,7 @@ def test_tfds_resume_yields_the_uninterrupted_batches(mocked_tfds, tmp_path):
   resumed = make_data(cfg, seed=3, workdir=str(tmp_path)).train
   resumed.set_state(state)
   for want in expected:
-    _assert_equal_batches(next(resumed), want)
+    tiny.assert_equal_batches(next(resumed), want)
 
 
 def test_tfds_seed_changes_order_but_not_eval(mocked_tfds, tmp_path):
@@ -78,8 +64,8 @@ def test_tfds_seed_changes_order_but_not_eval(mocked_tfds, tmp_path):
   parts = [make_data(cfg, seed=0, workdir=str(tmp_path), process_index=p, process_count=2) for p in range(2)]
   assert len(a.eval_batches) == 2
   for j in range(2):
-    _assert_equal_batches(a.eval_batches[j], b.eval_batches[j])
-    _assert_equal_batches(packing.concat_batches([p.eval_batches[j] for p in parts]), a.eval_batches[j])
+    tiny.assert_equal_batches(a.eval_batches[j], b.eval_batches[j])
+    tiny.assert_equal_batches(packing.concat_batches([p.eval_batches[j] for p in parts]), a.eval_batches[j])
   assert all(next(p.train)["inputs"].shape == (2, 16) for p in parts)
 
 

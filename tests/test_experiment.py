@@ -65,3 +65,10 @@ def test_a_micro_experiment_writes_results(tmp_path):
   text = (tmp_path / "results.md").read_text()
   assert "| cyb_ap_K1 |" in text and "Data efficiency" in text
   assert os.path.getsize(tmp_path / "plots" / "eval_loss_vs_tokens.png") > 1000
+  # Running it again reuses the finished runs and keeps the seconds they took.
+  with open(tmp_path / "timings.json") as f:
+    seconds = json.load(f)
+  assert set(seconds) >= {"ce_s0", "cyb_ap_K1_s0"}
+  experiment.run_experiment(c)
+  with open(tmp_path / "timings.json") as f:
+    assert json.load(f) == seconds

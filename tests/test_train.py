@@ -13,42 +13,14 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import default as default_config
 from cyb_jax import checkpoint as ckpt_lib
 from cyb_jax import losses
 from cyb_jax import metrics_writer
 from cyb_jax import model as model_lib
 from cyb_jax import train
+from tests.tiny import tiny_config
 
 pytestmark = pytest.mark.slow
-
-
-def tiny_config(**overrides):
-  c = default_config.get_config()
-  c.num_train_steps = 6
-  c.eval_every_steps = 3
-  c.checkpoint_every_steps = 3
-  c.log_every_steps = 1
-  c.keep_checkpoints = 10
-  c.progress_bar = False
-  c.write_report = False
-  c.model.num_layers = 1
-  c.model.d_model = 32
-  c.model.num_heads = 2
-  c.model.mlp_dim = 64
-  c.model.max_pauses = 2
-  c.data.seq_len = 16
-  c.data.batch_size = 4
-  c.data.eval_batches = 2
-  c.data.synthetic.max_digits = 2
-  c.optimizer.warmup_steps = 2
-  for key, value in overrides.items():
-    target = c
-    *path, last = key.split(".")
-    for p in path:
-      target = target[p]
-    target[last] = value
-  return c
 
 
 def _train_rows(workdir):

@@ -2,15 +2,13 @@
 
 Shared by the test process (the 1-device reference) and the subprocesses that run with
 8 fake CPU devices or as one of several `jax.distributed` processes. Everything here is
-assembled from the trainer's own public pieces (`train.state_shardings`,
-`train.init_state`, `train.train_step`, `sharding.make_mesh`, `sharding.global_batch`),
-jitted exactly as `train.train_and_evaluate` jits them.
+the trainer's own public pieces (`train.make_programs`, `sharding.make_mesh`,
+`sharding.global_batch`), the programs `train.train_and_evaluate` runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -19,10 +17,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs import default as default_config
 from cyb_jax import sharding
 from cyb_jax import train
 from cyb_jax.data import make_data
+from tests import tiny
 
 # XLA flags for every subprocess: 8 fake devices, and the cheapest CPU code generation
 # (compiling dominates these tests; numerics are unchanged to float32 rounding).
@@ -34,37 +32,21 @@ NUM_STEPS = 3
 
 
 def tiny_config(**overrides: Any) -> ml_collections.ConfigDict:
-  """A 1-layer, d_model 32, K = 2 CYB-AP run on the synthetic task: batch 8 x 16 tokens.
+  """``tests.tiny.tiny_config`` for ``NUM_STEPS`` steps of 8 x 16 tokens, vocabulary 32.
 
   Every sharded dimension (vocab 32, d_model 32, heads 2, mlp 64, batch 8) is divisible
-  by the axis sizes of every mesh in ``MESHES``, so each shards it evenly. ``overrides`` are dotted paths, e.g.
-  ``{"mesh.fsdp": 4}``.
+  by the axis sizes of every mesh in ``MESHES``, so each shards it evenly.
+  ``overrides`` are dotted paths, e.g. ``{"mesh.fsdp": 4}``.
   """
-  c = default_config.get_config()
-  c.num_train_steps = NUM_STEPS
-  c.eval_every_steps = NUM_STEPS
-  c.checkpoint_every_steps = NUM_STEPS
-  c.log_every_steps = 1
-  c.progress_bar = False
-  c.write_report = False
-  c.model.vocab_size = 32
-  c.model.num_layers = 1
-  c.model.d_model = 32
-  c.model.num_heads = 2
-  c.model.mlp_dim = 64
-  c.model.max_pauses = 2
-  c.data.seq_len = 16
-  c.data.batch_size = 8
-  c.data.eval_batches = 0
-  c.data.synthetic.max_digits = 2
-  c.optimizer.warmup_steps = 1
-  for key, value in overrides.items():
-    target = c
-    *path, last = key.split(".")
-    for p in path:
-      target = target[p]
-    target[last] = value
-  return c
+  return tiny.tiny_config(**{
+      "num_train_steps": NUM_STEPS,
+      "eval_every_steps": NUM_STEPS,
+      "checkpoint_every_steps": NUM_STEPS,
+      "model.vocab_size": 32,
+      "data.batch_size": 8,
+      "data.eval_batches": 0,
+      "optimizer.warmup_steps": 1,
+      **overrides})
 
 
 def subprocess_env(num_devices: int) -> dict[str, str]:
@@ -90,28 +72,19 @@ def subprocess_env(num_devices: int) -> dict[str, str]:
 
 @dataclasses.dataclass
 class ShardedRun:
-  """The trainer's jitted functions on one mesh.
-
-  model_cfg: the model's ``ModelConfig``;
-  create: rng -> TrainState, laid out by ``shardings``;
-  step: (state, global batch) -> (state, metrics), the state donated.
-  """
+  """The trainer's jitted programs (``train.Programs``) on one mesh, and the data."""
 
   config: ml_collections.ConfigDict
   model_cfg: Any
   mesh: jax.sharding.Mesh
   rules: Any
-  shardings: train.TrainState
-  create: Any
-  step: Any
+  programs: train.Programs
   data: Any
 
   def abstract_state(self) -> train.TrainState:
     """``ShapeDtypeStruct``s of the state carrying this mesh's shardings (restore target)."""
     with sharding.mesh_context(self.mesh, self.rules):
-      shapes = jax.eval_shape(self.create, jax.random.key(self.config.seed))
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        shapes, self.shardings)
+      return self.programs.abstract_state(jax.random.key(self.config.seed))
 
   def batch(self, i: int) -> dict[str, jax.Array]:
     """Global batch ``i`` of the training stream, placed over ``(data, fsdp)``."""
@@ -125,7 +98,7 @@ class ShardedRun:
     losses = []
     with sharding.mesh_context(self.mesh, self.rules):
       for i in range(first, first + count):
-        state, metrics = self.step(state, self.batch(i))
+        state, metrics = self.programs.train_step(state, self.batch(i))
         losses.append(float(metrics["loss"]))
     return state, losses
 
@@ -138,36 +111,24 @@ def _batch_state(state: dict, index: int) -> dict:
 
 def build(config: ml_collections.ConfigDict, *, workdir: str,
           devices: Sequence[jax.Device] | None = None) -> ShardedRun:
-  """The trainer's sharded ``create`` and ``step`` for ``config.mesh`` over ``devices``.
+  """The trainer's sharded programs for ``config.mesh`` over ``devices``.
 
   ``workdir`` is where the data pipeline may write (the synthetic task writes nothing).
   """
   data = make_data(config.data, seed=config.seed, workdir=workdir,
                    process_index=jax.process_index(), process_count=jax.process_count())
   model_cfg = train.make_model_config(config, data.info.vocab_size)
-  loss_fn = train.make_loss_fn(config.loss, model_cfg.num_steps)
-  tx, schedule = train.make_optimizer(config.optimizer, config.num_train_steps)
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.rules_from_config(config.logical_axis_rules)
   with sharding.mesh_context(mesh, rules):
-    shardings = train.state_shardings(model_cfg, tx, mesh, rules)
-  create = jax.jit(functools.partial(train.init_state, model_cfg=model_cfg, tx=tx,
-                                     multiplier_init=config.loss.multiplier_init),
-                   out_shardings=shardings)
-  step = jax.jit(
-      functools.partial(train.train_step, model_cfg=model_cfg, loss_fn=loss_fn, tx=tx,
-                        schedule=schedule, accum_steps=config.optimizer.grad_accum_steps,
-                        multiplier_rate=config.loss.multiplier_rate,
-                        vocab_chunk=config.loss.vocab_chunk),
-      in_shardings=(shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-  return ShardedRun(config=config, model_cfg=model_cfg, mesh=mesh, rules=rules, shardings=shardings, create=create,
-                    step=step, data=data)
+    programs = train.make_programs(config, model_cfg, mesh, rules)
+  return ShardedRun(config=config, model_cfg=model_cfg, mesh=mesh, rules=rules,
+                    programs=programs, data=data)
 
 
 def initial_state(run: ShardedRun) -> train.TrainState:
   with sharding.mesh_context(run.mesh, run.rules):
-    return run.create(jax.random.key(run.config.seed))
+    return run.programs.init(jax.random.key(run.config.seed))
 
 
 def shard_shapes(tree: Any) -> dict[str, list[list[int]]]:
