@@ -204,6 +204,23 @@ def _pause_analysis(workdir: str, tau: float, loss_name: str) -> dict[str, Any]:
   return out
 
 
+def _sweep_entry(config, spec: RunSpec, workdir: str, seconds: float | None) -> dict[str, Any]:
+  """Final figures (and, on the synthetic task, pause placement) of one run of a sweep table."""
+  f = _final(workdir)
+  field = spec.sweep or ""
+  entry = {"name": spec.name, "loss": spec.loss, "K": spec.max_pauses, "field": field,
+           "value": spec.overrides[0][1] if spec.overrides else None,
+           "nll_mix": f[EVAL_LOSS], "expected_pauses": f["eval/expected_pauses"],
+           "threshold_accuracy": f["eval/threshold_accuracy"],
+           "threshold_pauses": f["eval/threshold_pauses"], "seconds": seconds}
+  if config.analyse_pauses:
+    difficulty = _pause_analysis(workdir, config.run.eval.tau, spec.loss).get("difficulty")
+    if difficulty:
+      entry["spearman_levels"] = difficulty["spearman_levels"]
+      entry["mean_pauses_by_level"] = {g["name"]: g["mean_pauses"] for g in difficulty["levels"]}
+  return entry
+
+
 def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Trains every run, then writes ``results.json``, ``results.md`` and plots to ``out_dir``.
 
@@ -323,14 +340,19 @@ def summarise_runs(config, specs: Sequence[RunSpec], out_dir: str,
     for key, members in groups.items():
       pauses[key] = _pause_analysis(workdir(members[0]), tau, members[0].loss)
   sweeps = []
-  for s in specs:
-    if s.sweep:
-      f = _final(workdir(s))
-      sweeps.append({"name": s.name, "loss": s.loss, "K": s.max_pauses, "field": s.sweep,
-                     "value": s.overrides[0][1], "nll_mix": f[EVAL_LOSS],
-                     "expected_pauses": f["eval/expected_pauses"],
-                     "threshold_accuracy": f["eval/threshold_accuracy"],
-                     "seconds": timings.get(s.name)})
+  if any(s.sweep for s in specs):
+    # Each swept (loss, K) is listed beside its main run of the same seed (the default
+    # value), and ce / pause_ce of that seed, so one-seed figures compare like with like.
+    seed = config.seeds[0]
+    swept = {(s.loss, s.max_pauses) for s in specs if s.sweep}
+    swept_k = {k for _, k in swept}
+    listed = [s for s in main if s.seed == seed and (
+        s.loss == "ce" or (s.loss == "pause_ce" and s.max_pauses in swept_k) or
+        (s.loss, s.max_pauses) in swept)] + [s for s in specs if s.sweep]
+    order = lambda s: (s.max_pauses, list(losses.LOSSES).index(s.loss), bool(s.sweep),
+                       s.overrides[0][1] if s.overrides else 0)
+    for s in sorted(listed, key=order):
+      sweeps.append(_sweep_entry(config, s, workdir(s), timings.get(s.name)))
   return {"preset": config.preset, "data": config.run.data.source,
           "from_ce": bool(config.from_ce), "rows": rows, "efficiency": efficiency,
           "pauses": pauses, "sweeps": sweeps}
@@ -397,12 +419,24 @@ def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
                      f"{a['count']} | `{b['name']}` | {b['mean_pauses']:.2f} | "
                      f"{b['std_pauses']:.2f} | {b['count']} |")
   if results["sweeps"]:
+    levels = next((list(e["mean_pauses_by_level"]) for e in results["sweeps"]
+                   if "mean_pauses_by_level" in e), [])
     lines += ["", "## Sweeps (one seed)", "",
-              "| run | field | value | eval nll_mix | E[pauses] | threshold acc |",
-              "|---|---|---|---|---|---|"]
-    for s in results["sweeps"]:
-      lines.append(f"| {s['name']} | {s['field']} | {s['value']} | {s['nll_mix']:.4f} | "
-                   f"{s['expected_pauses']:.2f} | {s['threshold_accuracy']:.3f} |")
+              "Each swept run beside the main runs of the same seed (value `default`: the "
+              "run config's own). Threshold pauses k* by level" +
+              (f" ({' / '.join(levels)})" if levels else "") + ".", "",
+              "| run | field | value | eval nll_mix | E[pauses] | threshold acc | k* | "
+              "Spearman(level, k*) | k* by level |", "|---|---|---|---|---|---|---|---|---|"]
+    for e in results["sweeps"]:
+      by_level = " / ".join(f"{v:.2f}" for v in e.get("mean_pauses_by_level", {}).values())
+      spearman = e.get("spearman_levels")
+      lines.append(
+          f"| {e['name']} | {e['field'] or '-'} | "
+          f"{'default' if e['value'] is None else e['value']} | {e['nll_mix']:.4f} | "
+          f"{e['expected_pauses']:.2f} | {e['threshold_accuracy']:.3f} | "
+          f"{e['threshold_pauses']:.2f} | "
+          f"{'n/a' if spearman is None or math.isnan(spearman) else format(spearman, '.2f')} | "
+          f"{by_level or 'n/a'} |")
   if results.get("missing_runs"):
     lines += ["", "Runs not finished (left out of every table): " +
               ", ".join(f"`{n}`" for n in results["missing_runs"]) + "."]

@@ -56,6 +56,7 @@ def test_a_micro_experiment_writes_results(tmp_path):
   c.run.checkpoint_every_steps = 4
   c.run.data.seq_len = 16
   c.run.data.batch_size = 4
+  c.sweep.gamma = (0.5,)
   results = experiment.run_experiment(c)
   assert set(results["rows"]) == {"ce", "cyb_ap_K1"}
   assert "cyb_ap_K1 vs ce" in results["efficiency"]
@@ -64,6 +65,11 @@ def test_a_micro_experiment_writes_results(tmp_path):
     assert json.load(f)["rows"]["ce"]["K"] == 0
   text = (tmp_path / "results.md").read_text()
   assert "| cyb_ap_K1 |" in text and "Data efficiency" in text
+  # The sweep lists its run beside the same seed's ce and default-gamma runs.
+  assert [e["name"] for e in results["sweeps"]] == ["ce_s0", "cyb_ap_K1_s0", "cyb_ap_K1_s0_gamma0.5"]
+  assert [e["value"] for e in results["sweeps"]] == [None, None, 0.5]
+  assert all(len(e["mean_pauses_by_level"]) == 5 for e in results["sweeps"])
+  assert "| cyb_ap_K1_s0_gamma0.5 | loss.gamma | 0.5 |" in text
   assert os.path.getsize(tmp_path / "plots" / "eval_loss_vs_tokens.png") > 1000
   # Running it again reuses the finished runs and keeps the seconds they took.
   with open(tmp_path / "timings.json") as f:
