@@ -96,6 +96,39 @@ def run_config(config: ml_collections.ConfigDict, spec: RunSpec) -> ml_collectio
   return c
 
 
+# Run fields that do not change what a run computes: a finished run may be reused with others.
+_PRESENTATION_FIELDS = ("progress_bar", "write_report", "keep_checkpoints", "log_every_steps")
+
+
+def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Dotted path -> JSON value of every leaf (tuples as lists, as config.json stores them)."""
+  out = {}
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      if isinstance(value, dict):
+        walk(value, f"{prefix}{key}.")
+      else:
+        out[prefix + key] = value
+
+  walk(json.loads(config.to_json_best_effort()), "")
+  return out
+
+
+def _check_same_run(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                    workdir: str) -> None:
+  """Raises ValueError if ``workdir`` holds a run of another config (it would be reused).
+
+  Fields only one side has (added to the config since the run was made) are not compared.
+  """
+  old, new = _flat(saved), _flat(config)
+  diffs = [f"{k}: {old[k]!r} there, {new[k]!r} here" for k in sorted(set(old) & set(new))
+           if old[k] != new[k] and k not in _PRESENTATION_FIELDS]
+  if diffs:
+    raise ValueError(f"{workdir} holds a run of another config ({'; '.join(diffs)}): "
+                     "use another out_dir, or delete that run to retrain it.")
+
+
 def _is_finished(workdir: str, num_train_steps: int) -> bool:
   """Whether the run in ``workdir`` has its final evaluation."""
   _, evals = report_lib.read_metrics(workdir)
@@ -108,6 +141,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, name: str,
 
   A resumed run records the seconds of this resumption only.
   """
+  if os.path.exists(os.path.join(workdir, ckpt_lib.CONFIG_FILE)):
+    _check_same_run(ckpt_lib.load_config(workdir), config, workdir)
   finished = _is_finished(workdir, config.num_train_steps)
   start = time.perf_counter()
   train.train_and_evaluate(config, workdir)
@@ -351,8 +386,20 @@ def summarise_runs(config, specs: Sequence[RunSpec], out_dir: str,
         (s.loss, s.max_pauses) in swept)] + [s for s in specs if s.sweep]
     order = lambda s: (s.max_pauses, list(losses.LOSSES).index(s.loss), bool(s.sweep),
                        s.overrides[0][1] if s.overrides else 0)
+    baselines = {(s.loss, s.max_pauses): mean_curve([workdir(s)]) for s in listed
+                 if s.loss in ("ce", "pause_ce") and not s.sweep}
     for s in sorted(listed, key=order):
-      sweeps.append(_sweep_entry(config, s, workdir(s), timings.get(s.name)))
+      entry = _sweep_entry(config, s, workdir(s), timings.get(s.name))
+      if s.loss in CYB_LOSSES:
+        # Tokens pause_ce (or ce) needs to reach this run's final loss over this run's
+        # tokens to reach theirs: the "ratio there" column of the data-efficiency table.
+        curve = mean_curve([workdir(s)])
+        for base, key in (("ce", ("ce", 0)), ("pause_ce", ("pause_ce", s.max_pauses))):
+          if key in baselines:
+            eff = data_efficiency(curve, baselines[key])
+            entry[f"vs_{base}"] = (eff["ratio_at_worse_final"] if eff["better"] == "a"
+                                   else 1.0 / eff["ratio_at_worse_final"])
+      sweeps.append(entry)
   return {"preset": config.preset, "data": config.run.data.source,
           "from_ce": bool(config.from_ce), "rows": rows, "efficiency": efficiency,
           "pauses": pauses, "sweeps": sweeps}
@@ -361,6 +408,10 @@ def summarise_runs(config, specs: Sequence[RunSpec], out_dir: str,
 # ------------------------------------------------------------------------------------
 # Writing.
 # ------------------------------------------------------------------------------------
+
+
+def _ratio(value: float | None) -> str:
+  return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
 def _pm(stat: dict[str, float], digits: int = 3) -> str:
@@ -424,9 +475,12 @@ def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
     lines += ["", "## Sweeps (one seed)", "",
               "Each swept run beside the main runs of the same seed (value `default`: the "
               "run config's own). Threshold pauses k* by level" +
-              (f" ({' / '.join(levels)})" if levels else "") + ".", "",
+              (f" ({' / '.join(levels)})" if levels else "") + ". Tokens ratio: the "
+              "baseline's tokens over the CYB run's, each to reach the worse one's final "
+              "loss (> 1: the CYB run needs fewer tokens).", "",
               "| run | field | value | eval nll_mix | E[pauses] | threshold acc | k* | "
-              "Spearman(level, k*) | k* by level |", "|---|---|---|---|---|---|---|---|---|"]
+              "Spearman(level, k*) | k* by level | tokens ratio vs ce | vs pause_ce |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in results["sweeps"]:
       by_level = " / ".join(f"{v:.2f}" for v in e.get("mean_pauses_by_level", {}).values())
       spearman = e.get("spearman_levels")
@@ -436,7 +490,7 @@ def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
           f"{e['expected_pauses']:.2f} | {e['threshold_accuracy']:.3f} | "
           f"{e['threshold_pauses']:.2f} | "
           f"{'n/a' if spearman is None or math.isnan(spearman) else format(spearman, '.2f')} | "
-          f"{by_level or 'n/a'} |")
+          f"{by_level or 'n/a'} | {_ratio(e.get('vs_ce'))} | {_ratio(e.get('vs_pause_ce'))} |")
   if results.get("missing_runs"):
     lines += ["", "Runs not finished (left out of every table): " +
               ", ".join(f"`{n}`" for n in results["missing_runs"]) + "."]

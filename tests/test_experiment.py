@@ -78,3 +78,7 @@ def test_a_micro_experiment_writes_results(tmp_path):
   experiment.run_experiment(c)
   with open(tmp_path / "timings.json") as f:
     assert json.load(f) == seconds
+  # A finished run of another config is not silently reused.
+  c.run.loss.gamma = 0.7
+  with pytest.raises(ValueError, match=r"holds a run of another config \(loss.gamma: 0.9 there, 0.7 here\)"):
+    experiment.run_experiment(c)
