@@ -63,8 +63,9 @@ def get_config(preset: str = "main") -> ml_collections.ConfigDict:
     c.run.data.eval_batches = 2
     c.run.data.synthetic.max_digits = 2
   elif preset == "main":
-    # A 1-layer model: on this task a second layer halves the loss on carry-chain digits,
-    # so a pause step (one more pass through the layer) has something to buy.
+    # A 1-layer model: what trains the 5 x 2 x 3 grid in about an hour on 2 CPU cores.
+    # Note that a private pause step adds width, not depth: its slot reads the same layer's
+    # keys/values of the real tokens as step 0 (in 1 layer: the token embeddings).
     _one_layer_model(c.run, steps=800)
   elif preset == "text":
     c.pauses = (1,)
