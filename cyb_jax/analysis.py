@@ -473,6 +473,12 @@ class TokenStats:
       threshold pauses, descending / ascending; ties are broken by mean ``E[pauses]`` (same
       direction), then more positions first, then the smaller id.
     most_before, least_before: the same for target ids.
+    ambiguous_after: the ``top`` input ids with count >= ``min_count`` after which the next
+      token is hardest to predict without pausing (highest mean ``-log c_0``: an ambiguous
+      context), descending; their ``std_pauses`` says whether the model pauses after them
+      in some contexts and not in others.
+    spearman_ambiguity: rank correlation, over input ids with count >= ``min_count``,
+      between that step-0 NLL and the mean pauses ``k*`` (NaN if either is constant).
     min_count, top: the selection settings.
   """
 
@@ -482,6 +488,8 @@ class TokenStats:
   least_after: tuple[GroupStats, ...]
   most_before: tuple[GroupStats, ...]
   least_before: tuple[GroupStats, ...]
+  ambiguous_after: tuple[GroupStats, ...]
+  spearman_ambiguity: float
   min_count: int
   top: int
 
@@ -528,8 +536,12 @@ def by_token(stats: PositionStats, inputs: np.ndarray, targets: np.ndarray, *,
                     if g.count > 0] for label, v in ids.items()}
   groups = {label: tuple(dataclasses.replace(g, name=name(g.key)) for g in gs) for label, gs in groups.items()}
   rank = functools.partial(_ranked, min_count=min_count, top=top)
+  frequent = [g for g in groups["inputs"] if g.count >= min_count]
+  ambiguous = sorted(frequent, key=lambda g: (-g.nll_step0, g.key))[:top]
+  spearman = (rank_correlation([g.nll_step0 for g in frequent], [g.mean_pauses for g in frequent])
+              if len(frequent) > 1 else float("nan"))
   return TokenStats(
       after=groups["inputs"], before=groups["targets"],
       most_after=rank(groups["inputs"], most=True), least_after=rank(groups["inputs"], most=False),
       most_before=rank(groups["targets"], most=True), least_before=rank(groups["targets"], most=False),
-      min_count=min_count, top=top)
+      ambiguous_after=tuple(ambiguous), spearman_ambiguity=spearman, min_count=min_count, top=top)

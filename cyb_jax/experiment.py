@@ -235,7 +235,9 @@ def _pause_analysis(workdir: str, tau: float, loss_name: str) -> dict[str, Any]:
     tok = analysis.by_token(stats.stats, stats.inputs, stats.targets, piece=run.data.info.piece,
                             min_count=20, top=12)
     out["tokens"] = {k: [dataclasses.asdict(g) for g in getattr(tok, k)]
-                     for k in ("most_after", "least_after", "most_before", "least_before")}
+                     for k in ("most_after", "least_after", "most_before", "least_before",
+                               "ambiguous_after")}
+    out["tokens"]["spearman_ambiguity"] = tok.spearman_ambiguity
   return out
 
 
@@ -410,7 +412,7 @@ def summarise_runs(config, specs: Sequence[RunSpec], out_dir: str,
 # ------------------------------------------------------------------------------------
 
 
-def _ratio(value: float | None) -> str:
+def _two_digits(value: float | None) -> str:
   return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
@@ -469,6 +471,15 @@ def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
         lines.append(f"| `{a['name']}` | {a['mean_pauses']:.2f} | {a['std_pauses']:.2f} | "
                      f"{a['count']} | `{b['name']}` | {b['mean_pauses']:.2f} | "
                      f"{b['std_pauses']:.2f} | {b['count']} |")
+      if p["tokens"].get("ambiguous_after"):
+        lines += ["", f"Most ambiguous contexts of {key} (highest step-0 NLL of the next "
+                  f"token); Spearman(step-0 NLL, mean pauses) over frequent tokens = "
+                  f"{_two_digits(p['tokens']['spearman_ambiguity'])}.", "",
+                  "| after | step-0 NLL | mean pauses | std | count | accuracy gain |",
+                  "|---|---|---|---|---|---|"]
+        for g in p["tokens"]["ambiguous_after"]:
+          lines.append(f"| `{g['name']}` | {g['nll_step0']:.2f} | {g['mean_pauses']:.2f} | "
+                       f"{g['std_pauses']:.2f} | {g['count']} | {g['gain']:+.3f} |")
   if results["sweeps"]:
     levels = next((list(e["mean_pauses_by_level"]) for e in results["sweeps"]
                    if "mean_pauses_by_level" in e), [])
@@ -490,7 +501,7 @@ def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
           f"{e['expected_pauses']:.2f} | {e['threshold_accuracy']:.3f} | "
           f"{e['threshold_pauses']:.2f} | "
           f"{'n/a' if spearman is None or math.isnan(spearman) else format(spearman, '.2f')} | "
-          f"{by_level or 'n/a'} | {_ratio(e.get('vs_ce'))} | {_ratio(e.get('vs_pause_ce'))} |")
+          f"{by_level or 'n/a'} | {_two_digits(e.get('vs_ce'))} | {_two_digits(e.get('vs_pause_ce'))} |")
   if results.get("missing_runs"):
     lines += ["", "Runs not finished (left out of every table): " +
               ", ".join(f"`{n}`" for n in results["missing_runs"]) + "."]

@@ -230,6 +230,15 @@ def token_tables_md(stats: analysis.TokenStats) -> str:
     body = _table(header, _token_rows(groups)) if groups else (
         f"_No token occurs at {stats.min_count} or more positions._")
     parts.append(f"**{title}** (tokens with at least {stats.min_count} positions)\n\n{body}")
+  if stats.ambiguous_after:
+    parts.append(
+        f"**Most ambiguous contexts**: tokens after which the next token is hardest to "
+        f"predict at step 0 (mean -log c_0); std k* shows whether the model pauses after "
+        f"them in some contexts and not others. Spearman(step-0 NLL, mean k*) over tokens "
+        f"with at least {stats.min_count} positions: {_num(stats.spearman_ambiguity)}.\n\n" +
+        _table(header + ["step-0 NLL"],
+               [row + [_num(g.nll_step0)] for row, g in
+                zip(_token_rows(stats.ambiguous_after), stats.ambiguous_after)]))
   return "\n\n".join(parts)
 
 

@@ -184,6 +184,7 @@ def test_by_token_hand_checked():
       expected_pauses=[1.5, 0.5, 1.2, 1.2, 1.2, 0.0, 1.0],
       correct_step0=[0, 0, 1, 0, 0, 1, 0],
       correct=[1, 0, 1, 1, 0, 1, 0],
+      nll_step0=[3.0, 1.0, 0.5, 0.5, 0.5, 9.0, 1.0],
       weights=[1, 1, 1, 1, 1, 1, 2])  # the last position counts twice in every mean
   inputs = np.array([5, 5, 7, 7, 7, 9, 5])
   targets = np.array([7, 7, 9, 5, 9, 5, 9])
@@ -214,6 +215,14 @@ def test_by_token_hand_checked():
   assert [g.key for g in got.most_before] == [9, 7]
   assert [g.key for g in got.least_before] == [5, 7]
   assert [g.key for g in analysis.by_token(s, inputs, targets, min_count=1, top=5).least_after] == [9, 5, 7]
+  # Ambiguity: mean step-0 NLL after 5 is (3 + 1 + 2 * 1) / 4 = 1.5, after 7 0.5 (9 is rare).
+  assert after[5].nll_step0 == pytest.approx(1.5)
+  assert [g.key for g in got.ambiguous_after] == [5, 7]
+  assert math.isnan(got.spearman_ambiguity)  # 5 and 7 both pause 1.0 on average
+  everyone = analysis.by_token(s, inputs, targets, min_count=1, top=5)
+  assert [g.key for g in everyone.ambiguous_after] == [9, 5, 7]
+  # NLL ranks 9 > 5 > 7 against pauses 0 < 1 = 1: ranks (3, 2, 1) vs (1, 2.5, 2.5).
+  assert everyone.spearman_ambiguity == pytest.approx(-math.sqrt(3) / 2)
   with pytest.raises(ValueError, match="min_count=0"):
     analysis.by_token(s, inputs, targets, min_count=0)
   with pytest.raises(ValueError, match="targets has 6 entries"):
