@@ -211,6 +211,12 @@ def _final(workdir: str) -> dict[str, Any]:
   return evals[-1]
 
 
+def _mean_known(values: Sequence[float]) -> float:
+  """The mean of the values that are not NaN (NaN if none is)."""
+  known = [v for v in values if not math.isnan(v)]
+  return float(np.mean(known)) if known else float("nan")
+
+
 def _summarise(values: Sequence[float]) -> dict[str, float]:
   arr = np.asarray(values, np.float64)
   return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
@@ -354,7 +360,7 @@ def summarise_runs(config, specs: Sequence[RunSpec], out_dir: str,
         "loss": members[0].loss, "K": members[0].max_pauses,
         "seeds": [s.seed for s in members],
         "train_tokens": float(np.mean([f["train_tokens"] for f in finals])),
-        "seconds": float(np.mean([timings.get(s.name, float("nan")) for s in members])),
+        "seconds": _mean_known([timings.get(s.name, float("nan")) for s in members]),
         **{name: _summarise([f[f"eval/{name}"] for f in finals])
            for name in ("nll_mix", "expected_pauses", "compute_mix", "threshold_nll",
                         "threshold_accuracy", "threshold_pauses", "compute_threshold")},
@@ -558,4 +564,23 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
     ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
     finish(fig, ax, "pauses_by_difficulty.png", xlabel="difficulty level",
            ylabel="mean E[pauses]", title="Pauses by difficulty level")
+
+  with_tokens = {k: p["tokens"] for k, p in results["pauses"].items()
+                 if "tokens" in p and results["rows"][k]["loss"] in CYB_LOSSES}
+  if with_tokens:
+    fig, axes = plt.subplots(1, len(with_tokens), figsize=(3.2 * len(with_tokens) + 1, 4.5),
+                             squeeze=False)
+    for ax, (key, t) in zip(axes[0], with_tokens.items()):
+      groups = t["most_after"][::-1]
+      ax.barh(np.arange(len(groups)), [g["mean_pauses"] for g in groups],
+              xerr=[g["std_pauses"] for g in groups], capsize=2)
+      ax.set_yticks(np.arange(len(groups)), [repr(g["name"]) for g in groups], fontsize=7)
+      ax.set_title(key, fontsize=9)
+      ax.set_xlabel("mean pauses k* (bar: std)")
+      ax.grid(alpha=0.3)
+    fig.suptitle("Tokens after which each CYB model pauses most")
+    paths.append(os.path.join(plot_dir, "pauses_by_token.png"))
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
   return paths
