@@ -282,20 +282,20 @@ def plot_curves(path: str, train_rows: Sequence[Mapping[str, Any]],
            if key in r and r.get("train_tokens") is not None and r[key] is not None]
     return ([p[0] for p in pts], [p[1] for p in pts]) if pts else None
 
-  for rows, key, style, label in (
-      (train_rows, "train/nll_mix", dict(color="0.6", lw=1), "train mix NLL"),
-      (eval_rows, "eval/nll_mix", dict(color="C0", marker="o", ms=3), "eval mix NLL"),
-      (eval_rows, "eval/threshold_nll", dict(color="C1", marker="s", ms=3, ls="--"), "eval threshold NLL")):
-    s = series(rows, key)
-    if s:
-      ax_loss.plot(*s, label=label, **style)
-  for rows, key, style, label in (
-      (train_rows, "train/expected_pauses", dict(color="0.6", lw=1), "train E[pauses]"),
-      (eval_rows, "eval/expected_pauses", dict(color="C0", marker="o", ms=3), "eval E[pauses]"),
-      (eval_rows, "eval/threshold_pauses", dict(color="C1", marker="s", ms=3, ls="--"), "eval threshold pauses")):
-    s = series(rows, key)
-    if s:
-      ax_pause.plot(*s, label=label, **style)
+  train_style = dict(color="0.6", lw=1)
+  mix_style = dict(color="C0", marker="o", ms=3)
+  threshold_style = dict(color="C1", marker="s", ms=3, ls="--")
+  for ax, curves in (
+      (ax_loss, ((train_rows, "train/nll_mix", train_style, "train mix NLL"),
+                 (eval_rows, "eval/nll_mix", mix_style, "eval mix NLL"),
+                 (eval_rows, "eval/threshold_nll", threshold_style, "eval threshold NLL"))),
+      (ax_pause, ((train_rows, "train/expected_pauses", train_style, "train E[pauses]"),
+                  (eval_rows, "eval/expected_pauses", mix_style, "eval E[pauses]"),
+                  (eval_rows, "eval/threshold_pauses", threshold_style, "eval threshold pauses")))):
+    for rows, key, style, label in curves:
+      s = series(rows, key)
+      if s:
+        ax.plot(*s, label=label, **style)
   ax_loss.set(xlabel="training tokens", ylabel="NLL (nats/token)",
               title="Loss" if eval_rows else "Loss (no eval rows: training only)")
   ax_pause.set(xlabel="training tokens", ylabel="pauses per token", title="Pauses")
