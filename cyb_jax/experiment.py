@@ -136,18 +136,22 @@ def _is_finished(workdir: str, num_train_steps: int) -> bool:
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, name: str,
-           timings: dict[str, float]) -> None:
+           timings: dict[str, float]) -> bool:
   """Trains (or resumes) one run; records its seconds in ``timings`` unless it was finished.
 
   A resumed run records the seconds of this resumption only.
+
+  Returns:
+    False when SIGTERM stopped the run (it saved a checkpoint), True when it completed.
   """
   if os.path.exists(os.path.join(workdir, ckpt_lib.CONFIG_FILE)):
     _check_same_run(ckpt_lib.load_config(workdir), config, workdir)
   finished = _is_finished(workdir, config.num_train_steps)
   start = time.perf_counter()
-  train.train_and_evaluate(config, workdir)
+  completed = train.train_and_evaluate(config, workdir)["stopped"] == "completed"
   if not finished:
     timings[name] = time.perf_counter() - start
+  return completed
 
 
 def tokens_to_reach(curve: Sequence[tuple[float, float]], target: float) -> float | None:
@@ -267,8 +271,12 @@ def _sweep_entry(config, spec: RunSpec, workdir: str, seconds: float | None) -> 
 def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Trains every run, then writes ``results.json``, ``results.md`` and plots to ``out_dir``.
 
+  A SIGTERM (preemption) stops the run in progress with a checkpoint and ends the
+  experiment there: the same command resumes it.
+
   Returns:
-    The results dict written to ``results.json``.
+    The results dict written to ``results.json``, or ``{"stopped": "preempted", "run":
+    name}`` when SIGTERM stopped run ``name``.
   """
   out_dir = os.path.abspath(config.out_dir)
   specs = plan_runs(config)
@@ -288,7 +296,8 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
       base.num_train_steps = config.ce_init_steps
       base.write_report = False
       workdir = os.path.join(out_dir, "runs", f"ce_init_s{seed}")
-      _train(base, workdir, f"ce_init_s{seed}", timings)
+      if not _train(base, workdir, f"ce_init_s{seed}", timings):
+        return _preempted(out_dir, timings, f"ce_init_s{seed}")
       ce_init[seed] = workdir
   for spec in specs:
     workdir = os.path.join(out_dir, "runs", spec.name)
@@ -296,9 +305,17 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if config.from_ce:
       c.init_from = ce_init[spec.seed]
     logging.info("Run %s -> %s", spec.name, workdir)
-    _train(c, workdir, spec.name, timings)
+    if not _train(c, workdir, spec.name, timings):
+      return _preempted(out_dir, timings, spec.name)
     _write_json(os.path.join(out_dir, "timings.json"), dict(_read_timings(out_dir), **timings))
   return write_results(config, specs, out_dir, timings)
+
+
+def _preempted(out_dir: str, timings: dict[str, float], name: str) -> dict[str, Any]:
+  _write_json(os.path.join(out_dir, "timings.json"), dict(_read_timings(out_dir), **timings))
+  logging.warning("SIGTERM stopped run %s (checkpoint saved); run the same command to resume.",
+                  name)
+  return {"stopped": "preempted", "run": name}
 
 
 def write_results(config, specs: Sequence[RunSpec], out_dir: str,

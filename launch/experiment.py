@@ -22,8 +22,11 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from cyb_jax import experiment  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
-  experiment.run_experiment(config)
-  print(f"Wrote {config.out_dir}/results.md, results.json and plots/.")
+  results = experiment.run_experiment(config)
+  if results.get("stopped") == "preempted":
+    print(f"Stopped by SIGTERM during run {results['run']}; run the same command to resume.")
+  else:
+    print(f"Wrote {config.out_dir}/results.md, results.json and plots/.")
 
 
 def _preset_to_config_arg(argv: list[str]) -> list[str]:

@@ -82,3 +82,18 @@ def test_a_micro_experiment_writes_results(tmp_path):
   c.run.loss.gamma = 0.7
   with pytest.raises(ValueError, match=r"holds a run of another config \(loss.gamma: 0.9 there, 0.7 here\)"):
     experiment.run_experiment(c)
+
+
+def test_a_preempted_run_ends_the_experiment(tmp_path, monkeypatch):
+  c = experiment_config.get_config("smoke")
+  c.out_dir = str(tmp_path)
+  started = []
+
+  def preempted(config, workdir):
+    started.append(os.path.basename(workdir))
+    return {"stopped": "preempted"}
+
+  monkeypatch.setattr(experiment.train, "train_and_evaluate", preempted)
+  assert experiment.run_experiment(c) == {"stopped": "preempted", "run": "ce_s0"}
+  assert started == ["ce_s0"]  # the next run does not start
+  assert not (tmp_path / "results.json").exists()
