@@ -101,7 +101,6 @@ def sharded_programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
   """
   model_cfg = train.make_model_config(config, synthetic.VOCAB_SIZE)
   rules = sharding.rules_from_config(config.logical_axis_rules)
-  sharding.check_batch_divisible(config.data.batch_size, mesh)
   # Outside the mesh context: eager work (PRNG keys) must not run on the mesh's devices,
   # which for a TPU topology are only a compile target.
   programs = train.make_programs(config, model_cfg, mesh, rules)

@@ -191,9 +191,13 @@ def bytes_per_device(tree: Any) -> dict[jax.Device, int]:
   return totals
 
 
-def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
-  """Raises ValueError unless the global batch splits evenly over ``data * fsdp``."""
+def check_batch_divisible(global_batch_size: int, mesh: Mesh, *,
+                          name: str = "data.batch_size") -> None:
+  """Raises ValueError unless the global batch splits evenly over ``data * fsdp``.
+
+  ``name`` is what the message calls the size.
+  """
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if global_batch_size % shards:
-    raise ValueError(f"data.batch_size={global_batch_size} must be divisible by "
+    raise ValueError(f"{name}={global_batch_size} must be divisible by "
                      f"mesh.data * mesh.fsdp = {shards}.")

@@ -357,7 +357,15 @@ def make_programs(config: ml_collections.ConfigDict, model_cfg: model_lib.ModelC
 
   Nothing is compiled until first called (or lowered); nothing runs on ``mesh``'s
   devices here, so ``mesh`` may be made of TPU topology devices (AOT compilation).
+
+  Raises:
+    ValueError: a micro-batch (``data.batch_size / optimizer.grad_accum_steps`` rows) does
+      not split evenly over the mesh's ``data * fsdp`` devices.
   """
+  accum = config.optimizer.grad_accum_steps
+  sharding.check_batch_divisible(
+      config.data.batch_size // accum, mesh,
+      name="data.batch_size" if accum == 1 else f"data.batch_size / grad_accum_steps {accum}")
   loss_fn = make_loss_fn(config.loss, model_cfg.num_steps)
   tx, schedule = make_optimizer(config.optimizer, config.num_train_steps)
   shardings = state_shardings(model_cfg, tx, mesh, rules)
@@ -520,15 +528,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.logical_axis_rules)
-  sharding.check_batch_divisible(config.data.batch_size // config.optimizer.grad_accum_steps,
-                                 mesh)
+  programs = make_programs(config, model_cfg, mesh, rules)
   os.makedirs(workdir, exist_ok=True)
   if is_main:
     ckpt_lib.save_config(workdir, config)
   meta = run_meta(config, model_cfg)
 
   with sharding.mesh_context(mesh, rules):
-    programs = make_programs(config, model_cfg, mesh, rules)
     abstract_state = programs.abstract_state(jax.random.key(config.seed))
 
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
