@@ -494,8 +494,12 @@ class TokenStats:
   top: int
 
 
+def _frequent(groups: Sequence[GroupStats], min_count: int) -> list[GroupStats]:
+  return [g for g in groups if g.count >= min_count]
+
+
 def _ranked(groups: Sequence[GroupStats], *, min_count: int, top: int, most: bool) -> tuple[GroupStats, ...]:
-  frequent = [g for g in groups if g.count >= min_count]
+  frequent = _frequent(groups, min_count)
   sign = -1.0 if most else 1.0
   return tuple(sorted(frequent, key=lambda g: (sign * g.mean_pauses, sign * g.mean_expected_pauses,
                                                -g.count, g.key))[:top])
@@ -536,10 +540,9 @@ def by_token(stats: PositionStats, inputs: np.ndarray, targets: np.ndarray, *,
                     if g.count > 0] for label, v in ids.items()}
   groups = {label: tuple(dataclasses.replace(g, name=name(g.key)) for g in gs) for label, gs in groups.items()}
   rank = functools.partial(_ranked, min_count=min_count, top=top)
-  frequent = [g for g in groups["inputs"] if g.count >= min_count]
+  frequent = _frequent(groups["inputs"], min_count)
   ambiguous = sorted(frequent, key=lambda g: (-g.nll_step0, g.key))[:top]
-  spearman = (rank_correlation([g.nll_step0 for g in frequent], [g.mean_pauses for g in frequent])
-              if len(frequent) > 1 else float("nan"))
+  spearman = rank_correlation([g.nll_step0 for g in frequent], [g.mean_pauses for g in frequent])
   return TokenStats(
       after=groups["inputs"], before=groups["targets"],
       most_after=rank(groups["inputs"], most=True), least_after=rank(groups["inputs"], most=False),

@@ -251,8 +251,12 @@ def _pause_analysis(workdir: str, tau: float, loss_name: str) -> dict[str, Any]:
   return out
 
 
-def _sweep_entry(config, spec: RunSpec, workdir: str, seconds: float | None) -> dict[str, Any]:
-  """Final figures (and, on the synthetic task, pause placement) of one run of a sweep table."""
+def _sweep_entry(config, spec: RunSpec, workdir: str, seconds: float | None,
+                 pauses: dict[str, Any] | None) -> dict[str, Any]:
+  """Final figures (and, on the synthetic task, pause placement) of one run of a sweep table.
+
+  ``pauses`` is the run's ``_pause_analysis`` (None when pauses are not analysed).
+  """
   f = _final(workdir)
   field = spec.sweep or ""
   entry = {"name": spec.name, "loss": spec.loss, "K": spec.max_pauses, "field": field,
@@ -260,11 +264,10 @@ def _sweep_entry(config, spec: RunSpec, workdir: str, seconds: float | None) -> 
            "nll_mix": f[EVAL_LOSS], "expected_pauses": f["eval/expected_pauses"],
            "threshold_accuracy": f["eval/threshold_accuracy"],
            "threshold_pauses": f["eval/threshold_pauses"], "seconds": seconds}
-  if config.analyse_pauses:
-    difficulty = _pause_analysis(workdir, config.run.eval.tau, spec.loss).get("difficulty")
-    if difficulty:
-      entry["spearman_levels"] = difficulty["spearman_levels"]
-      entry["mean_pauses_by_level"] = {g["name"]: g["mean_pauses"] for g in difficulty["levels"]}
+  difficulty = (pauses or {}).get("difficulty")
+  if difficulty:
+    entry["spearman_levels"] = difficulty["spearman_levels"]
+    entry["mean_pauses_by_level"] = {g["name"]: g["mean_pauses"] for g in difficulty["levels"]}
   return entry
 
 
@@ -307,12 +310,12 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
     logging.info("Run %s -> %s", spec.name, workdir)
     if not _train(c, workdir, spec.name, timings):
       return _preempted(out_dir, timings, spec.name)
-    _write_json(os.path.join(out_dir, "timings.json"), dict(_read_timings(out_dir), **timings))
+    _save_timings(out_dir, timings)
   return write_results(config, specs, out_dir, timings)
 
 
 def _preempted(out_dir: str, timings: dict[str, float], name: str) -> dict[str, Any]:
-  _write_json(os.path.join(out_dir, "timings.json"), dict(_read_timings(out_dir), **timings))
+  _save_timings(out_dir, timings)
   logging.warning("SIGTERM stopped run %s (checkpoint saved); run the same command to resume.",
                   name)
   return {"stopped": "preempted", "run": name}
@@ -326,13 +329,18 @@ def write_results(config, specs: Sequence[RunSpec], out_dir: str,
   missing = [s.name for s in specs if s not in done]
   if not done:
     raise ValueError(f"no finished run in {out_dir}/runs: nothing to summarise.")
-  timings = dict(_read_timings(out_dir), **timings)
-  _write_json(os.path.join(out_dir, "timings.json"), timings)
-  results = summarise_runs(config, done, out_dir, timings)
+  results = summarise_runs(config, done, out_dir, _save_timings(out_dir, timings))
   results["missing_runs"] = missing
   _write_json(os.path.join(out_dir, "results.json"), results)
   write_results_md(config, results, out_dir)
   return results
+
+
+def _save_timings(out_dir: str, timings: dict[str, float]) -> dict[str, float]:
+  """Merges ``timings`` into ``out_dir``/timings.json; returns the merged seconds per run."""
+  merged = dict(_read_timings(out_dir), **timings)
+  _write_json(os.path.join(out_dir, "timings.json"), merged)
+  return merged
 
 
 def _write_json(path: str, value: Any) -> None:
@@ -394,11 +402,17 @@ def summarise_runs(config, specs: Sequence[RunSpec], out_dir: str,
           eff = data_efficiency(rows[key]["curve"], rows[base]["curve"])
           eff["better"] = key if eff["better"] == "a" else base
           efficiency[f"{key} vs {base}"] = eff
-  pauses = {}
-  tau = config.run.eval.tau
-  if config.analyse_pauses:
-    for key, members in groups.items():
-      pauses[key] = _pause_analysis(workdir(members[0]), tau, members[0].loss)
+  analysed = {}  # run name -> _pause_analysis, each run analysed once
+
+  def pause_analysis(spec: RunSpec) -> dict[str, Any] | None:
+    if not config.analyse_pauses:
+      return None
+    if spec.name not in analysed:
+      analysed[spec.name] = _pause_analysis(workdir(spec), config.run.eval.tau, spec.loss)
+    return analysed[spec.name]
+
+  pauses = ({key: pause_analysis(members[0]) for key, members in groups.items()}
+            if config.analyse_pauses else {})
   sweeps = []
   if any(s.sweep for s in specs):
     # Each swept (loss, K) is listed beside its main run of the same seed (the default
@@ -414,7 +428,7 @@ def summarise_runs(config, specs: Sequence[RunSpec], out_dir: str,
     baselines = {(s.loss, s.max_pauses): mean_curve([workdir(s)]) for s in listed
                  if s.loss in ("ce", "pause_ce") and not s.sweep}
     for s in sorted(listed, key=order):
-      entry = _sweep_entry(config, s, workdir(s), timings.get(s.name))
+      entry = _sweep_entry(config, s, workdir(s), timings.get(s.name), pause_analysis(s))
       if s.loss in CYB_LOSSES:
         # Tokens pause_ce (or ce) needs to reach this run's final loss over this run's
         # tokens to reach theirs: the "ratio there" column of the data-efficiency table.
@@ -517,13 +531,12 @@ def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in results["sweeps"]:
       by_level = " / ".join(f"{v:.2f}" for v in e.get("mean_pauses_by_level", {}).values())
-      spearman = e.get("spearman_levels")
       lines.append(
           f"| {e['name']} | {e['field'] or '-'} | "
           f"{'default' if e['value'] is None else e['value']} | {e['nll_mix']:.4f} | "
           f"{e['expected_pauses']:.2f} | {e['threshold_accuracy']:.3f} | "
           f"{e['threshold_pauses']:.2f} | "
-          f"{'n/a' if spearman is None or math.isnan(spearman) else format(spearman, '.2f')} | "
+          f"{_two_digits(e.get('spearman_levels'))} | "
           f"{by_level or 'n/a'} | {_two_digits(e.get('vs_ce'))} | {_two_digits(e.get('vs_pause_ce'))} |")
   if results.get("missing_runs"):
     lines += ["", "Runs not finished (left out of every table): " +
