@@ -180,6 +180,24 @@ def _wait(processes: list[subprocess.Popen], logs: list[str]) -> None:
       pytest.fail(f"{' '.join(proc.args[2:4])} exited with {proc.returncode}:\n{tail}")
 
 
+def _spawn_two_processes(tmp_path, workdir: str, *args: str
+                         ) -> tuple[list[subprocess.Popen], list[str]]:
+  """Two `distributed_worker` processes x 4 CPU devices on mesh (2,2,2); their logs."""
+  coordinator = f"127.0.0.1:{_free_port()}"
+  logs = [str(tmp_path / f"process_{i}.log") for i in range(2)]
+  procs = [_spawn("tests.multidevice.distributed_worker",
+                  [f"--coordinator={coordinator}", "--num_processes=2", f"--process_id={i}",
+                   f"--workdir={workdir}", "--mesh=2,2,2", *args], 4, logs[i])
+           for i in range(2)]
+  return procs, logs
+
+
+def _worker_summary(log: str) -> dict:
+  """The JSON summary a `distributed_worker` prints last."""
+  with open(log) as f:
+    return json.loads([line for line in f if line.startswith("{")][-1])
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -241,17 +259,11 @@ def test_meshes_of_8_devices_match_one_device_and_checkpoints_move_between_them(
 def test_two_processes_on_localhost_match_one_process(tmp_path):
   """`jax.distributed` on CPU: 2 processes x 4 devices run the whole trainer on mesh (2,2,2)."""
   workdir = str(tmp_path / "run")
-  coordinator = f"127.0.0.1:{_free_port()}"
-  logs = [str(tmp_path / f"process_{i}.log") for i in range(2)]
-  procs = [_spawn("tests.multidevice.distributed_worker",
-                  [f"--coordinator={coordinator}", "--num_processes=2", f"--process_id={i}",
-                   f"--workdir={workdir}", "--mesh=2,2,2"], 4, logs[i]) for i in range(2)]
+  procs, logs = _spawn_two_processes(tmp_path, workdir)
   reference_losses, reference_params = _one_device_reference()
   _wait(procs, logs)
   for i, log in enumerate(logs):
-    with open(log) as f:
-      summary = json.loads([line for line in f if line.startswith("{")][-1])
-    assert summary == {"process_index": i, "process_count": 2, "local_devices": 4,
+    assert _worker_summary(log) == {"process_index": i, "process_count": 2, "local_devices": 4,
                        "devices": 8, "step": harness.NUM_STEPS, "stopped": "completed"}
 
   rows = [r for r in metrics_writer.read_metrics(workdir) if "train/loss" in r]
@@ -282,12 +294,7 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
 def test_sigterm_stops_every_process_at_the_same_step(tmp_path):
   """A maintenance event (SIGTERM to every host) saves one checkpoint and exits cleanly."""
   workdir = str(tmp_path / "run")
-  coordinator = f"127.0.0.1:{_free_port()}"
-  logs = [str(tmp_path / f"process_{i}.log") for i in range(2)]
-  procs = [_spawn("tests.multidevice.distributed_worker",
-                  [f"--coordinator={coordinator}", "--num_processes=2", f"--process_id={i}",
-                   f"--workdir={workdir}", "--mesh=2,2,2", "--num_train_steps=100000"], 4,
-                  logs[i]) for i in range(2)]
+  procs, logs = _spawn_two_processes(tmp_path, workdir, "--num_train_steps=100000")
   metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + SUBPROCESS_TIMEOUT_S
   while time.time() < deadline and all(p.poll() is None for p in procs):
@@ -299,8 +306,7 @@ def test_sigterm_stops_every_process_at_the_same_step(tmp_path):
   _wait(procs, logs)
   steps = set()
   for log in logs:
-    with open(log) as f:
-      summary = json.loads([line for line in f if line.startswith("{")][-1])
+    summary = _worker_summary(log)
     assert summary["stopped"] == "preempted"
     steps.add(summary["step"])
   assert len(steps) == 1 and os.listdir(os.path.join(workdir, "checkpoints")) == [str(*steps)]
