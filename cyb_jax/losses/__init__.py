@@ -1,0 +1,54 @@
+"""Catch Your Breath losses: per-step statistics, the five training losses, evaluation.
+
+Notation (docs/design.md sections 3-5). A model makes ``S = K + 1`` attempts (steps
+``k = 0..K``) at every output position. Step ``k`` emits ``V + 1`` logits ``z_k``:
+the ``V`` vocabulary entries and ``<don't know>`` (DK) as the LAST entry. For a
+position with target ``y``::
+
+    log d_k  = z_k[V] - logsumexp(z_k[0..V])        DK ("pause") at step k
+    log r_k  = logsumexp(z_k[0..V-1]) - logsumexp(z_k[0..V])   answer at step k
+    log c_k  = z_k[y] - logsumexp(z_k[0..V-1])      y, given an answer at step k
+    final step forced: log d_K = -inf, log r_K = 0
+    log s_k  = sum_{j<k} log d_j                    reach step k
+    log pi_k = log s_k + log r_k                    halting distribution
+    nll_mix  = -logsumexp_k(log pi_k + log c_k)
+
+Everything here is a pure function of arrays: jittable, differentiable, valid for any
+leading batch shape ``...`` and any ``K >= 0``, computed in float32 whatever the input
+dtype (float64 inputs under ``jax.enable_x64`` stay float64). Nothing materialises a
+softmax over ``[..., K+1, V+1]``; the chunked path never materialises the logits at all.
+The package needs JAX and NumPy only.
+
+Modules: :mod:`~cyb_jax.losses.stats` (per-step statistics), :mod:`~cyb_jax.losses.quantities`
+(derived quantities, weighted reductions), :mod:`~cyb_jax.losses.objectives` (the losses,
+priors, dual ascent), :mod:`~cyb_jax.losses.protocols` (evaluation protocols),
+:mod:`~cyb_jax.losses.registry` (:class:`LossSpec`, :func:`make_loss`).
+
+Shape suffixes: ``S`` = K+1 steps, ``V`` = vocabulary (without DK), ``D`` = model width,
+``M`` = flattened positions times steps.
+"""
+
+from cyb_jax.losses.objectives import (
+    KL_MODES, PRIOR_KINDS, ap_log_stop, cross_entropy_loss, cyb_ap_loss, cyb_dp_loss, cyb_va_loss,
+    geometric_prior, make_prior, pause_cross_entropy_loss, uniform_prior, update_multiplier)
+from cyb_jax.losses.protocols import (
+    HaltResult, PositionStats, check_protocol, evaluate, fixed_halting, position_outcomes, protocol_figures,
+    protocol_sums, threshold_halting)
+from cyb_jax.losses.quantities import (
+    expected_pauses, log_halting, log_reach, nll_mix, weighted_mean, weighted_sum)
+from cyb_jax.losses.registry import (
+    LOSSES, SPECS, Loss, LossSpec, get_spec, make_loss, make_loss_from_config)
+from cyb_jax.losses.stats import (
+    StepLogProbs, checked_step_log_probs, chunked_step_log_probs, step_log_probs,
+    step_log_probs_from_parts)
+
+__all__ = [
+    "KL_MODES", "LOSSES", "PRIOR_KINDS", "SPECS", "HaltResult", "Loss", "LossSpec",
+    "PositionStats", "StepLogProbs", "ap_log_stop", "check_protocol", "checked_step_log_probs",
+    "chunked_step_log_probs", "cross_entropy_loss", "cyb_ap_loss", "cyb_dp_loss",
+    "cyb_va_loss", "evaluate", "expected_pauses", "fixed_halting", "geometric_prior",
+    "get_spec", "log_halting", "log_reach", "make_loss", "make_loss_from_config", "make_prior",
+    "nll_mix", "pause_cross_entropy_loss", "position_outcomes", "protocol_figures",
+    "protocol_sums", "step_log_probs", "step_log_probs_from_parts", "threshold_halting",
+    "uniform_prior", "update_multiplier", "weighted_mean", "weighted_sum",
+]

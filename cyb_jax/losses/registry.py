@@ -1,0 +1,229 @@
+"""The losses by name: what each one takes, reads out and carries, and one way to call them all.
+
+A :class:`LossSpec` describes a loss once: its function, its hyper-parameters with their
+defaults, the step a fixed-halting baseline always reads out (``ce``: step 0, ``pause_ce``:
+step K) and whether it carries a dual-ascent multiplier (``cyb_dp``). :func:`make_loss`
+binds hyper-parameters (checked at once, with the loss's own messages) into a
+:class:`Loss` with one signature for every loss::
+
+    loss = losses.make_loss("cyb_dp", budget=0.5)
+    loss_state = loss.init_state()                       # the multiplier mu (0 for others)
+    value, metrics, loss_state = loss(stats, weights, loss_state)
+
+Nothing outside this package branches on a loss name: the trainer, the evaluation, the
+report and the experiment ask the spec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from cyb_jax.losses import objectives
+from cyb_jax.losses._common import F32, Array, ArrayLike, Metrics, check_scalar
+from cyb_jax.losses.stats import StepLogProbs
+
+# A loss function's keyword arguments from (hyper-parameters, K + 1).
+_Binder = Callable[[Mapping[str, Any], int], dict[str, Any]]
+
+
+def _no_kwargs(hparams: Mapping[str, Any], num_steps: int) -> dict[str, Any]:
+  del hparams, num_steps
+  return {}
+
+
+def _check_ap(hparams: Mapping[str, Any]) -> None:
+  objectives.check_ap_hparams(hparams["gamma"], hparams["omega"])
+
+
+def _bind_ap(hparams: Mapping[str, Any], num_steps: int) -> dict[str, Any]:
+  del num_steps
+  return {"gamma": hparams["gamma"], "omega": hparams["omega"]}
+
+
+def _check_va(hparams: Mapping[str, Any]) -> None:
+  objectives.check_va_hparams(hparams["beta"], hparams["kl"])
+  kind = hparams["prior"]
+  if kind not in objectives.PRIOR_KINDS:
+    raise ValueError(f"prior={kind!r} is unknown; allowed: "
+                     f"{', '.join(map(repr, objectives.PRIOR_KINDS))}.")
+  if kind == "geometric":
+    check_scalar("prior_continuation", hparams["prior_continuation"], low=0.0, high=np.inf,
+                 low_open=True)
+  if kind == "explicit":  # its length is checked against K + 1 when the loss is bound
+    objectives.make_prior(kind, len(hparams["prior_values"]), values=hparams["prior_values"])
+
+
+def _bind_va(hparams: Mapping[str, Any], num_steps: int) -> dict[str, Any]:
+  prior = objectives.make_prior(hparams["prior"], num_steps,
+                                continuation=hparams["prior_continuation"],
+                                values=tuple(hparams["prior_values"]))
+  return {"prior": prior, "beta": hparams["beta"], "kl": hparams["kl"]}
+
+
+def _check_dp(hparams: Mapping[str, Any]) -> None:
+  check_scalar("budget", hparams["budget"], low=0.0, high=np.inf)
+  objectives.update_multiplier(hparams["multiplier_init"], 0.0, rate=hparams["multiplier_rate"])
+
+
+def _bind_dp(hparams: Mapping[str, Any], num_steps: int) -> dict[str, Any]:
+  del num_steps
+  return {"budget": hparams["budget"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+  """What a loss is, once.
+
+  Attributes:
+    name: its config name (``loss.name``).
+    function: ``(stats, weights, **kwargs) -> (loss, metrics)``, a public function of
+      :mod:`cyb_jax.losses`.
+    hparams: hyper-parameter name -> default, the keywords :func:`make_loss` takes.
+    fixed_step: None for a loss whose model halts itself; else the step a baseline always
+      reads out, as an index into the K+1 steps (``0``: step 0, ``-1``: step K).
+    dual_ascent: the loss carries a Lagrange multiplier updated by dual ascent
+      (:func:`~cyb_jax.losses.update_multiplier`); it is the :class:`Loss`'s state.
+    max_pauses: the largest K the loss can train (``ce``: 0), None for any.
+    check: raises ``ValueError`` for bad hyper-parameters (all of ``hparams`` given).
+    bind: the function's keyword arguments from the hyper-parameters and K + 1.
+  """
+
+  name: str
+  function: Callable[..., tuple[Array, Metrics]]
+  hparams: Mapping[str, Any]
+  fixed_step: int | None = None
+  dual_ascent: bool = False
+  max_pauses: int | None = None
+  check: Callable[[Mapping[str, Any]], None] = lambda hparams: None
+  bind: _Binder = _no_kwargs
+
+  def readout_step(self, num_steps: int) -> int | None:
+    """The step in ``[0, K]`` this loss's model always answers at, or None (it halts itself)."""
+    return None if self.fixed_step is None else self.fixed_step % num_steps
+
+  def check_max_pauses(self, max_pauses: int) -> None:
+    """Raises ``ValueError`` if the loss cannot train a model with K = ``max_pauses``."""
+    if self.max_pauses is not None and max_pauses > self.max_pauses:
+      raise ValueError(f"loss.name={self.name!r} trains no pauses: set model.max_pauses="
+                       f"{self.max_pauses} (got max_pauses={max_pauses}).")
+
+
+def _spec(**fields) -> LossSpec:
+  return LossSpec(**dict(fields, hparams=types.MappingProxyType(fields.get("hparams", {}))))
+
+
+SPECS: Mapping[str, LossSpec] = types.MappingProxyType({s.name: s for s in (
+    _spec(name="ce", function=objectives.cross_entropy_loss, fixed_step=0, max_pauses=0),
+    _spec(name="pause_ce", function=objectives.pause_cross_entropy_loss, fixed_step=-1),
+    _spec(name="cyb_ap", function=objectives.cyb_ap_loss, hparams={"gamma": 0.9, "omega": 0.0},
+          check=_check_ap, bind=_bind_ap),
+    _spec(name="cyb_va", function=objectives.cyb_va_loss,
+          hparams={"prior": "geometric", "prior_continuation": 0.5, "prior_values": (),
+                   "beta": 1.0, "kl": "token"},
+          check=_check_va, bind=_bind_va),
+    _spec(name="cyb_dp", function=objectives.cyb_dp_loss,
+          hparams={"budget": 1.0, "multiplier_init": 0.0, "multiplier_rate": 0.01},
+          dual_ascent=True, check=_check_dp, bind=_bind_dp),
+)})
+"""Every loss by its config name, in the order the project lists them."""
+
+LOSSES: Mapping[str, Callable[..., tuple[Array, Metrics]]] = types.MappingProxyType(
+    {name: spec.function for name, spec in SPECS.items()})
+"""Loss functions by their config name (``loss.name``)."""
+
+
+def get_spec(name: str) -> LossSpec:
+  """The :class:`LossSpec` of ``name``; ``ValueError`` naming the known losses otherwise."""
+  if name not in SPECS:
+    raise ValueError(f"loss.name={name!r} is unknown; allowed: {sorted(SPECS)}.")
+  return SPECS[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+  """A loss with its hyper-parameters bound; build it with :func:`make_loss`.
+
+  Call it as ``loss(stats, weights, loss_state) -> (value, metrics, new_loss_state)``,
+  where ``stats`` is a :class:`~cyb_jax.losses.StepLogProbs` ``[..., K+1]``, ``weights``
+  ``[...]``, and ``loss_state`` a float32 scalar: the CYB-DP multiplier ``mu`` for a
+  dual-ascent loss (then ``new_loss_state = max(0, mu + rate * pause_excess)``), kept
+  unchanged by every other loss.
+
+  Attributes:
+    spec: the loss's :class:`LossSpec`.
+    hparams: every hyper-parameter of the spec, defaults filled in.
+  """
+
+  spec: LossSpec
+  hparams: Mapping[str, Any]
+
+  @property
+  def name(self) -> str:
+    return self.spec.name
+
+  def check_num_steps(self, num_steps: int) -> None:
+    """Raises ``ValueError`` if this loss cannot train a model with ``num_steps = K + 1``
+    steps (``ce`` with pauses, an explicit prior of another length)."""
+    self.spec.check_max_pauses(num_steps - 1)
+    self.spec.bind(self.hparams, num_steps)
+
+  def init_state(self) -> Array:
+    """The initial loss state: ``multiplier_init`` for a dual-ascent loss, else 0."""
+    value = self.hparams["multiplier_init"] if self.spec.dual_ascent else 0.0
+    return jnp.asarray(value, F32)
+
+  def value_and_metrics(self, stats: StepLogProbs, weights: ArrayLike,
+                        loss_state: ArrayLike) -> tuple[Array, Metrics]:
+    """``(loss, metrics)`` without the state update (for gradient accumulation)."""
+    kwargs = self.spec.bind(self.hparams, stats.num_steps)
+    if self.spec.dual_ascent:
+      kwargs["multiplier"] = loss_state
+    return self.spec.function(stats, weights, **kwargs)
+
+  def update_state(self, loss_state: ArrayLike, metrics: Metrics) -> Array:
+    """The next loss state from a step's (full-batch) metrics: dual ascent, or unchanged."""
+    loss_state = jnp.asarray(loss_state, F32)
+    if not self.spec.dual_ascent:
+      return loss_state
+    return objectives.update_multiplier(loss_state, metrics["pause_excess"],
+                                        rate=self.hparams["multiplier_rate"])
+
+  def __call__(self, stats: StepLogProbs, weights: ArrayLike,
+               loss_state: ArrayLike | None = None) -> tuple[Array, Metrics, Array]:
+    if loss_state is None:
+      loss_state = self.init_state()
+    value, metrics = self.value_and_metrics(stats, weights, loss_state)
+    return value, metrics, self.update_state(loss_state, metrics)
+
+
+def make_loss(name: str, **hparams: Any) -> Loss:
+  """The loss ``name`` with ``hparams`` bound (the rest at :attr:`LossSpec.hparams` defaults).
+
+  Raises:
+    ValueError: an unknown loss or hyper-parameter, or a value outside its allowed range
+      (the loss's own message).
+  """
+  spec = get_spec(name)
+  unknown = sorted(set(hparams) - set(spec.hparams))
+  if unknown:
+    raise ValueError(f"loss {name!r} takes no hyper-parameter {unknown}; it takes "
+                     f"{sorted(spec.hparams) or 'none'}.")
+  bound = types.MappingProxyType({**spec.hparams, **hparams})
+  spec.check(bound)
+  return Loss(spec=spec, hparams=bound)
+
+
+def make_loss_from_config(loss_config: Mapping[str, Any]) -> Loss:
+  """:func:`make_loss` of ``loss_config["name"]`` with the spec's hyper-parameters read from it.
+
+  ``loss_config`` is any mapping (e.g. an ``ml_collections.ConfigDict``) that has ``name``
+  and the hyper-parameters of that loss; fields other losses take are ignored.
+  """
+  spec = get_spec(loss_config["name"])
+  return make_loss(spec.name, **{k: loss_config[k] for k in spec.hparams if k in loss_config})
