@@ -6,127 +6,27 @@ run is reused, an interrupted one resumes), optionally fine-tuning all of them f
 shared ``ce`` checkpoint per seed (the paper's setting), then writes
 ``results.json``, ``results.md`` and plots to ``out_dir``.
 
-Data efficiency (DESIGN section 5): for two models, take the final eval loss of the
-better one, read from the other's eval curve (eval loss against training tokens,
-linear interpolation, seeds averaged) how many tokens it needed to reach that loss,
-and divide by the better model's tokens. If it never got there, the ratio is at least
-its total tokens over the better model's tokens (reported as ``>= r``).
+The plan of runs is :mod:`cyb_jax.experiment_plan`, the data-efficiency maths
+:mod:`cyb_jax.efficiency`, the tables and plots :mod:`cyb_jax.experiment_results`.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
-import math
 import os
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
-import numpy as np
 from absl import logging
 
-from cyb_jax import analysis
 from cyb_jax import checkpoint as ckpt_lib
-from cyb_jax import losses
+from cyb_jax import experiment_plan as plan_lib
+from cyb_jax import experiment_results as results_lib
 from cyb_jax import report as report_lib
 from cyb_jax import train
-
-CYB_LOSSES = ("cyb_ap", "cyb_va", "cyb_dp")
-BASELINES = ("ce", "pause_ce")
-EVAL_LOSS = "eval/nll_mix"  # the mix protocol: step 0 for ce, step K for pause_ce
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSpec:
-  """One training run of the experiment."""
-
-  name: str
-  loss: str
-  max_pauses: int
-  seed: int
-  overrides: tuple[tuple[str, Any], ...] = ()  # (dotted config field, value)
-  sweep: str = ""  # "" for the main comparison, else the swept field
-
-
-def _fmt(value: Any) -> str:
-  return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def plan_runs(config: ml_collections.ConfigDict) -> list[RunSpec]:
-  """Every run of the experiment: the main grid, then the one-seed sweeps."""
-  unknown = sorted(set(config.losses) - set(losses.LOSSES))
-  if unknown:
-    raise ValueError(f"losses {unknown} are unknown; allowed: {sorted(losses.LOSSES)}.")
-  if not config.seeds:
-    raise ValueError("seeds is empty: give at least one seed.")
-  if any(k < 1 for k in config.pauses):
-    raise ValueError(f"pauses={tuple(config.pauses)} must all be >= 1 (ce is the K = 0 run).")
-  runs = []
-  for seed in config.seeds:
-    if "ce" in config.losses:
-      runs.append(RunSpec(f"ce_s{seed}", "ce", 0, seed))
-    for k in config.pauses:
-      for loss in config.losses:
-        if loss != "ce":
-          runs.append(RunSpec(f"{loss}_K{k}_s{seed}", loss, k, seed))
-  seed = config.seeds[0]
-  for field, values in (("loss.gamma", config.sweep.gamma),
-                        ("loss.prior_continuation", config.sweep.prior_continuation),
-                        ("loss.budget", config.sweep.budget)):
-    loss = {"loss.gamma": "cyb_ap", "loss.prior_continuation": "cyb_va",
-            "loss.budget": "cyb_dp"}[field]
-    for value in values:
-      for k in config.pauses:
-        runs.append(RunSpec(f"{loss}_K{k}_s{seed}_{field.split('.')[1]}{_fmt(value)}", loss, k,
-                            seed, ((field, value),), sweep=field))
-  return runs
-
-
-def run_config(config: ml_collections.ConfigDict, spec: RunSpec) -> ml_collections.ConfigDict:
-  """The training config of one run: the shared template plus the run's loss, K and seed."""
-  c = copy.deepcopy(config.run)
-  c.unlock()
-  c.seed = spec.seed
-  c.loss.name = spec.loss
-  c.model.max_pauses = spec.max_pauses
-  c.update_from_flattened_dict(dict(spec.overrides))
-  return c
-
-
-# Run fields that do not change what a run computes: a finished run may be reused with others.
-_PRESENTATION_FIELDS = ("progress_bar", "write_report", "keep_checkpoints", "log_every_steps")
-
-
-def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Dotted path -> JSON value of every leaf (tuples as lists, as config.json stores them)."""
-  out = {}
-
-  def walk(node, prefix):
-    for key, value in node.items():
-      if isinstance(value, dict):
-        walk(value, f"{prefix}{key}.")
-      else:
-        out[prefix + key] = value
-
-  walk(json.loads(config.to_json_best_effort()), "")
-  return out
-
-
-def _check_same_run(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
-                    workdir: str) -> None:
-  """Raises ValueError if ``workdir`` holds a run of another config (it would be reused).
-
-  Fields only one side has (added to the config since the run was made) are not compared.
-  """
-  old, new = _flat(saved), _flat(config)
-  diffs = [f"{k}: {old[k]!r} there, {new[k]!r} here" for k in sorted(set(old) & set(new))
-           if old[k] != new[k] and k not in _PRESENTATION_FIELDS]
-  if diffs:
-    raise ValueError(f"{workdir} holds a run of another config ({'; '.join(diffs)}): "
-                     "use another out_dir, or delete that run to retrain it.")
 
 
 def _is_finished(workdir: str, num_train_steps: int) -> bool:
@@ -145,130 +45,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, name: str,
     False when SIGTERM stopped the run (it saved a checkpoint), True when it completed.
   """
   if os.path.exists(os.path.join(workdir, ckpt_lib.CONFIG_FILE)):
-    _check_same_run(ckpt_lib.load_config(workdir), config, workdir)
+    plan_lib.check_same_run(ckpt_lib.load_config(workdir), config, workdir)
   finished = _is_finished(workdir, config.num_train_steps)
   start = time.perf_counter()
   completed = train.train_and_evaluate(config, workdir)["stopped"] == "completed"
   if not finished:
     timings[name] = time.perf_counter() - start
   return completed
-
-
-def tokens_to_reach(curve: Sequence[tuple[float, float]], target: float) -> float | None:
-  """Training tokens at which an eval curve first reaches ``target`` (linear interpolation).
-
-  Args:
-    curve: ``(tokens, eval loss)`` points sorted by tokens.
-    target: the eval loss to reach.
-
-  Returns:
-    The tokens, or None if the curve never gets to ``target``.
-  """
-  prev = None
-  for tokens, loss in curve:
-    if loss <= target:
-      if prev is None or prev[1] == loss:
-        return float(tokens)
-      t0, l0 = prev
-      return float(t0 + (l0 - target) / (l0 - loss) * (tokens - t0))
-    prev = (tokens, loss)
-  return None
-
-
-def data_efficiency(curve_a: Sequence[tuple[float, float]],
-                    curve_b: Sequence[tuple[float, float]]) -> dict[str, Any]:
-  """How many times more training tokens the worse of two models needs (DESIGN section 5).
-
-  Returns a dict with ``better`` ("a" or "b"), ``target_loss`` (the better model's final
-  eval loss), ``tokens_better`` and ``tokens_worse`` (tokens to reach it; None if the
-  worse never did), ``ratio`` and ``lower_bound`` (True when the worse never reached the
-  target, so the ratio is its total tokens over the better's, a lower bound).
-  """
-  a_final, b_final = curve_a[-1][1], curve_b[-1][1]
-  better, worse, name = (curve_a, curve_b, "a") if a_final <= b_final else (curve_b, curve_a, "b")
-  target = better[-1][1]
-  tokens_better = tokens_to_reach(better, target)
-  tokens_worse = tokens_to_reach(worse, target)
-  lower_bound = tokens_worse is None
-  ratio = (worse[-1][0] if lower_bound else tokens_worse) / tokens_better
-  # The same comparison at the worse model's final loss, which the better one reaches.
-  at_worse = tokens_to_reach(better, worse[-1][1])
-  ratio_at_worse = worse[-1][0] / at_worse if at_worse else float("nan")
-  return {"better": name, "target_loss": target, "tokens_better": tokens_better,
-          "tokens_worse": tokens_worse, "ratio": ratio, "lower_bound": lower_bound,
-          "worse_final_loss": worse[-1][1], "ratio_at_worse_final": ratio_at_worse}
-
-
-def mean_curve(workdirs: Sequence[str], key: str = EVAL_LOSS) -> list[tuple[float, float]]:
-  """Seed-averaged eval curve ``(tokens, loss)`` over the steps all runs evaluated."""
-  per_run = []
-  for workdir in workdirs:
-    _, evals = report_lib.read_metrics(workdir)
-    per_run.append({r["step"]: (r["train_tokens"], r[key]) for r in evals})
-  steps = sorted(set.intersection(*(set(r) for r in per_run)))
-  return [(float(np.mean([r[s][0] for r in per_run])), float(np.mean([r[s][1] for r in per_run])))
-          for s in steps]
-
-
-def _final(workdir: str) -> dict[str, Any]:
-  _, evals = report_lib.read_metrics(workdir)
-  return evals[-1]
-
-
-def _mean_known(values: Sequence[float]) -> float:
-  """The mean of the values that are not NaN (NaN if none is)."""
-  known = [v for v in values if not math.isnan(v)]
-  return float(np.mean(known)) if known else float("nan")
-
-
-def _summarise(values: Sequence[float]) -> dict[str, float]:
-  arr = np.asarray(values, np.float64)
-  return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
-          "n": int(arr.size)}
-
-
-def _pause_analysis(workdir: str, tau: float, loss_name: str) -> dict[str, Any]:
-  """Per-difficulty (synthetic) or per-token (text) pause statistics of a run's eval set."""
-  run = ckpt_lib.load_run(workdir)
-  fixed = train.fixed_step_of(loss_name)
-  stats = analysis.eval_set_stats(run.model_cfg, run.params, run.data.eval_batches, tau, fixed)
-  out: dict[str, Any] = {"summary": analysis.summarize(stats.stats)}
-  if stats.difficulty is not None:
-    diff = analysis.by_difficulty(stats.stats, stats.difficulty, run.data.info.difficulty_names)
-    out["difficulty"] = {
-        "levels": [dataclasses.asdict(g) for g in diff.levels],
-        "spearman_levels": diff.spearman_levels,
-        "spearman_levels_expected": diff.spearman_levels_expected,
-        "spearman_positions": diff.spearman_positions,
-    }
-  else:
-    tok = analysis.by_token(stats.stats, stats.inputs, stats.targets, piece=run.data.info.piece,
-                            min_count=20, top=12)
-    out["tokens"] = {k: [dataclasses.asdict(g) for g in getattr(tok, k)]
-                     for k in ("most_after", "least_after", "most_before", "least_before",
-                               "ambiguous_after")}
-    out["tokens"]["spearman_ambiguity"] = tok.spearman_ambiguity
-  return out
-
-
-def _sweep_entry(config, spec: RunSpec, workdir: str, seconds: float | None,
-                 pauses: dict[str, Any] | None) -> dict[str, Any]:
-  """Final figures (and, on the synthetic task, pause placement) of one run of a sweep table.
-
-  ``pauses`` is the run's ``_pause_analysis`` (None when pauses are not analysed).
-  """
-  f = _final(workdir)
-  field = spec.sweep or ""
-  entry = {"name": spec.name, "loss": spec.loss, "K": spec.max_pauses, "field": field,
-           "value": spec.overrides[0][1] if spec.overrides else None,
-           "nll_mix": f[EVAL_LOSS], "expected_pauses": f["eval/expected_pauses"],
-           "threshold_accuracy": f["eval/threshold_accuracy"],
-           "threshold_pauses": f["eval/threshold_pauses"], "seconds": seconds}
-  difficulty = (pauses or {}).get("difficulty")
-  if difficulty:
-    entry["spearman_levels"] = difficulty["spearman_levels"]
-    entry["mean_pauses_by_level"] = {g["name"]: g["mean_pauses"] for g in difficulty["levels"]}
-  return entry
 
 
 def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -282,11 +65,11 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
     name}`` when SIGTERM stopped run ``name``.
   """
   out_dir = os.path.abspath(config.out_dir)
-  specs = plan_runs(config)
+  specs = plan_lib.plan_runs(config)
   if config.summarise_only:
     return write_results(config, specs, out_dir, {})
   for spec in specs:
-    train.validate_config(run_config(config, spec))
+    train.validate_config(plan_lib.run_config(config, spec))
   os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
   timings = {}
   ce_init = {}
@@ -304,7 +87,7 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
       ce_init[seed] = workdir
   for spec in specs:
     workdir = os.path.join(out_dir, "runs", spec.name)
-    c = run_config(config, spec)
+    c = plan_lib.run_config(config, spec)
     if config.from_ce:
       c.init_from = ce_init[spec.seed]
     logging.info("Run %s -> %s", spec.name, workdir)
@@ -321,7 +104,7 @@ def _preempted(out_dir: str, timings: dict[str, float], name: str) -> dict[str, 
   return {"stopped": "preempted", "run": name}
 
 
-def write_results(config, specs: Sequence[RunSpec], out_dir: str,
+def write_results(config, specs: Sequence[plan_lib.RunSpec], out_dir: str,
                   timings: dict[str, float]) -> dict[str, Any]:
   """Summarises the finished runs into results.json / results.md / plots."""
   done = [s for s in specs
@@ -329,10 +112,10 @@ def write_results(config, specs: Sequence[RunSpec], out_dir: str,
   missing = [s.name for s in specs if s not in done]
   if not done:
     raise ValueError(f"no finished run in {out_dir}/runs: nothing to summarise.")
-  results = summarise_runs(config, done, out_dir, _save_timings(out_dir, timings))
+  results = results_lib.summarise_runs(config, done, out_dir, _save_timings(out_dir, timings))
   results["missing_runs"] = missing
   _write_json(os.path.join(out_dir, "results.json"), results)
-  write_results_md(config, results, out_dir)
+  results_lib.write_results_md(config, results, out_dir)
   return results
 
 
@@ -368,249 +151,3 @@ def _read_timings(out_dir: str) -> dict[str, float]:
     with open(path) as f:
       timings.update(json.load(f))
   return timings
-
-
-def summarise_runs(config, specs: Sequence[RunSpec], out_dir: str,
-                   timings: dict[str, float]) -> dict[str, Any]:
-  """Final figures per (loss, K) over seeds, data-efficiency ratios, pause analyses."""
-  workdir = lambda spec: os.path.join(out_dir, "runs", spec.name)
-  main = [s for s in specs if not s.sweep]
-  groups: dict[str, list[RunSpec]] = {}
-  for s in main:
-    groups.setdefault(f"{s.loss}" if s.loss == "ce" else f"{s.loss}_K{s.max_pauses}", []).append(s)
-  rows = {}
-  for key, members in groups.items():
-    finals = [_final(workdir(s)) for s in members]
-    rows[key] = {
-        "loss": members[0].loss, "K": members[0].max_pauses,
-        "seeds": [s.seed for s in members],
-        "train_tokens": float(np.mean([f["train_tokens"] for f in finals])),
-        "seconds": _mean_known([timings.get(s.name, float("nan")) for s in members]),
-        **{name: _summarise([f[f"eval/{name}"] for f in finals])
-           for name in ("nll_mix", "expected_pauses", "compute_mix", "threshold_nll",
-                        "threshold_accuracy", "threshold_pauses", "compute_threshold")},
-        "curve": mean_curve([workdir(s) for s in members]),
-    }
-  efficiency = {}
-  for k in config.pauses:
-    for loss in CYB_LOSSES:
-      key = f"{loss}_K{k}"
-      if key not in rows:
-        continue
-      for base in ("ce", f"pause_ce_K{k}"):
-        if base in rows:
-          eff = data_efficiency(rows[key]["curve"], rows[base]["curve"])
-          eff["better"] = key if eff["better"] == "a" else base
-          efficiency[f"{key} vs {base}"] = eff
-  analysed = {}  # run name -> _pause_analysis, each run analysed once
-
-  def pause_analysis(spec: RunSpec) -> dict[str, Any] | None:
-    if not config.analyse_pauses:
-      return None
-    if spec.name not in analysed:
-      analysed[spec.name] = _pause_analysis(workdir(spec), config.run.eval.tau, spec.loss)
-    return analysed[spec.name]
-
-  pauses = ({key: pause_analysis(members[0]) for key, members in groups.items()}
-            if config.analyse_pauses else {})
-  sweeps = []
-  if any(s.sweep for s in specs):
-    # Each swept (loss, K) is listed beside its main run of the same seed (the default
-    # value), and ce / pause_ce of that seed, so one-seed figures compare like with like.
-    seed = config.seeds[0]
-    swept = {(s.loss, s.max_pauses) for s in specs if s.sweep}
-    swept_k = {k for _, k in swept}
-    listed = [s for s in main if s.seed == seed and (
-        s.loss == "ce" or (s.loss == "pause_ce" and s.max_pauses in swept_k) or
-        (s.loss, s.max_pauses) in swept)] + [s for s in specs if s.sweep]
-    order = lambda s: (s.max_pauses, list(losses.LOSSES).index(s.loss), bool(s.sweep),
-                       s.overrides[0][1] if s.overrides else 0)
-    baselines = {(s.loss, s.max_pauses): mean_curve([workdir(s)]) for s in listed
-                 if s.loss in ("ce", "pause_ce") and not s.sweep}
-    for s in sorted(listed, key=order):
-      entry = _sweep_entry(config, s, workdir(s), timings.get(s.name), pause_analysis(s))
-      if s.loss in CYB_LOSSES:
-        # Tokens pause_ce (or ce) needs to reach this run's final loss over this run's
-        # tokens to reach theirs: the "ratio there" column of the data-efficiency table.
-        curve = mean_curve([workdir(s)])
-        for base, key in (("ce", ("ce", 0)), ("pause_ce", ("pause_ce", s.max_pauses))):
-          if key in baselines:
-            eff = data_efficiency(curve, baselines[key])
-            entry[f"vs_{base}"] = (eff["ratio_at_worse_final"] if eff["better"] == "a"
-                                   else 1.0 / eff["ratio_at_worse_final"])
-      sweeps.append(entry)
-  return {"preset": config.preset, "data": config.run.data.source,
-          "from_ce": bool(config.from_ce), "rows": rows, "efficiency": efficiency,
-          "pauses": pauses, "sweeps": sweeps}
-
-
-# ------------------------------------------------------------------------------------
-# Writing.
-# ------------------------------------------------------------------------------------
-
-
-def _two_digits(value: float | None) -> str:
-  return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
-
-
-def _pm(stat: dict[str, float], digits: int = 3) -> str:
-  if stat["n"] > 1:
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-  return f"{stat['mean']:.{digits}f}"
-
-
-def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
-  """``results.md`` with the tables and ``plots/*.png``; returns its path."""
-  plots = write_plots(results, out_dir)
-  lines = [f"# CYB comparison ({results['preset']})", "",
-           f"Data: `{results['data']}`; "
-           f"{'fine-tuned from a shared ce checkpoint' if results['from_ce'] else 'from scratch'};"
-           f" eval: mix protocol (`nll_mix`; step 0 for ce, step K for pause_ce) and "
-           f"threshold(tau={config.run.eval.tau}). Mean ± std over seeds.", "",
-           "| run | seeds | eval nll_mix | E[pauses] | compute/token | threshold nll | "
-           "threshold acc | threshold pauses | train tokens | s/run |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-  for key, r in results["rows"].items():
-    lines.append(
-        f"| {key} | {len(r['seeds'])} | {_pm(r['nll_mix'])} | {_pm(r['expected_pauses'], 2)} | "
-        f"{_pm(r['compute_mix'], 2)} | {_pm(r['threshold_nll'])} | "
-        f"{_pm(r['threshold_accuracy'])} | {_pm(r['threshold_pauses'], 2)} | "
-        f"{r['train_tokens']:,.0f} | "
-        f"{'n/a' if math.isnan(r['seconds']) else format(r['seconds'], '.0f')} |")
-  lines += ["", "## Data efficiency", "",
-            "Tokens the worse model needs to reach the better model's final eval loss, divided "
-            "by the better model's tokens (seed-averaged curves; `>=` when it never got there, "
-            "a lower bound at equal budgets). The last column makes the same comparison at the "
-            "worse model's final loss, which the better one reaches.",
-            "", "| pair | better | better's final loss | ratio | worse's final loss | ratio there |",
-            "|---|---|---|---|---|---|"]
-  for pair, e in results["efficiency"].items():
-    ratio = f"{'>= ' if e['lower_bound'] else ''}{e['ratio']:.2f}"
-    lines.append(f"| {pair} | {e['better']} | {e['target_loss']:.4f} | {ratio} | "
-                 f"{e['worse_final_loss']:.4f} | {e['ratio_at_worse_final']:.2f} |")
-  for key, p in results["pauses"].items():
-    if "difficulty" in p:
-      d = p["difficulty"]
-      lines += ["", f"### Pauses by difficulty: {key}", "",
-                f"Spearman(level, mean pauses) = {d['spearman_levels']:.2f}; "
-                f"with E[pauses]: {d['spearman_levels_expected']:.2f}.", "",
-                "| level | count | mean pauses | E[pauses] | acc step 0 | acc | gain |",
-                "|---|---|---|---|---|---|---|"]
-      for g in d["levels"]:
-        lines.append(f"| {g['name']} | {g['count']} | {g['mean_pauses']:.2f} | "
-                     f"{g['mean_expected_pauses']:.2f} | {g['accuracy_step0']:.3f} | "
-                     f"{g['accuracy']:.3f} | {g['gain']:+.3f} |")
-    elif "tokens" in p:
-      lines += ["", f"### Tokens that pause most / least (after reading them): {key}", "",
-                "| most | mean pauses | std | count | least | mean pauses | std | count |",
-                "|---|---|---|---|---|---|---|---|"]
-      for a, b in zip(p["tokens"]["most_after"], p["tokens"]["least_after"]):
-        lines.append(f"| `{a['name']}` | {a['mean_pauses']:.2f} | {a['std_pauses']:.2f} | "
-                     f"{a['count']} | `{b['name']}` | {b['mean_pauses']:.2f} | "
-                     f"{b['std_pauses']:.2f} | {b['count']} |")
-      if p["tokens"].get("ambiguous_after"):
-        lines += ["", f"Most ambiguous contexts of {key} (highest step-0 NLL of the next "
-                  f"token); Spearman(step-0 NLL, mean pauses) over frequent tokens = "
-                  f"{_two_digits(p['tokens']['spearman_ambiguity'])}.", "",
-                  "| after | step-0 NLL | mean pauses | std | count | accuracy gain |",
-                  "|---|---|---|---|---|---|"]
-        for g in p["tokens"]["ambiguous_after"]:
-          lines.append(f"| `{g['name']}` | {g['nll_step0']:.2f} | {g['mean_pauses']:.2f} | "
-                       f"{g['std_pauses']:.2f} | {g['count']} | {g['gain']:+.3f} |")
-  if results["sweeps"]:
-    levels = next((list(e["mean_pauses_by_level"]) for e in results["sweeps"]
-                   if "mean_pauses_by_level" in e), [])
-    lines += ["", "## Sweeps (one seed)", "",
-              "Each swept run beside the main runs of the same seed (value `default`: the "
-              "run config's own). Threshold pauses k* by level" +
-              (f" ({' / '.join(levels)})" if levels else "") + ". Tokens ratio: the "
-              "baseline's tokens over the CYB run's, each to reach the worse one's final "
-              "loss (> 1: the CYB run needs fewer tokens).", "",
-              "| run | field | value | eval nll_mix | E[pauses] | threshold acc | k* | "
-              "Spearman(level, k*) | k* by level | tokens ratio vs ce | vs pause_ce |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for e in results["sweeps"]:
-      by_level = " / ".join(f"{v:.2f}" for v in e.get("mean_pauses_by_level", {}).values())
-      lines.append(
-          f"| {e['name']} | {e['field'] or '-'} | "
-          f"{'default' if e['value'] is None else e['value']} | {e['nll_mix']:.4f} | "
-          f"{e['expected_pauses']:.2f} | {e['threshold_accuracy']:.3f} | "
-          f"{e['threshold_pauses']:.2f} | "
-          f"{_two_digits(e.get('spearman_levels'))} | "
-          f"{by_level or 'n/a'} | {_two_digits(e.get('vs_ce'))} | {_two_digits(e.get('vs_pause_ce'))} |")
-  if results.get("missing_runs"):
-    lines += ["", "Runs not finished (left out of every table): " +
-              ", ".join(f"`{n}`" for n in results["missing_runs"]) + "."]
-  lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})"
-                                   for p in plots]
-  path = os.path.join(out_dir, "results.md")
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
-  return path
-
-
-def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  plot_dir = os.path.join(out_dir, "plots")
-  os.makedirs(plot_dir, exist_ok=True)
-  paths = []
-
-  def finish(fig, ax, name, *, xlabel, ylabel, title):
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    paths.append(os.path.join(plot_dir, name))
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for key, r in results["rows"].items():
-    tokens, loss = zip(*r["curve"])
-    ax.plot(tokens, loss, marker="o", markersize=3, label=key,
-            linestyle="--" if r["loss"] in BASELINES else "-")
-  finish(fig, ax, "eval_loss_vs_tokens.png", xlabel="training tokens",
-         ylabel="eval loss (nll_mix)", title="Eval loss against training tokens (mean over seeds)")
-
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  for key, r in results["rows"].items():
-    ax.errorbar(r["compute_mix"]["mean"], r["nll_mix"]["mean"], yerr=r["nll_mix"]["std"],
-                marker="o", capsize=3, label=key)
-  finish(fig, ax, "loss_vs_compute.png", xlabel="compute per token (1 + mean pauses)",
-         ylabel="final eval loss (nll_mix)", title="Loss against compute")
-
-  with_levels = {k: p["difficulty"] for k, p in results["pauses"].items() if "difficulty" in p}
-  if with_levels:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    width = 0.8 / len(with_levels)
-    for i, (key, d) in enumerate(with_levels.items()):
-      names = [g["name"] for g in d["levels"]]
-      values = [g["mean_expected_pauses"] for g in d["levels"]]
-      ax.bar(np.arange(len(names)) + i * width, values, width, label=key)
-    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
-    finish(fig, ax, "pauses_by_difficulty.png", xlabel="difficulty level",
-           ylabel="mean E[pauses]", title="Pauses by difficulty level")
-
-  with_tokens = {k: p["tokens"] for k, p in results["pauses"].items()
-                 if "tokens" in p and results["rows"][k]["loss"] in CYB_LOSSES}
-  if with_tokens:
-    fig, axes = plt.subplots(1, len(with_tokens), figsize=(3.2 * len(with_tokens) + 1, 4.5),
-                             squeeze=False)
-    for ax, (key, t) in zip(axes[0], with_tokens.items()):
-      groups = t["most_after"][::-1]
-      ax.barh(np.arange(len(groups)), [g["mean_pauses"] for g in groups],
-              xerr=[g["std_pauses"] for g in groups], capsize=2)
-      ax.set_yticks(np.arange(len(groups)), [repr(g["name"]) for g in groups], fontsize=7)
-      ax.set_title(key, fontsize=9)
-      ax.set_xlabel("mean pauses k* (bar: std)")
-      ax.grid(alpha=0.3)
-    fig.suptitle("Tokens after which each CYB model pauses most")
-    paths.append(os.path.join(plot_dir, "pauses_by_token.png"))
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-  return paths

@@ -12,7 +12,7 @@ from absl import app
 from absl import flags
 
 from cyb_jax import checkpoint
-from cyb_jax import report
+from cyb_jax import samples
 from cyb_jax.decode import HALTING_POLICIES
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (as given to launch/train.py).", required=True)
@@ -27,9 +27,9 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Continuations of the prom
 
 
 def generate_from_run(workdir: str, prompt: str, *, step: int | None = None, **sampling) -> str:
-  """Loads a run and returns its pause-marked samples (see report.sample_with_pauses for ``sampling``)."""
+  """Loads a run and returns its pause-marked samples (see samples.sample_with_pauses for ``sampling``)."""
   run = checkpoint.load_run(workdir, step)
-  return report.sample_with_pauses(run.model_cfg, run.params, run.data.info, prompt, **sampling)
+  return samples.sample_with_pauses(run.model_cfg, run.params, run.data.info, prompt, **sampling)
 
 
 def main(argv):

@@ -6,44 +6,46 @@ import os
 import pytest
 
 from configs import experiment as experiment_config
+from cyb_jax import efficiency
 from cyb_jax import experiment
+from cyb_jax import experiment_plan
 
 
 def test_tokens_to_reach_interpolates_the_first_crossing():
   curve = [(100, 3.0), (200, 2.0), (300, 2.5), (400, 1.0)]
-  assert experiment.tokens_to_reach(curve, 2.5) == pytest.approx(150.0)
-  assert experiment.tokens_to_reach(curve, 2.0) == pytest.approx(200.0)
-  assert experiment.tokens_to_reach(curve, 3.5) == pytest.approx(100.0)
-  assert experiment.tokens_to_reach(curve, 1.5) == pytest.approx(366.666, rel=1e-4)
-  assert experiment.tokens_to_reach(curve, 0.5) is None
+  assert efficiency.tokens_to_reach(curve, 2.5) == pytest.approx(150.0)
+  assert efficiency.tokens_to_reach(curve, 2.0) == pytest.approx(200.0)
+  assert efficiency.tokens_to_reach(curve, 3.5) == pytest.approx(100.0)
+  assert efficiency.tokens_to_reach(curve, 1.5) == pytest.approx(366.666, rel=1e-4)
+  assert efficiency.tokens_to_reach(curve, 0.5) is None
 
 
 def test_data_efficiency_ratio_and_lower_bound():
   fast = [(100, 2.0), (200, 1.0)]
   slow = [(100, 3.0), (200, 2.5), (300, 2.0), (400, 1.5), (600, 1.0)]
-  e = experiment.data_efficiency(fast, slow)
+  e = efficiency.data_efficiency(fast, slow)
   assert e["better"] == "a" and e["target_loss"] == 1.0
   assert e["ratio_at_worse_final"] == pytest.approx(600 / 200)
   assert e["ratio"] == pytest.approx(600 / 200) and not e["lower_bound"]
   never = [(100, 3.0), (400, 2.0)]
-  e = experiment.data_efficiency(never, fast)
+  e = efficiency.data_efficiency(never, fast)
   assert e["better"] == "b" and e["lower_bound"] and e["ratio"] == pytest.approx(400 / 200)
 
 
 def test_plan_covers_the_grid_and_the_sweeps():
   c = experiment_config.get_config("main")
   c.sweep.gamma = (0.5, 0.99)
-  runs = experiment.plan_runs(c)
+  runs = experiment_plan.plan_runs(c)
   names = [r.name for r in runs]
   assert names.count("ce_s0") == 1 and "cyb_dp_K3_s2" in names and "pause_ce_K1_s1" in names
   assert len([r for r in runs if not r.sweep]) == 3 * (1 + 4 * 2)
   sweep = [r for r in runs if r.sweep]
   assert {r.name for r in sweep} == {"cyb_ap_K1_s0_gamma0.5", "cyb_ap_K3_s0_gamma0.5",
                                      "cyb_ap_K1_s0_gamma0.99", "cyb_ap_K3_s0_gamma0.99"}
-  assert experiment.run_config(c, sweep[0]).loss.gamma == 0.5
+  assert experiment_plan.run_config(c, sweep[0]).loss.gamma == 0.5
   c.losses = ("ce", "hinge")
   with pytest.raises(ValueError, match=r"losses \['hinge'\] are unknown"):
-    experiment.plan_runs(c)
+    experiment_plan.plan_runs(c)
 
 
 @pytest.mark.slow

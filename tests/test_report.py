@@ -1,4 +1,4 @@
-"""Tests of the reporting side: cyb_jax.analysis, cyb_jax.report and launch/{analyze,generate}.py."""
+"""Tests of the reporting side: cyb_jax.analysis, pause_groups, report, samples and launch/{analyze,generate}.py."""
 
 import contextlib
 import dataclasses
@@ -16,7 +16,9 @@ from absl import flags
 from cyb_jax import analysis
 from cyb_jax import losses
 from cyb_jax import model as model_lib
+from cyb_jax import pause_groups
 from cyb_jax import report
+from cyb_jax import samples
 from cyb_jax.data import default_data_config, make_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,18 +133,18 @@ def test_position_stats_rejects_bad_arguments(synthetic_data):
 
 
 def test_rank_correlation_with_ties():
-  np.testing.assert_array_equal(analysis.average_ranks([10, 20, 20, 30]), [1, 2.5, 2.5, 4])
-  np.testing.assert_array_equal(analysis.average_ranks([3, 1, 3, 3]), [3, 1, 3, 3])
+  np.testing.assert_array_equal(pause_groups.average_ranks([10, 20, 20, 30]), [1, 2.5, 2.5, 4])
+  np.testing.assert_array_equal(pause_groups.average_ranks([3, 1, 3, 3]), [3, 1, 3, 3])
   # ranks x = [1, 2.5, 2.5, 4], y = [1, 3.5, 3.5, 2]: covariance 1.5, variances 4.5 and 4.5.
-  assert analysis.rank_correlation([1, 2, 2, 3], [1, 3, 3, 2]) == pytest.approx(1 / 3)
-  assert analysis.rank_correlation([0, 1, 2], [0, 0, 1]) == pytest.approx(math.sqrt(3) / 2)
-  assert analysis.rank_correlation([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
-  assert math.isnan(analysis.rank_correlation([1, 2, 3], [5, 5, 5]))  # undefined for a constant
-  assert math.isnan(analysis.rank_correlation([1], [2]))
+  assert pause_groups.rank_correlation([1, 2, 2, 3], [1, 3, 3, 2]) == pytest.approx(1 / 3)
+  assert pause_groups.rank_correlation([0, 1, 2], [0, 0, 1]) == pytest.approx(math.sqrt(3) / 2)
+  assert pause_groups.rank_correlation([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+  assert math.isnan(pause_groups.rank_correlation([1, 2, 3], [5, 5, 5]))  # undefined for a constant
+  assert math.isnan(pause_groups.rank_correlation([1], [2]))
   stats = pytest.importorskip("scipy.stats")
   rng = np.random.default_rng(0)
   x, y = rng.integers(0, 4, 200), rng.integers(0, 3, 200)  # heavily tied
-  assert analysis.rank_correlation(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+  assert pause_groups.rank_correlation(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
 
 
 def test_by_difficulty_hand_checked():
@@ -153,7 +155,7 @@ def test_by_difficulty_hand_checked():
       correct=[1, 0, 1, 1, 1, 1, 0, 1],
       weights=[1, 1, 1, 1, 1, 1, 1, 0])  # the last position (weight 0, level -1) counts nowhere
   difficulty = np.array([0, 0, 1, 1, 1, 2, 2, -1])
-  got = analysis.by_difficulty(s, difficulty, names=("easy", "mid", "hard", "unseen"))
+  got = pause_groups.by_difficulty(s, difficulty, names=("easy", "mid", "hard", "unseen"))
   assert [g.name for g in got.levels] == ["easy", "mid", "hard", "unseen"]
   easy, mid, hard, unseen = got.levels
   expected = {
@@ -175,7 +177,7 @@ def test_by_difficulty_hand_checked():
   # covariance 20, variances 25 and 24 -> 20 / sqrt(600) = sqrt(2/3).
   assert got.spearman_positions == pytest.approx(math.sqrt(2 / 3))
   with pytest.raises(ValueError, match="difficulty level 2 has no name"):
-    analysis.by_difficulty(s, difficulty, names=("a", "b"))
+    pause_groups.by_difficulty(s, difficulty, names=("a", "b"))
 
 
 def test_by_token_hand_checked():
@@ -188,7 +190,7 @@ def test_by_token_hand_checked():
       weights=[1, 1, 1, 1, 1, 1, 2])  # the last position counts twice in every mean
   inputs = np.array([5, 5, 7, 7, 7, 9, 5])
   targets = np.array([7, 7, 9, 5, 9, 5, 9])
-  got = analysis.by_token(s, inputs, targets, piece=lambda i: f"t{i}", min_count=2, top=2)
+  got = pause_groups.by_token(s, inputs, targets, piece=lambda i: f"t{i}", min_count=2, top=2)
   after = {g.key: g for g in got.after}
   before = {g.key: g for g in got.before}
   assert sorted(after) == [5, 7, 9] and sorted(before) == [5, 7, 9]
@@ -214,19 +216,19 @@ def test_by_token_hand_checked():
   assert [g.key for g in got.least_after] == [5, 7]
   assert [g.key for g in got.most_before] == [9, 7]
   assert [g.key for g in got.least_before] == [5, 7]
-  assert [g.key for g in analysis.by_token(s, inputs, targets, min_count=1, top=5).least_after] == [9, 5, 7]
+  assert [g.key for g in pause_groups.by_token(s, inputs, targets, min_count=1, top=5).least_after] == [9, 5, 7]
   # Ambiguity: mean step-0 NLL after 5 is (3 + 1 + 2 * 1) / 4 = 1.5, after 7 0.5 (9 is rare).
   assert after[5].nll_step0 == pytest.approx(1.5)
   assert [g.key for g in got.ambiguous_after] == [5, 7]
   assert math.isnan(got.spearman_ambiguity)  # 5 and 7 both pause 1.0 on average
-  everyone = analysis.by_token(s, inputs, targets, min_count=1, top=5)
+  everyone = pause_groups.by_token(s, inputs, targets, min_count=1, top=5)
   assert [g.key for g in everyone.ambiguous_after] == [9, 5, 7]
   # NLL ranks 9 > 5 > 7 against pauses 0 < 1 = 1: ranks (3, 2, 1) vs (1, 2.5, 2.5).
   assert everyone.spearman_ambiguity == pytest.approx(-math.sqrt(3) / 2)
   with pytest.raises(ValueError, match="min_count=0"):
-    analysis.by_token(s, inputs, targets, min_count=0)
+    pause_groups.by_token(s, inputs, targets, min_count=0)
   with pytest.raises(ValueError, match="targets has 6 entries"):
-    analysis.by_token(s, inputs, targets[:-1])
+    pause_groups.by_token(s, inputs, targets[:-1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,10 +312,10 @@ def test_write_report_without_eval_set(tmp_path):
 
 
 def test_render_with_pauses():
-  assert report.render_with_pauses(["4", "6", ";"], [2, 0, 1]) == "··46·;"
-  assert report.render_with_pauses(["▁The", "▁cats", "▁sat"], [0, 1, 0], mark="|") == " The| cats sat"
+  assert samples.render_with_pauses(["4", "6", ";"], [2, 0, 1]) == "··46·;"
+  assert samples.render_with_pauses(["▁The", "▁cats", "▁sat"], [0, 1, 0], mark="|") == " The| cats sat"
   with pytest.raises(ValueError, match="3 pieces but 2"):
-    report.render_with_pauses(["a", "b", "c"], [0, 1])
+    samples.render_with_pauses(["a", "b", "c"], [0, 1])
 
 
 # --------------------------------------------------------------------------------------------

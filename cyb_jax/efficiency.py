@@ -1,0 +1,75 @@
+"""How many times more training tokens one model needs than another, from eval curves.
+
+Data efficiency (DESIGN section 5): for two models, take the final eval loss of the
+better one, read from the other's eval curve (eval loss against training tokens,
+linear interpolation, seeds averaged) how many tokens it needed to reach that loss,
+and divide by the better model's tokens. If it never got there, the ratio is at least
+its total tokens over the better model's tokens (reported as ``>= r``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from cyb_jax import report as report_lib
+
+EVAL_LOSS = "eval/nll_mix"  # the mix protocol: step 0 for ce, step K for pause_ce
+
+
+def tokens_to_reach(curve: Sequence[tuple[float, float]], target: float) -> float | None:
+  """Training tokens at which an eval curve first reaches ``target`` (linear interpolation).
+
+  Args:
+    curve: ``(tokens, eval loss)`` points sorted by tokens.
+    target: the eval loss to reach.
+
+  Returns:
+    The tokens, or None if the curve never gets to ``target``.
+  """
+  prev = None
+  for tokens, loss in curve:
+    if loss <= target:
+      if prev is None or prev[1] == loss:
+        return float(tokens)
+      t0, l0 = prev
+      return float(t0 + (l0 - target) / (l0 - loss) * (tokens - t0))
+    prev = (tokens, loss)
+  return None
+
+
+def data_efficiency(curve_a: Sequence[tuple[float, float]],
+                    curve_b: Sequence[tuple[float, float]]) -> dict[str, Any]:
+  """How many times more training tokens the worse of two models needs (DESIGN section 5).
+
+  Returns a dict with ``better`` ("a" or "b"), ``target_loss`` (the better model's final
+  eval loss), ``tokens_better`` and ``tokens_worse`` (tokens to reach it; None if the
+  worse never did), ``ratio`` and ``lower_bound`` (True when the worse never reached the
+  target, so the ratio is its total tokens over the better's, a lower bound).
+  """
+  a_final, b_final = curve_a[-1][1], curve_b[-1][1]
+  better, worse, name = (curve_a, curve_b, "a") if a_final <= b_final else (curve_b, curve_a, "b")
+  target = better[-1][1]
+  tokens_better = tokens_to_reach(better, target)
+  tokens_worse = tokens_to_reach(worse, target)
+  lower_bound = tokens_worse is None
+  ratio = (worse[-1][0] if lower_bound else tokens_worse) / tokens_better
+  # The same comparison at the worse model's final loss, which the better one reaches.
+  at_worse = tokens_to_reach(better, worse[-1][1])
+  ratio_at_worse = worse[-1][0] / at_worse if at_worse else float("nan")
+  return {"better": name, "target_loss": target, "tokens_better": tokens_better,
+          "tokens_worse": tokens_worse, "ratio": ratio, "lower_bound": lower_bound,
+          "worse_final_loss": worse[-1][1], "ratio_at_worse_final": ratio_at_worse}
+
+
+def mean_curve(workdirs: Sequence[str], key: str = EVAL_LOSS) -> list[tuple[float, float]]:
+  """Seed-averaged eval curve ``(tokens, loss)`` over the steps all runs evaluated."""
+  per_run = []
+  for workdir in workdirs:
+    _, evals = report_lib.read_metrics(workdir)
+    per_run.append({r["step"]: (r["train_tokens"], r[key]) for r in evals})
+  steps = sorted(set.intersection(*(set(r) for r in per_run)))
+  return [(float(np.mean([r[s][0] for r in per_run])), float(np.mean([r[s][1] for r in per_run])))
+          for s in steps]

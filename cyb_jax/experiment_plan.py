@@ -1,0 +1,110 @@
+"""The runs of the CYB comparison: which (loss, K, seed) runs, with which training config.
+
+:func:`plan_runs` lists the main grid and the one-seed sweeps of an experiment config,
+:func:`run_config` gives one run's training config, and :func:`check_same_run` refuses to
+reuse a run folder trained with another config.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from typing import Any
+
+import ml_collections
+
+from cyb_jax import losses
+
+CYB_LOSSES = ("cyb_ap", "cyb_va", "cyb_dp")
+BASELINES = ("ce", "pause_ce")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One training run of the experiment."""
+
+  name: str
+  loss: str
+  max_pauses: int
+  seed: int
+  overrides: tuple[tuple[str, Any], ...] = ()  # (dotted config field, value)
+  sweep: str = ""  # "" for the main comparison, else the swept field
+
+
+def _fmt(value: Any) -> str:
+  return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def plan_runs(config: ml_collections.ConfigDict) -> list[RunSpec]:
+  """Every run of the experiment: the main grid, then the one-seed sweeps."""
+  unknown = sorted(set(config.losses) - set(losses.LOSSES))
+  if unknown:
+    raise ValueError(f"losses {unknown} are unknown; allowed: {sorted(losses.LOSSES)}.")
+  if not config.seeds:
+    raise ValueError("seeds is empty: give at least one seed.")
+  if any(k < 1 for k in config.pauses):
+    raise ValueError(f"pauses={tuple(config.pauses)} must all be >= 1 (ce is the K = 0 run).")
+  runs = []
+  for seed in config.seeds:
+    if "ce" in config.losses:
+      runs.append(RunSpec(f"ce_s{seed}", "ce", 0, seed))
+    for k in config.pauses:
+      for loss in config.losses:
+        if loss != "ce":
+          runs.append(RunSpec(f"{loss}_K{k}_s{seed}", loss, k, seed))
+  seed = config.seeds[0]
+  for field, values in (("loss.gamma", config.sweep.gamma),
+                        ("loss.prior_continuation", config.sweep.prior_continuation),
+                        ("loss.budget", config.sweep.budget)):
+    loss = {"loss.gamma": "cyb_ap", "loss.prior_continuation": "cyb_va",
+            "loss.budget": "cyb_dp"}[field]
+    for value in values:
+      for k in config.pauses:
+        runs.append(RunSpec(f"{loss}_K{k}_s{seed}_{field.split('.')[1]}{_fmt(value)}", loss, k,
+                            seed, ((field, value),), sweep=field))
+  return runs
+
+
+def run_config(config: ml_collections.ConfigDict, spec: RunSpec) -> ml_collections.ConfigDict:
+  """The training config of one run: the shared template plus the run's loss, K and seed."""
+  c = copy.deepcopy(config.run)
+  c.unlock()
+  c.seed = spec.seed
+  c.loss.name = spec.loss
+  c.model.max_pauses = spec.max_pauses
+  c.update_from_flattened_dict(dict(spec.overrides))
+  return c
+
+
+# Run fields that do not change what a run computes: a finished run may be reused with others.
+_PRESENTATION_FIELDS = ("progress_bar", "write_report", "keep_checkpoints", "log_every_steps")
+
+
+def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Dotted path -> JSON value of every leaf (tuples as lists, as config.json stores them)."""
+  out = {}
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      if isinstance(value, dict):
+        walk(value, f"{prefix}{key}.")
+      else:
+        out[prefix + key] = value
+
+  walk(json.loads(config.to_json_best_effort()), "")
+  return out
+
+
+def check_same_run(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                    workdir: str) -> None:
+  """Raises ValueError if ``workdir`` holds a run of another config (it would be reused).
+
+  Fields only one side has (added to the config since the run was made) are not compared.
+  """
+  old, new = _flat(saved), _flat(config)
+  diffs = [f"{k}: {old[k]!r} there, {new[k]!r} here" for k in sorted(set(old) & set(new))
+           if old[k] != new[k] and k not in _PRESENTATION_FIELDS]
+  if diffs:
+    raise ValueError(f"{workdir} holds a run of another config ({'; '.join(diffs)}): "
+                     "use another out_dir, or delete that run to retrain it.")
