@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 WORKDIR ?= workdirs/default
-CONFIG ?= configs/default.py
+CONFIG ?= cyb_jax/configs/default.py
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup train test test-fast bench clean

@@ -48,8 +48,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from configs import base as base_config
+from cyb_jax.configs import base as base_config
 from cyb_jax import sharding
+from cyb_jax import components
 from cyb_jax import train
 from cyb_jax.data import synthetic
 
@@ -99,7 +100,7 @@ def sharded_programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
     ``(programs, abstract_state, abstract_batch)``: ``ShapeDtypeStruct``s with
     shardings of the state and of one global batch.
   """
-  model_cfg = train.make_model_config(config, synthetic.VOCAB_SIZE)
+  model_cfg = components.model_config(config, synthetic.VOCAB_SIZE)
   rules = sharding.rules_from_config(config.logical_axis_rules)
   # Outside the mesh context: eager work (PRNG keys) must not run on the mesh's devices,
   # which for a TPU topology are only a compile target.

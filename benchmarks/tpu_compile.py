@@ -48,9 +48,10 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import sharding as sharding_benchmark
-from configs import base as base_config
+from cyb_jax.configs import base as base_config
 from cyb_jax import model as model_lib
 from cyb_jax import sharding
+from cyb_jax import components
 from cyb_jax import train
 from cyb_jax.data import synthetic
 
@@ -92,7 +93,7 @@ _VOCAB_CHUNK = flags.DEFINE_integer("vocab_chunk", 8192, "loss.vocab_chunk (0: f
 _PRESET = flags.DEFINE_enum("preset", "1b", ["1b", "tiny"],
                             "Model size when no --config is given.")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A run config (e.g. configs/tfds_lm.py) to compile instead of --preset; "
+    "config", None, "A run config (e.g. cyb_jax/configs/tfds_lm.py) to compile instead of --preset; "
     "override its fields with --config.FIELD=VALUE. The flags batch_size, seq_len, "
     "max_pauses, remat_policy and vocab_chunk then do not apply; --mesh and --dcn_data do.",
     lock_config=False)
@@ -139,7 +140,7 @@ def compile_for(name: str, config) -> dict:
   """Compiles the train step for slice ``name``; returns its per-chip memory figures."""
   devices = topology_devices(name, _NUM_SLICES.value)
   mesh = sharding.make_mesh(config.mesh, devices=devices)
-  model_cfg = train.make_model_config(config, synthetic.VOCAB_SIZE)
+  model_cfg = components.model_config(config, synthetic.VOCAB_SIZE)
   num_params = sum(x.size for x in jax.tree.leaves(
       jax.eval_shape(model_lib.init_params, model_cfg, jax.random.key(0))))
   start = time.perf_counter()

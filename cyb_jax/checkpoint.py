@@ -138,36 +138,20 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-@dataclasses.dataclass(frozen=True)
-class LoadedRun:
-  """A trained run, ready for analysis or decoding.
+def restore_params(workdir: str, abstract_params: Any, step: int | None = None
+                   ) -> tuple[Any, int]:
+  """The parameters of a run's checkpoint ``step`` (the newest by default), and the step.
 
-  config: the run's config; model_cfg: its ModelConfig; params: the parameters at
-  ``step``; data: the run's DataBundle (same tokenizer and eval set).
+  ``abstract_params`` gives the structure and dtypes (e.g. ``jax.eval_shape`` of the
+  model's init); the values come back as host-local arrays of those dtypes.
   """
-
-  config: ml_collections.ConfigDict
-  model_cfg: Any
-  params: Any
-  step: int
-  data: Any
-
-
-def load_run(workdir: str, step: int | None = None) -> LoadedRun:
-  """Loads a run's config, data and parameters (the newest checkpoint by default)."""
-  # Imported here: train imports this module.
-  from cyb_jax import train  # pylint: disable=g-import-not-at-top
-  config = load_config(workdir)
-  data = train.make_run_data(config, workdir)
-  model_cfg = train.make_model_config(config, data.info.vocab_size)
   manager = ocp.CheckpointManager(checkpoint_dir(workdir),
                                   options=ocp.CheckpointManagerOptions(create=False))
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}.")
-  abstract = jax.eval_shape(lambda: model_lib.init_params(model_cfg, jax.random.key(0)))
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   manager.close()
-  params = jax.tree.map(lambda ref, x: jax.numpy.asarray(x, ref.dtype), abstract,
+  params = jax.tree.map(lambda ref, x: jax.numpy.asarray(x, ref.dtype), abstract_params,
                         restored["state"]["params"])
-  return LoadedRun(config=config, model_cfg=model_cfg, params=params, step=int(step), data=data)
+  return params, int(step)

@@ -23,6 +23,7 @@ import ml_collections
 from absl import logging
 
 from cyb_jax import checkpoint as ckpt_lib
+from cyb_jax import components
 from cyb_jax import experiment_plan as plan_lib
 from cyb_jax import experiment_results as results_lib
 from cyb_jax import report as report_lib
@@ -45,7 +46,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, name: str,
     False when SIGTERM stopped the run (it saved a checkpoint), True when it completed.
   """
   if os.path.exists(os.path.join(workdir, ckpt_lib.CONFIG_FILE)):
-    plan_lib.check_same_run(ckpt_lib.load_config(workdir), config, workdir)
+    plan_lib.check_same_run(components.upgrade_legacy_config(ckpt_lib.load_config(workdir)),
+                            config, workdir)
   finished = _is_finished(workdir, config.num_train_steps)
   start = time.perf_counter()
   completed = train.train_and_evaluate(config, workdir)["stopped"] == "completed"
@@ -69,7 +71,7 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
   if config.summarise_only:
     return write_results(config, specs, out_dir, {})
   for spec in specs:
-    train.validate_config(plan_lib.run_config(config, spec))
+    components.validate_all(plan_lib.run_config(config, spec))
   os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
   timings = {}
   ce_init = {}

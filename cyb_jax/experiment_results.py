@@ -16,13 +16,12 @@ from typing import Any
 import numpy as np
 
 from cyb_jax import analysis
-from cyb_jax import checkpoint as ckpt_lib
+from cyb_jax import components
 from cyb_jax import efficiency as efficiency_lib
+from cyb_jax import evaluation
 from cyb_jax import experiment_plan as plan_lib
 from cyb_jax import losses
-from cyb_jax import pause_groups
 from cyb_jax import report as report_lib
-from cyb_jax import train
 
 
 def _final(workdir: str) -> dict[str, Any]:
@@ -42,14 +41,15 @@ def _summarise(values: Sequence[float]) -> dict[str, float]:
           "n": int(arr.size)}
 
 
-def _pause_analysis(workdir: str, tau: float, loss_name: str) -> dict[str, Any]:
+def _pause_analysis(workdir: str, tau: float) -> dict[str, Any]:
   """Per-difficulty (synthetic) or per-token (text) pause statistics of a run's eval set."""
-  run = ckpt_lib.load_run(workdir)
-  fixed = train.fixed_step_of(loss_name)
-  stats = analysis.eval_set_stats(run.model_cfg, run.params, run.data.eval_batches, tau, fixed)
-  out: dict[str, Any] = {"summary": analysis.summarize(stats.stats)}
+  run = components.load_run(workdir)
+  protocol = run.protocol._replace(tau=tau)
+  stats = evaluation.eval_set_stats(run.model_cfg, run.params, run.data.eval_batches, protocol,
+                                    vocab_chunk=components.vocab_chunk(run.config))
+  out: dict[str, Any] = {"summary": evaluation.summarize(stats.stats)}
   if stats.difficulty is not None:
-    diff = pause_groups.by_difficulty(stats.stats, stats.difficulty, run.data.info.difficulty_names)
+    diff = analysis.by_difficulty(stats.stats, stats.difficulty, run.data.info.difficulty_names)
     out["difficulty"] = {
         "levels": [dataclasses.asdict(g) for g in diff.levels],
         "spearman_levels": diff.spearman_levels,
@@ -57,7 +57,7 @@ def _pause_analysis(workdir: str, tau: float, loss_name: str) -> dict[str, Any]:
         "spearman_positions": diff.spearman_positions,
     }
   else:
-    tok = pause_groups.by_token(stats.stats, stats.inputs, stats.targets, piece=run.data.info.piece,
+    tok = analysis.by_token(stats.stats, stats.inputs, stats.targets, piece=run.data.info.piece,
                             min_count=20, top=12)
     out["tokens"] = {k: [dataclasses.asdict(g) for g in getattr(tok, k)]
                      for k in ("most_after", "least_after", "most_before", "least_before",
@@ -124,7 +124,7 @@ def summarise_runs(config, specs: Sequence[plan_lib.RunSpec], out_dir: str,
     if not config.analyse_pauses:
       return None
     if spec.name not in analysed:
-      analysed[spec.name] = _pause_analysis(workdir(spec), config.run.eval.tau, spec.loss)
+      analysed[spec.name] = _pause_analysis(workdir(spec), config.run.eval.tau)
     return analysed[spec.name]
 
   pauses = ({key: pause_analysis(members[0]) for key, members in groups.items()}
@@ -155,7 +155,7 @@ def summarise_runs(config, specs: Sequence[plan_lib.RunSpec], out_dir: str,
             entry[f"vs_{base}"] = (eff["ratio_at_worse_final"] if eff["better"] == "a"
                                    else 1.0 / eff["ratio_at_worse_final"])
       sweeps.append(entry)
-  return {"preset": config.preset, "data": config.run.data.source,
+  return {"preset": config.name, "data": config.run.data.source,
           "from_ce": bool(config.from_ce), "rows": rows, "efficiency": efficiency,
           "pauses": pauses, "sweeps": sweeps}
 

@@ -15,7 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from cyb_jax import pause_groups
+from cyb_jax import analysis
+from cyb_jax.evaluation import Protocol
 from cyb_jax import report_tables as tables
 
 
@@ -74,22 +75,22 @@ def plot_curves(path: str, train_rows: Sequence[Mapping[str, Any]],
   return _save(fig, path)
 
 
-def plot_halting(path: str, summary: Mapping[str, Any], *, tau: float, fixed_step: int | None) -> str:
+def plot_halting(path: str, summary: Mapping[str, Any], protocol: Protocol) -> str:
   """Halting distribution per step (own halting and threshold), then accuracy and NLL per step."""
   num_steps = len(summary["halt_probs"])
   k_S = np.arange(num_steps)
   fig = _new_figure(13, 4)
   ax_halt, ax_acc, ax_nll = fig.subplots(1, 3)
-  if fixed_step is None:
+  if protocol.fixed_step is None:
     width = 0.4
     ax_halt.bar(k_S - width / 2, summary["halt_probs"], width, label="own halting: mean P(halt at k)")
     ax_halt.bar(k_S + width / 2, summary["threshold_step_probs"], width,
-                label=f"threshold tau={tau:g}: share answering at k")
+                label=f"threshold tau={protocol.tau:g}: share answering at k")
     ax_halt.legend(fontsize=8, loc="upper right")
     title = "Halting distribution"
   else:
     ax_halt.bar(k_S, summary["threshold_step_probs"], 0.6, color="0.5")
-    title = f"Halting: fixed at step {fixed_step % num_steps}"
+    title = f"Halting: fixed at step {protocol.fixed_step}"
   ax_halt.set(xlabel="step k (pauses taken)", ylabel="probability", title=title, xticks=k_S, ylim=(0, 1.3))
   ax_acc.plot(k_S, summary["accuracy_per_step"], "o-", color="C2")
   ax_acc.set(xlabel="step k", ylabel="accuracy", xticks=k_S, title="Accuracy of the answer at step k")
@@ -100,7 +101,7 @@ def plot_halting(path: str, summary: Mapping[str, Any], *, tau: float, fixed_ste
   return _save(fig, path)
 
 
-def plot_difficulty(path: str, stats: pause_groups.DifficultyStats) -> str:
+def plot_difficulty(path: str, stats: analysis.DifficultyStats) -> str:
   """Mean pauses and accuracy (step 0 vs at k*) per difficulty level."""
   levels = stats.levels
   x = np.arange(len(levels))
@@ -128,7 +129,7 @@ def plot_difficulty(path: str, stats: pause_groups.DifficultyStats) -> str:
   return _save(fig, path)
 
 
-def plot_tokens(path: str, stats: pause_groups.TokenStats) -> str:
+def plot_tokens(path: str, stats: analysis.TokenStats) -> str:
   """Horizontal bars: the most pausing tokens after reading them and before predicting them."""
   fig = _new_figure(11, max(3.0, 0.28 * max(len(stats.most_after), len(stats.most_before), 1) + 1.2))
   for ax, groups, title in zip(fig.subplots(1, 2), (stats.most_after, stats.most_before),

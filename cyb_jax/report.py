@@ -17,7 +17,8 @@ table and plots into any folder (``launch/analyze.py``). The tables are
 (``launch/generate.py``) are :mod:`cyb_jax.samples`.
 
 Everything here runs on the host of process 0; the model evaluation is
-:func:`cyb_jax.analysis.eval_set_stats` over the process-local eval batches.
+:func:`cyb_jax.evaluation.eval_set_stats` over the process-local eval batches, reduced by
+:func:`cyb_jax.evaluation.summarize` (the trainer's reduction).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import numpy as np
 from absl import logging
 
 from cyb_jax import analysis
-from cyb_jax import pause_groups
+from cyb_jax import evaluation
+from cyb_jax import losses
 from cyb_jax import plots
 from cyb_jax import report_tables as tables
 from cyb_jax.model import ModelConfig
@@ -88,17 +90,17 @@ def read_metrics(workdir: str) -> tuple[list[dict[str, Any]], list[dict[str, Any
 class PauseAnalysis:
   """Everything computed from a model on an eval set (see :func:`analyze`).
 
-  summary: :func:`analysis.summarize` figures; difficulty: per-level stats (labelled data) or
+  summary: :func:`evaluation.summarize` figures; difficulty: per-level stats (labelled data) or
   None; tokens: per-token stats.
   """
 
   summary: dict[str, Any]
-  difficulty: pause_groups.DifficultyStats | None
-  tokens: pause_groups.TokenStats
+  difficulty: analysis.DifficultyStats | None
+  tokens: analysis.TokenStats
 
 
-def analyze(model_cfg: ModelConfig, params, eval_batches: Sequence[Mapping[str, Any]], info, *, tau: float,
-            fixed_step: int | None, min_count: int = 20, top: int = 10,
+def analyze(model_cfg: ModelConfig, params, eval_batches: Sequence[Mapping[str, Any]], info, *,
+            protocol: evaluation.Protocol, min_count: int = 20, top: int = 10,
             vocab_chunk: int | None = None) -> PauseAnalysis:
   """Per-position statistics over the eval set, reduced to protocol figures, levels and tokens.
 
@@ -106,17 +108,17 @@ def analyze(model_cfg: ModelConfig, params, eval_batches: Sequence[Mapping[str, 
     model_cfg, params: the model.
     eval_batches: non-empty list of eval batches (``difficulty`` enables the per-level table).
     info: the run's ``DataInfo`` (``piece`` names tokens, ``difficulty_names`` names levels).
-    tau, fixed_step: the threshold protocol, as in :func:`analysis.position_stats`.
+    protocol: the evaluation protocol (:func:`cyb_jax.evaluation.protocol_of`).
     min_count, top: selection of the most/least pausing tokens.
     vocab_chunk: None or the chunk width for large vocabularies.
   """
-  evaluated = analysis.eval_set_stats(model_cfg, params, eval_batches, tau, fixed_step, vocab_chunk=vocab_chunk)
+  evaluated = evaluation.eval_set_stats(model_cfg, params, eval_batches, protocol, vocab_chunk=vocab_chunk)
   difficulty = None
   if evaluated.difficulty is not None and info.difficulty_names:
-    difficulty = pause_groups.by_difficulty(evaluated.stats, evaluated.difficulty, info.difficulty_names)
-  tokens = pause_groups.by_token(evaluated.stats, evaluated.inputs, evaluated.targets, piece=info.piece,
+    difficulty = analysis.by_difficulty(evaluated.stats, evaluated.difficulty, info.difficulty_names)
+  tokens = analysis.by_token(evaluated.stats, evaluated.inputs, evaluated.targets, piece=info.piece,
                              min_count=min_count, top=top)
-  return PauseAnalysis(summary=analysis.summarize(evaluated.stats), difficulty=difficulty, tokens=tokens)
+  return PauseAnalysis(summary=evaluation.summarize(evaluated.stats), difficulty=difficulty, tokens=tokens)
 
 
 def _num_params(params) -> int:
@@ -124,19 +126,17 @@ def _num_params(params) -> int:
 
 
 def write_report(workdir: str, *, model_cfg: ModelConfig, params, eval_batches: Sequence[Mapping[str, Any]],
-                 info, loss_name: str, tau: float, fixed_step: int | None, step: int | None = None,
+                 info, loss_name: str, protocol: evaluation.Protocol, step: int | None = None,
                  vocab_chunk: int | None = None, min_count: int = 20, top: int = 10) -> str:
   """Writes ``<workdir>/report.md`` and ``<workdir>/plots/*.png``; returns the report's path.
 
   Args:
     workdir: the run folder (``metrics.jsonl`` is read from it if present).
     model_cfg, params: the final model.
-    eval_batches: the run's eval set (may be empty: the report then shows the last eval row of
-      ``metrics.jsonl`` if there is one).
+    eval_batches: the run's eval set (may be empty: the report then has no final evaluation).
     info: the run's ``DataInfo``.
-    loss_name: ``config.loss.name``.
-    tau: threshold of the threshold protocol.
-    fixed_step: None for CYB losses, 0 for ``ce``, -1 for ``pause_ce``.
+    loss_name: ``config.loss.name`` (for the reader).
+    protocol: the evaluation protocol (:func:`cyb_jax.evaluation.protocol_of`).
     step: the parameters' training step (default: the last step in ``metrics.jsonl``).
     vocab_chunk: evaluate from hidden states in vocabulary chunks of this width (None: full logits).
     min_count, top: selection of the most/least pausing tokens (text data).
@@ -144,7 +144,7 @@ def write_report(workdir: str, *, model_cfg: ModelConfig, params, eval_batches: 
   Plots: ``eval_curve.png`` (if ``metrics.jsonl`` has rows), ``halting.png`` and
   ``pauses_by_difficulty.png`` (labelled data) or ``pauses_by_token.png`` (if there is an eval set).
   """
-  analysis.check_protocol(tau, fixed_step, model_cfg.num_steps)
+  losses.check_protocol(protocol.tau, protocol.fixed_step, model_cfg.num_steps)
   train_rows, eval_rows = read_metrics(workdir)
   if step is None:
     step = max((r["step"] for r in train_rows + eval_rows), default=None)
@@ -153,23 +153,13 @@ def write_report(workdir: str, *, model_cfg: ModelConfig, params, eval_batches: 
   plots_dir = os.path.join(workdir, PLOTS_DIR)
   result = None
   if eval_batches:
-    result = analyze(model_cfg, params, eval_batches, info, tau=tau, fixed_step=fixed_step,
+    result = analyze(model_cfg, params, eval_batches, info, protocol=protocol,
                      min_count=min_count, top=top, vocab_chunk=vocab_chunk)
-  elif eval_rows:
-    row = eval_rows[-1]
-    summary = {k[len("eval/"):]: v for k, v in row.items() if k.startswith("eval/")}
-    if "threshold_accuracy" not in summary and "accuracy" in summary:
-      summary["threshold_accuracy"] = summary["accuracy"]
-    needed = ("nll_mix", "expected_pauses", "compute_mix", "threshold_nll", "threshold_accuracy",
-              "threshold_pauses", "compute_threshold", "halt_probs", "accuracy_per_step", "nll_per_step",
-              "threshold_step_probs")
-    if all(k in summary for k in needed):
-      result = PauseAnalysis(summary=summary, difficulty=None, tokens=None)
 
   k_max = model_cfg.max_pauses
   md = [f"# Run report: `{os.path.basename(os.path.abspath(workdir))}`", ""]
   run_rows = [
-      ["loss", tables.loss_description(loss_name, fixed_step, model_cfg.num_steps)],
+      ["loss", tables.loss_description(loss_name, protocol)],
       ["max pauses K", str(k_max)],
       ["pause layout", f"`{model_cfg.pause_layout}`" + ("" if k_max else " (unused: K = 0)")],
       ["model", f"{model_cfg.num_layers} layers, d_model {model_cfg.d_model}, {model_cfg.num_heads} heads, "
@@ -179,23 +169,21 @@ def write_report(workdir: str, *, model_cfg: ModelConfig, params, eval_batches: 
       ["training tokens seen", tables.count(tokens_seen)],
       ["eval set", (f"{len(eval_batches)} batches, {result.summary['num_positions']} scored positions"
                     if eval_batches else "none (data.eval_batches = 0)")],
-      ["threshold tau", f"{tau:g}"],
+      ["threshold tau", f"{protocol.tau:g}"],
   ]
   md += [tables.md_table(["", ""], run_rows), ""]
 
   md += ["## Final evaluation", ""]
   if result is None:
-    md += ["_No eval set and no eval rows in metrics.jsonl: nothing to evaluate._", ""]
+    md += ["_No eval set (data.eval_batches = 0): nothing to evaluate._", ""]
   else:
-    source = ("recomputed from the final parameters on the eval set" if eval_batches else
-              f"the last eval row of {METRICS_FILE} (step {eval_rows[-1]['step']})")
-    md += [f"DESIGN section 5 protocols, {source}. Compute per token = 1 + pauses.", "",
-           tables.protocol_table_md(result.summary, tau=tau, fixed_step=fixed_step), ""]
-    if "accuracy_gain" in result.summary:
-      md += [f"Accuracy gained by pausing (threshold halting vs step 0): "
-             f"**{tables.signed(result.summary['accuracy_gain'])}**.", ""]
+    md += ["Protocols of docs/design.md section 5, recomputed from the final parameters on the "
+           "eval set. Compute per token = 1 + pauses.", "",
+           tables.protocol_table_md(result.summary, protocol), "",
+           f"Accuracy gained by pausing (threshold halting vs step 0): "
+           f"**{tables.signed(result.summary['accuracy_gain'])}**.", ""]
     md += ["### Per step", "", tables.per_step_table_md(result.summary), ""]
-    halting = plots.plot_halting(os.path.join(plots_dir, "halting.png"), result.summary, tau=tau, fixed_step=fixed_step)
+    halting = plots.plot_halting(os.path.join(plots_dir, "halting.png"), result.summary, protocol)
     md += [f"![halting distribution]({os.path.relpath(halting, workdir)})", ""]
 
   md += ["## Training curve", ""]
@@ -213,7 +201,7 @@ def write_report(workdir: str, *, model_cfg: ModelConfig, params, eval_batches: 
            tables.difficulty_table_md(result.difficulty), ""]
     plot = plots.plot_difficulty(os.path.join(plots_dir, "pauses_by_difficulty.png"), result.difficulty)
     md += [f"![pauses by difficulty]({os.path.relpath(plot, workdir)})", ""]
-  elif result is not None and result.tokens is not None:
+  elif result is not None:
     md += ["## Pauses by token", "",
            "Threshold pauses k* grouped by the token just read (\"pause after X\") and by the token "
            "being predicted.", "", tables.token_tables_md(result.tokens), ""]
@@ -235,7 +223,7 @@ def write_report(workdir: str, *, model_cfg: ModelConfig, params, eval_batches: 
 
 
 def write_analysis(out_dir: str, *, model_cfg: ModelConfig, params, eval_batches: Sequence[Mapping[str, Any]],
-                   info, tau: float, fixed_step: int | None, min_count: int = 20, top: int = 20,
+                   info, protocol: evaluation.Protocol, min_count: int = 20, top: int = 20,
                    vocab_chunk: int | None = None, run: Mapping[str, Any] | None = None) -> str:
   """Pause statistics of a model over an eval set, written to ``out_dir``.
 
@@ -252,20 +240,20 @@ def write_analysis(out_dir: str, *, model_cfg: ModelConfig, params, eval_batches
   Returns:
     The markdown tables, for printing.
   """
-  result = analyze(model_cfg, params, eval_batches, info, tau=tau, fixed_step=fixed_step, min_count=min_count,
+  result = analyze(model_cfg, params, eval_batches, info, protocol=protocol, min_count=min_count,
                    top=top, vocab_chunk=vocab_chunk)
   os.makedirs(out_dir, exist_ok=True)
   plots_dir = os.path.join(out_dir, PLOTS_DIR)
-  record = {"run": dict(run or {}), "tau": tau, "fixed_step": fixed_step, "summary": result.summary,
+  record = {"run": dict(run or {}), "tau": protocol.tau, "fixed_step": protocol.fixed_step, "summary": result.summary,
             "by_difficulty": result.difficulty, "by_token": result.tokens}
   with open(os.path.join(out_dir, STATS_JSON), "w") as f:
     json.dump(tables.jsonable(record), f, indent=1)
   md = ["# Pause statistics", ""]
   if run:
     md += [", ".join(f"{k}: {v}" for k, v in run.items()), ""]
-  md += [tables.protocol_table_md(result.summary, tau=tau, fixed_step=fixed_step), "",
+  md += [tables.protocol_table_md(result.summary, protocol), "",
          tables.per_step_table_md(result.summary), ""]
-  plots.plot_halting(os.path.join(plots_dir, "halting.png"), result.summary, tau=tau, fixed_step=fixed_step)
+  plots.plot_halting(os.path.join(plots_dir, "halting.png"), result.summary, protocol)
   if result.difficulty is not None:
     md += ["## By difficulty", "", tables.difficulty_table_md(result.difficulty), ""]
     plots.plot_difficulty(os.path.join(plots_dir, "pauses_by_difficulty.png"), result.difficulty)

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from cyb_jax import pause_groups
+from cyb_jax import analysis
+from cyb_jax.evaluation import Protocol
 
 _MAX_CURVE_ROWS = 12  # eval rows listed in report.md (evenly thinned, last always kept)
 
@@ -64,10 +65,11 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   return "\n".join(lines)
 
 
-def loss_description(loss_name: str, fixed_step: int | None, num_steps: int) -> str:
-  if fixed_step is None:
+def loss_description(loss_name: str, protocol: Protocol) -> str:
+  """The loss and how its model answers (``protocol.fixed_step``: the step it always reads)."""
+  if protocol.fixed_step is None:
     return f"`{loss_name}` (the model decides when to answer)"
-  step = fixed_step % num_steps
+  step = protocol.fixed_step
   return f"`{loss_name}` (fixed: always answers at step {step}, i.e. {step} pauses per token)"
 
 
@@ -101,15 +103,15 @@ def jsonable(x: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def protocol_table_md(summary: Mapping[str, Any], *, tau: float, fixed_step: int | None) -> str:
+def protocol_table_md(summary: Mapping[str, Any], protocol: Protocol) -> str:
   """The DESIGN section 5 figures as a markdown table, with step-0 and step-K reference rows."""
   num_steps = len(summary["halt_probs"])
   k_max = num_steps - 1
   nll_S, acc_S = summary["nll_per_step"], summary["accuracy_per_step"]
-  if fixed_step is None:
-    mix_name, thr_name = "mix (own halting)", f"threshold (tau = {tau:g})"
+  if protocol.fixed_step is None:
+    mix_name, thr_name = "mix (own halting)", f"threshold (tau = {protocol.tau:g})"
   else:
-    step = fixed_step % num_steps
+    step = protocol.fixed_step
     mix_name, thr_name = f"mix (fixed step {step})", f"threshold (fixed step {step})"
   rows = [
       [mix_name, num(summary["nll_mix"]), "–", num(summary["expected_pauses"]),
@@ -133,7 +135,7 @@ def per_step_table_md(summary: Mapping[str, Any]) -> str:
                  "accuracy at k", "NLL at k"], rows)
 
 
-def difficulty_table_md(stats: pause_groups.DifficultyStats) -> str:
+def difficulty_table_md(stats: analysis.DifficultyStats) -> str:
   """One row per difficulty level, then the rank correlations."""
   rows = [[str(g.key), g.name, str(g.count), num(g.mean_pauses), num(g.pause_rate), num(g.std_pauses),
            num(g.mean_expected_pauses), num(g.accuracy_step0), num(g.accuracy), signed(g.gain)]
@@ -148,12 +150,12 @@ def difficulty_table_md(stats: pause_groups.DifficultyStats) -> str:
           f"over single positions, k*: {num(stats.spearman_positions)}{undefined}.")
 
 
-def _token_rows(groups: Sequence[pause_groups.GroupStats]) -> list[list[str]]:
+def _token_rows(groups: Sequence[analysis.GroupStats]) -> list[list[str]]:
   return [[_md_code(g.name), str(g.key), str(g.count), num(g.mean_pauses), num(g.pause_rate),
            num(g.std_pauses), num(g.mean_expected_pauses), signed(g.gain)] for g in groups]
 
 
-def token_tables_md(stats: pause_groups.TokenStats) -> str:
+def token_tables_md(stats: analysis.TokenStats) -> str:
   """Most/least pausing tokens, keyed by the token read and by the token predicted."""
   header = ["token", "id", "positions", "mean pauses k*", "pause rate", "std k*", "E[pauses]", "accuracy gain"]
   parts = []

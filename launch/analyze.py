@@ -1,50 +1,6 @@
-r"""Where does a trained model pause? Per-token and per-difficulty pause statistics of a run.
+"""``python launch/analyze.py ...`` in a checkout is ``cyb-analyze ...``: see cyb_jax/cli/analyze.py."""
 
-  python launch/analyze.py --workdir=/tmp/cyb_default
-  python launch/analyze.py --workdir=/tmp/text_run --step=2000 --tau=0.3 --min_count=50 --top=30
-
-Loads the run's checkpoint (the newest unless --step), runs the model on the run's eval set,
-prints the tables and writes <out>/pause_stats.json, <out>/pause_stats.md and <out>/plots/.
-"""
-
-import os
-
-from absl import app
-from absl import flags
-
-from cyb_jax import checkpoint
-from cyb_jax import report
-from cyb_jax import train
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (as given to launch/train.py).", required=True)
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
-_TAU = flags.DEFINE_float("tau", None, "Threshold on P(<don't know>) (default: the run's eval.tau).")
-_OUT = flags.DEFINE_string("out", None, "Output folder (default: <workdir>/analysis/step_<step>).")
-_MIN_COUNT = flags.DEFINE_integer("min_count", 20, "Fewest positions for a token to be ranked.")
-_TOP = flags.DEFINE_integer("top", 20, "Tokens listed as most / least pausing.")
-
-
-def analyze_run(workdir: str, *, step: int | None = None, tau: float | None = None, out: str | None = None,
-                min_count: int = 20, top: int = 20) -> str:
-  """Loads a run and writes its pause statistics; returns the markdown tables (see report.write_analysis)."""
-  run = checkpoint.load_run(workdir, step)
-  tau = run.config.eval.tau if tau is None else tau
-  out = out or os.path.join(workdir, "analysis", f"step_{run.step}")
-  text = report.write_analysis(
-      out, model_cfg=run.model_cfg, params=run.params, eval_batches=run.data.eval_batches, info=run.data.info,
-      tau=tau, fixed_step=train.fixed_step_of(run.config.loss.name), min_count=min_count, top=top,
-      vocab_chunk=run.config.loss.get("vocab_chunk", 0) or None,
-      run={"workdir": os.path.abspath(workdir), "step": run.step, "loss": run.config.loss.name,
-           "max_pauses": run.model_cfg.max_pauses, "pause_layout": run.model_cfg.pause_layout})
-  return f"{text}\n\nWrote {out}/pause_stats.json, {out}/pause_stats.md and {out}/plots/."
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  print(analyze_run(_WORKDIR.value, step=_STEP.value, tau=_TAU.value, out=_OUT.value,
-                    min_count=_MIN_COUNT.value, top=_TOP.value))
-
+from cyb_jax.cli.analyze import run
 
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -1,46 +1,6 @@
-r"""Trains a pause-aware language model.
+"""``python launch/train.py ...`` in a checkout is ``cyb-train ...``: see cyb_jax/cli/train.py."""
 
-  python launch/train.py --config=configs/default.py --workdir=/tmp/cyb_default
-  python launch/train.py --config=configs/cyb_va.py --workdir=/tmp/va \
-      --config.model.max_pauses=1 --config.num_train_steps=500
-
-Running again with the same workdir resumes from its newest checkpoint.
-"""
-
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/default.py", "Training config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: config.workdir).")
-_MULTIHOST = flags.DEFINE_bool(
-    "multihost", False, "Call jax.distributed.initialize() first (TPU pods, multi-host GPU).")
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  import jax  # pylint: disable=g-import-not-at-top
-  if _MULTIHOST.value:
-    jax.distributed.initialize()
-  from cyb_jax import train  # pylint: disable=g-import-not-at-top
-  config = _CONFIG.value
-  workdir = _WORKDIR.value or config.workdir
-  if not workdir:
-    raise app.UsageError("Give --workdir (or set config.workdir).")
-  logging.info("JAX process %d of %d, %d devices.", jax.process_index(), jax.process_count(),
-               jax.device_count())
-  result = train.train_and_evaluate(config, workdir)
-  if jax.process_index() == 0:
-    summary = {k: v for k, v in result.items() if getattr(v, "ndim", 0) == 0}
-    print("Final:", ", ".join(f"{k}={float(v):.4g}" if not isinstance(v, str) else f"{k}={v}"
-                              for k, v in sorted(summary.items())))
-    report = " and report.md" if config.write_report else ""
-    print(f"Wrote {workdir}: metrics.jsonl{report}, TensorBoard events in tensorboard/, "
-          "checkpoints in checkpoints/.")
-
+from cyb_jax.cli.train import run
 
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from configs import experiment as experiment_config
+from cyb_jax.configs import experiment as experiment_config
 from cyb_jax import efficiency
 from cyb_jax import experiment
 from cyb_jax import experiment_plan

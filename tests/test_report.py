@@ -14,9 +14,9 @@ import pytest
 from absl import flags
 
 from cyb_jax import analysis
+from cyb_jax import evaluation
 from cyb_jax import losses
 from cyb_jax import model as model_lib
-from cyb_jax import pause_groups
 from cyb_jax import report
 from cyb_jax import samples
 from cyb_jax.data import default_data_config, make_data
@@ -55,7 +55,7 @@ def _stats(**fields):
   defaults["pauses"] = defaults["pauses"].astype(np.int32)
   defaults["correct"] = defaults["correct"].astype(bool)
   defaults["correct_step0"] = defaults["correct_step0"].astype(bool)
-  return analysis.PositionStats(**defaults)
+  return losses.PositionStats(**defaults)
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def _reference(cfg, params, batch, tau):
   per_position = dict(halt=losses.threshold_halting(steps, tau), expected=losses.expected_pauses(steps),
                       mix=losses.nll_mix(steps), nll0=-steps.log_target[..., 0], correct0=steps.correct[..., 0])
   evaluated = [losses.evaluate(steps, batch["weights"], tau, fixed_step=fixed) for fixed in FIXED_STEPS]
-  ours = [analysis.stats_from_step_log_probs(steps, batch["weights"], tau, fixed) for fixed in FIXED_STEPS]
+  ours = [losses.position_outcomes(steps, batch["weights"], tau, fixed) for fixed in FIXED_STEPS]
   return per_position, evaluated, ours
 
 
@@ -83,7 +83,7 @@ def test_position_stats_agrees_with_losses(synthetic_data):
   weights = batch["weights"]
   assert 0 < weights.sum() < weights.size  # padding present: the masking is exercised
   ref, evaluated, ours = jax.device_get(_reference(cfg, params, batch, tau))
-  got = jax.device_get(analysis.position_stats(cfg, params, batch, tau))
+  got = jax.device_get(evaluation.position_stats(cfg, params, batch, evaluation.Protocol(tau)))
   keep = weights > 0
 
   np.testing.assert_array_equal(got.pauses[keep], ref["halt"].step[keep])
@@ -100,13 +100,13 @@ def test_position_stats_agrees_with_losses(synthetic_data):
       assert not np.asarray(field)[~keep].any()
 
   # Chunked vocabulary path: the same statistics without materialising the logits.
-  chunked = jax.device_get(analysis.position_stats(cfg, params, batch, tau, vocab_chunk=4))
+  chunked = jax.device_get(evaluation.position_stats(cfg, params, batch, evaluation.Protocol(tau), vocab_chunk=4))
   for name, a, b in zip(got._fields, got, chunked):
     np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), err_msg=name, **TOL)
 
   # The eval-set reductions equal losses.evaluate, for self-halting and fixed-step models.
   for fixed_step, ours_i, evaluated_i in zip(FIXED_STEPS, ours, evaluated):
-    summary = analysis.summarize(ours_i)
+    summary = evaluation.summarize(ours_i)
     for key, value in evaluated_i.items():
       np.testing.assert_allclose(summary[key], value, err_msg=f"{key}, fixed_step={fixed_step}", **TOL)
     if fixed_step is not None:
@@ -118,13 +118,13 @@ def test_position_stats_rejects_bad_arguments(synthetic_data):
   params = _params(cfg)
   batch = synthetic_data.eval_batches[0]
   with pytest.raises(ValueError, match=r"tau=1\.5"):
-    analysis.position_stats(cfg, params, batch, 1.5)
+    evaluation.position_stats(cfg, params, batch, evaluation.Protocol(1.5))
   with pytest.raises(ValueError, match="fixed_step=3"):
-    analysis.position_stats(cfg, params, batch, 0.5, fixed_step=3)
+    evaluation.position_stats(cfg, params, batch, evaluation.Protocol(0.5, fixed_step=3))
   with pytest.raises(ValueError, match="weights"):
-    analysis.position_stats(cfg, params, {k: batch[k] for k in ("inputs", "targets")}, 0.5)
+    evaluation.position_stats(cfg, params, {k: batch[k] for k in ("inputs", "targets")}, evaluation.Protocol(0.5))
   with pytest.raises(ValueError, match=r"batch\['targets'\] has shape"):
-    analysis.position_stats(cfg, params, dict(batch, targets=batch["targets"][:, :-1]), 0.5)
+    evaluation.position_stats(cfg, params, dict(batch, targets=batch["targets"][:, :-1]), evaluation.Protocol(0.5))
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,18 +133,18 @@ def test_position_stats_rejects_bad_arguments(synthetic_data):
 
 
 def test_rank_correlation_with_ties():
-  np.testing.assert_array_equal(pause_groups.average_ranks([10, 20, 20, 30]), [1, 2.5, 2.5, 4])
-  np.testing.assert_array_equal(pause_groups.average_ranks([3, 1, 3, 3]), [3, 1, 3, 3])
+  np.testing.assert_array_equal(analysis.average_ranks([10, 20, 20, 30]), [1, 2.5, 2.5, 4])
+  np.testing.assert_array_equal(analysis.average_ranks([3, 1, 3, 3]), [3, 1, 3, 3])
   # ranks x = [1, 2.5, 2.5, 4], y = [1, 3.5, 3.5, 2]: covariance 1.5, variances 4.5 and 4.5.
-  assert pause_groups.rank_correlation([1, 2, 2, 3], [1, 3, 3, 2]) == pytest.approx(1 / 3)
-  assert pause_groups.rank_correlation([0, 1, 2], [0, 0, 1]) == pytest.approx(math.sqrt(3) / 2)
-  assert pause_groups.rank_correlation([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
-  assert math.isnan(pause_groups.rank_correlation([1, 2, 3], [5, 5, 5]))  # undefined for a constant
-  assert math.isnan(pause_groups.rank_correlation([1], [2]))
+  assert analysis.rank_correlation([1, 2, 2, 3], [1, 3, 3, 2]) == pytest.approx(1 / 3)
+  assert analysis.rank_correlation([0, 1, 2], [0, 0, 1]) == pytest.approx(math.sqrt(3) / 2)
+  assert analysis.rank_correlation([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+  assert math.isnan(analysis.rank_correlation([1, 2, 3], [5, 5, 5]))  # undefined for a constant
+  assert math.isnan(analysis.rank_correlation([1], [2]))
   stats = pytest.importorskip("scipy.stats")
   rng = np.random.default_rng(0)
   x, y = rng.integers(0, 4, 200), rng.integers(0, 3, 200)  # heavily tied
-  assert pause_groups.rank_correlation(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+  assert analysis.rank_correlation(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
 
 
 def test_by_difficulty_hand_checked():
@@ -155,7 +155,7 @@ def test_by_difficulty_hand_checked():
       correct=[1, 0, 1, 1, 1, 1, 0, 1],
       weights=[1, 1, 1, 1, 1, 1, 1, 0])  # the last position (weight 0, level -1) counts nowhere
   difficulty = np.array([0, 0, 1, 1, 1, 2, 2, -1])
-  got = pause_groups.by_difficulty(s, difficulty, names=("easy", "mid", "hard", "unseen"))
+  got = analysis.by_difficulty(s, difficulty, names=("easy", "mid", "hard", "unseen"))
   assert [g.name for g in got.levels] == ["easy", "mid", "hard", "unseen"]
   easy, mid, hard, unseen = got.levels
   expected = {
@@ -177,7 +177,7 @@ def test_by_difficulty_hand_checked():
   # covariance 20, variances 25 and 24 -> 20 / sqrt(600) = sqrt(2/3).
   assert got.spearman_positions == pytest.approx(math.sqrt(2 / 3))
   with pytest.raises(ValueError, match="difficulty level 2 has no name"):
-    pause_groups.by_difficulty(s, difficulty, names=("a", "b"))
+    analysis.by_difficulty(s, difficulty, names=("a", "b"))
 
 
 def test_by_token_hand_checked():
@@ -190,7 +190,7 @@ def test_by_token_hand_checked():
       weights=[1, 1, 1, 1, 1, 1, 2])  # the last position counts twice in every mean
   inputs = np.array([5, 5, 7, 7, 7, 9, 5])
   targets = np.array([7, 7, 9, 5, 9, 5, 9])
-  got = pause_groups.by_token(s, inputs, targets, piece=lambda i: f"t{i}", min_count=2, top=2)
+  got = analysis.by_token(s, inputs, targets, piece=lambda i: f"t{i}", min_count=2, top=2)
   after = {g.key: g for g in got.after}
   before = {g.key: g for g in got.before}
   assert sorted(after) == [5, 7, 9] and sorted(before) == [5, 7, 9]
@@ -216,19 +216,19 @@ def test_by_token_hand_checked():
   assert [g.key for g in got.least_after] == [5, 7]
   assert [g.key for g in got.most_before] == [9, 7]
   assert [g.key for g in got.least_before] == [5, 7]
-  assert [g.key for g in pause_groups.by_token(s, inputs, targets, min_count=1, top=5).least_after] == [9, 5, 7]
+  assert [g.key for g in analysis.by_token(s, inputs, targets, min_count=1, top=5).least_after] == [9, 5, 7]
   # Ambiguity: mean step-0 NLL after 5 is (3 + 1 + 2 * 1) / 4 = 1.5, after 7 0.5 (9 is rare).
   assert after[5].nll_step0 == pytest.approx(1.5)
   assert [g.key for g in got.ambiguous_after] == [5, 7]
   assert math.isnan(got.spearman_ambiguity)  # 5 and 7 both pause 1.0 on average
-  everyone = pause_groups.by_token(s, inputs, targets, min_count=1, top=5)
+  everyone = analysis.by_token(s, inputs, targets, min_count=1, top=5)
   assert [g.key for g in everyone.ambiguous_after] == [9, 5, 7]
   # NLL ranks 9 > 5 > 7 against pauses 0 < 1 = 1: ranks (3, 2, 1) vs (1, 2.5, 2.5).
   assert everyone.spearman_ambiguity == pytest.approx(-math.sqrt(3) / 2)
   with pytest.raises(ValueError, match="min_count=0"):
-    pause_groups.by_token(s, inputs, targets, min_count=0)
+    analysis.by_token(s, inputs, targets, min_count=0)
   with pytest.raises(ValueError, match="targets has 6 entries"):
-    pause_groups.by_token(s, inputs, targets[:-1])
+    analysis.by_token(s, inputs, targets[:-1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,7 +264,7 @@ def test_write_report_synthetic(tmp_path, synthetic_data):
   _write_metrics(tmp_path, cfg.num_steps)
   path = report.write_report(str(tmp_path), model_cfg=cfg, params=_params(cfg),
                              eval_batches=synthetic_data.eval_batches, info=synthetic_data.info,
-                             loss_name="cyb_ap", tau=0.5, fixed_step=None)
+                             loss_name="cyb_ap", protocol=evaluation.Protocol(0.5, None))
   assert path == os.path.join(tmp_path, "report.md")
   text = open(path).read()
   for needle in ("| max pauses K | 2 |", "| training steps | 30 |", "| training tokens seen | 3k |",
@@ -275,9 +275,9 @@ def test_write_report_synthetic(tmp_path, synthetic_data):
   for plot in ("eval_curve", "halting", "pauses_by_difficulty"):
     assert f"(plots/{plot}.png)" in text
     _assert_png(tmp_path / "plots" / f"{plot}.png")
-  # The final-evaluation table reports what analysis.summarize computes.
-  summary = report.analyze(cfg, _params(cfg), synthetic_data.eval_batches, synthetic_data.info, tau=0.5,
-                           fixed_step=None).summary
+  # The final-evaluation table reports what evaluation.summarize computes.
+  summary = report.analyze(cfg, _params(cfg), synthetic_data.eval_batches, synthetic_data.info,
+                           protocol=evaluation.Protocol(0.5, None)).summary
   assert f"| {summary['threshold_nll']:.3f} | {summary['threshold_accuracy']:.3f} |" in text
 
 
@@ -287,7 +287,7 @@ def test_write_report_k0_text_without_labels(tmp_path, synthetic_data):
   info = dataclasses.replace(synthetic_data.info, difficulty_names=None)
   batches = [{k: v for k, v in b.items() if k != "difficulty"} for b in synthetic_data.eval_batches]
   path = report.write_report(str(tmp_path), model_cfg=cfg, params=_params(cfg), eval_batches=batches, info=info,
-                             loss_name="ce", tau=0.5, fixed_step=0, min_count=3)
+                             loss_name="ce", protocol=evaluation.Protocol(0.5, 0), min_count=3)
   text = open(path).read()
   assert "| max pauses K | 0 |" in text and "step K (always" not in text
   assert "## Pauses by token" in text and "## Pauses by difficulty" not in text
@@ -302,12 +302,14 @@ def test_write_report_without_eval_set(tmp_path):
   info = make_data(default_data_config(), seed=0, workdir=str(tmp_path)).info
   _write_metrics(tmp_path, cfg.num_steps)
   text = open(report.write_report(str(tmp_path), model_cfg=cfg, params=_params(cfg), eval_batches=[], info=info,
-                                  loss_name="cyb_va", tau=0.5, fixed_step=None)).read()
-  assert "the last eval row of metrics.jsonl (step 30)" in text and "| 1.600 |" in text
+                                  loss_name="cyb_va", protocol=evaluation.Protocol(0.5, None))).read()
+  # One evaluation path: no eval set, no final evaluation (the curve is still drawn).
+  assert "No eval set (data.eval_batches = 0): nothing to evaluate" in text
+  assert "## Training curve" in text and "| 1.600 |" in text
   _assert_png(tmp_path / "plots" / "eval_curve.png")
   os.remove(tmp_path / "metrics.jsonl")  # nothing at all: still a report
   text = open(report.write_report(str(tmp_path), model_cfg=cfg, params=_params(cfg), eval_batches=[], info=info,
-                                  loss_name="cyb_va", tau=0.5, fixed_step=None)).read()
+                                  loss_name="cyb_va", protocol=evaluation.Protocol(0.5, None))).read()
   assert "nothing to evaluate" in text
 
 
@@ -325,9 +327,9 @@ def test_render_with_pauses():
 
 @contextlib.contextmanager
 def _launch_module(name):
-  """Imports launch/<name>.py; afterwards removes its absl flags, so scripts sharing flag names load in turn."""
+  """Imports cyb_jax/cli/<name>.py afresh; afterwards removes its absl flags, so scripts sharing flag names load in turn."""
   before = set(flags.FLAGS)
-  spec = importlib.util.spec_from_file_location(f"launch_{name}", os.path.join(REPO, "launch", f"{name}.py"))
+  spec = importlib.util.spec_from_file_location(f"cli_{name}", os.path.join(REPO, "cyb_jax", "cli", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   try:
@@ -339,11 +341,8 @@ def _launch_module(name):
 
 
 def test_launch_scripts_on_a_checkpoint(tmp_path, capsys):
-  checkpoint = pytest.importorskip("cyb_jax.checkpoint", reason="the trainer's checkpoint module is missing")
-  if not hasattr(checkpoint, "load_run"):
-    pytest.skip("cyb_jax.checkpoint.load_run does not exist yet")
   train = pytest.importorskip("cyb_jax.train", reason="the trainer is missing")
-  base = pytest.importorskip("configs.base", reason="configs/base.py is missing")
+  base = pytest.importorskip("cyb_jax.configs.base", reason="cyb_jax/configs/base.py is missing")
   config = base.get_config()
   config.num_train_steps = config.eval_every_steps = config.checkpoint_every_steps = 2
   config.log_every_steps = 1

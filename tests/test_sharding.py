@@ -34,6 +34,7 @@ from cyb_jax import checkpoint as ckpt_lib
 from cyb_jax import metrics_writer
 from cyb_jax import model as model_lib
 from cyb_jax import sharding
+from cyb_jax import components
 from cyb_jax import train
 from tests.multidevice import harness
 
@@ -137,7 +138,7 @@ def test_check_batch_divisible_names_the_sizes():
   # The trainer's programs check the micro-batch that each step actually shards.
   config = harness.tiny_config(**{"data.batch_size": 16, "optimizer.grad_accum_steps": 4})
   with pytest.raises(ValueError, match=r"data.batch_size / grad_accum_steps 4=4 .* = 8"):
-    train.make_programs(config, train.make_model_config(config, 32), mesh_2x4x1,
+    train.make_programs(config, components.model_config(config, 32), mesh_2x4x1,
                         sharding.rules_from_config(config.logical_axis_rules))
 
 

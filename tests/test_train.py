@@ -14,6 +14,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cyb_jax import checkpoint as ckpt_lib
+from cyb_jax import components
+from cyb_jax import evaluation
 from cyb_jax import losses
 from cyb_jax import metrics_writer
 from cyb_jax import model as model_lib
@@ -47,13 +49,15 @@ def test_trains_on_the_embedded_task_and_logs_what_the_tools_read(tmp_path):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert os.path.exists(os.path.join(workdir, "report.md"))
-  loaded = ckpt_lib.load_run(workdir)
+  loaded = components.load_run(workdir)
   assert loaded.step == 6 and loaded.model_cfg.max_pauses == 2
   # The loaded parameters give the final eval figures again.
-  figures = train.combine_eval([jax.device_get(train.eval_step(
-      loaded.params, {k: b[k] for k in train.BATCH_KEYS}, model_cfg=loaded.model_cfg,
-      tau=0.5, fixed_step=None)) for b in loaded.data.eval_batches])
-  np.testing.assert_allclose(figures["nll_mix"], result["nll_mix"], rtol=1e-5)
+  sums = None
+  for b in loaded.data.eval_batches:
+    sums = evaluation.add_sums(sums, evaluation.eval_sums(
+        loaded.params, {k: b[k] for k in train.BATCH_KEYS}, model_cfg=loaded.model_cfg,
+        protocol=loaded.protocol))
+  np.testing.assert_allclose(evaluation.figures(sums)["nll_mix"], result["nll_mix"], rtol=1e-5)
 
 
 def test_resume_is_exact(tmp_path):
@@ -106,7 +110,7 @@ def test_sigterm_saves_and_stops_cleanly_then_resumes(tmp_path):
 def test_finetune_from_a_ce_checkpoint_adds_fresh_pause_parameters(tmp_path):
   ce_dir = str(tmp_path / "ce")
   train.train_and_evaluate(tiny_config(**{"loss.name": "ce", "model.max_pauses": 0}), ce_dir)
-  ce = ckpt_lib.load_run(ce_dir)
+  ce = components.load_run(ce_dir)
   assert "pause_embed" not in ce.params
   config = tiny_config(**{"loss.name": "cyb_ap", "model.max_pauses": 2, "init_from": ce_dir,
                           "num_train_steps": 1})
@@ -114,7 +118,7 @@ def test_finetune_from_a_ce_checkpoint_adds_fresh_pause_parameters(tmp_path):
   config.optimizer.learning_rate = 1e-12
   workdir = str(tmp_path / "ft")
   train.train_and_evaluate(config, workdir)
-  ft = ckpt_lib.load_run(workdir)
+  ft = components.load_run(workdir)
   assert ft.params["pause_embed"].shape == (2, 32)
   np.testing.assert_allclose(ft.params["token_embed"], ce.params["token_embed"], atol=1e-6)
   tokens = ce.data.eval_batches[0]["inputs"]
@@ -207,17 +211,19 @@ def test_gradient_accumulation_matches_the_full_batch_step():
   config = tiny_config()
   model_cfg = model_lib.ModelConfig(vocab_size=16, num_layers=1, d_model=32, num_heads=2,
                                     mlp_dim=64, max_pauses=2)
-  tx, schedule = train.make_optimizer(config.optimizer, 10)
-  loss_fn = train.make_loss_fn(config.loss, 3)
+  config.num_train_steps = 10
+  tx, schedule = components.make_optimizer(config)
+  loss = components.make_loss(config)
   rng = np.random.default_rng(0)
   batch = {"inputs": rng.integers(0, 16, (4, 8)).astype(np.int32),
            "targets": rng.integers(0, 16, (4, 8)).astype(np.int32),
            "weights": (rng.uniform(size=(4, 8)) > 0.3).astype(np.float32),
            "segment_ids": np.ones((4, 8), np.int32),
            "positions": np.tile(np.arange(8, dtype=np.int32), (4, 1))}
-  state = train.init_state(jax.random.key(0), model_cfg=model_cfg, tx=tx, multiplier_init=0.0)
+  state = train.init_state(jax.random.key(0), model_cfg=model_cfg, tx=tx,
+                           loss_state=loss.init_state())
   outs = [jax.jit(lambda s, b, a=a: train.train_step(
-      s, b, model_cfg=model_cfg, loss_fn=loss_fn, tx=tx, schedule=schedule,
+      s, b, model_cfg=model_cfg, loss=loss, tx=tx, schedule=schedule,
       accum_steps=a))(state, batch) for a in (1, 4)]
   for other in outs[1:]:
     np.testing.assert_allclose(other[1]["loss"], outs[0][1]["loss"], rtol=1e-5)

@@ -5,7 +5,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from configs import default as default_config
+from cyb_jax.configs import default as default_config
 from cyb_jax.data import default_data_config
 
 

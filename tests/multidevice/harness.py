@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from cyb_jax import sharding
+from cyb_jax import components
 from cyb_jax import train
 from cyb_jax.data import make_data
 from tests import tiny
@@ -117,7 +118,7 @@ def build(config: ml_collections.ConfigDict, *, workdir: str,
   """
   data = make_data(config.data, seed=config.seed, workdir=workdir,
                    process_index=jax.process_index(), process_count=jax.process_count())
-  model_cfg = train.make_model_config(config, data.info.vocab_size)
+  model_cfg = components.model_config(config, data.info.vocab_size)
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.rules_from_config(config.logical_axis_rules)
   with sharding.mesh_context(mesh, rules):

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from cyb_jax import checkpoint as ckpt_lib
 from cyb_jax import model as model_lib
 from cyb_jax import sharding
+from cyb_jax import evaluation
 from cyb_jax import train
 from tests.multidevice import harness
 
@@ -54,7 +55,7 @@ def activations_follow_the_batch(run: harness.ShardedRun) -> dict[str, bool]:
     hidden = model_lib.step_hidden(run.model_cfg, params, batch["inputs"],
                                    segment_ids=batch["segment_ids"],
                                    positions=batch["positions"])
-    return hidden, train.compute_stats(run.model_cfg, params, batch)
+    return hidden, evaluation.step_stats(run.model_cfg, params, batch)
 
   with sharding.mesh_context(run.mesh, run.rules):
     compiled = jax.jit(hidden_and_stats).lower(abstract, batch).compile()

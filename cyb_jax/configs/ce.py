@@ -1,6 +1,6 @@
 """Baseline: no pauses (K = 0), plain cross-entropy, on the default task."""
 
-from configs import default
+from cyb_jax.configs import default
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """CYB-VA (variational): a truncated geometric prior over stopping steps, KL per token."""
 
-from configs import default
+from cyb_jax.configs import default
 
 
 def get_config():

@@ -1,16 +1,18 @@
 r"""The CYB comparison (launch/experiment.py): five losses, same data, model, seeds and budget.
 
-  python launch/experiment.py --config=configs/experiment.py --config.preset=smoke \
+  python launch/experiment.py --config=cyb_jax/configs/experiment.py:smoke \
       --config.out_dir=/tmp/cyb_smoke
 
-Presets: "smoke" (a few minutes on a 2-core CPU: tiny model, one seed, K = 1),
-"main" (the embedded arithmetic task, K = 1 and 3, 3 seeds), "text" (English text).
-A preset sets the fields below it; any field can still be overridden after it.
+The preset follows the ':' of --config: "smoke" (a few minutes on a 2-core CPU: tiny model,
+one seed, K = 1), "main" (the embedded arithmetic task, K = 1 and 3, 3 seeds), "text"
+(English text: set --config.run.data.source=text:PATH). A preset sets the fields below it;
+any field can still be overridden after it.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
-from configs import default
+from cyb_jax.configs import default
 
 
 def _one_layer_model(run: ml_collections.ConfigDict, *, steps: int) -> None:
@@ -28,7 +30,7 @@ def _one_layer_model(run: ml_collections.ConfigDict, *, steps: int) -> None:
 
 def get_config(preset: str = "main") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.preset = preset  # "smoke" | "main" | "text" (the fields below are set per preset).
+  c.name = preset  # Label of the comparison in results.md/json (the preset unless renamed).
   c.out_dir = f"workdirs/experiment_{preset}"  # Runs go to <out_dir>/runs/<name>; results here.
   c.losses = ("ce", "pause_ce", "cyb_ap", "cyb_va", "cyb_dp")  # Losses to compare.
   c.pauses = (1, 3)  # K values for the pause losses (ce always has K = 0).
@@ -70,7 +72,7 @@ def get_config(preset: str = "main") -> ml_collections.ConfigDict:
   elif preset == "text":
     c.pauses = (1,)
     c.seeds = (0,)
-    c.run.data.source = "text:../shared/data/tinyshakespeare.txt"
+    c.run.data.source = placeholder(str)  # Required: --config.run.data.source=text:PATH.
     c.run.data.doc_per = "paragraph"
     c.run.data.spm_vocab_size = 512
     _one_layer_model(c.run, steps=800)

@@ -7,7 +7,7 @@ per token on average) is the loss that, at this size, learns to pause on the har
 digits (docs/RESULTS.md); switch with --config.loss.name=cyb_ap etc.
 """
 
-from configs import base
+from cyb_jax.configs import base
 
 
 def get_config():

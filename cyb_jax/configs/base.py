@@ -1,10 +1,12 @@
 """Every field of a training run, with its default. Other configs start from this one.
 
-Usage: ``python launch/train.py --config=configs/default.py --workdir=/tmp/run``,
-overriding any field with ``--config.a.b=value``.
+Usage: ``python launch/train.py --config=cyb_jax/configs/default.py --workdir=/tmp/run`` (or
+``cyb-train``), overriding any field with ``--config.a.b=value``. Fields that are None until
+set ("derive it") are typed placeholders, so ``--config.model.vocab_size=512`` works.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from cyb_jax.data import default_data_config
 from cyb_jax.sharding import DEFAULT_LOGICAL_RULES, default_mesh_config
@@ -25,12 +27,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.write_report = True  # Write report.md and plots at the end.
 
   m = ml_collections.ConfigDict()
-  m.vocab_size = 0  # V; 0 takes the data's vocabulary size (a larger V is allowed).
+  m.vocab_size = placeholder(int)  # V; None takes the data's vocabulary size (a larger V is allowed).
   m.num_layers = 2  # Transformer blocks.
   m.d_model = 64  # Residual width D.
   m.num_heads = 4  # Query heads.
-  m.num_kv_heads = 0  # Key/value heads for grouped-query attention (0 = num_heads).
-  m.head_dim = 0  # Per-head width (0 = d_model // num_heads).
+  m.num_kv_heads = placeholder(int)  # Key/value heads for grouped-query attention (None = num_heads).
+  m.head_dim = placeholder(int)  # Per-head width (None = d_model // num_heads).
   m.mlp_dim = 256  # SwiGLU hidden width.
   m.max_pauses = 3  # K: most pauses per token (0 = an ordinary language model).
   m.pause_layout = "private"  # "private" (pauses seen only by their own position) or "visible".
@@ -40,9 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
   m.param_dtype = "float32"  # Parameter dtype.
   m.remat_policy = "none"  # Block rematerialisation: none | full | dots_saveable | ...
   m.scan_layers = False  # Stack layers and nn.scan over them (faster compiles for deep models).
-  m.dk_bias_init = 0.0  # Initial bias of the <don't know> logit (used when init_pause_prob = 0).
-  m.init_pause_prob = 0.5  # If > 0: start with P(<don't know>) ~ this at every step, by setting
-  #                          dk_bias_init = logit(p) + log V, so pauses are reachable early.
+  m.init_pause_prob = ml_collections.FieldReference(0.5, field_type=float)  # Start with
+  #   P(<don't know>) ~ p at every step (DK bias logit(p) + log V), so pauses are reachable
+  #   early; None: DK bias 0 (P ~ 1 / (V + 1)). The one way to set the DK head's start.
   m.rope_base = 10000.0  # Rotary frequency base.
   c.model = m
 
@@ -58,13 +60,16 @@ def get_config() -> ml_collections.ConfigDict:
   loss.budget = 1.0  # cyb_dp: allowed mean pauses per token.
   loss.multiplier_init = 0.0  # cyb_dp: initial Lagrange multiplier mu.
   loss.multiplier_rate = 0.01  # cyb_dp: dual-ascent step eta (0 = a fixed ponder cost mu).
-  loss.vocab_chunk = 0  # >0: compute the loss from hidden states in vocabulary chunks of this
-  #                       width, never materialising [B, N, K+1, V+1] logits (large vocabularies).
+  loss.vocab_chunk = placeholder(int)  # An int: compute the loss from hidden states in vocabulary
+  #   chunks of this width, never materialising [B, N, K+1, V+1] logits (large vocabularies).
   c.loss = loss
 
   o = ml_collections.ConfigDict()
   o.learning_rate = 3e-3  # Peak learning rate of AdamW.
   o.warmup_steps = 100  # Linear warmup from 0 to the peak.
+  o.schedule_steps = placeholder(int)  # Steps the warm-up + cosine schedule spans (None =
+  #   num_train_steps). Set it to the first run's value to extend a run with more steps while
+  #   the steps already taken keep their learning rates.
   o.end_learning_rate_fraction = 0.1  # Cosine decay ends at this fraction of the peak.
   o.b1 = 0.9  # AdamW beta1.
   o.b2 = 0.98  # AdamW beta2.

@@ -1,6 +1,6 @@
 """Baseline: always take all K pauses and read out the last step (Goyal et al. 2023)."""
 
-from configs import default
+from cyb_jax.configs import default
 
 
 def get_config():

@@ -6,7 +6,7 @@ or download_and_prepare to a GCS data_dir); training reads them with
 (e.g. `--config.mesh.fsdp=-1 --config.mesh.data=1`) for your slice.
 """
 
-from configs import default
+from cyb_jax.configs import default
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """CYB-AP (anytime prediction): a correct answer after k pauses is worth gamma^k."""
 
-from configs import default
+from cyb_jax.configs import default
 
 
 def get_config():
