@@ -229,3 +229,10 @@ def test_installed_cyb_train_runs_outside_the_checkout(installed, tmp_path):
   rows = (workdir / "metrics.jsonl").read_text().splitlines()
   assert any('"step": 3' in row and "eval/nll_mix" in row for row in rows), rows
   assert (workdir / "checkpoints" / "3").is_dir()
+
+
+def test_fallback_version_matches_pyproject():
+  """``__version__`` of an uninstalled checkout is the constant in cyb_jax/__init__.py."""
+  with open(os.path.join(_REPO, "cyb_jax", "__init__.py"), encoding="utf-8") as f:
+    (constant,) = re.findall(r'^_PYPROJECT_VERSION = "([^"]+)"', f.read(), re.M)
+  assert constant == _VERSION
