@@ -1,1 +1,50 @@
-"""cyb_jax: Catch Your Breath adaptive-computation language models in JAX."""
+"""cyb_jax: Catch Your Breath adaptive-computation language models in JAX.
+
+The submodules are imported lazily (PEP 562): ``import cyb_jax`` imports nothing
+else, and ``from cyb_jax import losses`` imports only what ``cyb_jax.losses`` needs
+(JAX and NumPy), not Flax, orbax or TensorFlow Datasets. ``cyb_jax.model``,
+``cyb_jax.train`` etc. load those when they are first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import metadata as _metadata
+
+_PYPROJECT_VERSION = "0.1.0"  # keep equal to [project] version in pyproject.toml
+
+try:
+  __version__: str = _metadata.version("cyb_jax")
+except _metadata.PackageNotFoundError:  # run from a checkout that is not installed
+  __version__ = _PYPROJECT_VERSION
+
+__all__ = [
+    "analysis",        # pause statistics of a trained model
+    "attention",       # slot-grid attention (private / visible pauses), KV caches
+    "checkpoint",      # orbax checkpoints with the data position
+    "console",         # quiet console: library logging to <workdir>/log.txt
+    "data",            # synthetic task, text, TFDS, tokenizer, packing, iterators
+    "decode",          # jitted adaptive decoding
+    "experiment",      # the loss comparison
+    "layers",          # RMSNorm, SwiGLU, initialisers
+    "losses",          # per-step statistics, the five losses, evaluation protocols
+    "metrics_writer",  # metrics.jsonl and TensorBoard
+    "model",           # the pause-aware transformer
+    "report",          # report.md and plots
+    "sharding",        # mesh and logical axis rules
+    "train",           # train_and_evaluate
+]
+
+
+def __getattr__(name: str):
+  """Imports the public submodule ``name`` on first access (PEP 562)."""
+  if name in __all__:
+    module = importlib.import_module(f"{__name__}.{name}")
+    globals()[name] = module
+    return module
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}; "
+                       f"its public submodules are {', '.join(__all__)}")
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(__all__))

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Deletes the TPU slice(s) of launch/tpu/env.sh (the bucket and its runs are kept).
-#   launch/tpu/delete.sh
+# Deletes the queued resource of launch/tpu/env.sh and its TPU VMs (the bucket and its runs stay).
+#   launch/tpu/delete.sh [--dry-run]
+# Stop the runs first (stop.sh) if their last steps should be saved.
 set -euo pipefail
+USAGE="launch/tpu/delete.sh [--dry-run]"
 source "$(dirname "$0")/env.sh"
-if [[ "${NUM_SLICES}" -eq 1 ]]; then
-  gcloud compute tpus tpu-vm delete "${TPU_NAME}" --project="${PROJECT}" --zone="${ZONE}" --quiet
-else
-  gcloud compute tpus queued-resources delete "${TPU_NAME}" --project="${PROJECT}" \
-    --zone="${ZONE}" --force --quiet
-fi
+parse_common_args "$@"
+if [[ ${#REST[@]} -gt 0 ]]; then usage_error "unexpected arguments: ${REST[*]}"; fi
+require PROJECT ZONE TPU_NAME
+# --force also deletes the nodes of an ACTIVE queued resource.
+run_cmd gcloud compute tpus queued-resources delete "${TPU_NAME}" --project="${PROJECT}" \
+  --zone="${ZONE}" --force --quiet
