@@ -22,15 +22,25 @@ __all__ = [
     "analysis",        # pause statistics of a trained model
     "attention",       # slot-grid attention (private / visible pauses), KV caches
     "checkpoint",      # orbax checkpoints with the data position
+    "components",      # run config -> model config, data, loss, optimiser, loaded run
+    "configs",         # the shipped run configs (also usable as --config files)
     "console",         # quiet console: library logging to <workdir>/log.txt
     "data",            # synthetic task, text, TFDS, tokenizer, packing, iterators
     "decode",          # jitted adaptive decoding
-    "experiment",      # the loss comparison
+    "efficiency",      # data-efficiency maths of eval curves
+    "evaluation",      # the one evaluation path: parameters -> protocol figures
+    "experiment",      # the loss comparison: running it
+    "experiment_plan",     # the loss comparison: its runs
+    "experiment_results",  # the loss comparison: results.md/json and plots
+    "hosts",           # preemption and data positions across processes
     "layers",          # RMSNorm, SwiGLU, initialisers
     "losses",          # per-step statistics, the five losses, evaluation protocols
     "metrics_writer",  # metrics.jsonl and TensorBoard
     "model",           # the pause-aware transformer
-    "report",          # report.md and plots
+    "plots",           # report plots
+    "report",          # report.md and pause_stats
+    "report_tables",   # report markdown tables
+    "samples",         # decoded samples with pauses shown
     "sharding",        # mesh and logical axis rules
     "train",           # train_and_evaluate
 ]

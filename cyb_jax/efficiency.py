@@ -1,6 +1,6 @@
 """How many times more training tokens one model needs than another, from eval curves.
 
-Data efficiency (DESIGN section 5): for two models, take the final eval loss of the
+Data efficiency (docs/design.md section 5): for two models, take the final eval loss of the
 better one, read from the other's eval curve (eval loss against training tokens,
 linear interpolation, seeds averaged) how many tokens it needed to reach that loss,
 and divide by the better model's tokens. If it never got there, the ratio is at least
@@ -42,7 +42,7 @@ def tokens_to_reach(curve: Sequence[tuple[float, float]], target: float) -> floa
 
 def data_efficiency(curve_a: Sequence[tuple[float, float]],
                     curve_b: Sequence[tuple[float, float]]) -> dict[str, Any]:
-  """How many times more training tokens the worse of two models needs (DESIGN section 5).
+  """How many times more training tokens the worse of two models needs (docs/design.md section 5).
 
   Returns a dict with ``better`` ("a" or "b"), ``target_loss`` (the better model's final
   eval loss), ``tokens_better`` and ``tokens_worse`` (tokens to reach it; None if the

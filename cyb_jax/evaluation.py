@@ -1,4 +1,4 @@
-"""Evaluating a model on batches: the one path from parameters to the DESIGN section 5 figures.
+"""Evaluating a model on batches: the one path from parameters to the docs/design.md section 5 figures.
 
 Per batch, :func:`step_stats` runs the model to per-step statistics ``[B, N, K+1]`` (the
 train step uses it too), :func:`cyb_jax.losses.position_outcomes` records what the
@@ -34,7 +34,7 @@ Batch = Mapping[str, Any]
 
 
 class Protocol(NamedTuple):
-  """How a model is evaluated (DESIGN section 5).
+  """How a model is evaluated (docs/design.md section 5).
 
   Attributes:
     tau: threshold of ``threshold(tau)`` halting on ``d_k``, in ``[0, 1]``.
@@ -186,7 +186,7 @@ def eval_set_stats(model_cfg: ModelConfig, params: Any, eval_batches: Sequence[B
 
 
 def summarize(stats: losses.PositionStats) -> dict[str, Any]:
-  """The DESIGN section 5 figures over all positions of ``stats`` (host or device arrays).
+  """The docs/design.md section 5 figures over all positions of ``stats`` (host or device arrays).
 
   The same reduction as the trainer's eval (:func:`cyb_jax.losses.protocol_sums`, then
   :func:`cyb_jax.losses.protocol_figures`): ``nll_mix``, ``expected_pauses``,

@@ -4,7 +4,7 @@
 and ``<workdir>/plots/*.png``:
 
 * the run (loss, K, layout, model size, steps and training tokens);
-* the final evaluation by the protocols of DESIGN section 5 (mix and threshold NLL, accuracy,
+* the final evaluation by the protocols of docs/design.md section 5 (mix and threshold NLL, accuracy,
   pauses and compute per token = 1 + pauses), recomputed from the parameters on the eval set,
   beside the no-pause (step 0) and all-pauses (step K) readouts;
 * per step k: halting probability, share of threshold answers, accuracy and NLL at k;

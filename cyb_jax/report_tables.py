@@ -104,7 +104,7 @@ def jsonable(x: Any) -> Any:
 
 
 def protocol_table_md(summary: Mapping[str, Any], protocol: Protocol) -> str:
-  """The DESIGN section 5 figures as a markdown table, with step-0 and step-K reference rows."""
+  """The docs/design.md section 5 figures as a markdown table, with step-0 and step-K reference rows."""
   num_steps = len(summary["halt_probs"])
   k_max = num_steps - 1
   nll_S, acc_S = summary["nll_per_step"], summary["accuracy_per_step"]

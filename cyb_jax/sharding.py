@@ -1,4 +1,4 @@
-"""Device mesh, logical axis rules and sharded placement (DESIGN section 7).
+"""Device mesh, logical axis rules and sharded placement (docs/design.md section 7).
 
 The mesh has three axes:
 

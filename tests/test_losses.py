@@ -1,4 +1,4 @@
-"""Tests of cyb_jax.losses against the maths of DESIGN.md sections 3-5."""
+"""Tests of cyb_jax.losses against the maths of docs/design.md sections 3-5."""
 
 import functools
 
@@ -66,7 +66,7 @@ def _all_values_and_grads(logits, targets, weights):
 
 
 def _numpy_reference(logits, targets):
-  """Float64 NumPy transcription of DESIGN section 3, by probabilities."""
+  """Float64 NumPy transcription of docs/design.md section 3, by probabilities."""
   z = np.asarray(logits, np.float64)
   v = z.shape[-1] - 1
   lse_all = logsumexp(z, axis=-1)

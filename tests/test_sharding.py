@@ -1,4 +1,4 @@
-"""Meshes, logical rules and sharded training (cyb_jax.sharding, DESIGN section 7).
+"""Meshes, logical rules and sharded training (cyb_jax.sharding, docs/design.md section 7).
 
 The fast tests run in this process. The `multidevice` tests start subprocesses with
 fake CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count=N` is set only in

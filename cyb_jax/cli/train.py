@@ -19,6 +19,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: config.workdir).")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() first (TPU pods, multi-host GPU).")
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Show library INFO logging on the console (it always goes to "
+    "<workdir>/log.txt).")
 
 
 def main(argv):
@@ -27,11 +30,13 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   if _MULTIHOST.value:
     jax.distributed.initialize()
+  from cyb_jax import console  # pylint: disable=g-import-not-at-top
   from cyb_jax import train  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   workdir = _WORKDIR.value or config.workdir
   if not workdir:
     raise app.UsageError("Give --workdir (or set config.workdir).")
+  console.setup_logging(workdir, verbose=_VERBOSE.value, process_index=jax.process_index())
   logging.info("JAX process %d of %d, %d devices.", jax.process_index(), jax.process_count(),
                jax.device_count())
   result = train.train_and_evaluate(config, workdir)

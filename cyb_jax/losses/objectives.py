@@ -1,4 +1,4 @@
-"""The five training losses of DESIGN section 4, their priors and the CYB-DP dual ascent.
+"""The five training losses of docs/design.md section 4, their priors and the CYB-DP dual ascent.
 
 Each loss is a pure function ``(stats, weights, **hyper-parameters) -> (loss, metrics)``:
 the weighted mean over positions of a per-position loss, with metrics holding at least
@@ -37,7 +37,7 @@ def check_va_hparams(beta: ArrayLike, kl: str) -> None:
 
 
 def cross_entropy_loss(stats: StepLogProbs, weights: ArrayLike) -> tuple[Array, Metrics]:
-  """No pauses: ``loss = mean_w(-log c_0)`` (DESIGN section 4, ``ce``).
+  """No pauses: ``loss = mean_w(-log c_0)`` (docs/design.md section 4, ``ce``).
 
   Args:
     stats: :class:`StepLogProbs` with fields ``[..., K+1]`` (only step 0 is read).
@@ -81,7 +81,7 @@ def ap_log_stop(stats: StepLogProbs, omega: ArrayLike = 0.0) -> Array:
 
 def cyb_ap_loss(stats: StepLogProbs, weights: ArrayLike, *, gamma: ArrayLike,
                 omega: ArrayLike = 0.0) -> tuple[Array, Metrics]:
-  """CYB-AP, anytime prediction (DESIGN section 4)::
+  """CYB-AP, anytime prediction (docs/design.md section 4)::
 
       loss = mean_w( -logsumexp_k( log P_k + k * log gamma + log c_k ) )
 

@@ -1,4 +1,4 @@
-"""The evaluation protocols of DESIGN section 5: per-position outcomes and their one reduction.
+"""The evaluation protocols of docs/design.md section 5: per-position outcomes and their one reduction.
 
 ``mix``: ``nll_mix`` and ``E[pauses]`` under the model's own halting. ``threshold(tau)``:
 answer at the first ``k`` with ``d_k <= tau`` (``K`` if none), ``k*`` pauses. A model whose
@@ -27,7 +27,7 @@ from cyb_jax.losses.stats import StepLogProbs
 
 
 class HaltResult(NamedTuple):
-  """Outcome of a halting policy per position (DESIGN section 5).
+  """Outcome of a halting policy per position (docs/design.md section 5).
 
   Attributes:
     step: ``[...]`` int32, the step ``k*`` at which the model answers (= pauses taken).
@@ -220,7 +220,7 @@ def protocol_figures(sums: Metrics) -> Metrics:
 
 def evaluate(stats: StepLogProbs, weights: ArrayLike, tau: ArrayLike = 0.5, *,
              fixed_step: int | None = None) -> Metrics:
-  """The evaluation protocols of DESIGN section 5 on one batch, identical for every model.
+  """The evaluation protocols of docs/design.md section 5 on one batch, identical for every model.
 
   ``protocol_figures(protocol_sums(position_outcomes(stats, weights, tau, fixed_step)))``.
 

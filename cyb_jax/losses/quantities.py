@@ -1,6 +1,6 @@
-"""Quantities derived from per-step statistics (DESIGN section 3) and the weighted reductions.
+"""Quantities derived from per-step statistics (docs/design.md section 3) and the weighted reductions.
 
-One formula per function, in DESIGN notation: ``log s_k`` (:func:`log_reach`), ``log pi_k``
+One formula per function, in the notation of docs/design.md: ``log s_k`` (:func:`log_reach`), ``log pi_k``
 (:func:`log_halting`), ``E[pauses]`` (:func:`expected_pauses`), ``nll_mix`` (:func:`nll_mix`).
 Every batch figure is a weighted mean over positions, :func:`weighted_mean`, built on the one
 masked sum :func:`weighted_sum`.

@@ -1,4 +1,4 @@
-"""Per-step statistics of one prediction per position (DESIGN section 3), from logits or hidden states.
+"""Per-step statistics of one prediction per position (docs/design.md section 3), from logits or hidden states.
 
 ``step_log_probs`` (full logits), ``step_log_probs_from_parts`` (vocabulary and DK logits
 apart), ``checked_step_log_probs`` (raises on bad targets) and ``chunked_step_log_probs``
@@ -19,7 +19,7 @@ from cyb_jax.losses._common import NEG_INF, Array, ArrayLike, compute_dtype
 
 
 class StepLogProbs(NamedTuple):
-  """Per-step log-probabilities of one prediction per position (DESIGN section 3).
+  """Per-step log-probabilities of one prediction per position (docs/design.md section 3).
 
   Attributes:
     log_dk: ``[..., S]`` float32, ``log d_k``; ``-inf`` at the final step.
@@ -82,7 +82,7 @@ def _assemble(lse_voc_MS: Array, dk_MS: Array, target_logit_MS: Array,
 
 
 def step_log_probs(logits: ArrayLike, targets: ArrayLike) -> StepLogProbs:
-  """Per-step statistics from full logits (DESIGN section 3).
+  """Per-step statistics from full logits (docs/design.md section 3).
 
   Args:
     logits: ``[..., K+1, V+1]`` in any float dtype; DK is the last entry.
