@@ -16,14 +16,14 @@ so an interrupted save never leaves a half-written checkpoint behind.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
+from cyb_jax import files
 from cyb_jax import model as model_lib
 
 CONFIG_FILE = "config.json"
@@ -34,8 +34,9 @@ class IncompatibleCheckpointError(ValueError):
   """Resuming or fine-tuning from a checkpoint whose model does not fit the config."""
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+def checkpoint_dir(workdir: str) -> epath.Path:
+  """``<workdir>/checkpoints`` (local or ``gs://``)."""
+  return files.resolve(workdir) / CHECKPOINT_DIR
 
 
 class Checkpointer:
@@ -107,10 +108,10 @@ def restore_params_for_init(init_from: str) -> tuple[Any, dict]:
   ``init_from`` is a run's workdir or its ``checkpoints`` folder. The parameters
   come back as host arrays with the structure they were saved with.
   """
-  path = os.path.abspath(init_from)
-  if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
-    path = os.path.join(path, CHECKPOINT_DIR)
-  if not os.path.isdir(path):
+  path = files.resolve(init_from)
+  if (path / CHECKPOINT_DIR).is_dir():
+    path = path / CHECKPOINT_DIR
+  if not path.is_dir():
     raise FileNotFoundError(f"init_from={init_from!r}: no such run folder.")
   manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False))
   step = manager.latest_step()
@@ -123,19 +124,16 @@ def restore_params_for_init(init_from: str) -> tuple[Any, dict]:
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  path = os.path.join(workdir, CONFIG_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(tmp, path)
+  """Writes the resolved config to ``<workdir>/config.json``."""
+  files.write_text(files.resolve(workdir) / CONFIG_FILE,
+                   config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = files.resolve(workdir) / CONFIG_FILE
+  if not path.exists():
     raise FileNotFoundError(f"{path} does not exist: {workdir!r} is not a cyb_jax run folder.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(files.read_json(path))
 
 
 def restore_params(workdir: str, abstract_params: Any, step: int | None = None

@@ -13,7 +13,6 @@ The plan of runs is :mod:`cyb_jax.experiment_plan`, the data-efficiency maths
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from absl import logging
 from cyb_jax import checkpoint as ckpt_lib
 from cyb_jax import components
 from cyb_jax import experiment_plan as plan_lib
+from cyb_jax import files
 from cyb_jax import experiment_results as results_lib
 from cyb_jax import report as report_lib
 from cyb_jax import train
@@ -45,7 +45,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, name: str,
   Returns:
     False when SIGTERM stopped the run (it saved a checkpoint), True when it completed.
   """
-  if os.path.exists(os.path.join(workdir, ckpt_lib.CONFIG_FILE)):
+  if (files.resolve(workdir) / ckpt_lib.CONFIG_FILE).exists():
     plan_lib.check_same_run(components.upgrade_legacy_config(ckpt_lib.load_config(workdir)),
                             config, workdir)
   finished = _is_finished(workdir, config.num_train_steps)
@@ -66,13 +66,13 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
     The results dict written to ``results.json``, or ``{"stopped": "preempted", "run":
     name}`` when SIGTERM stopped run ``name``.
   """
-  out_dir = os.path.abspath(config.out_dir)
+  out_dir = os.fspath(files.resolve(config.out_dir))
   specs = plan_lib.plan_runs(config)
   if config.summarise_only:
     return write_results(config, specs, out_dir, {})
   for spec in specs:
     components.validate_all(plan_lib.run_config(config, spec))
-  os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
+  (files.resolve(out_dir) / "runs").mkdir(parents=True, exist_ok=True)
   timings = {}
   ce_init = {}
   if config.from_ce:
@@ -116,7 +116,7 @@ def write_results(config, specs: Sequence[plan_lib.RunSpec], out_dir: str,
     raise ValueError(f"no finished run in {out_dir}/runs: nothing to summarise.")
   results = results_lib.summarise_runs(config, done, out_dir, _save_timings(out_dir, timings))
   results["missing_runs"] = missing
-  _write_json(os.path.join(out_dir, "results.json"), results)
+  files.write_json(os.path.join(out_dir, "results.json"), results, indent=2, default=float)
   results_lib.write_results_md(config, results, out_dir)
   return results
 
@@ -124,32 +124,24 @@ def write_results(config, specs: Sequence[plan_lib.RunSpec], out_dir: str,
 def _save_timings(out_dir: str, timings: dict[str, float]) -> dict[str, float]:
   """Merges ``timings`` into ``out_dir``/timings.json; returns the merged seconds per run."""
   merged = dict(_read_timings(out_dir), **timings)
-  _write_json(os.path.join(out_dir, "timings.json"), merged)
+  files.write_json(os.path.join(out_dir, "timings.json"), merged, indent=2, default=float)
   return merged
-
-
-def _write_json(path: str, value: Any) -> None:
-  """Writes JSON through a temporary file, so a reader never sees a partial file."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2, default=float)
-  os.replace(tmp, path)
 
 
 def _read_timings(out_dir: str) -> dict[str, float]:
   """Seconds per run: timings.json, else the time from a run's config.json being written
   to its newest checkpoint (an estimate that includes any pause between a stop and a resume)."""
   timings = {}
-  runs = os.path.join(out_dir, "runs")
-  for name in (os.listdir(runs) if os.path.isdir(runs) else ()):
-    config_file = os.path.join(runs, name, ckpt_lib.CONFIG_FILE)
-    checkpoints = ckpt_lib.checkpoint_dir(os.path.join(runs, name))
-    if os.path.exists(config_file) and os.path.isdir(checkpoints) and os.listdir(checkpoints):
-      newest = max(os.path.getmtime(os.path.join(checkpoints, c)) for c in os.listdir(checkpoints))
-      seconds = newest - os.path.getmtime(config_file)
-      timings[name] = seconds if seconds > 0 else float("nan")  # config rewritten by a resume
-  path = os.path.join(out_dir, "timings.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      timings.update(json.load(f))
+  runs = files.resolve(out_dir) / "runs"
+  for run in (sorted(runs.iterdir()) if runs.is_dir() else ()):
+    config_file = run / ckpt_lib.CONFIG_FILE
+    checkpoints = ckpt_lib.checkpoint_dir(os.fspath(run))
+    saved = list(checkpoints.iterdir()) if config_file.exists() and checkpoints.is_dir() else []
+    if saved:
+      newest = max(c.stat().mtime for c in saved)
+      seconds = newest - config_file.stat().mtime
+      timings[run.name] = seconds if seconds > 0 else float("nan")  # config rewritten by a resume
+  path = files.resolve(out_dir) / "timings.json"
+  if path.exists():
+    timings.update(files.read_json(path))
   return timings

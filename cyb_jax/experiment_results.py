@@ -19,6 +19,7 @@ from cyb_jax import analysis
 from cyb_jax import components
 from cyb_jax import efficiency as efficiency_lib
 from cyb_jax import evaluation
+from cyb_jax import files
 from cyb_jax import experiment_plan as plan_lib
 from cyb_jax import losses
 from cyb_jax import report as report_lib
@@ -260,8 +261,7 @@ def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
   lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})"
                                    for p in plots]
   path = os.path.join(out_dir, "results.md")
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+  files.write_text(path, "\n".join(lines) + "\n")
   return path
 
 
@@ -270,7 +270,6 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   plot_dir = os.path.join(out_dir, "plots")
-  os.makedirs(plot_dir, exist_ok=True)
   paths = []
 
   def finish(fig, ax, name, *, xlabel, ylabel, title):
@@ -281,7 +280,7 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
     ax.legend(fontsize=8)
     paths.append(os.path.join(plot_dir, name))
     fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
+    files.save_figure(fig, paths[-1], dpi=120)
     plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -327,6 +326,6 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
     fig.suptitle("Tokens after which each CYB model pauses most")
     paths.append(os.path.join(plot_dir, "pauses_by_token.png"))
     fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
+    files.save_figure(fig, paths[-1], dpi=120)
     plt.close(fig)
   return paths

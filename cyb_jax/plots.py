@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from cyb_jax import analysis
+from cyb_jax import files
 from cyb_jax.evaluation import Protocol
 from cyb_jax import report_tables as tables
 
@@ -32,8 +33,7 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, path: str) -> str:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path)
+  files.save_figure(fig, path)
   return path
 
 

@@ -35,6 +35,7 @@ from absl import logging
 
 from cyb_jax import analysis
 from cyb_jax import evaluation
+from cyb_jax import files
 from cyb_jax import losses
 from cyb_jax import plots
 from cyb_jax import report_tables as tables
@@ -150,6 +151,7 @@ def write_report(workdir: str, *, model_cfg: ModelConfig, params, eval_batches: 
     step = max((r["step"] for r in train_rows + eval_rows), default=None)
   tokens_seen = max((r["train_tokens"] for r in train_rows + eval_rows if r.get("train_tokens") is not None),
                     default=None)
+  workdir = os.fspath(files.resolve(workdir))
   plots_dir = os.path.join(workdir, PLOTS_DIR)
   result = None
   if eval_batches:
@@ -157,7 +159,7 @@ def write_report(workdir: str, *, model_cfg: ModelConfig, params, eval_batches: 
                      min_count=min_count, top=top, vocab_chunk=vocab_chunk)
 
   k_max = model_cfg.max_pauses
-  md = [f"# Run report: `{os.path.basename(os.path.abspath(workdir))}`", ""]
+  md = [f"# Run report: `{files.resolve(workdir).name}`", ""]
   run_rows = [
       ["loss", tables.loss_description(loss_name, protocol)],
       ["max pauses K", str(k_max)],
@@ -184,14 +186,14 @@ def write_report(workdir: str, *, model_cfg: ModelConfig, params, eval_batches: 
            f"**{tables.signed(result.summary['accuracy_gain'])}**.", ""]
     md += ["### Per step", "", tables.per_step_table_md(result.summary), ""]
     halting = plots.plot_halting(os.path.join(plots_dir, "halting.png"), result.summary, protocol)
-    md += [f"![halting distribution]({os.path.relpath(halting, workdir)})", ""]
+    md += [f"![halting distribution]({files.relative(halting, workdir)})", ""]
 
   md += ["## Training curve", ""]
   curve = plots.plot_curves(os.path.join(plots_dir, "eval_curve.png"), train_rows, eval_rows)
   if curve is None:
     md += [f"_{METRICS_FILE} has no rows._", ""]
   else:
-    md += [f"![loss and pauses against training tokens]({os.path.relpath(curve, workdir)})", ""]
+    md += [f"![loss and pauses against training tokens]({files.relative(curve, workdir)})", ""]
     md += [tables.curve_table_md(eval_rows) if eval_rows else f"_{METRICS_FILE} has no eval rows._", ""]
 
   if result is not None and result.difficulty is not None:
@@ -200,19 +202,16 @@ def write_report(workdir: str, *, model_cfg: ModelConfig, params, eval_batches: 
            "where it helps pauses more on harder levels and gains accuracy there.", "",
            tables.difficulty_table_md(result.difficulty), ""]
     plot = plots.plot_difficulty(os.path.join(plots_dir, "pauses_by_difficulty.png"), result.difficulty)
-    md += [f"![pauses by difficulty]({os.path.relpath(plot, workdir)})", ""]
+    md += [f"![pauses by difficulty]({files.relative(plot, workdir)})", ""]
   elif result is not None:
     md += ["## Pauses by token", "",
            "Threshold pauses k* grouped by the token just read (\"pause after X\") and by the token "
            "being predicted.", "", tables.token_tables_md(result.tokens), ""]
     plot = plots.plot_tokens(os.path.join(plots_dir, "pauses_by_token.png"), result.tokens)
-    md += [f"![pauses by token]({os.path.relpath(plot, workdir)})", ""]
+    md += [f"![pauses by token]({files.relative(plot, workdir)})", ""]
 
   path = os.path.join(workdir, REPORT_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write("\n".join(md))
-  os.replace(tmp, path)
+  files.write_text(path, "\n".join(md))
   logging.info("Wrote %s", path)
   return path
 
@@ -242,12 +241,11 @@ def write_analysis(out_dir: str, *, model_cfg: ModelConfig, params, eval_batches
   """
   result = analyze(model_cfg, params, eval_batches, info, protocol=protocol, min_count=min_count,
                    top=top, vocab_chunk=vocab_chunk)
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = os.fspath(files.resolve(out_dir))
   plots_dir = os.path.join(out_dir, PLOTS_DIR)
   record = {"run": dict(run or {}), "tau": protocol.tau, "fixed_step": protocol.fixed_step, "summary": result.summary,
             "by_difficulty": result.difficulty, "by_token": result.tokens}
-  with open(os.path.join(out_dir, STATS_JSON), "w") as f:
-    json.dump(tables.jsonable(record), f, indent=1)
+  files.write_json(os.path.join(out_dir, STATS_JSON), tables.jsonable(record), indent=1)
   md = ["# Pause statistics", ""]
   if run:
     md += [", ".join(f"{k}: {v}" for k, v in run.items()), ""]
@@ -260,6 +258,5 @@ def write_analysis(out_dir: str, *, model_cfg: ModelConfig, params, eval_batches
   md += ["## By token", "", tables.token_tables_md(result.tokens), ""]
   plots.plot_tokens(os.path.join(plots_dir, "pauses_by_token.png"), result.tokens)
   text = "\n".join(md)
-  with open(os.path.join(out_dir, STATS_MD), "w") as f:
-    f.write(text)
+  files.write_text(os.path.join(out_dir, STATS_MD), text)
   return text

@@ -33,6 +33,7 @@ from jax.sharding import Mesh
 from cyb_jax import checkpoint as ckpt_lib
 from cyb_jax import components
 from cyb_jax import evaluation
+from cyb_jax import files
 from cyb_jax import hosts
 from cyb_jax import losses
 from cyb_jax import metrics_writer
@@ -287,7 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
   """
   loss = components.validate(config)
-  workdir = os.path.abspath(workdir)
+  workdir = os.fspath(files.resolve(workdir))
   data = components.make_run_data(config, workdir)
   model_cfg = components.model_config(config, data.info.vocab_size)
   is_main = jax.process_index() == 0
@@ -295,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.logical_axis_rules)
   programs = make_programs(config, model_cfg, mesh, rules, loss=loss)
-  os.makedirs(workdir, exist_ok=True)
+  files.resolve(workdir).mkdir(parents=True, exist_ok=True)
   if is_main:
     ckpt_lib.save_config(workdir, config)
   meta = components.run_meta(model_cfg, config)

@@ -24,6 +24,7 @@ def analyze_run(workdir: str, *, step: int | None = None, tau: float | None = No
                 out: str | None = None, min_count: int = 20, top: int = 20) -> str:
   """Loads a run and writes its pause statistics; returns the markdown tables."""
   from cyb_jax import components  # pylint: disable=g-import-not-at-top
+  from cyb_jax import files  # pylint: disable=g-import-not-at-top
   from cyb_jax import report  # pylint: disable=g-import-not-at-top
   run = components.load_run(workdir, step)
   protocol = run.protocol if tau is None else run.protocol._replace(tau=tau)
@@ -32,7 +33,7 @@ def analyze_run(workdir: str, *, step: int | None = None, tau: float | None = No
       out, model_cfg=run.model_cfg, params=run.params, eval_batches=run.data.eval_batches,
       info=run.data.info, protocol=protocol, min_count=min_count, top=top,
       vocab_chunk=components.vocab_chunk(run.config),
-      run={"workdir": os.path.abspath(workdir), "step": run.step, "loss": run.config.loss.name,
+      run={"workdir": os.fspath(files.resolve(workdir)), "step": run.step, "loss": run.config.loss.name,
            "max_pauses": run.model_cfg.max_pauses, "pause_layout": run.model_cfg.pause_layout})
   return f"{text}\n\nWrote {out}/pause_stats.json, {out}/pause_stats.md and {out}/plots/."
 
