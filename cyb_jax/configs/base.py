@@ -60,6 +60,9 @@ def get_config() -> ml_collections.ConfigDict:
   loss.budget = 1.0  # cyb_dp: allowed mean pauses per token.
   loss.multiplier_init = 0.0  # cyb_dp: initial Lagrange multiplier mu.
   loss.multiplier_rate = 0.01  # cyb_dp: dual-ascent step eta (0 = a fixed ponder cost mu).
+  loss.pause_warmup_steps = 0  # W: steps 0..W-1 train every pause slot (pause_warmup_loss), the
+  #   configured loss from step W on (docs/design.md section 11); 0 = no warm-up.
+  loss.pause_warmup_loss = "all_steps"  # Warm-up loss: "all_steps" (mean_k -log c_k) or "pause_ce".
   loss.vocab_chunk = placeholder(int)  # An int: compute the loss from hidden states in vocabulary
   #   chunks of this width, never materialising [B, N, K+1, V+1] logits (large vocabularies).
   c.loss = loss

@@ -29,7 +29,7 @@ Shape suffixes: ``S`` = K+1 steps, ``V`` = vocabulary (without DK), ``D`` = mode
 """
 
 from cyb_jax.losses.objectives import (
-    KL_MODES, PRIOR_KINDS, ap_log_stop, cross_entropy_loss, cyb_ap_loss, cyb_dp_loss, cyb_va_loss,
+    KL_MODES, PRIOR_KINDS, all_steps_loss, ap_log_stop, cross_entropy_loss, cyb_ap_loss, cyb_dp_loss, cyb_va_loss,
     geometric_prior, make_prior, pause_cross_entropy_loss, uniform_prior, update_multiplier)
 from cyb_jax.losses.protocols import (
     HaltResult, PositionStats, check_protocol, evaluate, fixed_halting, position_outcomes, protocol_figures,
@@ -37,14 +37,14 @@ from cyb_jax.losses.protocols import (
 from cyb_jax.losses.quantities import (
     expected_pauses, log_halting, log_reach, nll_mix, weighted_mean, weighted_sum)
 from cyb_jax.losses.registry import (
-    LOSSES, SPECS, Loss, LossSpec, get_spec, make_loss, make_loss_from_config)
+    LOSSES, SPECS, WARMUP_LOSSES, Loss, LossSpec, get_spec, make_loss, make_loss_from_config)
 from cyb_jax.losses.stats import (
     StepLogProbs, checked_step_log_probs, chunked_step_log_probs, step_log_probs,
     step_log_probs_from_parts)
 
 __all__ = [
-    "KL_MODES", "LOSSES", "PRIOR_KINDS", "SPECS", "HaltResult", "Loss", "LossSpec",
-    "PositionStats", "StepLogProbs", "ap_log_stop", "check_protocol", "checked_step_log_probs",
+    "KL_MODES", "LOSSES", "PRIOR_KINDS", "SPECS", "WARMUP_LOSSES", "HaltResult", "Loss", "LossSpec",
+    "PositionStats", "StepLogProbs", "all_steps_loss", "ap_log_stop", "check_protocol", "checked_step_log_probs",
     "chunked_step_log_probs", "cross_entropy_loss", "cyb_ap_loss", "cyb_dp_loss",
     "cyb_va_loss", "evaluate", "expected_pauses", "fixed_halting", "geometric_prior",
     "get_spec", "log_halting", "log_reach", "make_loss", "make_loss_from_config", "make_prior",

@@ -59,6 +59,18 @@ def pause_cross_entropy_loss(stats: StepLogProbs,
   return loss, common_metrics(stats, w, log_halting(stats))
 
 
+def all_steps_loss(stats: StepLogProbs, weights: ArrayLike) -> tuple[Array, Metrics]:
+  """Every step trained as an answer: ``mean_w( (1 / (K+1)) sum_k -log c_k )``.
+
+  The pause warm-up of docs/design.md section 11: it trains every pause slot to predict,
+  whatever the halting, and never the DK head (``c_k`` is the answer given an answer at
+  step k, independent of the DK logit). Args as :func:`cross_entropy_loss`.
+  """
+  stats, w = prepare(stats, weights)
+  loss = weighted_mean(jnp.mean(-stats.log_target, axis=-1), w)
+  return loss, common_metrics(stats, w, log_halting(stats))
+
+
 def ap_log_stop(stats: StepLogProbs, omega: ArrayLike = 0.0) -> Array:
   """``[..., K+1]`` log of the CYB-AP stopping distribution ``P_k``.
 

@@ -10,6 +10,11 @@ binds hyper-parameters (checked at once, with the loss's own messages) into a
     loss_state = loss.init_state()                       # the multiplier mu (0 for others)
     value, metrics, loss_state = loss(stats, weights, loss_state)
 
+With a pause warm-up (docs/design.md section 11; ``make_loss(..., pause_warmup_steps=W)``)
+the loss is :func:`~cyb_jax.losses.all_steps_loss` (or ``pause_ce``) while the optimiser
+step is below ``W`` and the configured loss from step ``W`` on; the step is an argument, so
+a resumed run switches at the same step.
+
 Nothing outside this package branches on a loss name: the trainer, the evaluation, the
 report and the experiment ask the spec.
 """
@@ -145,6 +150,13 @@ def get_spec(name: str) -> LossSpec:
   return SPECS[name]
 
 
+WARMUP_LOSSES: Mapping[str, Callable[..., tuple[Array, Metrics]]] = types.MappingProxyType({
+    "all_steps": objectives.all_steps_loss,
+    "pause_ce": objectives.pause_cross_entropy_loss,
+})
+"""What the pause warm-up trains, by name (``loss.pause_warmup_loss``)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Loss:
   """A loss with its hyper-parameters bound; build it with :func:`make_loss`.
@@ -158,10 +170,15 @@ class Loss:
   Attributes:
     spec: the loss's :class:`LossSpec`.
     hparams: every hyper-parameter of the spec, defaults filled in.
+    pause_warmup_steps: ``W``: optimiser steps ``0..W-1`` train ``pause_warmup_loss``
+      instead (0: none, the configured loss at every step).
+    pause_warmup_loss: a key of :data:`WARMUP_LOSSES`.
   """
 
   spec: LossSpec
   hparams: Mapping[str, Any]
+  pause_warmup_steps: int = 0
+  pause_warmup_loss: str = "all_steps"
 
   @property
   def name(self) -> str:
@@ -178,52 +195,96 @@ class Loss:
     value = self.hparams["multiplier_init"] if self.spec.dual_ascent else 0.0
     return jnp.asarray(value, F32)
 
-  def value_and_metrics(self, stats: StepLogProbs, weights: ArrayLike,
-                        loss_state: ArrayLike) -> tuple[Array, Metrics]:
-    """``(loss, metrics)`` without the state update (for gradient accumulation)."""
+  def _in_warmup(self, step: ArrayLike | None) -> Array | None:
+    """Whether optimiser step ``step`` is in the pause warm-up (None: there is none)."""
+    if not self.pause_warmup_steps:
+      return None
+    if step is None:
+      raise ValueError(f"this {self.name!r} loss has pause_warmup_steps="
+                       f"{self.pause_warmup_steps}: pass the optimiser step (step=...).")
+    return jnp.asarray(step) < self.pause_warmup_steps
+
+  def value_and_metrics(self, stats: StepLogProbs, weights: ArrayLike, loss_state: ArrayLike,
+                        step: ArrayLike | None = None) -> tuple[Array, Metrics]:
+    """``(loss, metrics)`` at optimiser step ``step``, without the state update.
+
+    The metrics are the configured loss's (plus ``pause_warmup``, 1 during the warm-up, when
+    there is one), so they mean the same at every step.
+    """
     kwargs = self.spec.bind(self.hparams, stats.num_steps)
     if self.spec.dual_ascent:
       kwargs["multiplier"] = loss_state
-    return self.spec.function(stats, weights, **kwargs)
+    value, metrics = self.spec.function(stats, weights, **kwargs)
+    in_warmup = self._in_warmup(step)
+    if in_warmup is None:
+      return value, metrics
+    warm_value, _ = WARMUP_LOSSES[self.pause_warmup_loss](stats, weights)
+    return jnp.where(in_warmup, warm_value, value), dict(metrics, pause_warmup=in_warmup.astype(F32))
 
-  def update_state(self, loss_state: ArrayLike, metrics: Metrics) -> Array:
-    """The next loss state from a step's (full-batch) metrics: dual ascent, or unchanged."""
+  def update_state(self, loss_state: ArrayLike, metrics: Metrics,
+                   step: ArrayLike | None = None) -> Array:
+    """The next loss state from a step's (full-batch) metrics: dual ascent (not during the
+    pause warm-up, whose loss has no budget), or unchanged."""
     loss_state = jnp.asarray(loss_state, F32)
     if not self.spec.dual_ascent:
       return loss_state
-    return objectives.update_multiplier(loss_state, metrics["pause_excess"],
-                                        rate=self.hparams["multiplier_rate"])
+    updated = objectives.update_multiplier(loss_state, metrics["pause_excess"],
+                                           rate=self.hparams["multiplier_rate"])
+    in_warmup = self._in_warmup(step)
+    return updated if in_warmup is None else jnp.where(in_warmup, loss_state, updated)
 
   def __call__(self, stats: StepLogProbs, weights: ArrayLike,
-               loss_state: ArrayLike | None = None) -> tuple[Array, Metrics, Array]:
+               loss_state: ArrayLike | None = None,
+               step: ArrayLike | None = None) -> tuple[Array, Metrics, Array]:
     if loss_state is None:
       loss_state = self.init_state()
-    value, metrics = self.value_and_metrics(stats, weights, loss_state)
-    return value, metrics, self.update_state(loss_state, metrics)
+    value, metrics = self.value_and_metrics(stats, weights, loss_state, step)
+    return value, metrics, self.update_state(loss_state, metrics, step)
 
 
-def make_loss(name: str, **hparams: Any) -> Loss:
+def make_loss(name: str, *, pause_warmup_steps: int = 0, pause_warmup_loss: str = "all_steps",
+              **hparams: Any) -> Loss:
   """The loss ``name`` with ``hparams`` bound (the rest at :attr:`LossSpec.hparams` defaults).
+
+  Args:
+    name: a key of :data:`SPECS`.
+    pause_warmup_steps: ``W >= 0`` optimiser steps of pause warm-up first (see :class:`Loss`).
+    pause_warmup_loss: what the warm-up trains, a key of :data:`WARMUP_LOSSES`.
+    **hparams: the loss's hyper-parameters (:attr:`LossSpec.hparams`).
 
   Raises:
     ValueError: an unknown loss or hyper-parameter, or a value outside its allowed range
       (the loss's own message).
   """
   spec = get_spec(name)
+  if (isinstance(pause_warmup_steps, bool) or not isinstance(pause_warmup_steps, int)
+      or pause_warmup_steps < 0):
+    raise ValueError(f"pause_warmup_steps={pause_warmup_steps!r} must be an int >= 0.")
+  if pause_warmup_loss not in WARMUP_LOSSES:
+    raise ValueError(f"pause_warmup_loss={pause_warmup_loss!r} is unknown; allowed: "
+                     f"{sorted(WARMUP_LOSSES)}.")
+  if pause_warmup_steps and spec.max_pauses == 0:
+    raise ValueError(f"loss {name!r} trains no pauses: pause_warmup_steps must be 0, got "
+                     f"{pause_warmup_steps}.")
   unknown = sorted(set(hparams) - set(spec.hparams))
   if unknown:
     raise ValueError(f"loss {name!r} takes no hyper-parameter {unknown}; it takes "
                      f"{sorted(spec.hparams) or 'none'}.")
   bound = types.MappingProxyType({**spec.hparams, **hparams})
   spec.check(bound)
-  return Loss(spec=spec, hparams=bound)
+  return Loss(spec=spec, hparams=bound, pause_warmup_steps=pause_warmup_steps,
+              pause_warmup_loss=pause_warmup_loss)
 
 
 def make_loss_from_config(loss_config: Mapping[str, Any]) -> Loss:
   """:func:`make_loss` of ``loss_config["name"]`` with the spec's hyper-parameters read from it.
 
   ``loss_config`` is any mapping (e.g. an ``ml_collections.ConfigDict``) that has ``name``
-  and the hyper-parameters of that loss; fields other losses take are ignored.
+  and the hyper-parameters of that loss, and optionally ``pause_warmup_steps`` and
+  ``pause_warmup_loss``; fields other losses take are ignored.
   """
   spec = get_spec(loss_config["name"])
-  return make_loss(spec.name, **{k: loss_config[k] for k in spec.hparams if k in loss_config})
+  warmup = {k: loss_config[k] for k in ("pause_warmup_steps", "pause_warmup_loss")
+            if k in loss_config}
+  return make_loss(spec.name, **warmup,
+                   **{k: loss_config[k] for k in spec.hparams if k in loss_config})
