@@ -30,6 +30,16 @@ class RunSpec:
   seed: int
   overrides: tuple[tuple[str, Any], ...] = ()  # (dotted config field, value)
   sweep: str = ""  # "" for the main comparison, else the swept field
+  warmup: int = 0  # loss.pause_warmup_steps of a CYB run (0: none)
+
+  @property
+  def group(self) -> str:
+    """The row of the results this run is a seed of: ``ce``, ``{loss}_K{k}`` or, with a pause
+    warm-up of W steps, ``{loss}_w{W}_K{k}``."""
+    if self.loss == "ce":
+      return "ce"
+    return f"{self.loss}_w{self.warmup}_K{self.max_pauses}" if self.warmup else (
+        f"{self.loss}_K{self.max_pauses}")
 
 
 def _fmt(value: Any) -> str:
@@ -45,14 +55,22 @@ def plan_runs(config: ml_collections.ConfigDict) -> list[RunSpec]:
     raise ValueError("seeds is empty: give at least one seed.")
   if any(k < 1 for k in config.pauses):
     raise ValueError(f"pauses={tuple(config.pauses)} must all be >= 1 (ce is the K = 0 run).")
+  warmups = tuple(config.pause_warmup)
+  if not warmups or any(isinstance(w, bool) or not isinstance(w, int) or w < 0 for w in warmups):
+    raise ValueError(f"pause_warmup={warmups} must be a non-empty tuple of ints >= 0 "
+                     "(0: the CYB losses without a warm-up).")
   runs = []
   for seed in config.seeds:
     if "ce" in config.losses:
       runs.append(RunSpec(f"ce_s{seed}", "ce", 0, seed))
     for k in config.pauses:
       for loss in config.losses:
-        if loss != "ce":
-          runs.append(RunSpec(f"{loss}_K{k}_s{seed}", loss, k, seed))
+        if loss == "ce":
+          continue
+        for w in (warmups if loss in CYB_LOSSES else (0,)):
+          spec = RunSpec("", loss, k, seed, (("loss.pause_warmup_steps", w),) if w else (),
+                         warmup=w)
+          runs.append(dataclasses.replace(spec, name=f"{spec.group}_s{seed}"))
   seed = config.seeds[0]
   for field, values in (("loss.gamma", config.sweep.gamma),
                         ("loss.prior_continuation", config.sweep.prior_continuation),

@@ -94,7 +94,7 @@ def summarise_runs(config, specs: Sequence[plan_lib.RunSpec], out_dir: str,
   main = [s for s in specs if not s.sweep]
   groups: dict[str, list[plan_lib.RunSpec]] = {}
   for s in main:
-    groups.setdefault(f"{s.loss}" if s.loss == "ce" else f"{s.loss}_K{s.max_pauses}", []).append(s)
+    groups.setdefault(s.group, []).append(s)
   rows = {}
   for key, members in groups.items():
     finals = [_final(workdir(s)) for s in members]
@@ -109,16 +109,14 @@ def summarise_runs(config, specs: Sequence[plan_lib.RunSpec], out_dir: str,
         "curve": efficiency_lib.mean_curve([workdir(s) for s in members]),
     }
   efficiency = {}
-  for k in config.pauses:
-    for loss in plan_lib.CYB_LOSSES:
-      key = f"{loss}_K{k}"
-      if key not in rows:
-        continue
-      for base in ("ce", f"pause_ce_K{k}"):
-        if base in rows:
-          eff = efficiency_lib.data_efficiency(rows[key]["curve"], rows[base]["curve"])
-          eff["better"] = key if eff["better"] == "a" else base
-          efficiency[f"{key} vs {base}"] = eff
+  for key, row in rows.items():
+    if row["loss"] not in plan_lib.CYB_LOSSES:
+      continue
+    for base in ("ce", f"pause_ce_K{row['K']}"):
+      if base in rows:
+        eff = efficiency_lib.data_efficiency(rows[key]["curve"], rows[base]["curve"])
+        eff["better"] = key if eff["better"] == "a" else base
+        efficiency[f"{key} vs {base}"] = eff
   analysed = {}  # run name -> _pause_analysis, each run analysed once
 
   def pause_analysis(spec: plan_lib.RunSpec) -> dict[str, Any] | None:

@@ -48,6 +48,21 @@ def test_plan_covers_the_grid_and_the_sweeps():
     experiment_plan.plan_runs(c)
 
 
+def test_plan_trains_every_cyb_loss_with_and_without_the_pause_warmup():
+  c = experiment_config.get_config("main")
+  c.pause_warmup = (0, 200)
+  runs = {r.name: r for r in experiment_plan.plan_runs(c)}
+  assert len(runs) == 3 * (1 + 2 * (1 + 3 * 2))  # ce; per K: pause_ce and 3 CYB losses x 2
+  warm = runs["cyb_va_w200_K3_s1"]
+  assert (warm.loss, warm.max_pauses, warm.seed, warm.group) == ("cyb_va", 3, 1, "cyb_va_w200_K3")
+  assert experiment_plan.run_config(c, warm).loss.pause_warmup_steps == 200
+  assert experiment_plan.run_config(c, runs["cyb_va_K3_s1"]).loss.pause_warmup_steps == 0
+  assert "pause_ce_w200_K1_s0" not in runs and "ce_w200_s0" not in runs  # baselines: no warm-up
+  c.pause_warmup = (0, -5)
+  with pytest.raises(ValueError, match=r"pause_warmup=\(0, -5\) must be"):
+    experiment_plan.plan_runs(c)
+
+
 @pytest.mark.slow
 def test_a_micro_experiment_writes_results(tmp_path):
   c = experiment_config.get_config("smoke")
@@ -99,3 +114,15 @@ def test_a_preempted_run_ends_the_experiment(tmp_path, monkeypatch):
   assert experiment.run_experiment(c) == {"stopped": "preempted", "run": "ce_s0"}
   assert started == ["ce_s0"]  # the next run does not start
   assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_the_gpu_preset_runs_as_its_smoke_variant_on_a_cpu(tmp_path):
+  gpu, smoke = experiment_config.get_config("gpu"), experiment_config.get_config("gpu_smoke")
+  assert gpu.run.model.dtype == smoke.run.model.dtype == "bfloat16"
+  assert gpu.run.data.synthetic.max_digits == smoke.run.data.synthetic.max_digits == 4
+  assert gpu.losses == smoke.losses
+  smoke.out_dir = str(tmp_path)
+  results = experiment.run_experiment(smoke)
+  assert set(results["rows"]) == {"ce", "pause_ce_K1", "cyb_ap_K1", "cyb_va_K1", "cyb_dp_K1"}
+  assert (tmp_path / "results.md").exists()
