@@ -15,7 +15,8 @@ random (norm weights and biases included), so that a mapping error shows in the 
                 head_dim, llama3 rotary scaling, untied head; saved in 2 shards with an index.
   qwen2_bias    Qwen2: biases on q/k/v (none on o), untied head.
   smollm2_tied  SmolLM2-like Llama with tied embeddings, plus a tokenizer.json (a tiny BPE
-                trained here) and tokenizer_config.json.
+                trained here), tokenizer_config.json, and tokenizer_reference.json: a text
+                and the ids transformers' AutoTokenizer gives it.
   gemma3_text   Gemma3ForCausalLM: sliding-window (W = 4) and global layers with their own
                 rotary bases (linear scaling on the global ones), q/k norms, 4 norms per block,
                 query_pre_attn_scalar != head_dim, final logit soft cap (transformers' Gemma 3
@@ -51,13 +52,14 @@ def _randomize(model: torch.nn.Module, *, norm_center: float, seed: int) -> None
 
 
 def _tiny_tokenizer(folder: pathlib.Path) -> None:
-  """A byte-level BPE of VOCAB - 8 entries with <|endoftext|> as BOS/EOS, like SmolLM2's."""
+  """A byte-level BPE of at most VOCAB - 8 entries with <|endoftext|> as BOS/EOS (SmolLM2's
+  special tokens; no BOS is added, as SmolLM2's tokenizer_config says)."""
   tok = tokenizers.Tokenizer(tokenizers.models.BPE())
   tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = tokenizers.decoders.ByteLevel()
   trainer = tokenizers.trainers.BpeTrainer(
       vocab_size=VOCAB - 8, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+      show_progress=False)  # the alphabet of the text only, so that every id is < VOCAB
   text = ["the cat sat on the mat.", "a dog ran in the park.", "the end of the story."] * 20
   tok.train_from_iterator(text, trainer)
   tok.save(str(folder / "tokenizer.json"))
@@ -109,6 +111,10 @@ def main() -> None:
   _randomize(model, norm_center=1.0, seed=3)
   _write("smollm2_tied", model)
   _tiny_tokenizer(OUT / "smollm2_tied")
+  text = "the cat sat on the mat. the dog ran"
+  ids = transformers.AutoTokenizer.from_pretrained(OUT / "smollm2_tied")(text).input_ids
+  (OUT / "smollm2_tied" / "tokenizer_reference.json").write_text(
+      json.dumps({"text": text, "input_ids": ids}))
 
   gemma = transformers.Gemma3TextConfig(
       **SIZES, num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,

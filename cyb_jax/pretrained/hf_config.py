@@ -48,14 +48,16 @@ def model_config_from_hf(hf: dict[str, Any], *, max_pauses: int, pause_layout: s
   gemma = is_gemma(hf)
   d_model, num_heads = _get(hf, "hidden_size"), _get(hf, "num_attention_heads")
   head_dim = hf.get("head_dim") or d_model // num_heads
+  num_kv_heads = hf.get("num_key_value_heads") or num_heads
   num_layers = _get(hf, "num_hidden_layers")
   arch = dict(
       vocab_size=_get(hf, "vocab_size"),
       num_layers=num_layers,
       d_model=d_model,
       num_heads=num_heads,
-      num_kv_heads=hf.get("num_key_value_heads") or num_heads,
-      head_dim=head_dim,
+      # None where the default gives the same value, so configs compare equal to the defaults.
+      num_kv_heads=None if num_kv_heads == num_heads else num_kv_heads,
+      head_dim=None if d_model % num_heads == 0 and head_dim == d_model // num_heads else head_dim,
       mlp_dim=_get(hf, "intermediate_size"),
       rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
       tie_embeddings=bool(hf.get("tie_word_embeddings", gemma)),

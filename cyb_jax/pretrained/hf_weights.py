@@ -9,6 +9,7 @@ per layer on the leading axis. Layouts (PyTorch `nn.Linear` weights are `[out, i
   "out_proj"  [D, H*E]  -> [H, E, D]             attention output projection
   "transpose" [B, A]    -> [A, B]                MLP projections, lm_head
   "bias"      [X*E]     -> [X, E]                q/k/v biases
+  "scalar"    [1]       -> []                    the DK bias
 
 Hugging Face checkpoints already order q/k features for rotate-half rotary embeddings, which is
 the form `cyb_jax.layers.apply_rotary` uses, so no permutation is needed. Norm weights are
@@ -90,7 +91,7 @@ def tensor_map(cfg: ModelConfig, *, hf_gemma: bool) -> dict[tuple[str, ...], Seq
       ("token_embed",): [Source("model.embed_tokens.weight", "copy", (cfg.vocab_size, d))],
       ("final_norm", "scale"): [Source("model.norm.weight", "copy", (d,))],
       ("dk_head", "kernel"): [Source(CYB_PREFIX + "dk_head.kernel", "copy", (d,))],
-      ("dk_head", "bias"): [Source(CYB_PREFIX + "dk_head.bias", "copy", ())],
+      ("dk_head", "bias"): [Source(CYB_PREFIX + "dk_head.bias", "scalar", ())],
   }
   if not cfg.tie_embeddings:
     out[("vocab_head", "kernel")] = [Source("lm_head.weight", "transpose", (d, cfg.vocab_size))]
@@ -129,6 +130,8 @@ def read_slice(read, source: Source, index: tuple[slice, ...]) -> np.ndarray:
   layout = source.layout
   if layout == "copy":
     return np.asarray(read(source.name, tuple(slice(*x) for x in b)))
+  if layout == "scalar":
+    return np.asarray(read(source.name, (slice(0, 1),))).reshape(())
   if layout == "transpose":
     (a0, a1), (b0, b1) = b
     return np.asarray(read(source.name, (slice(b0, b1), slice(a0, a1)))).T
@@ -154,6 +157,8 @@ def to_checkpoint(source: Source, leaf: np.ndarray) -> np.ndarray:
     raise ValueError(f"{source.name}: parameter shape {leaf.shape}, expected {source.shape}")
   if source.layout == "copy":
     return leaf
+  if source.layout == "scalar":
+    return leaf.reshape(1)
   if source.layout == "transpose":
     return leaf.T
   if source.layout == "in_proj":

@@ -143,7 +143,7 @@ def load_params(path: epath.PathLike, cfg: ModelConfig, *, shardings: Any = None
       if want != got:
         raise ValueError(f"tensor {src.name!r} has shape {got}, the config needs {want}")
       used.add(src.name)
-    read = _leaf_reader(folder, srcs, cfg.scan_layers, dtype)
+    read = _leaf_reader(folder, srcs, key[:2] == ("decoder", "layers"), dtype)
     if key in sharding_of:
       out[key] = jax.make_array_from_callback(leaf.shape, sharding_of[key], read)
     else:
