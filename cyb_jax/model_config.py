@@ -132,7 +132,8 @@ class ModelConfig:
   def __post_init__(self):
     if self.layer_types is not None and not isinstance(self.layer_types, tuple):
       if isinstance(self.layer_types, str):
-        raise ValueError(f"layer_types must be a sequence of {LAYER_TYPES}, got {self.layer_types!r}")
+        raise ValueError(
+            f"layer_types must be a sequence of {LAYER_TYPES}, got {self.layer_types!r}")
       object.__setattr__(self, "layer_types", tuple(self.layer_types))  # lists from JSON/configs
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "mlp_dim"):
       _check_int(name, getattr(self, name), minimum=1)
@@ -247,7 +248,9 @@ class ModelConfig:
   @property
   def attention_scale(self) -> float:
     """Multiplier of q.k: query_pre_attn_scalar^-1/2, or E^-1/2."""
-    scalar = self.resolved_head_dim if self.query_pre_attn_scalar is None else self.query_pre_attn_scalar
+    scalar = self.query_pre_attn_scalar
+    if scalar is None:
+      scalar = self.resolved_head_dim
     return float(scalar) ** -0.5
 
   @property

@@ -391,7 +391,7 @@ def test_attention_softcap_and_scale_follow_their_formula():
         (dict(layer_types=("full", "local"), sliding_window=2), "layer_types entry must be one of"),
         (dict(rope_scaling="yarn"), "rope_scaling must be one of"),
         (dict(rope_scaling="linear"), "rope_scaling='linear' needs rope_scaling_factor"),
-        (dict(rope_scaling_factor=2.0), "rope_scaling_factor=2.0 must be None with rope_scaling=None"),
+        (dict(rope_scaling_factor=2.0), "rope_scaling_factor=2.0 must be None with rope_scaling"),
         (dict(mlp_activation="relu"), "mlp_activation must be one of"),
         (dict(final_logit_softcap=0.0), "final_logit_softcap must be a finite number > 0, got 0.0"),
         (dict(rope_local_base=10.0), "rope_local_base=10.0 needs some 'sliding' layer"),

@@ -45,7 +45,8 @@ def _moved_cyb(cfg, params, seed=0):
   """Params whose pause embeddings and DK kernel are moved far from their initial values."""
   rng = np.random.default_rng(seed)
   out = jax.tree.map(lambda a: a, params)
-  out["pause_embed"] = params["pause_embed"] + jnp.asarray(rng.normal(size=(K, cfg.d_model)), jnp.float32)
+  moves_KxD = jnp.asarray(rng.normal(size=(K, cfg.d_model)), jnp.float32)
+  out["pause_embed"] = params["pause_embed"] + moves_KxD
   out["dk_head"]["kernel"] = jnp.asarray(rng.normal(size=(cfg.d_model,)), jnp.float32)
   return out
 
@@ -292,3 +293,27 @@ def test_sentencepiece_folder_loads_with_add_bos_token(tmp_path):
   assert a[0] == 2 and list(a[1:]) == list(b) and b[-1] == 3
   with pytest.raises(ValueError, match="has neither tokenizer.json nor tokenizer.model"):
     tokenizer_lib.load_pretrained_tokenizer(tmp_path / "missing")
+
+
+def test_byte_range_reader_equals_safetensors_slices(tmp_path):
+  """The reader used for non-local files (gs://) against safe_open, bfloat16 and scalars too."""
+  from cyb_jax.pretrained import hf_weights
+  import ml_dtypes
+  import safetensors.numpy
+  rng = np.random.default_rng(0)
+  tensors = {"a": rng.normal(size=(6, 4, 3)).astype(ml_dtypes.bfloat16),
+             "b": rng.normal(size=(5,)).astype(np.float32), "c": np.array([2.5], np.float32)}
+  (tmp_path / "model.safetensors").write_bytes(safetensors.numpy.save(tensors))
+  ranged = hf_weights.SafetensorsFolder(tmp_path, memory_map=False)
+  mapped = hf_weights.SafetensorsFolder(tmp_path)
+  assert ranged.names() == mapped.names() == {"a", "b", "c"} and ranged.shape("a") == (6, 4, 3)
+  for name, index in [("a", (slice(1, 4), slice(2, 4))), ("a", ()), ("b", (slice(3, 5),)),
+                      ("c", ())]:
+    got, want = ranged.read(name, index), mapped.read(name, index)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+  folder = FIXTURES / "llama3_gqa"
+  ranged, mapped = (hf_weights.SafetensorsFolder(folder, memory_map=m) for m in (False, True))
+  index = (slice(12, 36), slice(8, 16))
+  np.testing.assert_array_equal(ranged.read("model.layers.1.self_attn.q_proj.weight", index),
+                                mapped.read("model.layers.1.self_attn.q_proj.weight", index))

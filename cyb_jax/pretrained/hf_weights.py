@@ -27,9 +27,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import safetensors
-import safetensors.numpy
 from etils import epath
 
 from cyb_jax.model_config import ModelConfig
@@ -183,32 +183,31 @@ def checkpoint_shape(source: Source) -> tuple[int, ...]:
 class SafetensorsFolder:
   """The tensors of `model.safetensors` or of the shards of `model.safetensors.index.json`.
 
-  Local files are memory-mapped and sliced with `safetensors.safe_open(...).get_slice`, so a
-  host reads only what it asks for; other file systems (e.g. gs://) are read whole through
-  `epath` once per file, on first use.
+  Local files are memory-mapped and sliced with `safetensors.safe_open(...).get_slice`. Other
+  file systems (e.g. gs://) are read through `epath` by byte ranges (`RangedSafetensors`): either
+  way a host reads only the rows of the first axis it asks for.
   """
 
-  def __init__(self, folder: epath.PathLike):
+  def __init__(self, folder: epath.PathLike, *, memory_map: bool = True):
     self.folder = epath.Path(folder)
+    self._memory_map = memory_map
     index = self.folder / INDEX_FILENAME
+    self._handles: dict[str, Any] = {}
     if index.exists():
       weight_map = json.loads(index.read_text())["weight_map"]
       self.file_of = {name: str(file) for name, file in weight_map.items()}
     elif (self.folder / SINGLE_FILENAME).exists():
-      self.file_of = None
+      self.file_of = {name: SINGLE_FILENAME for name in self._open(SINGLE_FILENAME).keys()}
     else:
       raise ValueError(f"{str(self.folder)!r} has neither {SINGLE_FILENAME} nor {INDEX_FILENAME}")
-    self._handles: dict[str, Any] = {}
-    if self.file_of is None:
-      self.file_of = {name: SINGLE_FILENAME for name in self._open(SINGLE_FILENAME).keys()}
 
   def _open(self, file: str):
     if file not in self._handles:
       path = self.folder / file
-      if os.path.exists(os.fspath(path)):
+      if self._memory_map and os.path.exists(os.fspath(path)):
         self._handles[file] = safetensors.safe_open(os.fspath(path), framework="numpy")
       else:
-        self._handles[file] = _LoadedFile(safetensors.numpy.load(path.read_bytes()))
+        self._handles[file] = RangedSafetensors(path)
     return self._handles[file]
 
   def names(self) -> set[str]:
@@ -229,29 +228,69 @@ class SafetensorsFolder:
     return self.file_of[name]
 
 
-class _LoadedFile:
-  """`safe_open`'s interface over tensors already in memory."""
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+           "BOOL": np.bool_}
 
-  def __init__(self, tensors: dict[str, np.ndarray]):
-    self._tensors = tensors
+
+class RangedSafetensors:
+  """`safe_open`'s `keys` / `get_tensor` / `get_slice` over any `epath` file, by byte ranges.
+
+  The safetensors layout: an 8-byte little-endian header length n, n bytes of JSON header
+  (`{name: {"dtype", "shape", "data_offsets": [begin, end]}}`, offsets relative to the data),
+  then the data. A slice reads the byte range of its rows of the first axis, then slices the
+  remaining axes in memory.
+  """
+
+  def __init__(self, path: epath.PathLike):
+    self.path = epath.Path(path)
+    with self.path.open("rb") as f:
+      (length,) = np.frombuffer(f.read(8), "<u8")
+      header = json.loads(f.read(int(length)))
+    header.pop("__metadata__", None)
+    self._header = header
+    self._data_start = 8 + int(length)
 
   def keys(self):
-    return self._tensors.keys()
+    return self._header.keys()
 
-  def get_tensor(self, name):
-    return self._tensors[name]
+  def get_tensor(self, name: str) -> np.ndarray:
+    return self.get_slice(name)[()]
 
-  def get_slice(self, name):
-    return _LoadedSlice(self._tensors[name])
+  def get_slice(self, name: str) -> "_RangedSlice":
+    entry = self._header[name]
+    if entry["dtype"] not in _DTYPES:
+      raise ValueError(f"tensor {name!r} has dtype {entry['dtype']!r}, not one of {list(_DTYPES)}")
+    return _RangedSlice(self, np.dtype(_DTYPES[entry["dtype"]]), tuple(entry["shape"]),
+                        self._data_start + entry["data_offsets"][0])
+
+  def read_bytes(self, start: int, size: int) -> bytes:
+    with self.path.open("rb") as f:
+      f.seek(start)
+      return f.read(size)
 
 
-class _LoadedSlice:
+@dataclasses.dataclass(frozen=True)
+class _RangedSlice:
+  file: RangedSafetensors
+  dtype: np.dtype
+  shape: tuple[int, ...]
+  start: int
 
-  def __init__(self, array: np.ndarray):
-    self._array = array
+  def get_shape(self) -> list[int]:
+    return list(self.shape)
 
-  def get_shape(self):
-    return list(self._array.shape)
+  def get_dtype(self) -> str:
+    return str(self.dtype)
 
-  def __getitem__(self, index):
-    return self._array[index]
+  def __getitem__(self, index) -> np.ndarray:
+    index = index if isinstance(index, tuple) else (index,)
+    if not self.shape:
+      data = self.file.read_bytes(self.start, self.dtype.itemsize)
+      return np.frombuffer(data, self.dtype).reshape(())
+    r0, r1 = index[0].indices(self.shape[0])[:2] if index else (0, self.shape[0])
+    row_items = int(np.prod(self.shape[1:], dtype=np.int64))
+    row_bytes = row_items * self.dtype.itemsize
+    data = self.file.read_bytes(self.start + r0 * row_bytes, max(r1 - r0, 0) * row_bytes)
+    rows = np.frombuffer(data, self.dtype).reshape((max(r1 - r0, 0),) + self.shape[1:])
+    return rows[(slice(None),) + tuple(index[1:])]
