@@ -60,6 +60,16 @@ def test_imported_step0_vocabulary_logits_equal_transformers_logits(name):
   assert float(np.abs(np.asarray(logits[:, :, 0, :V]) - expected_BxNxV).max()) <= 1e-4
 
 
+def test_bfloat16_import_is_close_to_the_float32_reference():
+  cfg, params = pretrained.load(FIXTURES / "gemma3_text", max_pauses=1, dtype="bfloat16")
+  assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+  input_ids, expected_BxNxV = _reference("gemma3_text")
+  logits = step_logits(cfg, params, jnp.asarray(input_ids))
+  assert logits.dtype == jnp.float32
+  error = np.abs(np.asarray(logits[:, :, 0, :V]) - expected_BxNxV).max()
+  assert error <= 0.03 * np.abs(expected_BxNxV).max()
+
+
 def test_architecture_features_of_the_fixtures_are_imported():
   """Each fixture exercises what it is meant to (so that its parity test means something)."""
   llama, qwen, smol, gemma = (_load(n)[0] for n in NAMES)
@@ -139,7 +149,11 @@ def test_export_round_trip_gives_identical_logits(name, tmp_path):
   pretrained.save(tmp_path, cfg, params, copy_files_from=FIXTURES / name)
   hf = json.loads((tmp_path / "config.json").read_text())
   assert hf["cyb"] == dict(max_pauses=K, pause_layout="private", shared_pause_embed=False)
-  again_cfg, again = pretrained.load(tmp_path)  # K from the exported config
+  visible_cfg = dataclasses.replace(cfg, pause_layout="visible")
+  pretrained.save(tmp_path, visible_cfg, params, copy_files_from=FIXTURES / name)
+  assert pretrained.load(tmp_path)[0] == visible_cfg  # K and the layout from config.json
+  pretrained.save(tmp_path, cfg, params, copy_files_from=FIXTURES / name)
+  again_cfg, again = pretrained.load(tmp_path)
   assert again_cfg == cfg
   jax.tree.map(np.testing.assert_array_equal, again, params)
   tokens = jnp.asarray(_reference(name)[0])
@@ -262,6 +276,10 @@ def test_pretrained_tokenizer_json_matches_transformers_and_adds_eos():
   ids = tok.encode_documents([reference["text"]])[0]
   assert ids.dtype == np.int32 and list(ids) == reference["input_ids"] + [0]
   assert tok.decode(ids) == reference["text"] and tok.piece(0) == "<|endoftext|>"
+  via_pipeline = tokenizer_lib.load_or_train(  # data.tokenizer may name a pretrained folder
+      tokenizer_path=str(FIXTURES / "smollm2_tied"), workdir="/nonexistent", vocab_size=0,
+      model_type="bpe", training_lines=list, process_index=0)
+  assert list(via_pipeline.encode_documents([reference["text"]])[0]) == list(ids)
 
 
 def test_tokenizer_json_whose_post_processor_adds_bos_gets_exactly_one(tmp_path):

@@ -129,7 +129,8 @@ def load_or_train(*, tokenizer_path: str, workdir: str, vocab_size: int, model_t
                   training_lines: Callable[[], Sequence[str]], process_index: int) -> Tokenizer:
   """The tokenizer a run uses.
 
-  - `tokenizer_path` given: that .model file.
+  - `tokenizer_path` given: that .model file, or a Hugging Face-format folder
+    (`load_pretrained_tokenizer`: tokenizer.json or tokenizer.model, with its BOS/EOS).
   - otherwise `<workdir>/tokenizer.model` if it exists (a resumed run): it must have been
     trained with `model_type` and at most `vocab_size` pieces;
   - otherwise a model trained on `training_lines()`; process 0 writes it to
@@ -140,6 +141,8 @@ def load_or_train(*, tokenizer_path: str, workdir: str, vocab_size: int, model_t
   """
   if tokenizer_path:
     path = os.path.expanduser(tokenizer_path)
+    if epath.Path(path).is_dir():
+      return load_pretrained_tokenizer(path)
     return Tokenizer(_read_model(epath.Path(path)), path)
   path = epath.Path(workdir) / TOKENIZER_FILENAME
   if path.exists():

@@ -49,12 +49,13 @@ def dk_bias_for(init_pause_prob: float, vocab_size: int) -> float:
 
 
 def model_config(path: epath.PathLike, *, max_pauses: int | None = None,
-                 pause_layout: str = "private", dtype: str = "float32",
+                 pause_layout: str | None = None, dtype: str = "float32",
                  init_pause_prob: float = 0.5, **fields: Any) -> ModelConfig:
   """The ModelConfig of the folder's config.json with K pauses.
 
   `max_pauses` None takes the K an exported CYB model recorded (an error for a base model);
-  `dtype` sets both the compute and the parameter dtype unless `fields` sets `param_dtype`.
+  `pause_layout` None takes the recorded layout, else "private"; `dtype` sets both the compute
+  and the parameter dtype unless `fields` sets `param_dtype`.
   """
   hf = read_hf_config(path)
   saved = hf.get(hf_config.CYB_KEY) or {}
@@ -63,6 +64,8 @@ def model_config(path: epath.PathLike, *, max_pauses: int | None = None,
       raise ValueError(f"{str(path)!r} is a base model (no {hf_config.CYB_KEY!r} entry in its "
                        "config.json): pass max_pauses")
     max_pauses = int(saved["max_pauses"])
+  if pause_layout is None:
+    pause_layout = saved.get("pause_layout", "private")
   fields.setdefault("shared_pause_embed", bool(saved.get("shared_pause_embed", False)))
   fields.setdefault("param_dtype", dtype)
   vocab_size = int(hf.get("vocab_size") or 1)
@@ -179,7 +182,7 @@ def _fresh_cyb_params(cfg: ModelConfig, token_embed_VxD, keys, sharding_of, dtyp
   return jax.jit(make, out_shardings=out_shardings)(token_embed_VxD, rng)
 
 
-def load(path: epath.PathLike, *, max_pauses: int | None = None, pause_layout: str = "private",
+def load(path: epath.PathLike, *, max_pauses: int | None = None, pause_layout: str | None = None,
          dtype: str = "float32", init_pause_prob: float = 0.5, rng: jax.Array | None = None,
          **fields: Any) -> tuple[ModelConfig, dict]:
   """`(ModelConfig, params)` of a Hugging Face-format folder as a pause-aware model.
@@ -187,7 +190,8 @@ def load(path: epath.PathLike, *, max_pauses: int | None = None, pause_layout: s
   Args:
     path: folder (any `etils.epath` path) with config.json and *.safetensors.
     max_pauses: K; None takes the K of an exported CYB model.
-    pause_layout: "private" (default) or "visible".
+    pause_layout: "private" or "visible"; None: the layout an exported CYB model recorded, else
+      "private".
     dtype: compute and parameter dtype ("float32" or "bfloat16").
     init_pause_prob: p, the initial DK probability: dk bias = logit(p) + log V (used when the
       folder has no DK head).
@@ -196,7 +200,10 @@ def load(path: epath.PathLike, *, max_pauses: int | None = None, pause_layout: s
 
   Returns:
     The config and unsharded parameters; `model.step_logits(cfg, params, tokens)` gives
-    `[B, N, K+1, V+1]` (vocabulary first, DK last), and `decode.generate` decodes.
+    `[B, N, K+1, V+1]` (vocabulary first, DK last), and `decode.generate` decodes. A base model
+    gets `pause_embed` = mean token embedding + noise and a DK head with kernel 0 (module
+    docstring). In the private layout the step-0 vocabulary logits are the base model's for
+    every K; in the visible layout only at K = 0 (later positions see the pauses).
   """
   cfg = model_config(path, max_pauses=max_pauses, pause_layout=pause_layout, dtype=dtype,
                      init_pause_prob=init_pause_prob, **fields)
