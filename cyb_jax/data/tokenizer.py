@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import sentencepiece as spm
-import tokenizers
 from etils import epath
 from sentencepiece import sentencepiece_model_pb2
 
@@ -185,7 +184,7 @@ class HFTokenizer:
   tokenizer's own post-processing, so BOS is added exactly once when `bos_id` is not None.
   """
 
-  def __init__(self, tokenizer: tokenizers.Tokenizer, path: str | None, *, bos_id: int | None,
+  def __init__(self, tokenizer: "tokenizers.Tokenizer", path: str | None, *, bos_id: int | None,
                eos_id: int | None, pad_id: int):
     self._tok = tokenizer
     self.path = path
@@ -262,6 +261,7 @@ def load_pretrained_tokenizer(folder: epath.PathLike) -> HFTokenizer | Tokenizer
   tok_cfg = _read_json(folder / "tokenizer_config.json")
   add_bos = tok_cfg.get("add_bos_token")
   if (folder / "tokenizer.json").exists():
+    import tokenizers  # pylint: disable=g-import-not-at-top  (only pretrained folders need it)
     tok = tokenizers.Tokenizer.from_str((folder / "tokenizer.json").read_text())
     bos, eos, pad = _special_ids(folder, tok.token_to_id)
     if add_bos is None and bos is not None:
