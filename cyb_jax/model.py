@@ -35,11 +35,13 @@ from cyb_jax.attention import KeyValues, LayerCache, Visibility, causal_segment_
 from cyb_jax.model_config import (
     DTYPES, LAYER_TYPES, MLP_ACTIVATIONS, PAUSE_LAYOUTS, REMAT_POLICIES, ROPE_SCALINGS,
     RUNTIME_FIELDS, ModelConfig)
-from cyb_jax.transformer import Block, Decoder, Transformer, _project, _project_parts
+from cyb_jax.transformer import (
+    Block, Decoder, Transformer, _project, _project_parts, cap_vocab_logits)
 
 __all__ = [  # ModelConfig (cyb_jax.model_config) and the modules (cyb_jax.transformer) re-exported.
     "DTYPES", "LAYER_TYPES", "MLP_ACTIVATIONS", "PAUSE_LAYOUTS", "REMAT_POLICIES", "ROPE_SCALINGS",
-    "RUNTIME_FIELDS", "ModelConfig", "Block", "Decoder", "Transformer", "embed_pause",
+    "RUNTIME_FIELDS", "ModelConfig", "Block", "Decoder", "Transformer", "cap_vocab_logits",
+    "embed_pause",
     "embed_tokens", "hidden_states", "init_params", "logits_from_hidden", "output_projection",
     "param_logical_axes", "split_logits_from_hidden", "step_hidden", "step_hidden_flat",
     "step_logits",
@@ -72,8 +74,8 @@ def param_logical_axes(cfg: ModelConfig):
 def output_projection(cfg: ModelConfig, params) -> tuple[jax.Array, jax.Array, jax.Array]:
   """`(output_kernel [D, V], dk_kernel [D], dk_bias [])` in the parameter dtype.
 
-  Vocabulary logits are hidden @ output_kernel (the token embedding transposed when tied);
-  the DK logit is hidden @ dk_kernel + dk_bias.
+  Vocabulary logits are cap_vocab_logits(hidden @ output_kernel) (the token embedding transposed
+  when tied; the cap only with `final_logit_softcap`); the DK logit is hidden @ dk_kernel + dk_bias.
   """
   if cfg.tie_embeddings:
     output_kernel_DxV = params["token_embed"].T

@@ -215,6 +215,14 @@ class _DKHead(nn.Module):
     return kernel_D, self.param("bias", bias_init, (), pdt)
 
 
+def cap_vocab_logits(cfg: ModelConfig, vocab_xV: jax.Array) -> jax.Array:
+  """c tanh(z / c) with c = `final_logit_softcap` (identity when None), for vocabulary logits
+  computed outside `logits_from_hidden` (e.g. in vocabulary chunks)."""
+  if cfg.final_logit_softcap is None:
+    return vocab_xV
+  return cfg.final_logit_softcap * jnp.tanh(vocab_xV / cfg.final_logit_softcap)
+
+
 def _project_parts(cfg: ModelConfig, output_kernel_DxV, dk_kernel_D, dk_bias, hidden_xD):
   """float32 `(vocab logits [..., V], DK logit [...])`, compute dtype, float32 accumulation.
 
@@ -224,8 +232,7 @@ def _project_parts(cfg: ModelConfig, output_kernel_DxV, dk_kernel_D, dk_bias, hi
   f32 = jnp.float32
   kernel_DxV = output_kernel_DxV.astype(h.dtype)
   vocab_xV = jnp.einsum("...d,dv->...v", h, kernel_DxV, preferred_element_type=f32)
-  if cfg.final_logit_softcap is not None:
-    vocab_xV = cfg.final_logit_softcap * jnp.tanh(vocab_xV / cfg.final_logit_softcap)
+  vocab_xV = cap_vocab_logits(cfg, vocab_xV)
   dk_x = jnp.einsum("...d,d->...", h, dk_kernel_D.astype(h.dtype), preferred_element_type=f32)
   if vocab_xV.ndim >= 3:
     names = ("act_batch", "act_length") + (None,) * (vocab_xV.ndim - 3) + ("act_vocab",)

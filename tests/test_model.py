@@ -366,6 +366,8 @@ def test_final_logit_softcap_caps_vocabulary_logits_only():
   raw = model_lib.logits_from_hidden(uncapped, params, hidden)
   capped = model_lib.logits_from_hidden(GEMMA_LIKE, params, hidden)
   np.testing.assert_allclose(capped[..., :V], 5.0 * jnp.tanh(raw[..., :V] / 5.0), **TOL)
+  np.testing.assert_array_equal(model_lib.cap_vocab_logits(GEMMA_LIKE, raw[..., :V]),
+                                capped[..., :V])
   np.testing.assert_array_equal(capped[..., V], raw[..., V])
   assert float(jnp.abs(raw[..., :V]).max()) > 5.0
 
