@@ -17,6 +17,11 @@ computes its own keys/values and places them according to the cache it is given:
     and the shared keys are read only.
 
 It returns the key/value buffer it wrote (own keys, updated shared keys or updated private keys).
+
+Sliding-window layers further hide shared key m from a query at rotary position n unless
+n - position(m) < W (`Visibility.shared_positions`); private keys share their query's
+position. A pause slot of position n therefore sees exactly the real tokens a real slot at n
+sees, in the training forward, the flattened reference and the decoder alike.
 """
 
 from __future__ import annotations
