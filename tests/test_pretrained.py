@@ -335,3 +335,27 @@ def test_byte_range_reader_equals_safetensors_slices(tmp_path):
   index = (slice(12, 36), slice(8, 16))
   np.testing.assert_array_equal(ranged.read("model.layers.1.self_attn.q_proj.weight", index),
                                 mapped.read("model.layers.1.self_attn.q_proj.weight", index))
+
+
+def test_checkpoints_that_do_not_fit_the_config_are_refused_naming_the_tensor(tmp_path):
+  import safetensors.numpy
+  source = FIXTURES / "smollm2_tied"
+  hf = json.loads((source / "config.json").read_text())
+  tensors = safetensors.numpy.load((source / "model.safetensors").read_bytes())
+  (tmp_path / "config.json").write_text(json.dumps(hf | {"num_key_value_heads": 4}))
+  (tmp_path / "model.safetensors").write_bytes(safetensors.numpy.save(tensors))
+  with pytest.raises(ValueError, match=r"'model.layers.0.self_attn.k_proj.weight' has shape "
+                                       r"\(16, 32\), the config needs \(32, 32\)"):
+    pretrained.load(tmp_path, max_pauses=1)
+  (tmp_path / "config.json").write_text(json.dumps(hf))
+  extra = tensors | {"model.layers.0.mlp.up_proj.bias": np.zeros(64, np.float32)}
+  (tmp_path / "model.safetensors").write_bytes(safetensors.numpy.save(extra))
+  with pytest.raises(ValueError, match="1 checkpoint tensors are not used by the config, e.g. "
+                                       r"\['model.layers.0.mlp.up_proj.bias'\]"):
+    pretrained.load(tmp_path, max_pauses=1)
+  del tensors["model.norm.weight"]
+  (tmp_path / "model.safetensors").write_bytes(safetensors.numpy.save(tensors))
+  with pytest.raises(ValueError, match="tensor 'model.norm.weight' .* is missing"):
+    pretrained.load(tmp_path, max_pauses=1)
+  with pytest.raises(ValueError, match="is a base model .* pass max_pauses"):
+    pretrained.load(source)
