@@ -227,7 +227,7 @@ def hf_config_from_model_config(cfg: ModelConfig) -> dict[str, Any]:
       raise ValueError("gemma3_text sliding layers rotate unscaled: set rope_local_base")
     hf.update(
         model_type="gemma3_text", architectures=["Gemma3ForCausalLM"],
-        hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=(
+        hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=_int_if_integral(
             cfg.resolved_head_dim if cfg.query_pre_attn_scalar is None
             else cfg.query_pre_attn_scalar),
         final_logit_softcapping=cfg.final_logit_softcap, layer_types=layer_types,
@@ -252,3 +252,8 @@ def hf_config_from_model_config(cfg: ModelConfig) -> dict[str, Any]:
   hf[CYB_KEY] = dict(max_pauses=cfg.max_pauses, pause_layout=cfg.pause_layout,
                      shared_pause_embed=cfg.shared_pause_embed)
   return hf
+
+
+def _int_if_integral(value: float) -> int | float:
+  """transformers' strict configs want an int where the value is integral (query_pre_attn_scalar)."""
+  return int(value) if float(value).is_integer() else value
