@@ -255,5 +255,5 @@ def hf_config_from_model_config(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def _int_if_integral(value: float) -> int | float:
-  """transformers' strict configs want an int where the value is integral (query_pre_attn_scalar)."""
+  """An int where the value is integral: transformers' strict configs want one there."""
   return int(value) if float(value).is_integer() else value
