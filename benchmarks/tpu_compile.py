@@ -21,6 +21,8 @@ process at a time can load libtpu (it holds ``/tmp/libtpu_lockfile``).
   /tmp/tpuvenv/bin/python benchmarks/tpu_compile.py --topology=v5e-16 --mesh=1,16,1 \
       --batch_size=32 --seq_len=2048 --remat_policy=full
   /tmp/tpuvenv/bin/python benchmarks/tpu_compile.py --topology=v5e-16 --num_slices=2 --dcn_data=2
+  /tmp/tpuvenv/bin/python benchmarks/tpu_compile.py --preset=gemma3-1b --topology=v5e-8,v4-8 \
+      --max_pauses=1 --batch_size=8 --seq_len=2048     # CYB fine-tuning of a pretrained shape
 
 The mesh is ``data,fsdp,tensor`` with ``-1`` filling in; ``--dcn_data`` splits the data
 axis across ``--num_slices`` slices as ``mesh.dcn_data`` does on a multi-slice job.
@@ -90,8 +92,10 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", 2048, "Tokens per row (N).")
 _MAX_PAUSES = flags.DEFINE_integer("max_pauses", 3, "K.")
 _REMAT = flags.DEFINE_string("remat_policy", "full", "model.remat_policy.")
 _VOCAB_CHUNK = flags.DEFINE_integer("vocab_chunk", 8192, "loss.vocab_chunk (0: full logits).")
-_PRESET = flags.DEFINE_enum("preset", "1b", ["1b", "tiny"],
-                            "Model size when no --config is given.")
+_PRESET = flags.DEFINE_enum("preset", "1b", ["1b", "tiny", "llama3.2-1b", "gemma3-1b"],
+                            "Model when no --config is given: the project's 1B, a tiny one, or "
+                            "the architecture and shapes of Llama-3.2-1B or Gemma-3-1B (random "
+                            "weights of the real shapes, as fine-tuning them would hold).")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A run config (e.g. cyb_jax/configs/tfds_lm.py) to compile instead of --preset; "
     "override its fields with --config.FIELD=VALUE. The flags batch_size, seq_len, "
@@ -100,10 +104,31 @@ _CONFIG = config_flags.DEFINE_config_file(
 _OUT = flags.DEFINE_string("out", None, "Also write the figures as JSON to this path.")
 
 
+# The ModelConfig fields of the Hub's config.json of each (cyb_jax.pretrained.hf_config maps
+# them the same way): meta-llama/Llama-3.2-1B and google/gemma-3-1b-pt.
+PRETRAINED_PRESETS = {
+    "llama3.2-1b": dict(
+        vocab_size=128256, num_layers=16, d_model=2048, num_heads=32, num_kv_heads=8,
+        head_dim=None, mlp_dim=8192, tie_embeddings=True, rms_norm_eps=1e-5, rope_base=500000.0,
+        rope_scaling="llama3", rope_scaling_factor=32.0, rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0, rope_original_max_positions=8192),
+    "gemma3-1b": dict(
+        vocab_size=262144, num_layers=26, d_model=1152, num_heads=4, num_kv_heads=1,
+        head_dim=256, mlp_dim=6912, tie_embeddings=True, rms_norm_eps=1e-6, norm_plus_one=True,
+        mlp_activation="gelu_tanh", scale_embeddings=True, qk_norm=True, post_norms=True,
+        query_pre_attn_scalar=256.0, rope_base=1000000.0, rope_local_base=10000.0,
+        sliding_window=512,
+        layer_types=tuple("full" if (i + 1) % 6 == 0 else "sliding" for i in range(26))),
+}
+
+
 def model_config(preset: str) -> dict:
-  """``1b``: 16 layers, d_model 2048, 16 heads, SwiGLU 5632, V = 32768: 0.95B parameters."""
+  """``1b``: 16 layers, d_model 2048, 16 heads, SwiGLU 5632, V = 32768: 0.95B parameters;
+  ``llama3.2-1b`` (1.24B) and ``gemma3-1b`` (1.0B): see PRETRAINED_PRESETS."""
   if preset == "1b":
     return dict(vocab_size=32768, num_layers=16, d_model=2048, num_heads=16, mlp_dim=5632)
+  if preset in PRETRAINED_PRESETS:
+    return dict(PRETRAINED_PRESETS[preset])
   return dict(vocab_size=256, num_layers=2, d_model=256, num_heads=8, mlp_dim=512)
 
 

@@ -17,6 +17,11 @@ computes its own keys/values and places them according to the cache it is given:
     and the shared keys are read only.
 
 It returns the key/value buffer it wrote (own keys, updated shared keys or updated private keys).
+
+Sliding-window layers further hide shared key m from a query at rotary position n unless
+n - position(m) < W (`Visibility.shared_positions`); private keys share their query's
+position. A pause slot of position n therefore sees exactly the real tokens a real slot at n
+sees, in the training forward, the flattened reference and the decoder alike.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import struct
 
-from cyb_jax.layers import Dtype, apply_rotary, fan_in_init
+from cyb_jax.layers import Dtype, RMSNorm, apply_rotary, fan_in_init, rope_inv_freq
 
 _MASKED = -1e30  # finite "minus infinity": masked scores never produce inf - inf.
 
@@ -59,11 +64,16 @@ class Visibility:
   shared_mask: bool `[B or 1, S or 1, M]` (M = S when there is no cache).
   private_mask: bool `[B or 1, S or 1, J]`; required with private keys.
   write_index: int scalar; where own keys are written when a cache is given.
+  shared_positions: int `[B or 1, M]`, the rotary positions of the shared keys; sliding-window
+    layers hide shared key m from a query at position n unless n - positions[m] < W. Without a
+    cache the shared keys are the queries themselves and their positions are used. Private keys
+    (a query's own pauses) are at the query's position, inside every window.
   """
 
   shared_mask: jax.Array
   private_mask: jax.Array | None = None
   write_index: jax.Array | None = None
+  shared_positions: jax.Array | None = None
 
 
 def causal_segment_mask(segment_ids_BxN: jax.Array) -> jax.Array:
@@ -131,11 +141,15 @@ def attend(
     shared_mask: jax.Array,
     private: KeyValues | None = None,
     private_mask: jax.Array | None = None,
+    *,
+    scale: float | None = None,
+    softcap: float | None = None,
 ) -> jax.Array:
   """Softmax attention of each query over its shared and private keys jointly.
 
-  out[b, s, h] = sum_c softmax_c(q . k_c / sqrt(E)) v_c over the visible candidates c of query
-  (b, s): shared keys m with shared_mask[b, s, m], private keys (s, j) with private_mask[b, s, j].
+  out[b, s, h] = sum_c softmax_c(score_c) v_c over the visible candidates c of query (b, s):
+  shared keys m with shared_mask[b, s, m], private keys (s, j) with private_mask[b, s, j];
+  score_c = q . k_c * scale (default E^-1/2), then c tanh(score_c / c) with `softcap` c.
   Query head h reads key/value head h // R (grouped-query attention).
 
   Each block is attended on its own and the two results are merged with their log-normalisers,
@@ -147,12 +161,14 @@ def attend(
   b, s, h, e = q_BxSxHxE.shape
   g = shared.k.shape[-2]
   f32 = jnp.float32
-  q_BxSxGxRxE = (q_BxSxHxE * jnp.asarray(e**-0.5, q_BxSxHxE.dtype)).reshape(b, s, g, h // g, e)
+  scale = e**-0.5 if scale is None else scale
+  q_BxSxGxRxE = (q_BxSxHxE * jnp.asarray(scale, q_BxSxHxE.dtype)).reshape(b, s, g, h // g, e)
+  cap = (lambda x: x) if softcap is None else (lambda x: softcap * jnp.tanh(x / softcap))
   q_BxGxRxSxE = jnp.transpose(q_BxSxGxRxE, (0, 2, 3, 1, 4))
   k_BxGxMxE, v_BxGxMxE = jnp.swapaxes(shared.k, 1, 2), jnp.swapaxes(shared.v, 1, 2)
   scores_BxGxRxSxM = jnp.where(
       shared_mask[:, None, None],
-      jnp.einsum("bgrse,bgme->bgrsm", q_BxGxRxSxE, k_BxGxMxE, preferred_element_type=f32),
+      cap(jnp.einsum("bgrse,bgme->bgrsm", q_BxGxRxSxE, k_BxGxMxE, preferred_element_type=f32)),
       _MASKED,
   )
   out_BxGxRxSxE, lse_shared_BxGxRxS = _softmax_block(
@@ -164,7 +180,7 @@ def attend(
   if private is not None:
     scores_BxGxRxSxJ = jnp.where(
         private_mask[:, None, None],
-        jnp.einsum("bgrse,bsjge->bgrsj", q_BxGxRxSxE, private.k, preferred_element_type=f32),
+        cap(jnp.einsum("bgrse,bsjge->bgrsj", q_BxGxRxSxE, private.k, preferred_element_type=f32)),
         _MASKED,
     )
     private_out_BxGxRxSxE, lse_private_BxGxRxS = _softmax_block(
@@ -188,10 +204,22 @@ def _write(buffer: KeyValues, new: KeyValues, index: jax.Array, axis: int) -> Ke
   )
 
 
+def window_mask(query_positions_BxS: jax.Array, key_positions_BxM: jax.Array, window: int
+                ) -> jax.Array:
+  """`[B, S, M]` bool: a query at position n may see a key at position m iff n - m < window."""
+  return (query_positions_BxS[:, :, None] - key_positions_BxM[:, None, :]) < window
+
+
 class Attention(nn.Module):
   """Rotary multi-head attention with grouped key/value heads (see module docstring).
 
   Maps `x [B, S, D]` at rotary `positions [B, S]` to `(out [B, S, D], written KeyValues)`.
+  Options (defaults: the plain form): biases on q/k/v (`qkv_bias`) and on the output
+  (`out_bias`); RMSNorms over E of queries and keys before the rotation (`qk_norm`); the score
+  scale and soft cap (see `attend`); rotary frequencies `rope_inv_freq(E, rope_base,
+  rope_scaling)`. A call with `sliding` true (a Python bool, or a traced bool scalar when layers
+  are scanned) applies the window `window` (see `Visibility.shared_positions`) and rotates with
+  base `local_rope_base` (unscaled) when it is set.
   """
 
   num_heads: int
@@ -200,6 +228,16 @@ class Attention(nn.Module):
   rope_base: float
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  qkv_bias: bool = False
+  out_bias: bool = False
+  qk_norm: bool = False
+  norm_eps: float = 1e-6
+  norm_plus_one: bool = False
+  scale: float | None = None
+  softcap: float | None = None
+  rope_scaling: tuple | None = None
+  window: int | None = None
+  local_rope_base: float | None = None
 
   @nn.compact
   def __call__(
@@ -208,6 +246,7 @@ class Attention(nn.Module):
       positions_BxS: jax.Array,
       cache: LayerCache | None,
       visibility: Visibility,
+      sliding: bool | jax.Array = False,
   ) -> tuple[jax.Array, KeyValues]:
     d = x_BxSxD.shape[-1]
     h, g, e = self.num_heads, self.num_kv_heads, self.head_dim
@@ -216,16 +255,31 @@ class Attention(nn.Module):
       init = nn.with_logical_partitioning(fan_in_init(in_axis, out_axis), names)
       return self.param(name, init, shape, self.param_dtype).astype(self.dtype)
 
+    def bias(name, shape, names):
+      init = nn.with_logical_partitioning(nn.initializers.zeros, names)
+      return self.param(name, init, shape, self.param_dtype).astype(self.dtype)
+
     wq_DxHxE = kernel("q_kernel", (d, h, e), 0, (1, 2), ("embed", "heads", "head_dim"))
     wk_DxGxE = kernel("k_kernel", (d, g, e), 0, (1, 2), ("embed", "kv_heads", "head_dim"))
     wv_DxGxE = kernel("v_kernel", (d, g, e), 0, (1, 2), ("embed", "kv_heads", "head_dim"))
     wo_HxExD = kernel("out_kernel", (h, e, d), (0, 1), 2, ("heads", "head_dim", "embed"))
 
     x = x_BxSxD.astype(self.dtype)
-    rotate = functools.partial(apply_rotary, positions_BxS=positions_BxS, base=self.rope_base)
-    q_BxSxHxE = rotate(jnp.einsum("bsd,dhe->bshe", x, wq_DxHxE))
-    k_BxSxGxE = rotate(jnp.einsum("bsd,dge->bsge", x, wk_DxGxE))
+    q_BxSxHxE = jnp.einsum("bsd,dhe->bshe", x, wq_DxHxE)
+    k_BxSxGxE = jnp.einsum("bsd,dge->bsge", x, wk_DxGxE)
     v_BxSxGxE = jnp.einsum("bsd,dge->bsge", x, wv_DxGxE)
+    if self.qkv_bias:
+      q_BxSxHxE = q_BxSxHxE + bias("q_bias", (h, e), ("heads", "head_dim"))
+      k_BxSxGxE = k_BxSxGxE + bias("k_bias", (g, e), ("kv_heads", "head_dim"))
+      v_BxSxGxE = v_BxSxGxE + bias("v_bias", (g, e), ("kv_heads", "head_dim"))
+    if self.qk_norm:
+      norm = functools.partial(RMSNorm, dtype=self.dtype, param_dtype=self.param_dtype,
+                               eps=self.norm_eps, plus_one=self.norm_plus_one)
+      q_BxSxHxE = norm(name="q_norm")(q_BxSxHxE)
+      k_BxSxGxE = norm(name="k_norm")(k_BxSxGxE)
+    inv_freq_P = self._inv_freq(sliding)
+    q_BxSxHxE = apply_rotary(q_BxSxHxE, positions_BxS, inv_freq_P=inv_freq_P)
+    k_BxSxGxE = apply_rotary(k_BxSxGxE, positions_BxS, inv_freq_P=inv_freq_P)
     q_names = ("act_batch", "act_length", "act_heads", None)
     kv_names = ("act_batch", "act_length", "act_kv_heads", None)
     q_BxSxHxE = nn.with_logical_constraint(q_BxSxHxE, q_names)
@@ -243,8 +297,26 @@ class Attention(nn.Module):
       shared = cache.shared
       private = written = _write(cache.private, own_BxSx1xGxE, visibility.write_index, axis=2)
 
+    shared_mask = visibility.shared_mask
+    if self.window is not None and sliding is not False:
+      key_positions = positions_BxS if cache is None else visibility.shared_positions
+      if key_positions is None:
+        raise ValueError("a sliding-window layer with a cache needs Visibility.shared_positions")
+      inside_BxSxM = window_mask(positions_BxS, key_positions, self.window)
+      shared_mask = shared_mask & (inside_BxSxM if sliding is True else inside_BxSxM | ~sliding)
     out_BxSxHxE = attend(
-        q_BxSxHxE, shared, visibility.shared_mask, private, visibility.private_mask
+        q_BxSxHxE, shared, shared_mask, private, visibility.private_mask,
+        scale=self.scale, softcap=self.softcap,
     )
     out_BxSxD = jnp.einsum("bshe,hed->bsd", out_BxSxHxE, wo_HxExD)
+    if self.out_bias:
+      out_BxSxD = out_BxSxD + bias("out_bias", (d,), ("embed",))
     return out_BxSxD, written
+
+  def _inv_freq(self, sliding: bool | jax.Array) -> jax.Array:
+    """Rotary frequencies `[E / 2]` of this call: the local ones on sliding layers if set."""
+    full_P = rope_inv_freq(self.head_dim, self.rope_base, self.rope_scaling)
+    if self.local_rope_base is None or sliding is False:
+      return full_P
+    local_P = rope_inv_freq(self.head_dim, self.local_rope_base)
+    return local_P if sliding is True else jnp.where(sliding, local_P, full_P)

@@ -23,6 +23,8 @@ Caches (shape letters: see `cyb_jax.layers`):
     (n, k) at n (K+1) + k, and a validity mask: only pauses actually taken become visible.
     The prompt is read token by token with the same halting policy (teacher forced), so with
     "max" the step logits equal `model.step_logits`' everywhere.
+Sliding-window layers mask cache slots by their rotary position (the cache keeps every slot;
+it is not a ring buffer), so decoding computes what the training forward computes.
 """
 
 from __future__ import annotations
@@ -78,6 +80,11 @@ def _slot_index(cfg: ModelConfig, position: jax.Array, k) -> jax.Array:
   return position * cfg.num_steps + k
 
 
+def _cache_positions(cfg: ModelConfig, cache_slots: int) -> jax.Array:
+  """`[1, M]` rotary positions of the cache slots (for sliding-window layers)."""
+  return (jnp.arange(cache_slots, dtype=jnp.int32) // _cache_slots(cfg, 1))[None]
+
+
 def _empty_state(cfg: ModelConfig, batch: int, cache_slots: int) -> _State:
   shape = (cfg.num_layers, batch, cache_slots, cfg.resolved_num_kv_heads, cfg.resolved_head_dim)
   zeros = jnp.zeros(shape, cfg.compute_dtype)
@@ -129,7 +136,8 @@ def _feed_token(cfg: ModelConfig, params, state: _State, token_B: jax.Array) -> 
   else:
     valid_BxM = state.valid_BxM | (slots_M == index)[None]
   x_BxD = model_lib.embed_tokens(cfg, params, token_B[:, None])[:, 0]
-  visibility = Visibility(shared_mask=valid_BxM[:, None], write_index=index)
+  visibility = Visibility(shared_mask=valid_BxM[:, None], write_index=index,
+                          shared_positions=_cache_positions(cfg, valid_BxM.shape[1]))
   logits0, cache = _run_slot(cfg, params, x_BxD, position, LayerCache(state.cache), visibility)
   return _State(_constrain_cache(cache), valid_BxM, position, logits0)
 
@@ -193,6 +201,7 @@ def _answer(cfg: ModelConfig, params, state: _State, uniform_BxK1, policy: _Poli
           shared_mask=st.valid_BxM[:, None],
           private_mask=(jnp.arange(k_max) < k)[None, None],
           write_index=k - 1,
+          shared_positions=_cache_positions(cfg, st.valid_BxM.shape[1]),
       )
       cache = LayerCache(st.cache, scratch)
       logits, c["scratch"] = _run_slot(cfg, params, x_BxD, st.position, cache, visibility)
@@ -200,7 +209,8 @@ def _answer(cfg: ModelConfig, params, state: _State, uniform_BxK1, policy: _Poli
       index = _slot_index(cfg, st.position, k)
       taken_BxM = (jnp.arange(st.valid_BxM.shape[1]) == index)[None] & ~c["done_B"][:, None]
       valid_BxM = st.valid_BxM | taken_BxM
-      visibility = Visibility(shared_mask=valid_BxM[:, None], write_index=index)
+      visibility = Visibility(shared_mask=valid_BxM[:, None], write_index=index,
+                              shared_positions=_cache_positions(cfg, valid_BxM.shape[1]))
       logits, cache = _run_slot(cfg, params, x_BxD, st.position, LayerCache(st.cache), visibility)
       c["state"] = st.replace(cache=_constrain_cache(cache), valid_BxM=valid_BxM)
     running_B = ~c["done_B"]

@@ -1,4 +1,4 @@
-"""Position-wise building blocks of the transformer: RMSNorm, SwiGLU MLP, rotary positions.
+"""Position-wise building blocks of the transformer: RMSNorm, gated MLP, rotary positions.
 
 Shape letters used in tensor names throughout the model code:
   B batch, S query slots, M shared key slots, J private (per-query) key slots, N positions,
@@ -13,6 +13,8 @@ axis rules are in scope.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -32,31 +34,46 @@ def fan_in_init(
 
 
 class RMSNorm(nn.Module):
-  """Root-mean-square normalisation: y = x / sqrt(mean(x^2) + eps) * scale, computed in float32.
+  """Root-mean-square normalisation, computed in float32, returned in `dtype`:
 
-  Input `x_...xD`, output the same shape in `dtype`. The scale has logical axis "norm".
+    y = x / sqrt(mean(x^2) + eps) * scale          (scale initialised at 1), or
+    y = x / sqrt(mean(x^2) + eps) * (1 + scale)    (`plus_one`, scale initialised at 0: Gemma).
+
+  Input `x_...xD`, output the same shape. The scale `[D]` has logical axis "norm".
   """
 
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   eps: float = 1e-6
+  plus_one: bool = False
 
   @nn.compact
   def __call__(self, x_xD: jax.Array) -> jax.Array:
     d = x_xD.shape[-1]
-    init = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
-    scale_D = self.param("scale", init, (d,), self.param_dtype)
+    base_init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
+    init = nn.with_logical_partitioning(base_init, ("norm",))
+    scale_D = self.param("scale", init, (d,), self.param_dtype).astype(jnp.float32)
     x32 = x_xD.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-    return (normed * scale_D.astype(jnp.float32)).astype(self.dtype)
+    return (normed * (1.0 + scale_D if self.plus_one else scale_D)).astype(self.dtype)
 
 
-class SwiGLU(nn.Module):
-  """Gated MLP: y = (silu(x W_gate) * (x W_up)) W_down, for x `[B, S, D]` -> y `[B, S, D]`."""
+_GATE_ACTIVATIONS = {
+    "silu": jax.nn.silu,  # SwiGLU
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),  # GeGLU, tanh GELU
+}
+
+
+class GatedMLP(nn.Module):
+  """Gated MLP: y = (act(x W_gate) * (x W_up)) W_down, for x `[B, S, D]` -> y `[B, S, D]`.
+
+  `activation` "silu" is SwiGLU (Llama), "gelu_tanh" GeGLU with the tanh GELU (Gemma).
+  """
 
   mlp_dim: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  activation: str = "silu"
 
   @nn.compact
   def __call__(self, x_BxSxD: jax.Array) -> jax.Array:
@@ -70,21 +87,51 @@ class SwiGLU(nn.Module):
     gate_BxSxF = jnp.einsum("bsd,df->bsf", x, gate_DxF.astype(self.dtype))
     up_BxSxF = jnp.einsum("bsd,df->bsf", x, up_DxF.astype(self.dtype))
     h_BxSxF = nn.with_logical_constraint(
-        jax.nn.silu(gate_BxSxF) * up_BxSxF, ("act_batch", "act_length", "act_mlp")
+        _GATE_ACTIVATIONS[self.activation](gate_BxSxF) * up_BxSxF,
+        ("act_batch", "act_length", "act_mlp"),
     )
     return jnp.einsum("bsf,fd->bsd", h_BxSxF, down_FxD.astype(self.dtype))
 
 
-def apply_rotary(x_BxSxHxE: jax.Array, positions_BxS: jax.Array, base: float) -> jax.Array:
+SwiGLU = GatedMLP  # the name of the default activation
+
+
+def rope_inv_freq(head_dim: int, base: float, scaling: tuple | None = None) -> jax.Array:
+  """Rotary frequencies `[E / 2]` float32: w_p = base^(-p / P), P = E / 2, then scaled.
+
+  `scaling` (`ModelConfig.rope_scaling_params`): None; ("linear", f): w / f; or
+  ("llama3", f, low, high, L): with wavelengths l = 2 pi / w, w / f where l > L / low, w where
+  l < L / high, and in between (1 - s) w / f + s w with s = (L / l - low) / (high - low).
+  """
+  half = head_dim // 2
+  inv_freq_P = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if scaling is None:
+    return inv_freq_P
+  if scaling[0] == "linear":
+    return inv_freq_P / scaling[1]
+  if scaling[0] != "llama3":
+    raise ValueError(f"rotary scaling must be None, 'linear' or 'llama3', got {scaling[0]!r}")
+  _, factor, low, high, original = scaling
+  wavelen_P = 2 * math.pi / inv_freq_P
+  scaled_P = jnp.where(wavelen_P > original / low, inv_freq_P / factor, inv_freq_P)
+  smooth_P = (original / wavelen_P - low) / (high - low)
+  smoothed_P = (1 - smooth_P) * scaled_P / factor + smooth_P * scaled_P
+  medium_P = (wavelen_P >= original / high) & (wavelen_P <= original / low)
+  return jnp.where(medium_P, smoothed_P, scaled_P)
+
+
+def apply_rotary(x_BxSxHxE: jax.Array, positions_BxS: jax.Array, base: float | None = None,
+                 *, inv_freq_P: jax.Array | None = None) -> jax.Array:
   """Rotary position embedding (rotate-half form) at integer positions.
 
-  With E = 2P, frequencies w_p = base^(-p / P), angles a = position * w_p, the two halves
-  (x1, x2) of the head dimension become (x1 cos a - x2 sin a, x2 cos a + x1 sin a). Dot products
-  of rotated queries and keys then depend only on the difference of their positions.
-  Computed in float32, returned in x's dtype.
+  With E = 2P, frequencies w_p (`inv_freq_P`, default base^(-p / P)), angles a = position * w_p,
+  the two halves (x1, x2) of the head dimension become (x1 cos a - x2 sin a, x2 cos a + x1 sin a).
+  Dot products of rotated queries and keys then depend only on the difference of their
+  positions. Computed in float32, returned in x's dtype.
   """
   half = x_BxSxHxE.shape[-1] // 2
-  inv_freq_P = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if inv_freq_P is None:
+    inv_freq_P = rope_inv_freq(2 * half, base)
   angle_BxSx1xP = (positions_BxS.astype(jnp.float32)[..., None] * inv_freq_P)[:, :, None, :]
   sin, cos = jnp.sin(angle_BxSx1xP), jnp.cos(angle_BxSx1xP)
   x = x_BxSxHxE.astype(jnp.float32)

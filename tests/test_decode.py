@@ -11,7 +11,7 @@ from cyb_jax import decode
 from cyb_jax import model as model_lib
 
 # The model tests' configs, sizes and jitted forward, so that both files share compilations.
-from tests.test_model import CFG, VISIBLE, B, K, N, V, step_logits
+from tests.test_model import CFG, GEMMA_LIKE, VISIBLE, B, K, N, V, W, _random_params, step_logits
 
 P = 4
 T = N - P  # prompt + generated tokens have the model tests' length
@@ -149,3 +149,15 @@ def test_generate_rejects_bad_arguments():
     decode.generate(CFG, None, jnp.zeros((B,), jnp.int32), key, max_new_tokens=2)
   with pytest.raises(ValueError, match="temperature must be >= 0, got -1"):
     decode.generate(CFG, None, _prompt(), key, max_new_tokens=2, temperature=-1.0)
+
+
+@pytest.mark.parametrize("layout", ["private", "visible"])
+def test_decoder_respects_sliding_windows_like_the_training_forward(layout):
+  """Gemma-like layers (sliding W = 3 and global, soft caps, q/k norms) over N = 12 > W tokens:
+  the decoder's cache masks slots by position as the training forward does."""
+  cfg = dataclasses.replace(GEMMA_LIKE, pause_layout=layout)
+  params, tokens = _random_params(cfg), jax.random.randint(jax.random.key(4), (B, N), 0, V)
+  assert N > W
+  logits, pauses = decode.teacher_forced_step_logits(cfg, params, tokens)
+  np.testing.assert_array_equal(pauses, K)
+  np.testing.assert_allclose(logits, step_logits(cfg, params, tokens), **TOL)

@@ -266,3 +266,144 @@ def test_split_logits_are_the_parts_of_step_logits():
   joined = model_lib.step_logits(cfg, params, tokens)
   np.testing.assert_array_equal(vocab, joined[..., :-1])
   np.testing.assert_array_equal(dk, joined[..., -1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Architecture variants (Llama family, Gemma 3) and sliding windows.
+
+W = 3
+WINDOWED = dataclasses.replace(
+    CFG, layer_types=("sliding", "full"), sliding_window=W, rope_local_base=100.0,
+    rope_scaling="llama3", rope_scaling_factor=4.0, rope_low_freq_factor=1.0,
+    rope_high_freq_factor=4.0, rope_original_max_positions=4)
+GEMMA_LIKE = dataclasses.replace(
+    WINDOWED, norm_plus_one=True, mlp_activation="gelu_tanh", scale_embeddings=True, qk_norm=True,
+    post_norms=True, query_pre_attn_scalar=12.0, attn_logit_softcap=3.0, final_logit_softcap=5.0,
+    qkv_bias=True, out_bias=True, rms_norm_eps=1e-5, rope_scaling="linear",
+    rope_low_freq_factor=None, rope_high_freq_factor=None, rope_original_max_positions=None)
+
+
+def _random_params(cfg, seed=0):
+  """Every parameter random (norm scales and biases too), so that each feature shows."""
+  shapes = jax.eval_shape(lambda rng: model_lib.init_params(cfg, rng), jax.random.key(0))
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda s: jnp.asarray(rng.normal(scale=0.3, size=s.shape) + (s.ndim == 1) * 0.5, s.dtype),
+      shapes)
+
+
+def test_default_config_parameters_are_unchanged_by_the_architecture_fields():
+  shapes = jax.eval_shape(lambda rng: model_lib.init_params(CFG, rng), jax.random.key(0))
+  layer = shapes["decoder"]["layer_0"]
+  assert sorted(layer) == ["attention", "attention_norm", "mlp", "mlp_norm"]
+  assert sorted(layer["attention"]) == ["k_kernel", "out_kernel", "q_kernel", "v_kernel"]
+  params = model_lib.init_params(CFG, jax.random.key(0))
+  np.testing.assert_array_equal(params["final_norm"]["scale"], 1.0)
+
+
+def test_gemma_like_config_adds_its_parameters():
+  shapes = jax.eval_shape(lambda rng: model_lib.init_params(GEMMA_LIKE, rng), jax.random.key(0))
+  layer = shapes["decoder"]["layer_1"]
+  assert {"post_attention_norm", "post_mlp_norm"} <= set(layer)
+  assert {"q_bias", "k_bias", "v_bias", "out_bias", "q_norm", "k_norm"} <= set(layer["attention"])
+  assert layer["attention"]["q_norm"]["scale"].shape == (CFG.resolved_head_dim,)
+  params = model_lib.init_params(GEMMA_LIKE, jax.random.key(0))
+  np.testing.assert_array_equal(params["final_norm"]["scale"], 0.0)  # (1 + w), w = 0
+
+
+@pytest.mark.parametrize("layout", ["private", "visible"])
+def test_one_sliding_layer_sees_exactly_the_window_by_derivatives(layout):
+  """With one sliding layer, slot (n, k) depends on token m iff 0 <= n - m < W (both layouts)."""
+  cfg = dataclasses.replace(CFG, num_layers=1, layer_types=("sliding",), sliding_window=W,
+                            pause_layout=layout)
+  params = _random_params(cfg)
+  tokens = jnp.arange(N)[None] + 7
+  direction_D = jax.random.normal(jax.random.key(5), (cfg.d_model,))
+
+  def hidden(token_embed):
+    return model_lib.step_hidden(cfg, {**params, "token_embed": token_embed}, tokens)
+
+  def hidden_tangent(m):
+    tangent = jnp.zeros_like(params["token_embed"]).at[tokens[0, m]].set(direction_D)
+    return jax.jvp(hidden, (params["token_embed"],), (tangent,))[1][0]
+
+  tangents_NxNxKxD = jax.jit(jax.vmap(hidden_tangent))(jnp.arange(N))
+  influence_NxNxK = np.asarray(jnp.abs(tangents_NxNxKxD).max(axis=3)).transpose(1, 0, 2)
+  distance_NxN = np.arange(N)[:, None] - np.arange(N)[None, :]  # [output n, input m]
+  inside_NxN = (distance_NxN >= 0) & (distance_NxN < W)
+  assert np.all(influence_NxNxK[~inside_NxN] == 0.0)
+  assert np.all(influence_NxNxK[inside_NxN] > 0.0)
+
+
+@pytest.mark.parametrize("cfg", [WINDOWED, GEMMA_LIKE], ids=["llama3_windows", "gemma_like"])
+def test_private_scan_equals_flattened_mask_with_windows(cfg):
+  params, tokens = _random_params(cfg), _tokens()
+  segment_ids, positions = _packed_ids()
+  scan_logits = step_logits(cfg, params, tokens, segment_ids=segment_ids, positions=positions)
+  flat_hidden = step_hidden_flat(cfg, params, tokens, segment_ids=segment_ids, positions=positions)
+  np.testing.assert_allclose(scan_logits, model_lib.logits_from_hidden(cfg, params, flat_hidden),
+                             **TOL)
+  full = dataclasses.replace(cfg, layer_types=None, sliding_window=None, rope_local_base=None)
+  assert np.abs(step_logits(full, params, tokens) - step_logits(cfg, params, tokens)).max() > 1e-3
+
+
+def test_scanned_and_rematerialised_layers_of_mixed_types_match_unrolled():
+  """Layer types reach scanned (and rematerialised) blocks as traced flags."""
+  params, tokens = _random_params(GEMMA_LIKE), _tokens()
+  layers = [params["decoder"][f"layer_{i}"] for i in range(CFG.num_layers)]
+  stacked = {**params, "decoder": {"layers": jax.tree.map(lambda *a: jnp.stack(a), *layers)}}
+  expected = step_logits(GEMMA_LIKE, params, tokens)
+  scanned_cfg = dataclasses.replace(GEMMA_LIKE, scan_layers=True, remat_policy="full")
+  np.testing.assert_allclose(step_logits(scanned_cfg, stacked, tokens), expected, **TOL)
+  remat_cfg = dataclasses.replace(GEMMA_LIKE, remat_policy="dots_saveable")
+  np.testing.assert_allclose(step_logits(remat_cfg, params, tokens), expected, **TOL)
+
+
+def test_final_logit_softcap_caps_vocabulary_logits_only():
+  params, tokens = _random_params(GEMMA_LIKE), _tokens()
+  uncapped = dataclasses.replace(GEMMA_LIKE, final_logit_softcap=None)
+  hidden = step_hidden_flat(GEMMA_LIKE, params, tokens)
+  raw = model_lib.logits_from_hidden(uncapped, params, hidden)
+  capped = model_lib.logits_from_hidden(GEMMA_LIKE, params, hidden)
+  np.testing.assert_allclose(capped[..., :V], 5.0 * jnp.tanh(raw[..., :V] / 5.0), **TOL)
+  np.testing.assert_array_equal(model_lib.cap_vocab_logits(GEMMA_LIKE, raw[..., :V]),
+                                capped[..., :V])
+  np.testing.assert_array_equal(capped[..., V], raw[..., V])
+  assert float(jnp.abs(raw[..., :V]).max()) > 5.0
+
+
+def test_attention_softcap_and_scale_follow_their_formula():
+  """attend == softmax(c tanh(q.k s / c)) v, computed directly."""
+  from cyb_jax import attention
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(1, 5, 2, 4)), jnp.float32) for _ in range(3))
+  mask = jnp.tril(jnp.ones((5, 5), bool))[None]
+  out = attention.attend(q, attention.KeyValues(k, v), mask, scale=0.7, softcap=1.5)
+  scores = 1.5 * jnp.tanh(jnp.einsum("bshe,bmhe->bhsm", q, k) * 0.7 / 1.5)
+  weights = jax.nn.softmax(jnp.where(mask[:, None], scores, -jnp.inf), axis=-1)
+  np.testing.assert_allclose(out, jnp.einsum("bhsm,bmhe->bshe", weights, v), **TOL)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(layer_types=("sliding", "full")), "sliding_window must be an integer >= 1, got None"),
+        (dict(sliding_window=4), "sliding_window=4 needs some layer_types entry 'sliding'"),
+        (dict(layer_types=("full",)), "layer_types has 1 entries, num_layers=2"),
+        (dict(layer_types=("full", "local"), sliding_window=2), "layer_types entry must be one of"),
+        (dict(rope_scaling="yarn"), "rope_scaling must be one of"),
+        (dict(rope_scaling="linear"), "rope_scaling='linear' needs rope_scaling_factor"),
+        (dict(rope_scaling_factor=2.0), "rope_scaling_factor=2.0 must be None with rope_scaling"),
+        (dict(mlp_activation="relu"), "mlp_activation must be one of"),
+        (dict(final_logit_softcap=0.0), "final_logit_softcap must be a finite number > 0, got 0.0"),
+        (dict(rope_local_base=10.0), "rope_local_base=10.0 needs some 'sliding' layer"),
+    ],
+)
+def test_config_rejects_bad_architecture_values(changes, message):
+  with pytest.raises(ValueError, match=message):
+    ModelConfig(**(SIZES | changes))
+
+
+def test_layer_types_from_a_list_become_a_hashable_tuple():
+  cfg = ModelConfig(**SIZES, layer_types=["sliding", "full"], sliding_window=2)
+  assert cfg.layer_types == ("sliding", "full") and hash(cfg) == hash(dataclasses.replace(cfg))

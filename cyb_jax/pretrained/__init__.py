@@ -1,0 +1,20 @@
+"""Pretrained base models (Llama family, Gemma 3 text) as pause-aware CYB models.
+
+  cfg, params = cyb_jax.pretrained.load("/path/to/hf_folder", max_pauses=3)
+  logits_BxNxKxV1 = cyb_jax.model.step_logits(cfg, params, tokens_BxN)
+
+`load` reads config.json and the safetensors of a Hugging Face-format folder (DESIGN
+section 9); `load_params` is its sharded form for the trainer; `save` exports a CYB model as
+such a folder (readable again by `load`). See `loader`, `export`, `hf_config`, `hf_weights`.
+"""
+
+from cyb_jax.pretrained.export import save
+from cyb_jax.pretrained.hf_config import (
+    SUPPORTED_MODEL_TYPES, hf_config_from_model_config, model_config_from_hf)
+from cyb_jax.pretrained.loader import (
+    PAUSE_NOISE, dk_bias_for, load, load_params, model_config, read_hf_config)
+
+__all__ = [
+    "PAUSE_NOISE", "SUPPORTED_MODEL_TYPES", "dk_bias_for", "hf_config_from_model_config", "load",
+    "load_params", "model_config", "model_config_from_hf", "read_hf_config", "save",
+]
