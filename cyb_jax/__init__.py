@@ -36,13 +36,16 @@ __all__ = [
     "layers",          # RMSNorm, SwiGLU, initialisers
     "losses",          # per-step statistics, the five losses, evaluation protocols
     "metrics_writer",  # metrics.jsonl and TensorBoard
-    "model",           # the pause-aware transformer
+    "model",           # the pause-aware transformer (public functions)
+    "model_config",    # ModelConfig: the architecture fields and their checks
+    "pretrained",      # Hugging Face checkpoints (Llama family, Gemma 3) in and out
     "plots",           # report plots
     "report",          # report.md and pause_stats
     "report_tables",   # report markdown tables
     "samples",         # decoded samples with pauses shown
     "sharding",        # mesh and logical axis rules
     "train",           # train_and_evaluate
+    "transformer",     # the Flax modules of the transformer
 ]
 
 

@@ -79,6 +79,11 @@ class Checkpointer:
     self._manager.close()
 
 
+def _plain(value: Any) -> Any:
+  """A ModelConfig value as JSON stores it (tuples as lists), for comparisons."""
+  return list(map(_plain, value)) if isinstance(value, (list, tuple)) else value
+
+
 def check_compatible(saved_meta: dict, meta: dict, *, what: str) -> None:
   """Raises :class:`IncompatibleCheckpointError` naming every model field that differs.
 
@@ -94,7 +99,7 @@ def check_compatible(saved_meta: dict, meta: dict, *, what: str) -> None:
   for key in sorted(set(saved_model) | set(model)):
     if key in model_lib.RUNTIME_FIELDS:
       continue
-    saved_value, value = (m.get(key, defaults.get(key)) for m in (saved_model, model))
+    saved_value, value = (_plain(m.get(key, defaults.get(key))) for m in (saved_model, model))
     if saved_value != value:
       diffs.append(f"model.{key}: checkpoint {saved_value!r} vs config {value!r}")
   if diffs:

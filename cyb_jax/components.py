@@ -27,15 +27,23 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
-from etils import epath
-
 from cyb_jax import checkpoint as ckpt_lib
 from cyb_jax import evaluation
+from cyb_jax import files
 from cyb_jax import losses
 from cyb_jax import model as model_lib
 from cyb_jax.data import DataBundle, make_data, validate_data_config
+
+HF_PREFIX = "hf:"  # init_from=hf:PATH: a Hugging Face-format base model (cyb_jax.pretrained)
+
+# model.* fields that say how a model is computed, trained or extended with pauses; every other
+# model field is architecture, which an hf: base model brings (those must then be None).
+_PAUSE_AND_RUNTIME_FIELDS = ("max_pauses", "pause_layout", "shared_pause_embed", "dtype",
+                             "param_dtype", "remat_policy", "scan_layers", "unroll_pause_scan",
+                             "init_pause_prob")
 
 # Run-config fields that were once 0 for "derive it": older config.json files are read with
 # 0 meaning None.
@@ -43,13 +51,49 @@ _LEGACY_ZERO_IS_NONE = ("model.vocab_size", "model.num_kv_heads", "model.head_di
                         "loss.vocab_chunk")
 
 
+def pretrained_path(config: ml_collections.ConfigDict) -> str | None:
+  """The base model folder of ``init_from=hf:PATH`` (local or ``gs://``), else None."""
+  init_from = config.init_from or ""
+  return init_from[len(HF_PREFIX):] if init_from.startswith(HF_PREFIX) else None
+
+
+def _pretrained_model_config(config: ml_collections.ConfigDict, path: str,
+                             data_vocab_size: int) -> model_lib.ModelConfig:
+  """The base model's architecture with this run's pauses, dtypes and memory settings."""
+  from cyb_jax import pretrained  # pylint: disable=g-import-not-at-top
+  m = dict(config.model)
+  fixed = sorted(k for k, v in m.items() if k not in _PAUSE_AND_RUNTIME_FIELDS and v is not None)
+  if fixed:
+    raise ValueError(f"init_from={config.init_from!r} brings the architecture, but the config "
+                     f"sets {', '.join(f'model.{k}={m[k]!r}' for k in fixed)}: leave them None "
+                     "(cyb_jax/configs/finetune_hf.py does).")
+  p = m.get("init_pause_prob")
+  runtime = {k: m[k] for k in _PAUSE_AND_RUNTIME_FIELDS if k in m and k != "init_pause_prob"}
+  cfg = pretrained.model_config(path, init_pause_prob=0.5 if p is None else p, **runtime)
+  if p is None:
+    cfg = dataclasses.replace(cfg, dk_bias_init=0.0)
+  if cfg.vocab_size < data_vocab_size:
+    raise ValueError(f"the tokenizer has {data_vocab_size} ids but the base model {path} only "
+                     f"{cfg.vocab_size}: use the model's own tokenizer (data.tokenizer).")
+  return cfg
+
+
 def model_config(config: ml_collections.ConfigDict, data_vocab_size: int) -> model_lib.ModelConfig:
   """The ``ModelConfig`` of ``config.model``; ``vocab_size = None`` takes the data's vocabulary.
 
   ``model.init_pause_prob = p`` sets the DK bias to ``logit(p) + log V``: at initialisation
   the vocabulary logits are near 0, so P(<don't know>) starts near ``p`` at every step and
-  the pause steps receive gradient from the start; ``None`` leaves the bias at 0.
+  the pause steps receive gradient from the start; ``None`` leaves the bias at 0. With
+  ``init_from=hf:PATH`` the architecture is the base model's (:mod:`cyb_jax.pretrained`).
   """
+  path = pretrained_path(config)
+  if path is not None:
+    return _pretrained_model_config(config, path, data_vocab_size)
+  unset = sorted(k for k in ("num_layers", "d_model", "num_heads", "mlp_dim", "tie_embeddings",
+                             "rope_base") if k in config.model and config.model[k] is None)
+  if unset:
+    raise ValueError(f"{', '.join('model.' + k for k in unset)} unset: give them, or "
+                     "init_from='hf:PATH' to take a pretrained model's architecture.")
   fields = {f.name for f in dataclasses.fields(model_lib.ModelConfig)} - {"dk_bias_init"}
   m = dict(config.model)
   init_pause_prob = m.pop("init_pause_prob", None)
@@ -160,6 +204,9 @@ def validate(config: ml_collections.ConfigDict) -> losses.Loss:
   The data fields are checked by :func:`make_run_data` (before it reads or writes
   anything); :func:`validate_all` checks both without building the data.
   """
+  if config.data.source is None:
+    raise ValueError("data.source is required by this config: e.g. "
+                     "--config.data.source='text:/path/*.txt' (or 'tfds:NAME').")
   for name in ("num_train_steps", "eval_every_steps", "checkpoint_every_steps",
                "log_every_steps", "keep_checkpoints"):
     value = config[name]
@@ -174,8 +221,13 @@ def validate(config: ml_collections.ConfigDict) -> losses.Loss:
                      f"data.batch_size={config.data.batch_size}.")
   vocab_chunk(config)
   schedule_steps(config)
-  if config.init_from and not epath.Path(config.init_from).is_dir():
+  init_folder = pretrained_path(config) or config.init_from
+  if init_folder and not files.resolve(init_folder).is_dir():
     raise ValueError(f"init_from={config.init_from!r} is not a folder.")
+  if pretrained_path(config) is not None and config.data.source == "synthetic":
+    raise ValueError(f"init_from={config.init_from!r} fine-tunes a pretrained language model: "
+                     "give it text (data.source='text:PATH' or 'tfds:NAME'), not the synthetic "
+                     "task.")
   protocol(config)
   return make_loss(config)
 
@@ -187,8 +239,17 @@ def validate_all(config: ml_collections.ConfigDict) -> None:
 
 
 def make_run_data(config: ml_collections.ConfigDict, workdir: str) -> DataBundle:
-  """The run's data (validated once, in :func:`cyb_jax.data.make_data`), for this process."""
-  return make_data(config.data, seed=config.seed, workdir=workdir,
+  """The run's data (validated once, in :func:`cyb_jax.data.make_data`), for this process.
+
+  With ``init_from=hf:PATH`` and no ``data.tokenizer``, the text is encoded with the base
+  model's own tokenizer (the folder's ``tokenizer.json`` or ``tokenizer.model``).
+  """
+  data_config = config.data
+  path = pretrained_path(config)
+  if path is not None and not data_config.tokenizer:
+    data_config = ml_collections.ConfigDict(data_config.to_dict())
+    data_config.tokenizer = path
+  return make_data(data_config, seed=config.seed, workdir=workdir,
                    process_index=jax.process_index(), process_count=jax.process_count())
 
 
@@ -246,3 +307,65 @@ def load_run(workdir: str, step: int | None = None) -> LoadedRun:
   params, step = ckpt_lib.restore_params(workdir, abstract, step)
   return LoadedRun(config=config, model_cfg=model_cfg, params=params, step=step, data=data,
                    protocol=protocol(config))
+
+
+def merge_init_params(fresh: Any, source: Any) -> tuple[Any, list[str], list[str]]:
+  """Copies every parameter of ``source`` into ``fresh`` where the path exists.
+
+  Parameters only in ``fresh`` (a K = 0 model has no ``pause_embed``) stay freshly
+  initialised; a parameter in both with different shapes is an error.
+
+  Returns:
+    ``(params, copied paths, fresh paths)``.
+  """
+  flat_source = {jax.tree_util.keystr(k): v for k, v in
+                 jax.tree_util.tree_flatten_with_path(source)[0]}
+  copied, kept = [], []
+
+  def pick(path, fresh_leaf):
+    key = jax.tree_util.keystr(path)
+    if key not in flat_source:
+      kept.append(key)
+      return fresh_leaf
+    src = np.asarray(flat_source[key])
+    if src.shape != fresh_leaf.shape:
+      raise ckpt_lib.IncompatibleCheckpointError(
+          f"init_from: parameter {key} has shape {src.shape} in the checkpoint but "
+          f"{fresh_leaf.shape} in this model.")
+    copied.append(key)
+    return jax.device_put(src.astype(fresh_leaf.dtype), fresh_leaf.sharding)
+
+  params = jax.tree_util.tree_map_with_path(pick, fresh)
+  return params, copied, kept
+
+
+def initial_params(config: ml_collections.ConfigDict, model_cfg: model_lib.ModelConfig,
+                   fresh: Any, shardings: Any) -> Any:
+  """The parameters a fine-tuning run starts from (``config.init_from``), placed by ``shardings``.
+
+  * ``hf:PATH``: the base model's tensors, each host reading only the slices its devices
+    hold (:func:`cyb_jax.pretrained.load_params`), with fresh pause embeddings and DK head;
+  * a cyb_jax run folder: its newest checkpoint's parameters (not its optimiser state) where
+    this model has them; parameters it lacks (a K = 0 run has no ``pause_embed``) keep the
+    fresh values of ``fresh``.
+
+  Raises:
+    IncompatibleCheckpointError: another vocabulary, or a parameter of another shape.
+  """
+  path = pretrained_path(config)
+  if path is not None:
+    from cyb_jax import pretrained  # pylint: disable=g-import-not-at-top
+    params = pretrained.load_params(path, model_cfg, shardings=shardings,
+                                    rng=jax.random.key(config.seed))
+    logging.info("init_from %s: loaded the base model's parameters.", config.init_from)
+    return params
+  source_params, source_meta = ckpt_lib.restore_params_for_init(config.init_from)
+  source_vocab = source_meta.get("model", {}).get("vocab_size")
+  if source_vocab != model_cfg.vocab_size:
+    raise ckpt_lib.IncompatibleCheckpointError(
+        f"init_from={config.init_from!r} has vocab_size {source_vocab}, this model "
+        f"{model_cfg.vocab_size}.")
+  params, copied, kept = merge_init_params(fresh, source_params)
+  logging.info("init_from %s: copied %d parameters; fresh: %s", config.init_from, len(copied),
+               kept)
+  return params

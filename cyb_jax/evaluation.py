@@ -69,7 +69,8 @@ def step_stats(model_cfg: ModelConfig, params: Any, batch: Batch, *,
   if vocab_chunk is not None:
     kernel_DxV, dk_D, dk_bias = model_lib.output_projection(model_cfg, params)
     return losses.chunked_step_log_probs(hidden_BxNxKxD, kernel_DxV, dk_D, batch["targets"],
-                                         vocab_chunk=vocab_chunk, dk_bias=dk_bias)
+                                         vocab_chunk=vocab_chunk, dk_bias=dk_bias,
+                                         logit_softcap=model_cfg.final_logit_softcap)
   vocab_BxNxKxV, dk_BxNxK = model_lib.split_logits_from_hidden(model_cfg, params,
                                                                hidden_BxNxKxD)
   return losses.step_log_probs_from_parts(vocab_BxNxKxV, dk_BxNxK, batch["targets"])

@@ -201,36 +201,6 @@ def make_programs(config: ml_collections.ConfigDict, model_cfg: model_lib.ModelC
                   loss=loss)
 
 
-def merge_init_params(fresh: Any, source: Any) -> tuple[Any, list[str], list[str]]:
-  """Copies every parameter of ``source`` into ``fresh`` where the path exists.
-
-  Parameters only in ``fresh`` (a K = 0 model has no ``pause_embed``) stay freshly
-  initialised; a parameter in both with different shapes is an error.
-
-  Returns:
-    ``(params, copied paths, fresh paths)``.
-  """
-  flat_source = {jax.tree_util.keystr(k): v for k, v in
-                 jax.tree_util.tree_flatten_with_path(source)[0]}
-  copied, kept = [], []
-
-  def pick(path, fresh_leaf):
-    key = jax.tree_util.keystr(path)
-    if key not in flat_source:
-      kept.append(key)
-      return fresh_leaf
-    src = np.asarray(flat_source[key])
-    if src.shape != fresh_leaf.shape:
-      raise ckpt_lib.IncompatibleCheckpointError(
-          f"init_from: parameter {key} has shape {src.shape} in the checkpoint but "
-          f"{fresh_leaf.shape} in this model.")
-    copied.append(key)
-    return jax.device_put(src.astype(fresh_leaf.dtype), fresh_leaf.sharding)
-
-  params = jax.tree_util.tree_map_with_path(pick, fresh)
-  return params, copied, kept
-
-
 def _host(tree):
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
@@ -261,17 +231,9 @@ def _restore_or_init(config, workdir, programs, checkpointer, data, meta, model_
     return state, latest, int(saved_meta.get("train_tokens", 0))
   state = programs.init(jax.random.key(config.seed))
   if config.init_from:
-    source_params, source_meta = ckpt_lib.restore_params_for_init(config.init_from)
-    source_vocab = source_meta.get("model", {}).get("vocab_size")
-    if source_vocab != model_cfg.vocab_size:
-      raise ckpt_lib.IncompatibleCheckpointError(
-          f"init_from={config.init_from!r} has vocab_size {source_vocab}, this model "
-          f"{model_cfg.vocab_size}.")
-    params, copied, kept = merge_init_params(state.params, source_params)
+    params = components.initial_params(config, model_cfg, state.params, programs.shardings.params)
     state = state.replace(params=params, opt_state=jax.jit(
         programs.tx.init, out_shardings=programs.shardings.opt_state)(params))
-    logging.info("init_from %s: copied %d parameters; fresh: %s", config.init_from,
-                 len(copied), kept)
   return state, None, 0
 
 

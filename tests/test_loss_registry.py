@@ -126,3 +126,29 @@ def test_pause_warmup_trains_no_dk_logit_and_freezes_the_multiplier():
 def test_bad_losses_are_refused_naming_the_value(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+def test_chunked_statistics_with_a_final_soft_cap_equal_the_capped_full_logits():
+  rng = np.random.default_rng(5)
+  k, v, d, cap = 2, 11, 8, 1.5
+  hidden = jnp.asarray(rng.normal(size=(2, 3, k + 1, d)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(d, v)), jnp.float32)
+  dk_kernel = jnp.asarray(rng.normal(size=(d,)), jnp.float32) / 3
+  targets = jnp.asarray(rng.integers(0, v, size=(2, 3)))
+  weights = jnp.ones((2, 3))
+
+  def full(h, w):
+    vocab = cap * jnp.tanh((h @ w) / cap)
+    return losses.step_log_probs(jnp.concatenate([vocab, (h @ dk_kernel)[..., None]], -1), targets)
+
+  def chunked(h, w):
+    return losses.chunked_step_log_probs(h, w, dk_kernel, targets, vocab_chunk=4, logit_softcap=cap)
+
+  value = lambda stats_fn: lambda h, w: losses.cyb_ap_loss(stats_fn(h, w), weights, gamma=0.9)[0]
+  np.testing.assert_allclose(value(chunked)(hidden, kernel), value(full)(hidden, kernel), rtol=1e-6)
+  assert float(jnp.max(jnp.abs(hidden @ kernel))) > 2 * cap  # the cap binds somewhere
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6),
+               jax.grad(value(chunked), argnums=(0, 1))(hidden, kernel),
+               jax.grad(value(full), argnums=(0, 1))(hidden, kernel))
+  with pytest.raises(ValueError, match="logit_softcap=0"):
+    losses.chunked_step_log_probs(hidden, kernel, dk_kernel, targets, vocab_chunk=4, logit_softcap=0)

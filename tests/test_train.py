@@ -133,7 +133,7 @@ def test_merge_init_params_rejects_a_shape_mismatch():
   big = model_lib.ModelConfig(vocab_size=10, num_layers=1, d_model=32, num_heads=2,
                               mlp_dim=32, max_pauses=1)
   with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match=r"init_from: parameter .* has shape"):
-    train.merge_init_params(model_lib.init_params(big, jax.random.key(0)),
+    components.merge_init_params(model_lib.init_params(big, jax.random.key(0)),
                             model_lib.init_params(small, jax.random.key(0)))
 
 

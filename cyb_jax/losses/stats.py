@@ -161,7 +161,8 @@ def checked_step_log_probs(logits: ArrayLike, targets: ArrayLike) -> StepLogProb
 
 def chunked_step_log_probs(hidden: ArrayLike, output_kernel: ArrayLike,
                            dk_kernel: ArrayLike, targets: ArrayLike, *,
-                           vocab_chunk: int, dk_bias: ArrayLike = 0.0) -> StepLogProbs:
+                           vocab_chunk: int, dk_bias: ArrayLike = 0.0,
+                           logit_softcap: float | None = None) -> StepLogProbs:
   """Per-step statistics from hidden states, never materialising the logits.
 
   Computes exactly :func:`step_log_probs` of ``logits = concat(hidden @ output_kernel,
@@ -178,6 +179,8 @@ def chunked_step_log_probs(hidden: ArrayLike, output_kernel: ArrayLike,
     targets: ``[...]`` integer ids in ``[0, V)`` (NaN ``log_target`` otherwise).
     vocab_chunk: chunk width, ``1 <= vocab_chunk``; V need not be a multiple.
     dk_bias: scalar bias of the DK logit.
+    logit_softcap: ``c > 0`` caps the vocabulary logits as ``c tanh(z / c)`` (Gemma's final
+      soft cap; the DK logit is not capped), None for none.
 
   Returns:
     :class:`StepLogProbs`, equal (values and gradients) to the full path.
@@ -198,6 +201,8 @@ def chunked_step_log_probs(hidden: ArrayLike, output_kernel: ArrayLike,
                      f"{hidden.shape[:-2]} (hidden shape {hidden.shape} is [..., K+1, D]).")
   if not isinstance(vocab_chunk, int) or vocab_chunk < 1:
     raise ValueError(f"vocab_chunk={vocab_chunk!r} must be a positive int.")
+  if logit_softcap is not None and not logit_softcap > 0:
+    raise ValueError(f"logit_softcap={logit_softcap!r} must be None or > 0.")
   vocab_size = output_kernel.shape[1]
   if vocab_size < 1:
     raise ValueError("output_kernel has an empty vocabulary axis (V = 0).")
@@ -221,6 +226,8 @@ def chunked_step_log_probs(hidden: ArrayLike, output_kernel: ArrayLike,
     lse_M, tgt_M, best_M, arg_M = carry
     w_DxC, offset = xs
     z_MxC = jnp.einsum("md,dc->mc", h_MxD, w_DxC, preferred_element_type=acc)
+    if logit_softcap is not None:
+      z_MxC = logit_softcap * jnp.tanh(z_MxC / logit_softcap)
     ids_C = offset + jnp.arange(chunk)
     z_MxC = jnp.where(ids_C < vocab_size, z_MxC, NEG_INF)
     lse_M = jnp.logaddexp(lse_M, jax.nn.logsumexp(z_MxC, axis=-1))
