@@ -6,14 +6,19 @@ there the writer keeps the file's lines in memory (read once, at the first write
 truncation) and replaces the whole object at every write: every reader sees a
 complete file (an object is replaced atomically), at the price of uploading the file
 again per write (a run logging every 50 steps for 100k steps writes a few MB at the
-end). TensorBoard events on ``gs://`` go through tensorboardX's own GCS writer
-(google-cloud-storage), which likewise uploads its event file whole at each flush; each
-writer (each resumed run) starts a new event file, and TensorBoard reads them all.
+end). TensorBoard event files in a bucket are written the same way, through etils.epath
+(:class:`_ObjectRecordWriter`, registered with tensorboardX for the workdir's scheme in
+place of its own gs:// and s3:// writers, which upload again from ``__del__`` and so
+hang on a gone server); each writer (each resumed run) starts its own event file, and
+TensorBoard reads them all.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,6 +47,47 @@ def _lines(text: str) -> list[str]:
   return [line + "\n" for line in text.splitlines() if line.strip()]
 
 
+class _ObjectRecordWriter:
+  """A tensorboardX event-file sink for object stores: the file is kept in memory and the whole
+  object is replaced at each flush that has something new (objects cannot be appended to)."""
+
+  def __init__(self, path: str):
+    self._path = epath.Path(path)
+    self._buffer = io.BytesIO()
+    self._uploaded = -1
+
+  def write(self, data: bytes) -> None:
+    self._buffer.write(data)
+
+  def flush(self) -> None:
+    if self._buffer.tell() != self._uploaded:
+      self._path.write_bytes(self._buffer.getvalue())
+      self._uploaded = self._buffer.tell()
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _ObjectRecordWriterFactory:
+  """What tensorboardX's `register_writer_factory` expects: `open` a sink, check a folder."""
+
+  def open(self, path: str) -> _ObjectRecordWriter:
+    return _ObjectRecordWriter(path)
+
+  def directory_check(self, path: str) -> None:
+    del path  # buckets have no folders to create
+
+
+def _summary_writer(logdir: epath.Path):
+  """A tensorboardX SummaryWriter on `logdir`, with an event file name no other writer takes."""
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+  if is_object_store(logdir):
+    record_writer.register_writer_factory(str(logdir).split("://", 1)[0], _ObjectRecordWriterFactory())
+  # tensorboardX names files by the second and the host: two writers in one second would share one.
+  return SummaryWriter(str(logdir), filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}")
+
+
 class MetricsWriter:
   """Appends one JSON object per call to ``<workdir>/metrics.jsonl`` and mirrors scalars to
   TensorBoard (``<workdir>/tensorboard``). Vector metrics are written per entry
@@ -58,8 +104,7 @@ class MetricsWriter:
     self._object_lines: list[str] | None = None  # object stores: the whole file, rewritten per write
     self._tb = None
     if enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(str(epath.Path(workdir) / TENSORBOARD_DIR))
+      self._tb = _summary_writer(epath.Path(workdir) / TENSORBOARD_DIR)
 
   @property
   def path(self) -> str:

