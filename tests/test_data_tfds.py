@@ -176,3 +176,20 @@ def test_unprepared_dataset_fails_fast_naming_the_command(tmp_path):
       f"  python -m cyb_jax.cli.prepare_data --dataset=lm1b --data_dir={data_dir}")
   assert elapsed < 5.0, f"took {elapsed:.1f} s"
   assert not any(data_dir.iterdir()) and not (tmp_path / "run").exists()
+
+
+def test_a_dataset_prepared_as_tfrecord_is_named_with_the_fix(tmp_path):
+  data_dir = tmp_path / "tfds"
+  run_prepare_data("--dataset=tiny_text_lines", f"--data_dir={data_dir}")
+  info_path = data_dir / "tiny_text_lines" / "1.0.0" / "dataset_info.json"
+  info = json.loads(info_path.read_text())
+  info["fileFormat"] = "tfrecord"  # as `tfds build` writes by default
+  info_path.write_text(json.dumps(info))
+  with pytest.raises(ValueError) as raised:
+    tfds_source.open_split("tiny_text_lines", "train", str(data_dir))
+  assert str(raised.value) == (
+      f"TFDS dataset \"tiny_text_lines\" is prepared in data_dir '{data_dir}' as tfrecord files, but "
+      f"tfds.data_source reads ArrayRecord only. Remove {info_path.parent} and prepare it as ArrayRecord with:\n"
+      f"  python -m cyb_jax.cli.prepare_data --dataset=tiny_text_lines --data_dir={data_dir}")
+  with pytest.raises(ValueError, match="already prepared in .* as tfrecord files; training reads ArrayRecord only"):
+    prepare_data.prepare("tiny_text_lines", str(data_dir))

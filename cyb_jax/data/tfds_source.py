@@ -48,8 +48,8 @@ def _open_error(name: str, split: str, data_dir: str, error: Exception) -> Value
   if file_format is not None and file_format != tfds.core.FileFormat.ARRAY_RECORD:
     return ValueError(
         f"TFDS dataset \"{name}\" is prepared in {_where(data_dir)} as {file_format.value} files, but "
-        f"tfds.data_source reads ArrayRecord only. Prepare it as ArrayRecord with:\n  "
-        f"{prepare_command(name, data_dir)}")
+        f"tfds.data_source reads ArrayRecord only. Remove {builder.data_dir} and prepare it as ArrayRecord "
+        f"with:\n  {prepare_command(name, data_dir)}")
   # TFDS messages can be long (an unknown name lists every dataset): keep the first line.
   message = str(error).strip().split("\n")[0]
   return ValueError(f"TFDS cannot open data.source=\"tfds:{name}\" split {split!r} in {_where(data_dir)}: "
