@@ -206,5 +206,6 @@ def test_find_text_files_relative_and_home_paths(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   assert text.find_text_files("*.txt") == ["a.txt"]
   assert text.find_text_files("sub/**/*.txt") == ["sub/c.txt", "sub/deep/d.txt"]
+  assert text.find_text_files("**/*.md") == ["b.md", "sub/deep/e.md"]
   monkeypatch.setenv("HOME", str(tmp_path))
   assert text.find_text_files("~/sub/*.txt") == [str(tmp_path / "sub" / "c.txt")]

@@ -107,10 +107,11 @@ def find_text_files(pattern: str) -> list[str]:
     files = [pattern] if path.is_file() else []
   else:
     if "**" in rest:  # epath's glob refuses "**" (for gs://); list the folder once instead.
-      candidates = _files_under(epath.Path(root))
-    else:
-      candidates = [str(p) for p in epath.Path(root).glob("/".join(rest))]
-    files = sorted(p for p in candidates if _matches(rest, _relative_parts(root, p)) and epath.Path(p).is_file())
+      files = [p for p in _files_under(epath.Path(root)) if _matches(rest, _relative_parts(root, p))]
+    else:  # a glob may also match folders
+      files = [str(p) for p in epath.Path(root).glob("/".join(rest)) if _matches(rest, _relative_parts(root, str(p)))
+               and p.is_file()]
+    files.sort()
   if not files:
     where = "" if _is_uri(pattern) else f" (checked from the current directory {os.getcwd()!r})"
     raise ValueError(f"data.source text pattern {pattern!r} matches no files{where}.")
