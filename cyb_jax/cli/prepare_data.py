@@ -7,9 +7,11 @@ then train with `--config.data.source=tfds:lm1b --config.data.tfds_data_dir=gs:/
 
 `--dataset` is NAME[/CONFIG][:VERSION], as in `data.source="tfds:..."`. The dataset is built
 with `tfds.builder(NAME, data_dir=...).download_and_prepare(file_format="array_record")`,
-which needs no TensorFlow for builders whose own generation code does not use it (a
-builder that does needs `pip install tensorflow`, or build it elsewhere with
-`tfds build NAME --file_format=array_record --data_dir=DIR` and copy it as below).
+which needs no TensorFlow for builders whose own generation code does not use it. Some
+do: lm1b's (TFDS 4.9.10) globs its downloaded files with `tf.io.gfile`, so preparing lm1b
+needs `pip install tensorflow` on the machine that runs this command (never on the pods,
+which read the ArrayRecord files without it); or build it elsewhere with
+`tfds build NAME --file_format=array_record --data_dir=DIR` and upload it as below.
 
 - A local `--data_dir` is built in place.
 - A gs:// (any URI) `--data_dir` is built in a local staging folder (`--staging_dir`, by
