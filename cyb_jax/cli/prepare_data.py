@@ -87,7 +87,11 @@ def prepare(name: str, data_dir: str = "", *, staging_dir: str = "", manual_dir:
   See the module docstring. Raises ValueError naming the value for a bad name, or a
   dataset already prepared there in another file format.
   """
-  config_lib.parse_source(config_lib.TFDS_PREFIX + name)  # ValueError naming a malformed name
+  try:
+    config_lib.parse_source(config_lib.TFDS_PREFIX + name)
+  except ValueError:
+    raise ValueError(f"--dataset={name!r} is not a TFDS dataset; expected NAME[/CONFIG][:VERSION] such as "
+                     "lm1b or wiki40b/en:1.3.0.") from None
   data_dir = config_lib.expand_path(data_dir) if data_dir else ""
   target = tfds.builder(name, data_dir=data_dir or None)
   if target.is_prepared():
