@@ -111,6 +111,7 @@ def test_text_globs_on_gcs_match_the_same_tree_locally(gcs_bucket, tmp_path):
   test_data_text.write_glob_tree(local)
   remote = f"{gcs_bucket}/tree"
   _upload_tree(local, remote)
+
   def found(pattern):
     try:
       return text.find_text_files(pattern)
@@ -132,7 +133,7 @@ def test_text_run_on_gcs_matches_a_local_run(gcs_bucket, tmp_path):
   local = make_data(test_data_text.text_config(pattern), seed=1, workdir=str(tmp_path / "run"))
   workdir = f"{gcs_bucket}/run"
   remote = make_data(test_data_text.text_config(f"{gcs_bucket}/corpus/*.txt"), seed=1, workdir=workdir)
-  # The tokenizer is trained once into the gs:// workdir (same model as locally), then reused.
+  # The tokenizer is trained into the gs:// workdir: the same model as locally.
   model = epath.Path(workdir) / "tokenizer.model"
   assert remote.info.tokenizer_path == str(model)
   assert model.read_bytes() == (tmp_path / "run" / "tokenizer.model").read_bytes()
