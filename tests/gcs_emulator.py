@@ -8,11 +8,11 @@ Without the package (or without `gcsfs`, which etils.epath needs for gs://) the
 tests that use them are skipped, saying which package is missing.
 
 Use: make the fixtures visible, either for the whole suite with one line in
-tests/conftest.py
+tests/conftest.py (this also imports the module before anything imports gcsfs)
 
     from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401  (pytest fixtures)
 
-or with the same import in the test modules that need them; then
+or with `pytest_plugins = ["tests.gcs_emulator"]` in the test modules that need them; then
 
     def test_checkpoint_on_gcs(gcs_bucket):  # gcs_bucket = "gs://cyb-test-3"
       workdir = epath.Path(gcs_bucket) / "run"
@@ -24,13 +24,23 @@ a test that only needs the server, not a bucket, can ask for it and call
 
 What each client needs, set for the test by `gcs_bucket` (monkeypatch, undone after):
 
-| client | used by | settings |
-| --- | --- | --- |
-| gcsfs (etils.epath `gs://`) | our paths, orbax's directory work, TFDS metadata | `STORAGE_EMULATOR_HOST=<url>`; fsspec config `token="anon"` (no credential search); `GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`, set when this module is imported (gcsfs >= 2026.10 reads it at import; when on, every call first asks a gRPC storage-control API the emulator lacks, and hangs) |
-| google-cloud-storage | tensorboardX's own gs:// event writer (cyb_jax.metrics_writer replaces it with an epath one) | `STORAGE_EMULATOR_HOST` (it then uses anonymous credentials) |
-| tensorstore | orbax array data | `TENSORSTORE_GCS_HTTP_URL=<url>`, `GOOGLE_AUTH_TOKEN_FOR_TESTING` (a fixed bearer token: no credential search, no GCE metadata probe) |
-| google-cloud-cpp (riegeli) | array_record, under `tfds.data_source` | `CLOUD_STORAGE_EMULATOR_ENDPOINT=<url>` (insecure credentials); without it reads of gs:// records hang |
-| google-auth | any of the above that looks for credentials | `NO_GCE_CHECK=true` (never ping the GCE metadata server; read when google.auth.compute_engine is first imported) |
+- gcsfs, behind etils.epath gs:// (our paths, orbax's directory work, TFDS metadata):
+  `STORAGE_EMULATOR_HOST=<url>`, and fsspec config `token="anon"` (no credential search).
+  Also `GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`, set (setdefault) when this module is
+  imported, since gcsfs >= 2026.10 reads it once at its own import: when on, every call
+  first asks a gRPC storage-control API that the emulator lacks, and hangs.
+- google-cloud-storage (tensorboardX's own gs:// event writer, which
+  cyb_jax.metrics_writer replaces with an epath one): `STORAGE_EMULATOR_HOST`; it then
+  uses anonymous credentials.
+- tensorstore (orbax's array data): `TENSORSTORE_GCS_HTTP_URL=<url>` and
+  `GOOGLE_AUTH_TOKEN_FOR_TESTING` (a fixed bearer token: no credential search, no GCE
+  metadata probe). Orbax itself needs no option: `ocp.CheckpointManager(epath.Path(
+  "gs://bucket/run/checkpoints"))` saves and restores.
+- google-cloud-cpp through riegeli (array_record, under `tfds.data_source`):
+  `CLOUD_STORAGE_EMULATOR_ENDPOINT=<url>` (it then uses insecure credentials); without it
+  reading a gs:// record hangs.
+- google-auth (whatever looks for credentials): `NO_GCE_CHECK=true`, so nothing pings the
+  GCE metadata server (read when google.auth.compute_engine is first imported).
 """
 
 from __future__ import annotations

@@ -158,7 +158,8 @@ def test_prepare_data_builds_array_record_without_tensorflow(tmp_path, capsys):
 
 
 def test_prepare_data_rejects_a_malformed_name(tmp_path):
-  with pytest.raises(ValueError, match="--dataset='lm1b v2' is not a TFDS dataset; expected NAME\\[/CONFIG\\]\\[:VERSION\\]"):
+  expected = "--dataset='lm1b v2' is not a TFDS dataset; expected NAME\\[/CONFIG\\]\\[:VERSION\\]"
+  with pytest.raises(ValueError, match=expected):
     prepare_data.prepare("lm1b v2", str(tmp_path))
   assert not any(tmp_path.iterdir())
 

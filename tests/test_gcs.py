@@ -23,7 +23,8 @@ from cyb_jax.data import tfds_source
 from tests import test_data_tfds
 from tests import test_data_text
 from tests import tiny
-from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401  (pytest fixtures)
+
+pytest_plugins = ["tests.gcs_emulator"]  # the gcs_emulator and gcs_bucket fixtures
 
 
 def test_the_fixture_points_clients_at_a_fresh_bucket(gcs_bucket, gcs_emulator):
@@ -157,7 +158,7 @@ def test_orbax_checkpoint_manager_saves_and_restores_on_gcs(gcs_bucket):
   options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
   with ocp.CheckpointManager(directory, options=options) as manager:
     for step in (3, 6, 9):
-      state = jax.tree.map(lambda x: x * step, tree)
+      state = jax.tree.map(lambda x, k=step: x * k, tree)
       assert manager.save(step, args=ocp.args.StandardSave(state))
     manager.wait_until_finished()
   with ocp.CheckpointManager(directory, options=options) as manager:

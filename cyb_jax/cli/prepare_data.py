@@ -1,5 +1,8 @@
 r"""Prepares a TFDS dataset as ArrayRecord files, the form training reads (runs never download).
 
+``cyb-prepare-data`` once installed; ``python -m cyb_jax.cli.prepare_data`` wherever cyb_jax
+imports (the form the "not prepared" error names, `tfds_source.PREPARE_COMMAND`):
+
   python -m cyb_jax.cli.prepare_data --dataset=lm1b --data_dir=gs://my-bucket/tfds
   python -m cyb_jax.cli.prepare_data --dataset=wiki40b/en:1.3.0 --data_dir=/data/tfds
 

@@ -42,7 +42,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   The dict is locked: assigning to a misspelt field raises instead of being ignored.
   """
   c = ml_collections.ConfigDict()
-  c.source = SYNTHETIC  # "synthetic" | "text:PATH_OR_GLOB" | "tfds:NAME[/CONFIG][:VERSION]"; paths may be gs://.
+  c.source = SYNTHETIC  # "synthetic" | "text:PATH_OR_GLOB" (local or gs://) | "tfds:NAME[/CONFIG][:VERSION]".
   c.seq_len = 128  # Tokens per packed row (N); every batch array is [rows, seq_len].
   c.batch_size = 32  # GLOBAL batch in rows; each process gets batch_size // process_count rows.
   c.eval_batches = 8  # Number of held-out batches in the fixed eval set (0 = no eval set).

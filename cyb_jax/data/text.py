@@ -26,7 +26,6 @@ from etils import epath
 
 from cyb_jax.data import seeding
 
-
 _WILDCARD = re.compile(r"[*?[]")
 
 
