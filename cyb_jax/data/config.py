@@ -10,10 +10,10 @@ what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 
 import ml_collections
+from etils import epath
 
 from cyb_jax.data import synthetic
 
@@ -31,13 +31,18 @@ MAX_SYNTHETIC_DIGITS = 9  # products of two 9-digit numbers still fit in int64.
 _TFDS_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_]+)(/(?P<config>[A-Za-z0-9_.\-]+))?(:(?P<version>[0-9]+\.[0-9]+\.[0-9]+))?$")
 
 
+def expand_path(path: str) -> str:
+  """`path` with a leading "~" expanded; URIs (gs://bucket/...) are returned unchanged."""
+  return path if "://" in path else str(epath.Path(path).expanduser())
+
+
 def default_data_config() -> ml_collections.ConfigDict:
   """Returns the data config with every field and its default.
 
   The dict is locked: assigning to a misspelt field raises instead of being ignored.
   """
   c = ml_collections.ConfigDict()
-  c.source = SYNTHETIC  # "synthetic" | "text:PATH_OR_GLOB" | "tfds:NAME[/CONFIG][:VERSION]".
+  c.source = SYNTHETIC  # "synthetic" | "text:PATH_OR_GLOB" (local or gs://) | "tfds:NAME[/CONFIG][:VERSION]".
   c.seq_len = 128  # Tokens per packed row (N); every batch array is [rows, seq_len].
   c.batch_size = 32  # GLOBAL batch in rows; each process gets batch_size // process_count rows.
   c.eval_batches = 8  # Number of held-out batches in the fixed eval set (0 = no eval set).
@@ -46,9 +51,11 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.tfds_train_split = "train"  # TFDS: split to train on (any TFDS split spec, e.g. "train[:90%]").
   c.tfds_eval_split = "test"  # TFDS: split the eval set is read from (its first records, in order).
   c.tfds_text_key = "text"  # TFDS: feature holding the text of a record (str or bytes).
-  c.tfds_data_dir = ""  # TFDS: data_dir ("" = TFDS default, ~/tensorflow_datasets or $TFDS_DATA_DIR).
+  c.tfds_data_dir = ""  # TFDS: data_dir of the PREPARED ArrayRecord files, local or gs:// ("" = TFDS default,
+  #                       ~/tensorflow_datasets or $TFDS_DATA_DIR). Runs never download; prepare it once with
+  #                       `python -m cyb_jax.cli.prepare_data --dataset=NAME --data_dir=DIR`.
   c.tokenizer = ""  # "" = train SentencePiece on the training text into <workdir>/tokenizer.model (reused
-  #                   if present), or a path to an existing SentencePiece .model file.
+  #                   if present), or a path (local or gs://) to an existing SentencePiece .model file.
   c.spm_vocab_size = 2048  # Vocabulary size when training SentencePiece (a soft limit on tiny corpora).
   c.spm_max_sentences = 100_000  # At most this many training lines are used to train SentencePiece.
   c.spm_model_type = "unigram"  # SentencePiece algorithm: "unigram" | "bpe".
@@ -87,7 +94,7 @@ def parse_source(source: str) -> SourceSpec:
     path = source[len(TEXT_PREFIX):].strip()
     if not path:
       raise ValueError(f"data.source={source!r} names no path; expected \"text:PATH_OR_GLOB\".")
-    return SourceSpec(kind="text", path=os.path.expanduser(path))
+    return SourceSpec(kind="text", path=expand_path(path))
   if source.startswith(TFDS_PREFIX):
     name = source[len(TFDS_PREFIX):].strip()
     if not _TFDS_SPEC.match(name):
@@ -156,8 +163,7 @@ def validate_data_config(cfg: ml_collections.ConfigDict, *, process_count: int =
         f"{cfg.eval_batches}; use eval_fraction in (0, 1) or eval_batches=0.")
   if spec.kind in ("text", "tfds"):
     if cfg.tokenizer:
-      path = os.path.expanduser(cfg.tokenizer)
-      if not os.path.isfile(path):
+      if not epath.Path(expand_path(cfg.tokenizer)).is_file():
         raise ValueError(f"data.tokenizer={cfg.tokenizer!r} is not a file; give a SentencePiece .model "
                          "file, or \"\" to train one into the workdir.")
     else:

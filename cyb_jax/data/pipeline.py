@@ -78,8 +78,10 @@ def make_data(data_config: ml_collections.ConfigDict, *, seed: int, workdir: str
   Args:
     data_config: a config shaped like `default_data_config()`.
     seed: non-negative int; sets the training order (not the eval set).
-    workdir: the run's folder; a trained tokenizer is saved (and on resume reused) there.
-      Nothing is written anywhere else, and nothing at all for an invalid config.
+    workdir: the run's folder, local or gs:// (any etils.epath path); a trained tokenizer is
+      saved (and on resume reused) there. Nothing is written anywhere else, and nothing at
+      all for an invalid config. Text globs, the TFDS data_dir and data.tokenizer may be
+      gs:// paths too.
     process_index, process_count: this JAX process and the number of processes.
 
   Returns:

@@ -1,7 +1,8 @@
 """The user's own text files: finding them, cutting them into documents, and the held-out split.
 
-`data.source = "text:PATH_OR_GLOB"` names UTF-8 files (`**` matches sub-folders; a folder
-means every file under it). `data.doc_per` says what a document is:
+`data.source = "text:PATH_OR_GLOB"` names UTF-8 files, local or in a bucket
+(`text:gs://bucket/corpus/*.txt`; any etils.epath path); `**` matches sub-folders, a folder
+means every file under it. `data.doc_per` says what a document is:
 
   "line":      every line with non-blank content (the line break itself is not part of it);
   "paragraph": every run of non-blank lines between blank lines, joined by "\\n";
@@ -14,29 +15,105 @@ picks round(eval_fraction * D) documents, at least one.
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import os
+import re
+from collections.abc import Iterable
 
+import fsspec
 import numpy as np
+from etils import epath
 
 from cyb_jax.data import seeding
 
+_WILDCARD = re.compile(r"[*?[]")
+
+
+def _is_uri(path: str) -> bool:
+  return "://" in path
+
+
+def _split_pattern(pattern: str) -> tuple[str, list[str]]:
+  """(root, rest): the leading path components without wildcards, and the remaining components.
+
+  Raises:
+    ValueError: for a wildcard in the bucket name of a URI.
+  """
+  if _is_uri(pattern):
+    scheme, body = pattern.split("://", 1)
+    parts = body.split("/")
+    if _WILDCARD.search(parts[0]):
+      raise ValueError(f"data.source text pattern {pattern!r} has a wildcard in the bucket name; name the bucket.")
+    prefix = f"{scheme}://"
+  else:
+    parts, prefix = pattern.split("/"), ""
+  n = 0
+  while n < len(parts) and not _WILDCARD.search(parts[n]):
+    n += 1
+  root = prefix + "/".join(parts[:n])
+  if not root:
+    root = "/" if pattern.startswith("/") else "."
+  return root, [p for p in parts[n:] if p]
+
+
+def _segment_matches(pattern: str, name: str) -> bool:
+  """One path component against one pattern component, as `glob` does: wildcards never match a leading dot."""
+  if name.startswith(".") and not pattern.startswith(".") and _WILDCARD.search(pattern):
+    return False
+  return fnmatch.fnmatchcase(name, pattern)
+
+
+def _matches(pattern: list[str], parts: tuple[str, ...]) -> bool:
+  """Whether relative path components `parts` match `pattern` (components; "**" = any number of folders)."""
+  if not pattern:
+    return not parts
+  if pattern[0] == "**":
+    return _matches(pattern[1:], parts) or (
+        bool(parts) and not parts[0].startswith(".") and _matches(pattern, parts[1:]))
+  return bool(parts) and _segment_matches(pattern[0], parts[0]) and _matches(pattern[1:], parts[1:])
+
+
+def _relative_parts(root: str, path: str) -> tuple[str, ...]:
+  root = root.rstrip("/")
+  rel = path[len(root):] if root not in (".", "") else path
+  return tuple(p for p in rel.split("/") if p)
+
+
+def _files_under(root: epath.Path) -> Iterable[str]:
+  """Every file below `root`, at any depth (one recursive listing on an object store)."""
+  if _is_uri(str(root)):
+    fs, base = fsspec.core.url_to_fs(str(root))
+    return [fs.unstrip_protocol(key) for key in fs.find(base)]
+  return [str(folder / name) for folder, _, names in root.walk() for name in names]
+
 
 def find_text_files(pattern: str) -> list[str]:
-  """The files a path, folder or glob names, sorted.
+  """The files a path, folder or glob names, sorted; local or in a bucket (`gs://bucket/*.txt`).
+
+  Wildcards follow Python's `glob` (recursive `**`, no match of names starting with "."),
+  also on object stores. A folder means every file under it.
 
   Raises:
     ValueError: naming the pattern when it matches no file.
   """
-  pattern = os.path.expanduser(pattern)
-  if os.path.isdir(pattern):
-    matches = glob.glob(os.path.join(pattern, "**", "*"), recursive=True)
+  path = epath.Path(pattern).expanduser()
+  pattern = str(path) if not _is_uri(pattern) else pattern
+  if path.is_dir():
+    root, rest = str(path), ["**", "*"]
   else:
-    matches = glob.glob(pattern, recursive=True)
-  files = sorted(p for p in matches if os.path.isfile(p))
+    root, rest = _split_pattern(pattern)
+  if not rest:  # a plain path
+    files = [pattern] if path.is_file() else []
+  else:
+    if "**" in rest:  # epath's glob refuses "**" (for gs://); list the folder once instead.
+      files = [p for p in _files_under(epath.Path(root)) if _matches(rest, _relative_parts(root, p))]
+    else:  # a glob may also match folders
+      files = [str(p) for p in epath.Path(root).glob("/".join(rest)) if _matches(rest, _relative_parts(root, str(p)))
+               and p.is_file()]
+    files.sort()
   if not files:
-    raise ValueError(f"data.source text pattern {pattern!r} matches no files (checked from the current "
-                     f"directory {os.getcwd()!r}).")
+    where = "" if _is_uri(pattern) else f" (checked from the current directory {os.getcwd()!r})"
+    raise ValueError(f"data.source text pattern {pattern!r} matches no files{where}.")
   return files
 
 
@@ -69,8 +146,7 @@ def read_documents(files: list[str], doc_per: str) -> list[str]:
   docs = []
   for path in files:
     try:
-      with open(path, encoding="utf-8") as f:
-        text = f.read()
+      text = epath.Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
       raise ValueError(f"Text file {path!r} is not UTF-8 ({e}).") from None
     docs.extend(split_into_documents(text, doc_per))

@@ -6,6 +6,10 @@ order starting at p (its own shard of the input), so the q-th document of proces
 stream is a pure function of (seed, p, P, q) and is read, and tokenised, on demand. The
 eval set is the first records of the eval split, in order, read identically by every
 process (it does not depend on the seed or the process count).
+
+Nothing is ever downloaded or generated here: the dataset must have been prepared as
+ArrayRecord files in `data.tfds_data_dir` (local or gs://) by `PREPARE_COMMAND`
+(cyb_jax/cli/prepare_data.py); otherwise opening it fails at once, naming that command.
 """
 
 from __future__ import annotations
@@ -18,18 +22,53 @@ import tensorflow_datasets as tfds
 
 from cyb_jax.data import seeding
 
+PREPARE_COMMAND = "python -m cyb_jax.cli.prepare_data"
+
+
+def prepare_command(name: str, data_dir: str) -> str:
+  """The command line that prepares TFDS dataset `name` into `data_dir` ("" = the TFDS default)."""
+  return f"{PREPARE_COMMAND} --dataset={name}" + (f" --data_dir={data_dir}" if data_dir else "")
+
+
+def _where(data_dir: str) -> str:
+  return f"data_dir {data_dir!r}" if data_dir else f"the default TFDS data_dir {tfds.core.constants.DATA_DIR!r}"
+
+
+def _open_error(name: str, split: str, data_dir: str, error: Exception) -> ValueError:
+  """The clearest explanation of why `tfds.data_source` failed: not prepared, wrong format, or TFDS's own word."""
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except Exception:  # pylint: disable=broad-except  # an unknown name: TFDS's own message says so.
+    builder = None
+  if builder is not None and not builder.is_prepared():
+    return ValueError(
+        f"TFDS dataset \"{name}\" (data.source=\"tfds:{name}\") is not prepared in {_where(data_dir)}, and a "
+        f"run never downloads it. Prepare it once, as ArrayRecord files, with:\n  {prepare_command(name, data_dir)}")
+  file_format = builder.info.file_format if builder is not None else None
+  if file_format is not None and file_format != tfds.core.FileFormat.ARRAY_RECORD:
+    return ValueError(
+        f"TFDS dataset \"{name}\" is prepared in {_where(data_dir)} as {file_format.value} files, but "
+        f"tfds.data_source reads ArrayRecord only. Remove {builder.data_dir} and prepare it as ArrayRecord "
+        f"with:\n  {prepare_command(name, data_dir)}")
+  # TFDS messages can be long (an unknown name lists every dataset): keep the first line.
+  message = str(error).strip().split("\n")[0]
+  return ValueError(f"TFDS cannot open data.source=\"tfds:{name}\" split {split!r} in {_where(data_dir)}: "
+                    f"{type(error).__name__}: {message}")
+
 
 def open_split(name: str, split: str, data_dir: str) -> Sequence[Any]:
   """The random-access records of one split of TFDS dataset `name` ("NAME[/CONFIG][:VERSION]").
 
+  `data_dir` ("" = the TFDS default) may be local or gs://; the dataset must be prepared there.
+
   Raises:
-    ValueError: naming the dataset and split when TFDS cannot provide them.
+    ValueError: naming the dataset, split and data_dir when TFDS cannot provide them; for a
+      dataset that is not prepared, also the command that prepares it.
   """
   try:
-    source = tfds.data_source(name, split=split, data_dir=data_dir or None)
+    source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
   except Exception as e:  # TFDS raises many types (DatasetNotFoundError, AssertionError, KeyError...).
-    raise ValueError(f"TFDS cannot open data.source=\"tfds:{name}\" split {split!r}"
-                     f"{f' in data_dir {data_dir!r}' if data_dir else ''}: {type(e).__name__}: {e}") from None
+    raise _open_error(name, split, data_dir, e) from None
   if len(source) == 0:
     raise ValueError(f"TFDS dataset {name!r} split {split!r} has no records.")
   return source
