@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cyb_jax import report as report_lib
+from cyb_jax import metrics_writer
 
 EVAL_LOSS = "eval/nll_mix"  # the mix protocol: step 0 for ce, step K for pause_ce
 
@@ -68,7 +68,7 @@ def mean_curve(workdirs: Sequence[str], key: str = EVAL_LOSS) -> list[tuple[floa
   """Seed-averaged eval curve ``(tokens, loss)`` over the steps all runs evaluated."""
   per_run = []
   for workdir in workdirs:
-    _, evals = report_lib.read_metrics(workdir)
+    _, evals = metrics_writer.train_and_eval_rows(workdir)
     per_run.append({r["step"]: (r["train_tokens"], r[key]) for r in evals})
   steps = sorted(set.intersection(*(set(r) for r in per_run)))
   return [(float(np.mean([r[s][0] for r in per_run])), float(np.mean([r[s][1] for r in per_run])))

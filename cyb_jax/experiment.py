@@ -26,13 +26,13 @@ from cyb_jax import components
 from cyb_jax import experiment_plan as plan_lib
 from cyb_jax import files
 from cyb_jax import experiment_results as results_lib
-from cyb_jax import report as report_lib
+from cyb_jax import metrics_writer
 from cyb_jax import train
 
 
 def _is_finished(workdir: str, num_train_steps: int) -> bool:
   """Whether the run in ``workdir`` has its final evaluation."""
-  _, evals = report_lib.read_metrics(workdir)
+  _, evals = metrics_writer.train_and_eval_rows(workdir)
   return bool(evals) and evals[-1]["step"] == num_train_steps
 
 

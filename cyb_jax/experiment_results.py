@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from cyb_jax import metrics_writer
 from cyb_jax import analysis
 from cyb_jax import components
 from cyb_jax import efficiency as efficiency_lib
@@ -22,11 +23,10 @@ from cyb_jax import evaluation
 from cyb_jax import files
 from cyb_jax import experiment_plan as plan_lib
 from cyb_jax import losses
-from cyb_jax import report as report_lib
 
 
 def _final(workdir: str) -> dict[str, Any]:
-  _, evals = report_lib.read_metrics(workdir)
+  _, evals = metrics_writer.train_and_eval_rows(workdir)
   return evals[-1]
 
 

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from absl import logging
 from etils import epath
 
 METRICS_FILE = "metrics.jsonl"
@@ -164,8 +165,37 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: epath.PathLike) -> list[dict[str, Any]]:
-  """All rows of ``<workdir>/metrics.jsonl`` (empty if absent); `workdir` may be gs://."""
+  """All rows of ``<workdir>/metrics.jsonl`` in file order (empty if absent); may be gs://.
+
+  Lines that are not JSON objects with a ``step`` (e.g. a line cut short by a crash) are
+  skipped with a warning.
+  """
   path = epath.Path(workdir) / METRICS_FILE
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  rows = []
+  for line_no, line in enumerate(path.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      logging.warning("%s:%d is not JSON; skipped.", path, line_no)
+      continue
+    if isinstance(row, dict) and "step" in row:
+      rows.append(row)
+    else:
+      logging.warning("%s:%d is not a metrics row with a 'step'; skipped.", path, line_no)
+  return rows
+
+
+def train_and_eval_rows(workdir: epath.PathLike) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+  """``(train_rows, eval_rows)`` of :func:`read_metrics`, each sorted by step.
+
+  A train row has a ``train/nll_mix`` or ``train/loss`` key, an eval row an ``eval/nll_mix``
+  key (a row may be both).
+  """
+  rows = sorted(read_metrics(workdir), key=lambda r: r["step"])
+  train = [r for r in rows if "train/nll_mix" in r or "train/loss" in r]
+  evals = [r for r in rows if "eval/nll_mix" in r]
+  return train, evals

@@ -6,7 +6,6 @@ state, no display needed).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 

@@ -24,7 +24,6 @@ Everything here runs on the host of process 0; the model evaluation is
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,54 +36,16 @@ from cyb_jax import analysis
 from cyb_jax import evaluation
 from cyb_jax import files
 from cyb_jax import losses
+from cyb_jax import metrics_writer
 from cyb_jax import plots
 from cyb_jax import report_tables as tables
 from cyb_jax.model import ModelConfig
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = metrics_writer.METRICS_FILE
 STATS_JSON = "pause_stats.json"
 STATS_MD = "pause_stats.md"
-
-
-# --------------------------------------------------------------------------------------------
-# metrics.jsonl
-# --------------------------------------------------------------------------------------------
-
-
-def read_metrics(workdir: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-  """``(train_rows, eval_rows)`` of ``<workdir>/metrics.jsonl``, each sorted by step.
-
-  A train row has a ``train/nll_mix`` or ``train/loss`` key, an eval row an ``eval/nll_mix``
-  key (a row may be both). A missing file gives two empty lists; lines that are not JSON
-  objects (e.g. a line cut short by a crash) are skipped with a warning.
-  """
-  path = os.path.join(workdir, METRICS_FILE)
-  rows = []
-  if os.path.exists(path):
-    with open(path) as f:
-      for line_no, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError:
-          logging.warning("%s:%d is not JSON; skipped.", path, line_no)
-          continue
-        if isinstance(row, dict) and "step" in row:
-          rows.append(row)
-        else:
-          logging.warning("%s:%d is not a metrics row with a 'step'; skipped.", path, line_no)
-  rows.sort(key=lambda r: r["step"])
-  train = [r for r in rows if "train/nll_mix" in r or "train/loss" in r]
-  evals = [r for r in rows if "eval/nll_mix" in r]
-  return train, evals
-
-
-# --------------------------------------------------------------------------------------------
-# report.md
-# --------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +107,7 @@ def write_report(workdir: str, *, model_cfg: ModelConfig, params, eval_batches: 
   ``pauses_by_difficulty.png`` (labelled data) or ``pauses_by_token.png`` (if there is an eval set).
   """
   losses.check_protocol(protocol.tau, protocol.fixed_step, model_cfg.num_steps)
-  train_rows, eval_rows = read_metrics(workdir)
+  train_rows, eval_rows = metrics_writer.train_and_eval_rows(workdir)
   if step is None:
     step = max((r["step"] for r in train_rows + eval_rows), default=None)
   tokens_seen = max((r["train_tokens"] for r in train_rows + eval_rows if r.get("train_tokens") is not None),

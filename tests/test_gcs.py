@@ -24,7 +24,6 @@ from tests import test_data_tfds
 from tests import test_data_text
 from tests import tiny
 
-pytest_plugins = ["tests.gcs_emulator"]  # the gcs_emulator and gcs_bucket fixtures
 
 
 def test_the_fixture_points_clients_at_a_fresh_bucket(gcs_bucket, gcs_emulator):

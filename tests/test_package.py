@@ -33,6 +33,7 @@ _SCRIPTS = {
     "cyb-analyze": "cyb_jax.cli.analyze:run",
     "cyb-generate": "cyb_jax.cli.generate:run",
     "cyb-prepare-data": "cyb_jax.cli.prepare_data:run",
+    "cyb-export": "cyb_jax.cli.export:run",
 }
 _HEAVY = ("flax", "orbax", "tensorflow_datasets", "tensorflow")
 

@@ -163,9 +163,10 @@ def validate_data_config(cfg: ml_collections.ConfigDict, *, process_count: int =
         f"{cfg.eval_batches}; use eval_fraction in (0, 1) or eval_batches=0.")
   if spec.kind in ("text", "tfds"):
     if cfg.tokenizer:
-      if not epath.Path(expand_path(cfg.tokenizer)).is_file():
-        raise ValueError(f"data.tokenizer={cfg.tokenizer!r} is not a file; give a SentencePiece .model "
-                         "file, or \"\" to train one into the workdir.")
+      if not epath.Path(expand_path(cfg.tokenizer)).exists():
+        raise ValueError(f"data.tokenizer={cfg.tokenizer!r} does not exist; give a SentencePiece .model "
+                         "file, a pretrained model's folder (tokenizer.json or tokenizer.model), or \"\" "
+                         "to train one into the workdir.")
     else:
       _check_int("spm_vocab_size", cfg.spm_vocab_size, MIN_SPM_VOCAB_SIZE)
       _check_int("spm_max_sentences", cfg.spm_max_sentences, 1)
