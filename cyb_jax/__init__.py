@@ -32,6 +32,7 @@ __all__ = [
     "experiment",      # the loss comparison: running it
     "experiment_plan",     # the loss comparison: its runs
     "experiment_results",  # the loss comparison: results.md/json and plots
+    "files",           # paths and whole-file writes on local disks and gs://
     "hosts",           # preemption and data positions across processes
     "layers",          # RMSNorm, SwiGLU, initialisers
     "losses",          # per-step statistics, the five losses, evaluation protocols

@@ -11,7 +11,6 @@ from cyb_jax import components
 from cyb_jax import model as model_lib
 from cyb_jax import pretrained
 from cyb_jax import train
-from cyb_jax.cli import export as export_cli
 from cyb_jax.configs import finetune_hf
 
 pytestmark = pytest.mark.slow
@@ -45,7 +44,8 @@ def test_a_base_model_fine_tunes_with_cyb_va_and_exports_a_folder_that_reimports
   moved = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
                        run.params["decoder"], base_params["decoder"])
   assert max(jax.tree.leaves(moved)) > 0
-  out = export_cli.export_run(workdir, str(tmp_path / "hf_out"))
+  out = str(tmp_path / "hf_out")  # what cyb-export writes
+  pretrained.save(out, run.model_cfg, run.params, copy_files_from=components.pretrained_path(run.config))
   assert os.path.exists(os.path.join(out, "tokenizer.json"))  # the base model's tokenizer
   cfg2, params2 = pretrained.load(out)  # K and the layout come from the exported config
   assert (cfg2.max_pauses, cfg2.pause_layout) == (1, "private")

@@ -164,9 +164,9 @@ def validate_data_config(cfg: ml_collections.ConfigDict, *, process_count: int =
   if spec.kind in ("text", "tfds"):
     if cfg.tokenizer:
       if not epath.Path(expand_path(cfg.tokenizer)).exists():
-        raise ValueError(f"data.tokenizer={cfg.tokenizer!r} does not exist; give a SentencePiece .model "
-                         "file, a pretrained model's folder (tokenizer.json or tokenizer.model), or \"\" "
-                         "to train one into the workdir.")
+        raise ValueError(f"data.tokenizer={cfg.tokenizer!r} is not a file or folder; give a SentencePiece "
+                         ".model file, a pretrained model's folder (tokenizer.json or tokenizer.model), or "
+                         "\"\" to train one into the workdir.")
     else:
       _check_int("spm_vocab_size", cfg.spm_vocab_size, MIN_SPM_VOCAB_SIZE)
       _check_int("spm_max_sentences", cfg.spm_max_sentences, 1)

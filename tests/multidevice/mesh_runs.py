@@ -31,6 +31,7 @@ from cyb_jax import checkpoint as ckpt_lib
 from cyb_jax import model as model_lib
 from cyb_jax import sharding
 from cyb_jax import evaluation
+from cyb_jax import hosts
 from cyb_jax import train
 from tests.multidevice import harness
 
@@ -88,7 +89,7 @@ def main() -> None:
                          sorted(set(sharding.bytes_per_device(state).values()))}
     state, losses = run.run(state, 0, saved_step)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(args.workdir, name), keep=1)
-    checkpointer.save(saved_step, state, train.gather_data_states(run.data.train.get_state()),
+    checkpointer.save(saved_step, state, hosts.gather_data_states(run.data.train.get_state()),
                       {"mesh": list(shape)})
     state, last = run.run(state, saved_step, 1)
     checkpointer.close()
