@@ -35,6 +35,7 @@ from cyb_jax import evaluation
 from cyb_jax import files
 from cyb_jax import losses
 from cyb_jax import model as model_lib
+from cyb_jax import sharding
 from cyb_jax.data import DataBundle, make_data, validate_data_config
 
 HF_PREFIX = "hf:"  # init_from=hf:PATH: a Hugging Face-format base model (cyb_jax.pretrained)
@@ -43,7 +44,7 @@ HF_PREFIX = "hf:"  # init_from=hf:PATH: a Hugging Face-format base model (cyb_ja
 # model field is architecture, which an hf: base model brings (those must then be None).
 _PAUSE_AND_RUNTIME_FIELDS = ("max_pauses", "pause_layout", "shared_pause_embed", "dtype",
                              "param_dtype", "remat_policy", "scan_layers", "unroll_pause_scan",
-                             "init_pause_prob")
+                             "init_pause_prob", "vocab_pad_multiple")
 
 # Run-config fields that were once 0 for "derive it": older config.json files are read with
 # 0 meaning None.
@@ -69,6 +70,7 @@ def _pretrained_model_config(config: ml_collections.ConfigDict, path: str,
                      "(cyb_jax/configs/finetune_hf.py does).")
   p = m.get("init_pause_prob")
   runtime = {k: m[k] for k in _PAUSE_AND_RUNTIME_FIELDS if k in m and k != "init_pause_prob"}
+  runtime["vocab_pad_multiple"] = vocab_pad_multiple(config)
   cfg = pretrained.model_config(path, init_pause_prob=0.5 if p is None else p, **runtime)
   if p is None:
     cfg = dataclasses.replace(cfg, dk_bias_init=0.0)
@@ -115,7 +117,21 @@ def model_config(config: ml_collections.ConfigDict, data_vocab_size: int) -> mod
       raise ValueError(f"model.init_pause_prob={init_pause_prob} must lie in (0, 1), or be "
                        "None for a DK bias of 0.")
     dk_bias = math.log(init_pause_prob / (1 - init_pause_prob)) + math.log(vocab)
+  m["vocab_pad_multiple"] = vocab_pad_multiple(config)
   return model_lib.ModelConfig(vocab_size=vocab, dk_bias_init=dk_bias, **m)
+
+
+def vocab_pad_multiple(config: ml_collections.ConfigDict) -> int:
+  """``model.vocab_pad_multiple`` times the mesh's ``tensor`` size: the embedding and output
+  head then split evenly over the tensor axis, whatever the vocabulary (docs/design.md
+  section 10). Resuming on a mesh of another tensor size needs the same padded size."""
+  multiple = config.model.get("vocab_pad_multiple", 1)
+  if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+    raise ValueError(f"model.vocab_pad_multiple={multiple!r} must be an int >= 1.")
+  tensor = config.mesh.tensor
+  if tensor == -1:
+    tensor = sharding.mesh_shape(config.mesh, jax.device_count())[2]
+  return multiple * tensor
 
 
 def make_loss(config: ml_collections.ConfigDict) -> losses.Loss:

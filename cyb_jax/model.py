@@ -76,11 +76,12 @@ def output_projection(cfg: ModelConfig, params) -> tuple[jax.Array, jax.Array, j
 
   Vocabulary logits are cap_vocab_logits(hidden @ output_kernel) (the token embedding transposed
   when tied; the cap only with `final_logit_softcap`); the DK logit is hidden @ dk_kernel + dk_bias.
+  Only the first V of `padded_vocab_size` entries are returned: padding never becomes a logit.
   """
   if cfg.tie_embeddings:
-    output_kernel_DxV = params["token_embed"].T
+    output_kernel_DxV = params["token_embed"][:cfg.vocab_size].T
   else:
-    output_kernel_DxV = params["vocab_head"]["kernel"]
+    output_kernel_DxV = params["vocab_head"]["kernel"][:, :cfg.vocab_size]
   return output_kernel_DxV, params["dk_head"]["kernel"], params["dk_head"]["bias"]
 
 

@@ -89,6 +89,11 @@ class ModelConfig:
     sliding_window: W >= 1, required exactly when some layer is "sliding".
     rope_local_base: rotary base of "sliding" layers (unscaled, Gemma's
       `rope_local_base_freq`); None: sliding layers rotate as full layers do.
+    vocab_pad_multiple: m >= 1: the token embedding and vocabulary head have
+      `padded_vocab_size` = V rounded up to a multiple of m rows/columns (so the vocabulary
+      axis splits over a mesh); the padded entries start at zero and are never read (the
+      logits are those of the first V entries), so the padded model computes exactly the
+      unpadded one (docs/design.md section 10). 1: no padding.
   """
 
   vocab_size: int
@@ -128,6 +133,7 @@ class ModelConfig:
   layer_types: tuple[str, ...] | None = None
   sliding_window: int | None = None
   rope_local_base: float | None = None
+  vocab_pad_multiple: int = 1
 
   def __post_init__(self):
     if self.layer_types is not None and not isinstance(self.layer_types, tuple):
@@ -138,6 +144,7 @@ class ModelConfig:
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "mlp_dim"):
       _check_int(name, getattr(self, name), minimum=1)
     _check_int("max_pauses", self.max_pauses, minimum=0)
+    _check_int("vocab_pad_multiple", self.vocab_pad_multiple, minimum=1)
     for name in ("tie_embeddings", "shared_pause_embed", "scan_layers", "unroll_pause_scan",
                  "norm_plus_one", "scale_embeddings", "qkv_bias", "out_bias", "qk_norm",
                  "post_norms"):
@@ -220,6 +227,13 @@ class ModelConfig:
       )
     if self.rope_local_base is not None and not has_sliding:
       raise ValueError(f"rope_local_base={self.rope_local_base!r} needs some 'sliding' layer")
+
+  @property
+  def padded_vocab_size(self) -> int:
+    """Rows of the token embedding (columns of the vocabulary head): V rounded up to a
+    multiple of `vocab_pad_multiple`."""
+    m = self.vocab_pad_multiple
+    return -(-self.vocab_size // m) * m
 
   @property
   def resolved_num_kv_heads(self) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -137,9 +138,34 @@ def mesh_context(mesh: Mesh, rules: LogicalRules) -> Iterator[None]:
     yield
 
 
-def logical_shardings(logical_specs: Any, mesh: Mesh, rules: LogicalRules) -> Any:
-  """NamedShardings for a pytree of logical ``PartitionSpec``s."""
-  return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+def logical_shardings(logical_specs: Any, mesh: Mesh, rules: LogicalRules,
+                      shapes: Any = None) -> Any:
+  """NamedShardings for a pytree of logical ``PartitionSpec``s.
+
+  With ``shapes`` (a matching pytree of arrays or ``ShapeDtypeStruct``s), a dimension whose
+  size does not split evenly over the mesh axes its rule names is left whole on those axes
+  (e.g. 4 attention heads on a ``tensor`` axis of 8), with a warning naming the array and
+  the sizes; the padded vocabulary (``ModelConfig.vocab_pad_multiple``) always splits.
+  """
+  shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+  if shapes is None:
+    return shardings
+
+  def fit(path, named: NamedSharding, leaf) -> NamedSharding:
+    spec = list(named.spec) + [None] * (len(leaf.shape) - len(named.spec))
+    for dim, axes in enumerate(spec):
+      if axes is None:
+        continue
+      names = axes if isinstance(axes, tuple) else (axes,)
+      ways = math.prod(mesh.shape[a] for a in names)
+      if leaf.shape[dim] % ways:
+        logging.warning("%s: dimension %d of shape %s does not split over mesh axes %s (%d "
+                        "ways): kept whole there.", jax.tree_util.keystr(path), dim,
+                        tuple(leaf.shape), names, ways)
+        spec[dim] = None
+    return NamedSharding(mesh, P(*spec))
+
+  return jax.tree_util.tree_map_with_path(fit, shardings, shapes)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

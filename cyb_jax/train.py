@@ -116,8 +116,8 @@ def train_step(state: TrainState, batch: Batch, *, model_cfg: model_lib.ModelCon
 def state_shardings(model_cfg, tx, mesh: Mesh, rules) -> TrainState:
   """NamedShardings of the train state from the parameters' logical axis names."""
   param_specs = model_lib.param_logical_axes(model_cfg)
-  param_shardings = sharding.logical_shardings(param_specs, mesh, rules)
   abstract_params = jax.eval_shape(model_lib.init_params, model_cfg, jax.random.key(0))
+  param_shardings = sharding.logical_shardings(param_specs, mesh, rules, abstract_params)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   opt_shardings = optax.tree_map_params(
       tx, lambda _, s: s, abstract_opt, param_shardings,

@@ -120,9 +120,9 @@ class Decoder(nn.Module):
 class Transformer(nn.Module):
   """Parameters and per-piece computations of the model; orchestrated by the functions below.
 
-  Parameters (logical axes): token_embed [V, D] (vocab, embed); pause_embed [K or 1, D]
+  Parameters (logical axes): token_embed [V', D] (vocab, embed), V' = padded_vocab_size; pause_embed [K or 1, D]
   (pauses, embed), absent when K = 0; decoder/...; final_norm/scale [D] (norm);
-  vocab_head/kernel [D, V] (embed, vocab), absent when tied; dk_head/kernel [D] (embed),
+  vocab_head/kernel [D, V'] (embed, vocab), absent when tied; dk_head/kernel [D] (embed),
   dk_head/bias [] ().
   """
 
@@ -133,8 +133,10 @@ class Transformer(nn.Module):
     pdt = jnp.dtype(cfg.param_dtype)
     embed_init = nn.initializers.normal(stddev=cfg.d_model**-0.5)
     self.token_embed = self.param(
-        "token_embed", nn.with_logical_partitioning(embed_init, ("vocab", "embed")),
-        (cfg.vocab_size, cfg.d_model), pdt,
+        "token_embed",
+        nn.with_logical_partitioning(padded_init(embed_init, cfg.vocab_size, axis=0),
+                                     ("vocab", "embed")),
+        (cfg.padded_vocab_size, cfg.d_model), pdt,
     )
     if cfg.max_pauses > 0:
       num_pause_embeddings = 1 if cfg.shared_pause_embed else cfg.max_pauses
@@ -173,7 +175,9 @@ class Transformer(nn.Module):
 
   def output_projection(self):
     """`(output_kernel [D, V], dk_kernel [D], dk_bias [])`, see the function `output_projection`."""
-    output_kernel_DxV = self.token_embed.T if self.vocab_head is None else self.vocab_head()
+    v = self.cfg.vocab_size  # the padded entries never become logits
+    output_kernel_DxV = (self.token_embed[:v].T if self.vocab_head is None
+                         else self.vocab_head()[:, :v])
     return (output_kernel_DxV, *self.dk_head())
 
   def __call__(self, tokens_BxN: jax.Array) -> jax.Array:
@@ -195,9 +199,25 @@ class _VocabHead(nn.Module):
   def __call__(self):
     cfg = self.cfg
     return self.param(
-        "kernel", nn.with_logical_partitioning(fan_in_init(0, 1), ("embed", "vocab")),
-        (cfg.d_model, cfg.vocab_size), jnp.dtype(cfg.param_dtype),
+        "kernel",
+        nn.with_logical_partitioning(padded_init(fan_in_init(0, 1), cfg.vocab_size, axis=1),
+                                     ("embed", "vocab")),
+        (cfg.d_model, cfg.padded_vocab_size), jnp.dtype(cfg.param_dtype),
     )
+
+
+def padded_init(init, size: int, *, axis: int):
+  """``init`` of the unpadded shape (``size`` along ``axis``), then zeros up to the padded
+  shape: a padded table starts with exactly the values of the unpadded one."""
+
+  def padded(key, shape, dtype=jnp.float32):
+    real = list(shape)
+    real[axis] = size
+    widths = [(0, 0)] * len(shape)
+    widths[axis] = (0, shape[axis] - size)
+    return jnp.pad(init(key, tuple(real), dtype), widths)
+
+  return padded
 
 
 class _DKHead(nn.Module):

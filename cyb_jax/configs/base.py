@@ -28,6 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   m = ml_collections.ConfigDict()
   m.vocab_size = placeholder(int)  # V; None takes the data's vocabulary size (a larger V is allowed).
+  m.vocab_pad_multiple = 1  # Embedding/output head rows padded to a multiple of this x mesh.tensor
+  #   (never read: an exact pad, so any vocabulary splits over the mesh); 128 suits TPUs.
   m.num_layers = 2  # Transformer blocks.
   m.d_model = 64  # Residual width D.
   m.num_heads = 4  # Query heads.

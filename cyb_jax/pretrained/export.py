@@ -43,6 +43,9 @@ def save(path: epath.PathLike, cfg: ModelConfig, params, *,
   hf = hf_config.hf_config_from_model_config(cfg)
   sources = hf_weights.tensor_map(cfg, hf_gemma=hf_config.is_gemma(hf))
   flat = loader.flatten(params)
+  for key, axis in loader.VOCAB_AXIS.items():  # the padding rows are not the model's
+    if key in flat:
+      flat[key] = np.take(_host_array(flat[key]), np.arange(cfg.vocab_size), axis=axis)
   if set(flat) != set(sources):
     raise ValueError(f"params do not match the config: {sorted(set(flat) ^ set(sources))[:5]}")
   tensors = {}

@@ -89,6 +89,32 @@ def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
   return tree
 
 
+# Leaves with a vocabulary axis (padded to `padded_vocab_size`), and that axis.
+VOCAB_AXIS = {("token_embed",): 0, ("vocab_head", "kernel"): 1}
+
+
+def _padded_reader(read, shape: tuple[int, ...], axis: int, size: int):
+  """``read`` of a leaf whose ``axis`` is padded from ``size`` to ``shape[axis]`` with zeros:
+  the checkpoint is read only inside ``[0, size)``."""
+
+  def read_padded(index):
+    index = tuple(index) + (slice(None),) * (len(shape) - len(tuple(index)))
+    bounds = [s.indices(n)[:2] for s, n in zip(index, shape)]
+    lo, hi = bounds[axis]
+    out = np.zeros([b - a for a, b in bounds], np.float32)
+    if lo < size:
+      inner = list(index)
+      inner[axis] = slice(lo, min(hi, size))
+      part = read(tuple(inner))
+      where = [slice(None)] * len(shape)
+      where[axis] = slice(0, min(hi, size) - lo)
+      out = out.astype(part.dtype)
+      out[tuple(where)] = part
+    return out
+
+  return read_padded
+
+
 def _leaf_reader(folder: hf_weights.SafetensorsFolder, sources, scanned: bool, dtype
                  ) -> Callable[[tuple[slice, ...]], np.ndarray]:
   """index over the leaf -> numpy block in `dtype`, reading only that block."""
@@ -147,6 +173,8 @@ def load_params(path: epath.PathLike, cfg: ModelConfig, *, shardings: Any = None
         raise ValueError(f"tensor {src.name!r} has shape {got}, the config needs {want}")
       used.add(src.name)
     read = _leaf_reader(folder, srcs, key[:2] == ("decoder", "layers"), dtype)
+    if key in VOCAB_AXIS and cfg.padded_vocab_size != cfg.vocab_size:
+      read = _padded_reader(read, leaf.shape, VOCAB_AXIS[key], cfg.vocab_size)
     if key in sharding_of:
       out[key] = jax.make_array_from_callback(leaf.shape, sharding_of[key], read)
     else:
@@ -168,7 +196,7 @@ def _fresh_cyb_params(cfg: ModelConfig, token_embed_VxD, keys, sharding_of, dtyp
   rows = 1 if cfg.shared_pause_embed else cfg.max_pauses
 
   def make(token_embed_VxD, rng):
-    table = token_embed_VxD.astype(jnp.float32)
+    table = token_embed_VxD[:cfg.vocab_size].astype(jnp.float32)  # not the padding rows
     rms = jnp.sqrt(jnp.mean(jnp.square(table)))
     noise_RxD = jax.random.normal(rng, (rows, cfg.d_model), jnp.float32)
     values = {
