@@ -107,9 +107,7 @@ def group_pieces(pieces: Sequence[str], special: Sequence[bool]) -> PieceWords:
 def parse_tagged_line(line: str, where: str) -> list[tuple[str, str]]:
   """``"The/at dog/nn"`` -> ``[("The", "at"), ("dog", "nn")]``; the tag follows the last "/".
 
-  Raises:
-    ValueError: naming ``where`` (``"file:line"``) and the token, for a token without a
-      non-empty word and tag.
+  Raises ValueError naming ``where`` (``"file:line"``) and a token without a word or a tag.
   """
   out = []
   for token in line.split():
@@ -126,8 +124,7 @@ def read_tagged_documents(paths: Sequence[str], doc_per: str) -> list[list[tuple
   :func:`cyb_jax.data.text.split_into_documents` cuts the plain text ("line": each non-blank
   line; "paragraph": each run of non-blank lines; "file": each non-blank file).
 
-  Raises:
-    ValueError: naming the file and line of a malformed token, or a bad ``doc_per``.
+  Raises ValueError naming the file and line of a malformed token, or a bad ``doc_per``.
   """
   if doc_per not in ("line", "paragraph", "file"):
     raise ValueError(f"doc_per={doc_per!r} is not one of ('line', 'paragraph', 'file').")
@@ -301,10 +298,6 @@ def _rows(keys_M: np.ndarray, s: PositionStats, names: Sequence[str]) -> tuple[a
   return tuple(analysis._group(keys_M, s, len(names), lambda i: names[i]))  # pylint: disable=protected-access
 
 
-def _mean_std(groups: Sequence[analysis.GroupStats]) -> float:
-  return float(np.mean([g.std_pauses for g in groups])) if groups else float("nan")
-
-
 def word_stats(stats: PositionStats, words: PositionWords, piece: Callable[[int], str], *,
                min_count: int = 20, min_side: int = 2, top: int = 20,
                tagged: bool | None = None) -> WordStats:
@@ -337,8 +330,7 @@ def word_stats(stats: PositionStats, words: PositionWords, piece: Callable[[int]
   after_words = [g for g in _rows(np.where(final, word, -1), s, words.words) if g.count > 0]
   ranked = lambda most: analysis._ranked(after_words, min_count=min_count, top=top, most=most)  # pylint: disable=protected-access
   tags = [g for g in _rows(np.where(final, words.tag_M, -1), s, words.tags) if g.count > 0]
-  num_ids = int(words.piece_M.max(initial=-1)) + 1
-  names = [""] * num_ids
+  names = [""] * (int(words.piece_M.max(initial=-1)) + 1)
   by_piece = [_rows(np.where(mask, words.piece_M, -1), s, names)
               for mask in (kind != NO_WORD, kind == WHOLE, first_of_longer)]
   ambiguous, other = [], []
@@ -351,6 +343,7 @@ def word_stats(stats: PositionStats, words: PositionWords, piece: Callable[[int]
     else:
       other.append(overall)
   ambiguous.sort(key=lambda a: (-a.overall.std_pauses, -a.overall.count, a.overall.key))
+  mean_std = lambda gs: float(np.mean([g.std_pauses for g in gs])) if gs else float("nan")
   return WordStats(
       kinds=_rows(kind, s, KIND_NAMES),
       final_vs_internal=(one(final, "word-final piece"), one(~final & (kind != NO_WORD), "word-internal piece"),
@@ -358,8 +351,8 @@ def word_stats(stats: PositionStats, words: PositionWords, piece: Callable[[int]
       contractions=contractions, after_words=tuple(after_words),
       most_words=ranked(True), least_words=ranked(False),
       by_tag=tuple(sorted(tags, key=lambda g: (-g.count, g.name))),
-      ambiguous=tuple(ambiguous), mean_std_ambiguous=_mean_std([a.overall for a in ambiguous]),
-      mean_std_other=_mean_std(other), num_docs=words.num_docs, aligned_docs=words.aligned_docs,
+      ambiguous=tuple(ambiguous), mean_std_ambiguous=mean_std([a.overall for a in ambiguous]),
+      mean_std_other=mean_std(other), num_docs=words.num_docs, aligned_docs=words.aligned_docs,
       skipped_docs=words.skipped_docs,
       tagged=bool(words.aligned_docs or words.skipped_docs) if tagged is None else tagged,
       min_count=min_count, min_side=min_side, top=top)

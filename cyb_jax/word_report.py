@@ -102,9 +102,12 @@ def words_md(ws: wa.WordStats) -> str:
   md = ["Pauses at a position are taken after reading its input piece, before predicting the next "
         "piece: \"after word w\" = at the last piece of w.", ""]
   md += ["### Word-final vs word-internal pieces", "",
-         tables.md_table(["input piece"] + _HEADER, _rows(ws.final_vs_internal + ws.kinds)), ""]
+         tables.md_table(["input piece"] + _HEADER, _rows(ws.final_vs_internal)), "",
+         "By the piece's place in its word:", "",
+         tables.md_table(["input piece"] + _HEADER, _rows(ws.kinds)), ""]
   md += ["### Contractions", "", "After the first piece of a word split into several pieces (e.g. "
-         "`▁was` of wasn't), by whether the word has an apostrophe, vs after whole words.", "",
+         "`▁was` of wasn't), by whether the word has an apostrophe, vs after whole words (the paper "
+         "reports no pauses after the first piece of contractions).", "",
          tables.md_table(["input piece"] + _HEADER, _rows(ws.contractions)), ""]
   for title, groups in (("Words after which the model pauses most", ws.most_words),
                         ("Words after which the model pauses least", ws.least_words)):
@@ -120,11 +123,11 @@ def words_md(ws: wa.WordStats) -> str:
     pair = [g for g in (ws.tag("nns"), ws.tag("nn")) if g is not None]
     if pair:
       md += ["**After plural (`nns`) vs singular (`nn`) nouns:**", "",
-             tables.md_table(["tag"] + _HEADER, _rows(pair)), ""]
+             tables.md_table(["tag"] + _HEADER, _rows(pair, "code")), ""]
     frequent = [g for g in ws.by_tag if g.count >= ws.min_count]
     md += [f"All tags with at least {ws.min_count} positions, by count (tags as grouped: Brown "
            "`-tl`/`-hl`/`-nc` suffixes and `fw-` dropped):", "",
-           tables.md_table(["tag"] + _HEADER, _rows(frequent)) if frequent else "_none_", ""]
+           tables.md_table(["tag"] + _HEADER, _rows(frequent, "code")) if frequent else "_none_", ""]
   md += [f"### Ambiguous pieces (whole word and word start, each at least {ws.min_side} times)", "",
          f"Mean std of k* over these pieces: **{tables.num(ws.mean_std_ambiguous)}**; over the other "
          f"pieces with at least {ws.min_count} positions: {tables.num(ws.mean_std_other)}.", ""]
@@ -153,6 +156,7 @@ def plot_tags(path: str, ws: wa.WordStats) -> str:
   ax.set_xticks(x, [f"{g.name}\n{g.count}" for g in groups], fontsize=7)
   ax.set(ylabel="after the word's last piece",
          title=f"Pauses after words by tag (tags with n ≥ {ws.min_count}, most frequent first)")
+  ax.set_ylim(bottom=0)
   ax.grid(axis="y", alpha=0.3)
   ax.legend(fontsize=8)
   if not groups:
