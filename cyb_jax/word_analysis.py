@@ -167,7 +167,8 @@ class PositionWords:
     word_M: int64 index into ``words`` (the distinct words of the documents reached, in order of
       first appearance), -1 for no word.
     kind_M: int64 position kind (``WHOLE`` ... ``NO_WORD``; padding is ``NO_WORD``).
-    apostrophe_M: bool, the word contains an apostrophe.
+    apostrophe_M: bool, the word has an apostrophe and a letter or digit (``wasn't``, ``Atlanta's``;
+      not the quote marks ``'`` and ``''``).
     tag_M: int64 index into ``tags``, -1 with no tag (no tagged copy, a skipped document, no word).
     piece_M: int64 the input token id (-1 on padding beyond the documents).
     words, tags: the names of the indices (tags as ``tag_of`` groups them).
@@ -230,7 +231,8 @@ def position_words(doc_ids: Sequence[np.ndarray], num_positions: int, piece: Cal
         skipped.append(d)
     start += ids.size
   words = tuple(word_index)
-  apostrophe = np.asarray([any(a in w for a in APOSTROPHES) for w in words] + [False])
+  apostrophe = np.asarray([any(a in w for a in APOSTROPHES) and any(c.isalnum() for c in w)
+                          for w in words] + [False])
   return PositionWords(word_M=word_M, kind_M=kind_M, apostrophe_M=apostrophe[word_M], tag_M=tag_M,
                        piece_M=piece_M, words=words, tags=tuple(tag_index), num_docs=num_docs,
                        aligned_docs=aligned, skipped_docs=tuple(skipped))
@@ -257,7 +259,7 @@ class WordStats:
     kinds: one row per position kind (``KIND_NAMES``).
     final_vs_internal: rows "word-final" (whole words and last pieces), "word-internal"
       (first and middle pieces of longer words), "no word".
-    contractions: rows: first piece of a multi-piece word with an apostrophe; of those, words
+    contractions: rows: first piece of a multi-piece word with an apostrophe (``apostrophe_M``); of those, words
       ending in "n't"; first piece of other multi-piece words; whole words.
     after_words: per distinct word, at its final piece, words with count >= 1 (key = index
       into ``PositionWords.words``).

@@ -15,7 +15,8 @@ from cyb_jax.data import text as text_lib
 from tests import tiny
 
 # A hand-made vocabulary: ids 0-3 are special (pad, BOS, EOS, newline).
-PIECES = ["<pad>", "<s>", "</s>", "\\n", "▁dogs", "▁dog", "▁was", "n", "'", "t", "▁won", "▁ran", "▁the", "▁."]
+PIECES = ["<pad>", "<s>", "</s>", "\\n", "▁dogs", "▁dog", "▁was", "n", "'", "t", "▁won", "▁ran", "▁the", "▁.",
+          "▁'", "▁Atlanta"]
 ID = {p: i for i, p in enumerate(PIECES)}
 SPECIAL = {0, 1, 2, 3}
 DOCS = [  # the eval documents as pieces, and the tagged copy of each
@@ -146,6 +147,14 @@ def test_position_words_aligns_tags_and_skips_a_misaligned_document():
   assert [word(m) for m in (23, 24)] == ["dogs", "ran"] and (w.tag_M[22:] == -1).all()
   assert w.apostrophe_M[9:16].all() and not w.apostrophe_M[:9].any()
   assert w.piece_M[26:].tolist() == [-1, -1] and (w.kind_M[26:] == wa.NO_WORD).all()
+
+
+def test_apostrophe_words_are_contractions_and_possessives_not_quote_marks():
+  doc = np.array([ID[p] for p in ["<s>", "▁'", "'", "▁'", "▁Atlanta", "'", "t", "▁won", "'", "t", "</s>"]])
+  w = wa.position_words([doc], doc.size, PIECES.__getitem__, SPECIAL)
+  assert [w.words[i] if i >= 0 else None for i in w.word_M] == [
+      None, "''", "''", "'", "Atlanta't", "Atlanta't", "Atlanta't", "won't", "won't", "won't", None]
+  assert w.apostrophe_M.tolist() == [False] * 4 + [True] * 6 + [False]
 
 
 def test_position_words_on_a_prefix_counts_only_the_documents_reached():
