@@ -43,10 +43,13 @@ __all__ = [
     "plots",           # report plots
     "report",          # report.md and pause_stats
     "report_tables",   # report markdown tables
+    "run_analysis",    # a run folder analysed (cyb-analyze)
     "samples",         # decoded samples with pauses shown
     "sharding",        # mesh and logical axis rules
     "train",           # train_and_evaluate
     "transformer",     # the Flax modules of the transformer
+    "word_analysis",   # pauses by word, word position and part-of-speech tag
+    "word_report",     # words.json/md and the by-tag plot (cyb-analyze)
 ]
 
 

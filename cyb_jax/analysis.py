@@ -103,7 +103,7 @@ class GroupStats:
   nll: float
 
 
-def _group(keys_M: np.ndarray, s: PositionStats, num_keys: int,
+def group_positions(keys_M: np.ndarray, s: PositionStats, num_keys: int,
            name: Callable[[int], str]) -> list[GroupStats]:
   """One GroupStats per key in ``0..num_keys-1`` over flat stats; keys < 0 are dropped."""
   w = s.weights.astype(np.float64)
@@ -169,7 +169,7 @@ def by_difficulty(stats: PositionStats, difficulty: np.ndarray,
   elif top_level >= len(names):
     raise ValueError(f"difficulty level {top_level} has no name; names are {tuple(names)} "
                      f"(levels 0..{len(names) - 1}).")
-  levels = _group(level_M, s, len(names), lambda i: str(names[i]))
+  levels = group_positions(level_M, s, len(names), lambda i: str(names[i]))
   present = [g for g in levels if g.count > 0]
   return DifficultyStats(
       levels=tuple(levels),
@@ -215,7 +215,7 @@ def _frequent(groups: Sequence[GroupStats], min_count: int) -> list[GroupStats]:
   return [g for g in groups if g.count >= min_count]
 
 
-def _ranked(groups: Sequence[GroupStats], *, min_count: int, top: int, most: bool) -> tuple[GroupStats, ...]:
+def ranked(groups: Sequence[GroupStats], *, min_count: int, top: int, most: bool) -> tuple[GroupStats, ...]:
   frequent = _frequent(groups, min_count)
   sign = -1.0 if most else 1.0
   return tuple(sorted(frequent, key=lambda g: (sign * g.mean_pauses, sign * g.mean_expected_pauses,
@@ -253,10 +253,10 @@ def by_token(stats: PositionStats, inputs: np.ndarray, targets: np.ndarray, *,
     ids[label] = value
   name = piece or str
   num_keys = int(max(ids["inputs"].max(initial=-1), ids["targets"].max(initial=-1))) + 1
-  groups = {label: [g for g in _group(np.where(s.weights != 0, v, -1), s, num_keys, lambda i: "")
+  groups = {label: [g for g in group_positions(np.where(s.weights != 0, v, -1), s, num_keys, lambda i: "")
                     if g.count > 0] for label, v in ids.items()}
   groups = {label: tuple(dataclasses.replace(g, name=name(g.key)) for g in gs) for label, gs in groups.items()}
-  rank = functools.partial(_ranked, min_count=min_count, top=top)
+  rank = functools.partial(ranked, min_count=min_count, top=top)
   frequent = _frequent(groups["inputs"], min_count)
   ambiguous = sorted(frequent, key=lambda g: (-g.nll_step0, g.key))[:top]
   spearman = rank_correlation([g.nll_step0 for g in frequent], [g.mean_pauses for g in frequent])

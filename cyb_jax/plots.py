@@ -25,13 +25,13 @@ from cyb_jax import report_tables as tables
 # --------------------------------------------------------------------------------------------
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
   fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
   FigureCanvasAgg(fig)
   return fig
 
 
-def _save(fig: Figure, path: str) -> str:
+def save(fig: Figure, path: str) -> str:
   files.save_figure(fig, path)
   return path
 
@@ -41,7 +41,7 @@ def plot_curves(path: str, train_rows: Sequence[Mapping[str, Any]],
   """Loss and pauses against training tokens; None (no file) when there are no rows at all."""
   if not train_rows and not eval_rows:
     return None
-  fig = _new_figure(10, 4)
+  fig = new_figure(10, 4)
   ax_loss, ax_pause = fig.subplots(1, 2)
 
   def series(rows, key):
@@ -71,14 +71,14 @@ def plot_curves(path: str, train_rows: Sequence[Mapping[str, Any]],
     ax.grid(alpha=0.3)
     if ax.get_lines():
       ax.legend(fontsize=8)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def plot_halting(path: str, summary: Mapping[str, Any], protocol: Protocol) -> str:
   """Halting distribution per step (own halting and threshold), then accuracy and NLL per step."""
   num_steps = len(summary["halt_probs"])
   k_S = np.arange(num_steps)
-  fig = _new_figure(13, 4)
+  fig = new_figure(13, 4)
   ax_halt, ax_acc, ax_nll = fig.subplots(1, 3)
   if protocol.fixed_step is None:
     width = 0.4
@@ -97,7 +97,7 @@ def plot_halting(path: str, summary: Mapping[str, Any], protocol: Protocol) -> s
   ax_nll.set(xlabel="step k", ylabel="NLL (nats/token)", xticks=k_S, title="NLL of the answer at step k")
   for ax in (ax_halt, ax_acc, ax_nll):
     ax.grid(alpha=0.3)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def plot_difficulty(path: str, stats: analysis.DifficultyStats) -> str:
@@ -105,7 +105,7 @@ def plot_difficulty(path: str, stats: analysis.DifficultyStats) -> str:
   levels = stats.levels
   x = np.arange(len(levels))
   names = [f"{g.key}: {g.name}\n(n={g.count})" for g in levels]
-  fig = _new_figure(11, 4)
+  fig = new_figure(11, 4)
   ax_p, ax_a = fig.subplots(1, 2)
   width = 0.4
   ax_p.bar(x - width / 2, [g.mean_pauses for g in levels], width,
@@ -125,12 +125,12 @@ def plot_difficulty(path: str, stats: analysis.DifficultyStats) -> str:
   ax_a.legend(fontsize=8, loc="upper left")
   for ax in (ax_p, ax_a):
     ax.grid(axis="y", alpha=0.3)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def plot_tokens(path: str, stats: analysis.TokenStats) -> str:
   """Horizontal bars: the most pausing tokens after reading them and before predicting them."""
-  fig = _new_figure(11, max(3.0, 0.28 * max(len(stats.most_after), len(stats.most_before), 1) + 1.2))
+  fig = new_figure(11, max(3.0, 0.28 * max(len(stats.most_after), len(stats.most_before), 1) + 1.2))
   for ax, groups, title in zip(fig.subplots(1, 2), (stats.most_after, stats.most_before),
                                ("Most pausing after reading", "Most pausing before predicting")):
     groups = list(reversed(groups))  # largest on top
@@ -150,4 +150,4 @@ def plot_tokens(path: str, stats: analysis.TokenStats) -> str:
               transform=ax.transAxes)
   legend = [Patch(color="C0", label="threshold pauses k* (± std)"), Patch(color="C1", label="E[pauses], own halting")]
   fig.legend(handles=legend, loc="outside lower center", ncols=2, fontsize=8)
-  return _save(fig, path)
+  return save(fig, path)

@@ -61,20 +61,16 @@ class PauseAnalysis:
   tokens: analysis.TokenStats
 
 
-def analyze(model_cfg: ModelConfig, params, eval_batches: Sequence[Mapping[str, Any]], info, *,
-            protocol: evaluation.Protocol, min_count: int = 20, top: int = 10,
-            vocab_chunk: int | None = None) -> PauseAnalysis:
-  """Per-position statistics over the eval set, reduced to protocol figures, levels and tokens.
+def analyze(evaluated: evaluation.EvalSetStats, info, *, min_count: int = 20,
+            top: int = 10) -> PauseAnalysis:
+  """An eval set's per-position outcomes reduced to protocol figures, levels and tokens.
 
   Args:
-    model_cfg, params: the model.
-    eval_batches: non-empty list of eval batches (``difficulty`` enables the per-level table).
+    evaluated: :func:`cyb_jax.evaluation.eval_set_stats` of the model on its eval set
+      (``difficulty`` enables the per-level table).
     info: the run's ``DataInfo`` (``piece`` names tokens, ``difficulty_names`` names levels).
-    protocol: the evaluation protocol (:func:`cyb_jax.evaluation.protocol_of`).
     min_count, top: selection of the most/least pausing tokens.
-    vocab_chunk: None or the chunk width for large vocabularies.
   """
-  evaluated = evaluation.eval_set_stats(model_cfg, params, eval_batches, protocol, vocab_chunk=vocab_chunk)
   difficulty = None
   if evaluated.difficulty is not None and info.difficulty_names:
     difficulty = analysis.by_difficulty(evaluated.stats, evaluated.difficulty, info.difficulty_names)
@@ -116,8 +112,9 @@ def write_report(workdir: str, *, model_cfg: ModelConfig, params, eval_batches: 
   plots_dir = os.path.join(workdir, PLOTS_DIR)
   result = None
   if eval_batches:
-    result = analyze(model_cfg, params, eval_batches, info, protocol=protocol,
-                     min_count=min_count, top=top, vocab_chunk=vocab_chunk)
+    evaluated = evaluation.eval_set_stats(model_cfg, params, eval_batches, protocol,
+                                          vocab_chunk=vocab_chunk)
+    result = analyze(evaluated, info, min_count=min_count, top=top)
 
   k_max = model_cfg.max_pauses
   md = [f"# Run report: `{files.resolve(workdir).name}`", ""]
@@ -182,10 +179,10 @@ def write_report(workdir: str, *, model_cfg: ModelConfig, params, eval_batches: 
 # --------------------------------------------------------------------------------------------
 
 
-def write_analysis(out_dir: str, *, model_cfg: ModelConfig, params, eval_batches: Sequence[Mapping[str, Any]],
-                   info, protocol: evaluation.Protocol, min_count: int = 20, top: int = 20,
-                   vocab_chunk: int | None = None, run: Mapping[str, Any] | None = None) -> str:
-  """Pause statistics of a model over an eval set, written to ``out_dir``.
+def write_analysis(out_dir: str, *, evaluated: evaluation.EvalSetStats, info,
+                   protocol: evaluation.Protocol, min_count: int = 20, top: int = 20,
+                   run: Mapping[str, Any] | None = None) -> str:
+  """Pause statistics of a model over its eval set (``evaluated``), written to ``out_dir``.
 
   Writes ``pause_stats.json`` (the summary, the per-level table for labelled data and the
   per-token tables: every token plus the most/least pausing lists; NaN as null),
@@ -194,14 +191,14 @@ def write_analysis(out_dir: str, *, model_cfg: ModelConfig, params, eval_batches
 
   Args:
     out_dir: output folder (created).
+    evaluated: :func:`cyb_jax.evaluation.eval_set_stats` of the model under ``protocol``.
     run: facts to record under ``"run"`` in the JSON (workdir, step, loss, ...).
     Others as in :func:`analyze`.
 
   Returns:
     The markdown tables, for printing.
   """
-  result = analyze(model_cfg, params, eval_batches, info, protocol=protocol, min_count=min_count,
-                   top=top, vocab_chunk=vocab_chunk)
+  result = analyze(evaluated, info, min_count=min_count, top=top)
   out_dir = os.fspath(files.resolve(out_dir))
   plots_dir = os.path.join(out_dir, PLOTS_DIR)
   record = {"run": dict(run or {}), "tau": protocol.tau, "fixed_step": protocol.fixed_step, "summary": result.summary,

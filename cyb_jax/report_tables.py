@@ -51,7 +51,7 @@ def count(n: float | None) -> str:
   return f"{n:.0f}"
 
 
-def _md_code(text: str) -> str:
+def md_code(text: str) -> str:
   """``text`` as inline code that survives a markdown table (pipes and backticks escaped)."""
   text = text.replace("|", "\\|")
   fence = "``" if "`" in text else "`"
@@ -151,7 +151,7 @@ def difficulty_table_md(stats: analysis.DifficultyStats) -> str:
 
 
 def _token_rows(groups: Sequence[analysis.GroupStats]) -> list[list[str]]:
-  return [[_md_code(g.name), str(g.key), str(g.count), num(g.mean_pauses), num(g.pause_rate),
+  return [[md_code(g.name), str(g.key), str(g.count), num(g.mean_pauses), num(g.pause_rate),
            num(g.std_pauses), num(g.mean_expected_pauses), signed(g.gain)] for g in groups]
 
 

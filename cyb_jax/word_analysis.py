@@ -297,7 +297,7 @@ class WordStats:
 
 
 def _rows(keys_M: np.ndarray, s: PositionStats, names: Sequence[str]) -> tuple[analysis.GroupStats, ...]:
-  return tuple(analysis._group(keys_M, s, len(names), lambda i: names[i]))  # pylint: disable=protected-access
+  return tuple(analysis.group_positions(keys_M, s, len(names), lambda i: names[i]))
 
 
 def word_stats(stats: PositionStats, words: PositionWords, piece: Callable[[int], str], *,
@@ -330,7 +330,7 @@ def word_stats(stats: PositionStats, words: PositionWords, piece: Callable[[int]
                   one(first_of_longer & ~words.apostrophe_M, "first piece of another multi-piece word"),
                   one(kind == WHOLE, "whole word"))
   after_words = [g for g in _rows(np.where(final, word, -1), s, words.words) if g.count > 0]
-  ranked = lambda most: analysis._ranked(after_words, min_count=min_count, top=top, most=most)  # pylint: disable=protected-access
+  ranked = lambda most: analysis.ranked(after_words, min_count=min_count, top=top, most=most)
   tags = [g for g in _rows(np.where(final, words.tag_M, -1), s, words.tags) if g.count > 0]
   names = [""] * (int(words.piece_M.max(initial=-1)) + 1)
   by_piece = [_rows(np.where(mask, words.piece_M, -1), s, names)

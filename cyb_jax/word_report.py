@@ -87,7 +87,7 @@ def run_position_words(info, docs: Sequence[str], tagged_docs, inputs: np.ndarra
 
 
 def _rows(groups: Sequence[Any], first: str = "name") -> list[list[str]]:
-  return [[tables._md_code(g.name) if first == "code" else g.name, str(g.count),  # pylint: disable=protected-access
+  return [[tables.md_code(g.name) if first == "code" else g.name, str(g.count),
            tables.num(g.mean_pauses), tables.num(g.pause_rate), tables.num(g.std_pauses),
            tables.num(g.mean_expected_pauses), tables.num(g.accuracy_step0), tables.num(g.accuracy),
            tables.signed(g.gain)] for g in groups]
@@ -135,7 +135,7 @@ def words_md(ws: wa.WordStats) -> str:
     md += [tables.md_table(
         ["piece", "positions", "std k*", "mean k*", "E[pauses]", "as whole word: n", "pause rate",
          "as word start: n", "pause rate"],
-        [[tables._md_code(a.overall.name), str(a.overall.count), tables.num(a.overall.std_pauses),  # pylint: disable=protected-access
+        [[tables.md_code(a.overall.name), str(a.overall.count), tables.num(a.overall.std_pauses),
           tables.num(a.overall.mean_pauses), tables.num(a.overall.mean_expected_pauses),
           str(a.as_whole.count), tables.num(a.as_whole.pause_rate), str(a.as_start.count),
           tables.num(a.as_start.pause_rate)] for a in ws.ambiguous[:ws.top]]), ""]
@@ -145,7 +145,7 @@ def words_md(ws: wa.WordStats) -> str:
 def plot_tags(path: str, ws: wa.WordStats) -> str:
   """Bars of mean k* (± std), E[pauses] and pause rate after words of the most frequent tags."""
   groups = [g for g in ws.by_tag if g.count >= ws.min_count][:_TAGS_PLOTTED]
-  fig = plots._new_figure(max(6.0, 0.45 * len(groups) + 2), 4.0)  # pylint: disable=protected-access
+  fig = plots.new_figure(max(6.0, 0.45 * len(groups) + 2), 4.0)
   ax = fig.subplots()
   x = np.arange(len(groups))
   width = 0.27
@@ -161,7 +161,7 @@ def plot_tags(path: str, ws: wa.WordStats) -> str:
   ax.legend(fontsize=8)
   if not groups:
     ax.text(0.5, 0.5, "no tag frequent enough", ha="center", va="center", transform=ax.transAxes)
-  return plots._save(fig, path)  # pylint: disable=protected-access
+  return plots.save(fig, path)
 
 
 def write_word_analysis(out_dir: str, stats, words: wa.PositionWords, piece, *, min_count: int = 20,

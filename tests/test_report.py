@@ -276,8 +276,9 @@ def test_write_report_synthetic(tmp_path, synthetic_data):
     assert f"(plots/{plot}.png)" in text
     _assert_png(tmp_path / "plots" / f"{plot}.png")
   # The final-evaluation table reports what evaluation.summarize computes.
-  summary = report.analyze(cfg, _params(cfg), synthetic_data.eval_batches, synthetic_data.info,
-                           protocol=evaluation.Protocol(0.5, None)).summary
+  summary = report.analyze(evaluation.eval_set_stats(cfg, _params(cfg), synthetic_data.eval_batches,
+                                                     evaluation.Protocol(0.5, None)),
+                           synthetic_data.info).summary
   assert f"| {summary['threshold_nll']:.3f} | {summary['threshold_accuracy']:.3f} |" in text
 
 

@@ -264,7 +264,7 @@ def text_run(tmp_path_factory):
 
 
 def test_cli_analyze_writes_the_word_and_tag_view(text_run):
-  from cyb_jax.cli import analyze
+  from cyb_jax import run_analysis as analyze
   root, lines = text_run
   out = root / "out"
   printed = analyze.analyze_run(str(root / "run"), out=str(out), min_count=1, top=3,
