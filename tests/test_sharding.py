@@ -311,3 +311,18 @@ def test_sigterm_stops_every_process_at_the_same_step(tmp_path):
     assert summary["stopped"] == "preempted"
     steps.add(summary["step"])
   assert len(steps) == 1 and os.listdir(os.path.join(workdir, "checkpoints")) == [str(*steps)]
+
+
+@pytest.mark.multidevice
+def test_the_default_vocabulary_trains_on_every_mesh_with_the_one_device_losses(tmp_path):
+  """15 ids and 2 heads on tensor axes of 2 and 8: the vocabulary is padded (16), the heads
+  stay whole on the 8-way axis, and every mesh gives the losses of one device."""
+  out = str(tmp_path / "any_vocab.json")
+  log = str(tmp_path / "any_vocab.log")
+  _wait([_spawn("tests.multidevice.any_vocab", [f"--out={out}", f"--workdir={tmp_path}"], 8, log)],
+        [log])
+  with open(out) as f:
+    results = json.load(f)
+  assert (results["1x1x1 padded"], results["2x2x2 padded"], results["1x1x8 padded"]) == (15, 16, 16)
+  for name in ("8x1x1", "2x2x2", "1x4x2", "1x1x8"):
+    np.testing.assert_allclose(results[name], results["1x1x1"], rtol=1e-4, err_msg=f"mesh {name}")
