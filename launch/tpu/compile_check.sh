@@ -2,7 +2,7 @@
 # Compiles the sharded train step for TPU slices on THIS machine (no TPU needed) and prints
 # each chip's memory: check that a config fits before creating the slice.
 #   launch/tpu/compile_check.sh [--dry-run] [benchmarks/tpu_compile.py flags]
-#   launch/tpu/compile_check.sh --config=configs/tfds_lm.py --topology=v5e-16 --mesh=1,-1,1
+#   launch/tpu/compile_check.sh --config=cyb_jax/configs/tfds_lm.py --topology=v5e-16 --mesh=1,-1,1
 # libtpu goes into a virtual environment of its own (TPU_COMPILE_VENV, default
 # /tmp/cyb-tpu-venv): with libtpu installed JAX probes for TPU chips at start-up, which is
 # unwanted in a CPU environment. The environment gets Python >= 3.11: PYTHON (default

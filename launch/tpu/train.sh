@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts the trainer on every host of the job, in the background.
-#   launch/tpu/train.sh [--dry-run] RUN_NAME --config=configs/X.py [--config.FIELD=VALUE ...]
+#   launch/tpu/train.sh [--dry-run] RUN_NAME --config=cyb_jax/configs/X.py [--config.FIELD=VALUE ...]
 # Every host runs the same command; --multihost makes each call jax.distributed.initialize(),
 # which reads the slice (or multislice) layout from the TPU runtime. The workdir is
 # MOUNT/runs/RUN_NAME (BUCKET/runs/RUN_NAME), shared by all hosts; the same RUN_NAME again
@@ -8,7 +8,7 @@
 # on each host (logs.sh RUN_NAME shows process 0's); stop.sh RUN_NAME stops it cleanly.
 # Options for this script come before RUN_NAME; everything after it goes to the trainer.
 set -euo pipefail
-USAGE="launch/tpu/train.sh [--dry-run] RUN_NAME --config=configs/X.py [--config.FIELD=VALUE ...]"
+USAGE="launch/tpu/train.sh [--dry-run] RUN_NAME --config=cyb_jax/configs/X.py [--config.FIELD=VALUE ...]"
 source "$(dirname "$0")/env.sh"
 while [[ $# -gt 0 ]]; do
   case "$1" in
