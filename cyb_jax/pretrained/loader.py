@@ -9,7 +9,7 @@ adds, unless the folder holds them already (an exported CYB model, see `export.s
     `rng`), so pause inputs start at the token embeddings' scale (scaled by sqrt(D) like them
     when `scale_embeddings`).
   dk_head: kernel zero, bias `cfg.dk_bias_init` (`load` sets it to logit(p) + log V for an
-    initial pause probability p, as `cyb_jax.train.make_model_config` does).
+    initial pause probability p, as `cyb_jax.components.model_config` does).
 """
 
 from __future__ import annotations
