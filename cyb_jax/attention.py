@@ -22,6 +22,10 @@ Sliding-window layers further hide shared key m from a query at rotary position 
 n - position(m) < W (`Visibility.shared_positions`); private keys share their query's
 position. A pause slot of position n therefore sees exactly the real tokens a real slot at n
 sees, in the training forward, the flattened reference and the decoder alike.
+
+`attend` is the dense reference (`ModelConfig.attention_impl="xla"`); `attention_impl=
+"dot_product"` computes the same attention through `jax.nn.dot_product_attention`, the private
+block merged exactly inside the kernel call (`cyb_jax.attention_kernels`).
 """
 
 from __future__ import annotations
@@ -219,7 +223,8 @@ class Attention(nn.Module):
   scale and soft cap (see `attend`); rotary frequencies `rope_inv_freq(E, rope_base,
   rope_scaling)`. A call with `sliding` true (a Python bool, or a traced bool scalar when layers
   are scanned) applies the window `window` (see `Visibility.shared_positions`) and rotates with
-  base `local_rope_base` (unscaled) when it is set.
+  base `local_rope_base` (unscaled) when it is set. `impl` "dot_product" computes the same
+  attention through a fused kernel (`cyb_jax.attention_kernels`; no soft cap).
   """
 
   num_heads: int
@@ -238,6 +243,7 @@ class Attention(nn.Module):
   rope_scaling: tuple | None = None
   window: int | None = None
   local_rope_base: float | None = None
+  impl: str = "xla"  # "xla": `attend`; "dot_product": `attention_kernels.fused_attend`
 
   @nn.compact
   def __call__(
@@ -304,10 +310,18 @@ class Attention(nn.Module):
         raise ValueError("a sliding-window layer with a cache needs Visibility.shared_positions")
       inside_BxSxM = window_mask(positions_BxS, key_positions, self.window)
       shared_mask = shared_mask & (inside_BxSxM if sliding is True else inside_BxSxM | ~sliding)
-    out_BxSxHxE = attend(
-        q_BxSxHxE, shared, shared_mask, private, visibility.private_mask,
-        scale=self.scale, softcap=self.softcap,
-    )
+    if self.impl == "xla":
+      out_BxSxHxE = attend(
+          q_BxSxHxE, shared, shared_mask, private, visibility.private_mask,
+          scale=self.scale, softcap=self.softcap,
+      )
+    elif self.impl == "dot_product" and self.softcap is None:
+      from cyb_jax.attention_kernels import fused_attend  # pylint: disable=g-import-not-at-top
+      out_BxSxHxE = fused_attend(
+          q_BxSxHxE, shared, shared_mask, private, visibility.private_mask, scale=self.scale)
+    else:
+      raise ValueError(f"attention impl {self.impl!r} with softcap {self.softcap!r} is not "
+                       "supported: use impl 'xla', or 'dot_product' without a soft cap")
     out_BxSxD = jnp.einsum("bshe,hed->bsd", out_BxSxHxE, wo_HxExD)
     if self.out_bias:
       out_BxSxD = out_BxSxD + bias("out_bias", (d,), ("embed",))

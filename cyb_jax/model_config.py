@@ -28,10 +28,14 @@ REMAT_POLICIES = (
 MLP_ACTIVATIONS = ("silu", "gelu_tanh")  # SwiGLU (Llama), GeGLU with tanh GELU (Gemma)
 ROPE_SCALINGS = (None, "linear", "llama3")
 LAYER_TYPES = ("full", "sliding")
+# How attention is computed (the same function): "xla" the dense einsum path (the reference),
+# "dot_product" jax.nn.dot_product_attention (cuDNN flash on GPU for 16-bit dtypes).
+ATTENTION_IMPLS = ("xla", "dot_product")
 
 # ModelConfig fields that say how the model is computed or initialised, not which function
 # its parameters define: a checkpoint may be resumed with other values of these.
-RUNTIME_FIELDS = ("dtype", "remat_policy", "unroll_pause_scan", "dk_bias_init")
+# attention_impl: which kernel computes the (same) attention function.
+RUNTIME_FIELDS = ("dtype", "remat_policy", "unroll_pause_scan", "dk_bias_init", "attention_impl")
 
 _LLAMA3_FIELDS = ("rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_positions")
 
@@ -60,6 +64,9 @@ class ModelConfig:
       forward: no stacked per-step residuals (less memory, ~5-10% faster steps measured on
       CPU), at K times the compile time of one step.
     dk_bias_init: initial bias of the DK logit (the DK kernel starts at zero).
+    attention_impl: one of ATTENTION_IMPLS: "xla" (dense scores, the reference) or
+      "dot_product" (`jax.nn.dot_product_attention`, `cyb_jax.attention_kernels`); the same
+      function either way. "dot_product" does not support `attn_logit_softcap`.
     rope_base: rotary frequency base (HF `rope_theta`) of full-attention layers, and of
       sliding layers when `rope_local_base` is None.
     rms_norm_eps: epsilon of every RMSNorm: x / sqrt(mean(x^2) + eps).
@@ -113,6 +120,7 @@ class ModelConfig:
   scan_layers: bool = False
   unroll_pause_scan: bool = False
   dk_bias_init: float = 0.0
+  attention_impl: str = "xla"
   rope_base: float = 10000.0
   rms_norm_eps: float = 1e-6
   norm_plus_one: bool = False
@@ -159,6 +167,12 @@ class ModelConfig:
     _check_choice("param_dtype", self.param_dtype, DTYPES)
     _check_choice("remat_policy", self.remat_policy, REMAT_POLICIES)
     _check_choice("mlp_activation", self.mlp_activation, MLP_ACTIVATIONS)
+    _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+    if self.attention_impl != "xla" and self.attn_logit_softcap is not None:
+      raise ValueError(
+          f"attention_impl={self.attention_impl!r} does not support attn_logit_softcap="
+          f"{self.attn_logit_softcap!r} (the fused kernels have no soft cap): use "
+          "attention_impl='xla'")
     if self.head_dim is None and self.d_model % self.num_heads:
       raise ValueError(
           f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "

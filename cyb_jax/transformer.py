@@ -65,6 +65,7 @@ class Block(nn.Module):
         rope_scaling=cfg.rope_scaling_params,
         window=cfg.sliding_window,
         local_rope_base=cfg.rope_local_base,
+        impl=cfg.attention_impl,
         name="attention",
         **dtypes,
     )(h_BxSxD, positions_BxS, cache, visibility, sliding)

@@ -1,0 +1,219 @@
+"""The fused attention path (`attention_impl="dot_product"`, cyb_jax.attention_kernels) computes
+the dense reference (`attention.attend`, `attention_impl="xla"`): values and gradients."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cyb_jax import attention
+from cyb_jax import attention_kernels
+from cyb_jax import decode
+from cyb_jax import model as model_lib
+from cyb_jax.model_config import RUNTIME_FIELDS, ModelConfig
+
+B, N, V, K, W = 2, 12, 50, 2, 3
+TOL = dict(rtol=1e-5, atol=1e-5)
+GRAD_TOL = dict(rtol=2e-5)  # of each gradient array's largest entry (sums that cancel)
+# GQA (4 query heads on 2 key/value heads) and a sliding-window / full layer mix.
+CFG = ModelConfig(vocab_size=V, num_layers=3, d_model=32, num_heads=4, mlp_dim=64, max_pauses=K,
+                  num_kv_heads=2, dk_bias_init=-1.0, layer_types=("sliding", "full", "sliding"),
+                  sliding_window=W)
+FUSED = dataclasses.replace(CFG, attention_impl="dot_product")
+
+
+def _packed_ids():
+  """Row 0: two documents of 5 and 7 tokens. Row 1: one document of 9 tokens, then padding."""
+  segment_ids = jnp.array([[1] * 5 + [2] * 7, [1] * 9 + [0] * 3], jnp.int32)
+  positions = jnp.array([list(range(5)) + list(range(7)), list(range(12))], jnp.int32)
+  return segment_ids, positions
+
+
+def _params(cfg=CFG, seed=0):
+  params = model_lib.init_params(cfg, jax.random.key(seed))
+  params["dk_head"]["kernel"] = jax.random.normal(jax.random.key(seed + 100), (cfg.d_model,))
+  return params
+
+
+def _tokens(seed=1):
+  return jax.random.randint(jax.random.key(seed), (B, N), 0, V)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits_and_grads(cfg, params, tokens, segment_ids, positions):
+  """step_logits, and the gradient of a scalar function of all of them w.r.t. the parameters."""
+  def f(p):
+    logits = model_lib.step_logits(cfg, p, tokens, segment_ids=segment_ids, positions=positions)
+    weights = jnp.sin(jnp.arange(logits.size, dtype=jnp.float32)).reshape(logits.shape)
+    return (weights * logits).sum(), logits
+  (_, logits), grads = jax.value_and_grad(f, has_aux=True)(params)
+  return logits, grads
+
+
+def _assert_trees_close(a, b, *, rtol):
+  """Every leaf x of `a` is within rtol * max|y| of the same leaf y of `b` (normwise)."""
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=0, atol=rtol * float(np.abs(y).max()),
+                               err_msg=jax.tree_util.keystr(path))
+
+
+# ------------------------------------------------------------------------------------------
+# The kernel wrapper against `attend` on random inputs.
+
+
+def _random_qkv(b=2, s=7, m=7, h=4, g=2, e=8, j=3, seed=0):
+  keys = jax.random.split(jax.random.key(seed), 5)
+  q = jax.random.normal(keys[0], (b, s, h, e))
+  shared = attention.KeyValues(jax.random.normal(keys[1], (b, m, g, e)),
+                               jax.random.normal(keys[2], (b, m, g, e)))
+  private = attention.KeyValues(jax.random.normal(keys[3], (b, s, j, g, e)),
+                                jax.random.normal(keys[4], (b, s, j, g, e)))
+  return q, shared, private
+
+
+def _mask_BxSxM():
+  """Causal, two packed segments in row 0, a window of 4 in row 1."""
+  segment_ids = jnp.array([[1] * 3 + [2] * 4, [1] * 7])
+  positions = jnp.arange(7)[None].repeat(2, 0)
+  window = attention.window_mask(positions, positions, 4) | (jnp.arange(2) == 0)[:, None, None]
+  return attention.causal_segment_mask(segment_ids) & window
+
+
+def _check_equal_with_grads(f_ref, f_fused, args):
+  """Equal values and equal gradients (w.r.t. every argument) of a weighted sum of the output."""
+  out_ref, out_fused = f_ref(*args), f_fused(*args)
+  np.testing.assert_allclose(out_fused, out_ref, **TOL)
+  weights = jax.random.normal(jax.random.key(9), out_ref.shape)
+  grad = lambda f: jax.grad(lambda *a: (weights * f(*a)).sum(), range(len(args)))  # noqa: E731
+  _assert_trees_close(grad(f_fused)(*args), grad(f_ref)(*args), **GRAD_TOL)
+
+
+def test_fused_shared_attention_equals_attend():
+  """Prefill form: shared keys only, causal + segment + window mask, GQA, a custom scale."""
+  q, shared, _ = _random_qkv()
+  mask = _mask_BxSxM()
+  _check_equal_with_grads(
+      lambda q, kv: attention.attend(q, kv, mask, scale=0.3),
+      lambda q, kv: attention_kernels.fused_attend(q, kv, mask, scale=0.3),
+      (q, shared),
+  )
+
+
+@pytest.mark.parametrize("visible_j", [1, 2, 3])
+def test_fused_shared_plus_private_attention_equals_attend(visible_j):
+  """Pause-step form: the sentinel-key merge of the private block is the joint softmax, in
+  value and gradient (also w.r.t. the private keys, through lse_J in the query)."""
+  q, shared, private = _random_qkv()
+  mask = _mask_BxSxM()
+  private_mask = (jnp.arange(3) < visible_j)[None, None]
+  _check_equal_with_grads(
+      lambda q, kv, pkv: attention.attend(q, kv, mask, pkv, private_mask),
+      lambda q, kv, pkv: attention_kernels.fused_attend(q, kv, mask, pkv, private_mask),
+      (q, shared, private),
+  )
+
+
+def test_merge_is_stable_for_large_scores():
+  """Scores near 1e3 (whose exponentials overflow float32) merge exactly as the dense path."""
+  q, shared, private = _random_qkv(e=16)
+  q = 30.0 * q
+  mask = _mask_BxSxM()
+  private_mask = jnp.ones((1, 1, 3), bool)
+  out_ref = attention.attend(q, shared, mask, private, private_mask, scale=1.0)
+  out_fused = attention_kernels.fused_attend(q, shared, mask, private, private_mask, scale=1.0)
+  assert np.isfinite(out_fused).all()
+  np.testing.assert_allclose(out_fused, out_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_merge_splits_the_log_normaliser():
+  """In bfloat16 the fused merge is as close to the float32 result as the dense bfloat16 path:
+  lse_J travels as hi + lo, not rounded to 8 bits."""
+  q, shared, private = _random_qkv(e=16)
+  mask, private_mask = _mask_BxSxM(), jnp.ones((1, 1, 3), bool)
+  bf = lambda t: jax.tree.map(lambda x: x.astype(jnp.bfloat16), t)  # noqa: E731
+  exact = attention.attend(q, shared, mask, private, private_mask)
+  dense_err = np.abs(attention.attend(*bf((q, shared)), mask, bf(private), private_mask)
+                     .astype(jnp.float32) - exact).max()
+  fused_err = np.abs(attention_kernels.fused_attend(*bf((q, shared)), mask, bf(private),
+                                                    private_mask).astype(jnp.float32)
+                     - exact).max()
+  assert fused_err <= 2 * dense_err + 1e-3, (fused_err, dense_err)
+
+
+# ------------------------------------------------------------------------------------------
+# The whole model.
+
+
+@pytest.mark.parametrize("cfg", [CFG, dataclasses.replace(CFG, pause_layout="visible")],
+                         ids=["private", "visible"])
+def test_fused_step_logits_and_gradients_equal_dense(cfg):
+  """K = 2 with packed segments, GQA and sliding/full layers: the private pause scan (real
+  prefill + fused pause steps) and the flat visible grid give the dense path's logits and
+  parameter gradients."""
+  params, tokens = _params(), _tokens()
+  segment_ids, positions = _packed_ids()
+  fused = dataclasses.replace(cfg, attention_impl="dot_product")
+  ref_logits, ref_grads = _logits_and_grads(cfg, params, tokens, segment_ids, positions)
+  logits, grads = _logits_and_grads(fused, params, tokens, segment_ids, positions)
+  np.testing.assert_allclose(logits, ref_logits, **TOL)
+  _assert_trees_close(grads, ref_grads, **GRAD_TOL)
+
+
+def test_fused_scanned_layers_equal_dense():
+  """Scanned layers (the sliding flag traced) and an unrolled pause scan: same logits."""
+  cfg = dataclasses.replace(CFG, scan_layers=True, unroll_pause_scan=True)
+  params, tokens = _params(cfg), _tokens()
+  segment_ids, positions = _packed_ids()
+  step = jax.jit(model_lib.step_logits, static_argnums=0)
+  fused = dataclasses.replace(cfg, attention_impl="dot_product")
+  np.testing.assert_allclose(
+      step(fused, params, tokens, segment_ids=segment_ids, positions=positions),
+      step(cfg, params, tokens, segment_ids=segment_ids, positions=positions), **TOL)
+
+
+@pytest.mark.parametrize("layout", ["private", "visible"])
+def test_fused_decoder_equals_training_forward(layout):
+  """The decoder (shared and private caches through the fused kernel) computes the training
+  forward's logits."""
+  cfg = dataclasses.replace(FUSED, pause_layout=layout)
+  params, tokens = _params(), _tokens(4)
+  logits, pauses = decode.teacher_forced_step_logits(cfg, params, tokens)
+  np.testing.assert_array_equal(pauses, K)
+  np.testing.assert_allclose(logits, model_lib.step_logits(cfg, params, tokens),
+                             rtol=1e-5, atol=2e-5)
+
+
+# ------------------------------------------------------------------------------------------
+# Configuration.
+
+
+def test_attention_impl_is_a_runtime_field_defaulting_to_dense():
+  assert "attention_impl" in RUNTIME_FIELDS
+  assert CFG.attention_impl == "xla"
+
+
+def test_bad_attention_impls_are_refused():
+  with pytest.raises(ValueError, match="attention_impl must be one of"):
+    dataclasses.replace(CFG, attention_impl="flash")
+  with pytest.raises(ValueError, match="does not support attn_logit_softcap"):
+    dataclasses.replace(CFG, attention_impl="dot_product", attn_logit_softcap=50.0)
+  dataclasses.replace(CFG, attn_logit_softcap=50.0)  # the dense path supports it
+
+
+def test_attention_module_refuses_a_soft_cap_with_the_fused_kernel():
+  module = attention.Attention(num_heads=2, num_kv_heads=1, head_dim=8, rope_base=1e4,
+                               softcap=5.0, impl="dot_product")
+  x, positions = jnp.ones((1, 3, 16)), jnp.arange(3)[None]
+  visibility = attention.Visibility(attention.causal_segment_mask(jnp.ones((1, 3), jnp.int32)))
+  with pytest.raises(ValueError, match="not supported"):
+    module.init(jax.random.key(0), x, positions, None, visibility)
+
+
+def test_kernel_implementation_is_xla_off_gpu_or_in_float32():
+  assert attention_kernels.kernel_implementation(jnp.float32) == "xla"
+  expected = "cudnn" if jax.default_backend() == "gpu" else "xla"
+  assert attention_kernels.kernel_implementation(jnp.bfloat16) == expected
