@@ -21,6 +21,7 @@ except _metadata.PackageNotFoundError:  # run from a checkout that is not instal
 __all__ = [
     "analysis",        # pause statistics of a trained model
     "attention",       # slot-grid attention (private / visible pauses), KV caches
+    "attention_kernels",  # fused attention (jax.nn.dot_product_attention) with the block merge
     "checkpoint",      # orbax checkpoints with the data position
     "components",      # run config -> model config, data, loss, optimiser, loaded run
     "configs",         # the shipped run configs (also usable as --config files)

@@ -44,7 +44,7 @@ HF_PREFIX = "hf:"  # init_from=hf:PATH: a Hugging Face-format base model (cyb_ja
 # model field is architecture, which an hf: base model brings (those must then be None).
 _PAUSE_AND_RUNTIME_FIELDS = ("max_pauses", "pause_layout", "shared_pause_embed", "dtype",
                              "param_dtype", "remat_policy", "scan_layers", "unroll_pause_scan",
-                             "init_pause_prob", "vocab_pad_multiple")
+                             "init_pause_prob", "vocab_pad_multiple", "attention_impl")
 
 # Run-config fields that were once 0 for "derive it": older config.json files are read with
 # 0 meaning None.
