@@ -37,12 +37,17 @@ from cyb_jax import files
 from cyb_jax import hosts
 from cyb_jax import losses
 from cyb_jax import metrics_writer
+from cyb_jax import mfu
 from cyb_jax import model as model_lib
+from cyb_jax import prefetch
 from cyb_jax import sharding
 
 Batch = dict[str, jax.Array]
 
 BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
+PREFETCH_DEPTH = 2  # batches produced and placed on the devices ahead of the step
+MAX_STEPS_IN_FLIGHT = 2  # steps the host dispatches ahead of the device at most
+_SYNC_KEYS = ("finite", "loss", "grad_norm", "weight_sum")  # fetched for every step, at syncs
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -77,6 +82,9 @@ def train_step(state: TrainState, batch: Batch, *, model_cfg: model_lib.ModelCon
   full-batch gradient for every loss that is a weighted mean over positions (all but
   ``cyb_va`` with ``kl="batch"``, whose KL is then taken per micro-batch). The loss state
   (the CYB-DP multiplier) is updated once, from the full batch's metrics.
+
+  If the loss or the gradient norm is not finite the returned state EQUALS ``state`` (the
+  update is refused on device, no host sync) and ``metrics["finite"]`` is False.
   """
 
   def loss_and_metrics(params, micro):
@@ -106,10 +114,15 @@ def train_step(state: TrainState, batch: Batch, *, model_cfg: model_lib.ModelCon
     metrics["weight_sum"] = total
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, loss=value, grad_norm=optax.global_norm(grads),
-                 learning_rate=schedule(state.step))
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+  metrics = dict(metrics, loss=value, grad_norm=grad_norm, learning_rate=schedule(state.step),
+                 finite=finite)
   new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                          multiplier=loss.update_state(state.multiplier, metrics))
+  # A non-finite loss or gradient refuses the update on device: the state comes back as it
+  # went in, and the host stops at its next sync point (``metrics["finite"]`` False).
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
   return new_state, metrics
 
 
@@ -231,6 +244,35 @@ def merge_init_params(fresh: Any, source: Any) -> tuple[Any, list[str], list[str
   return params, copied, kept
 
 
+def model_flops_per_device(config, model_cfg, loss, batch: Batch) -> float:
+  """Model FLOPs of one train step of ``batch``'s shapes, per device.
+
+  XLA's HLO cost analysis (:func:`cyb_jax.mfu.lowered_flops`) of the unpartitioned step,
+  lowered (not compiled) with every loop unrolled and nothing recomputed: the pause scan
+  unrolled, layers not scanned, no remat, no vocabulary chunks, one micro-batch. XLA counts
+  a loop body once, so the compiled program's own count would miss K - 1 pause steps;
+  remat and chunking are hardware FLOPs, not model FLOPs. Divided by the device count.
+  """
+  twin = dataclasses.replace(model_cfg, unroll_pause_scan=True, scan_layers=False,
+                             remat_policy="none")
+  tx, schedule = components.make_optimizer(config)
+  state = jax.eval_shape(functools.partial(init_state, model_cfg=twin, tx=tx,
+                                           loss_state=loss.init_state()), jax.random.key(0))
+  step = functools.partial(train_step, model_cfg=twin, loss=loss, tx=tx, schedule=schedule)
+  shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+  return mfu.lowered_flops(jax.jit(step).lower(state, shapes)) / jax.device_count()
+
+
+def _non_finite_message(step: int, m: dict, last_good: int | None, workdir: str) -> str:
+  what = (f"the training loss is {m['loss']} at step {step}" if not math.isfinite(m["loss"])
+          else f"the gradient of the training loss is {m['grad_norm']} at step {step} (the "
+          f"loss is {m['loss']})")
+  good = f"step {last_good}" if last_good is not None else "none"
+  return (f"{what}, the first non-finite step (its update was refused); "
+          f"stopped. The last good checkpoint is {good} in {ckpt_lib.checkpoint_dir(workdir)}. "
+          "Lower optimizer.learning_rate or check the data.")
+
+
 def _host(tree):
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
@@ -288,6 +330,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
   """
   loss = components.validate(config)
+  profile_window = mfu.check_profile_steps(config.profile_steps)
+  mfu.check_configured_peak(config.peak_flops_per_device)
   workdir = os.fspath(files.resolve(workdir))
   data = components.make_run_data(config, workdir)
   model_cfg = components.model_config(config, data.info.vocab_size)
@@ -326,58 +370,86 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       writer.write(step, row)
       return figures
 
-    def save(step: int) -> None:
-      checkpointer.save(step, state, hosts.gather_data_states(data.train.get_state()),
+    def save(step: int, data_state: dict) -> None:
+      checkpointer.save(step, state, hosts.gather_data_states(data_state),
                         dict(meta, train_tokens=train_tokens, step=step))
 
-    start = int(state.step)
-    step = start
-    stopped = "completed"
+    start = step = int(state.step)
+    stopped, last_good, final = "completed", latest, {}
     tokens_per_step = config.data.batch_size * config.data.seq_len
-    last_good = latest
-    final = {}
+    profiler = mfu.ProfileWindow(profile_window, os.fspath(files.resolve(workdir) / "profile"))
+    peak = mfu.peak_flops_per_device(config.peak_flops_per_device) if is_main else None
+    pending = []  # (step, device scalars) of the steps since the last sync, oldest first
+
+    def sync() -> None:
+      """Reads the finite flags of the steps since the last sync and counts their tokens."""
+      nonlocal train_tokens
+      fetched = jax.device_get([m for _, m in pending])
+      for (s, _), m in zip(pending, fetched):
+        if not m["finite"]:
+          raise NonFiniteLossError(_non_finite_message(s, m, last_good, workdir))
+        train_tokens += int(round(float(m["weight_sum"])))  # global target tokens
+      pending.clear()
+
+    data_state = data.train.get_state()  # as of the last consumed batch
+    batches = prefetch.Prefetcher(prefetch.train_batches(data.train, mesh, BATCH_KEYS),
+                                  count=max(config.num_train_steps - start, 0),
+                                  depth=PREFETCH_DEPTH)
     bar = _progress(config.num_train_steps, start, config.progress_bar and is_main)
-    t_last, steps_since = time.perf_counter(), 0
+    step_fn, flops, t_last, steps_since = None, None, time.perf_counter(), 0
     try:
       with hosts.Preemption() as preemption:
-        while step < config.num_train_steps:
-          local = next(data.train)
-          batch = sharding.global_batch({k: local[k] for k in BATCH_KEYS}, mesh)
-          state, metrics = programs.train_step(state, batch)
-          step += 1
-          steps_since += 1
-          loss_value = float(metrics["loss"])
-          if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f"the training loss is {loss_value} at step {step}; stopped. The last good "
-                f"checkpoint is {'step ' + str(last_good) if last_good is not None else 'none'}"
-                f" in {ckpt_lib.checkpoint_dir(workdir)}. Lower optimizer.learning_rate or "
-                "check the data.")
-          train_tokens += int(round(float(metrics["weight_sum"])))  # global target tokens
-          if step % config.log_every_steps == 0 or step == config.num_train_steps:
+        for batch, batch_data_state in batches:
+          if step_fn is None:  # compiled once, ahead of time, for these shapes and shardings
+            step_fn = programs.train_step.lower(state, batch).compile()
+            flops = model_flops_per_device(config, model_cfg, loss, batch) if peak else None
+            t_last = time.perf_counter()
+          profiler.before(step + 1)
+          with profiler.annotation(step + 1):
+            state, metrics = step_fn(state, batch)
+          step, steps_since, data_state = step + 1, steps_since + 1, batch_data_state
+          pending.append((step, {k: metrics[k] for k in _SYNC_KEYS}))
+          profiler.after(step, state)
+          if len(pending) > MAX_STEPS_IN_FLIGHT:  # the host runs at most this far ahead
+            pending[-1 - MAX_STEPS_IN_FLIGHT][1]["finite"].block_until_ready()
+          last = step == config.num_train_steps
+          is_log, is_eval, is_save = (last or step % every == 0 for every in (
+              config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps))
+          if is_log or is_eval or is_save:
+            sync()  # before any row or checkpoint: every step since the last one was finite
+          if is_log:
             now = time.perf_counter()
-            rate = steps_since * tokens_per_step / max(now - t_last, 1e-9)
-            t_last, steps_since = now, 0
             host = _host(metrics)
-            row = {f"train/{k}": v for k, v in host.items()
-                   if np.ndim(v) == 0 or k in ("halt_probs", "accuracy_per_step")}
-            row.update({"train_tokens": train_tokens, "train/tokens_per_sec": rate})
+            row = {f"train/{k}": v for k, v in host.items() if k != "finite" and (
+                np.ndim(v) == 0 or k in ("halt_probs", "accuracy_per_step"))}
+            row.update({"train_tokens": train_tokens,
+                        "train/tokens_per_sec": steps_since * tokens_per_step / (now - t_last)})
+            postfix = dict(loss=f"{float(host['loss']):.4f}",
+                           pauses=f"{float(host['expected_pauses']):.2f}",
+                           tok_s=f"{row['train/tokens_per_sec']:,.0f}")
+            if flops is not None:
+              row["train/mfu"] = mfu.mfu(flops, steps_since, now - t_last, peak)
+              postfix["mfu"] = f"{row['train/mfu']:.1%}"
             writer.write(step, row)
-            bar.set_postfix(loss=f"{loss_value:.4f}",
-                            pauses=f"{float(host['expected_pauses']):.2f}",
-                            tok_s=f"{rate:,.0f}", refresh=False)
+            bar.set_postfix(postfix, refresh=False)
+            t_last, steps_since = now, 0
           bar.update(1)
-          if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+          paused_at = time.perf_counter()  # eval and checkpoint time is not train time
+          if is_eval:
             final = evaluate_now(step)
-          if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
-            save(step)
+          if is_save:
+            save(step, data_state)
             last_good = step
           if preemption.should_stop(step):
+            sync()
             if last_good != step:
-              save(step)
+              save(step, data_state)
             stopped = "preempted"
             break
+          t_last += time.perf_counter() - paused_at
     finally:
+      profiler.close()
+      batches.close()
       bar.close()
       checkpointer.close()
       writer.close()
