@@ -1,0 +1,259 @@
+r"""Benchmark of the training loop (issue 13): loop efficiency, train-step MFU, r(K), memory.
+
+Four tables from one run, on a ~10M-parameter model (6 layers, D 256, V 8192, as in
+benchmarks/model.py), each ratio measured within this run:
+
+1. **Loop efficiency** = bare step time / trainer time per step. The bare step is the
+   trainer's own compiled train step (``train.make_programs``) called back to back on one
+   device-resident batch; the trainer is ``train.train_and_evaluate`` on the synthetic task
+   with the same model and batch shape (prefetch thread, host syncs only at log steps), its
+   time per step taken from the log interval of steps S+1..2S (the first S steps warm up).
+   The bare step is timed before and after the trainer and the mean is used.
+2. **Train-step MFU** = model FLOPs per step / (step time x float32 matmul peak), the peak
+   measured in this run (fastest ``[P, P] @ [P, P]`` of a 1 s loop). Model FLOPs are those
+   the trainer logs (``train.model_flops_per_device``: XLA's cost analysis of the step with
+   loops unrolled); the compiled program's own count (``compiled``) is shown beside it: it
+   counts the pause scan's body once.
+3. **r(K) = t(K) / ((K + 1) t(0))** of the private layout, t(0) the K = 0 model with the
+   ``ce`` loss, t(K) with ``cyb_ap``: the full train step (loss, gradient, AdamW).
+4. **Peak memory** of the train step (``compiled.memory_analysis()``: argument + output +
+   temp - alias bytes) with today's dense attention; the fused-attention column is a slot
+   for issue 13 item 2.
+
+Times: one untimed call per program, then ``--repeats`` round-robin rounds; the fastest
+wall time is reported (load only adds time). Compare ratios within one run.
+
+  python benchmarks/train_loop.py                      # defaults: a few minutes on 2 CPUs
+  python benchmarks/train_loop.py --quick              # smoke test
+  python benchmarks/train_loop.py --lengths=1024,4096 --pauses=1,3 --batch=8 --repeats=5
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+
+from cyb_jax import components
+from cyb_jax import metrics_writer
+from cyb_jax import mfu
+from cyb_jax import sharding
+from cyb_jax import train
+from cyb_jax.configs import default as default_config
+
+_QUICK = flags.DEFINE_bool("quick", False, "Small sizes for a smoke test (overrides size flags).")
+_OUT = flags.DEFINE_string("out", None, "Also write every figure as JSON to this path.")
+_SKIP = flags.DEFINE_list("skip", [], "Tables to skip: loop, steps, memory.")
+_VOCAB = flags.DEFINE_integer("vocab", 8192, "V (model.vocab_size).")
+_D_MODEL = flags.DEFINE_integer("d_model", 256, "D.")
+_LAYERS = flags.DEFINE_integer("layers", 6, "Transformer blocks.")
+_HEADS = flags.DEFINE_integer("heads", 4, "Query heads.")
+_MLP = flags.DEFINE_integer("mlp_dim", 1024, "SwiGLU width.")
+_LOOP_LENGTH = flags.DEFINE_integer("loop_length", 256, "N of table 1.")
+_LOOP_BATCH = flags.DEFINE_integer("loop_batch", 4, "B of table 1.")
+_LOOP_PAUSES = flags.DEFINE_integer("loop_pauses", 0, "K of table 1 (0: ce, else cyb_ap).")
+_LOOP_STEPS = flags.DEFINE_integer("loop_steps", 10, "S of table 1: steps timed (2S are run).")
+_LENGTHS = flags.DEFINE_list("lengths", ["256", "1024", "2048"], "N of tables 2 and 3.")
+_PAUSES = flags.DEFINE_list("pauses", ["3"], "K > 0 of tables 2 and 3 (K = 0 always runs).")
+_BATCH = flags.DEFINE_integer("batch", 1, "B of tables 2, 3 and 4.")
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repeats per program of tables 2 and 3.")
+_MEMORY_LENGTHS = flags.DEFINE_list("memory_lengths", ["2048", "8192"], "N of table 4.")
+_PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "P of the float32 matmul peak.")
+
+_QUICK_SIZES = dict(vocab=512, d_model=64, layers=2, heads=2, mlp_dim=128, loop_length=64,
+                    loop_batch=2, loop_steps=4, lengths=["64"], pauses=["2"], repeats=1,
+                    memory_lengths=["128"], peak_size=256)
+_MIB = 2.0**20
+
+
+def run_config(length: int, batch: int, pauses: int) -> ml_collections.ConfigDict:
+  """The default run config with the benchmark's model, ``[batch, length]`` and K pauses."""
+  c = default_config.get_config()
+  c.model.update(num_layers=_LAYERS.value, d_model=_D_MODEL.value, num_heads=_HEADS.value,
+                 mlp_dim=_MLP.value, max_pauses=pauses, vocab_size=_VOCAB.value)
+  c.loss.name = "ce" if pauses == 0 else "cyb_ap"
+  c.data.update(seq_len=length, batch_size=batch, eval_batches=1)
+  c.update(progress_bar=False, write_report=False)
+  return c
+
+
+class Step:
+  """The trainer's compiled train step for ``config`` on one device, with its own state."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    data = components.make_run_data(config, workdir)
+    self.model_cfg = components.model_config(config, data.info.vocab_size)
+    self.mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
+    rules = sharding.rules_from_config(config.logical_axis_rules)
+    programs = train.make_programs(config, self.model_cfg, self.mesh, rules)
+    with sharding.mesh_context(self.mesh, rules):
+      self.state = programs.init(jax.random.key(0))
+      local = next(data.train)
+      self.batch = sharding.global_batch({k: local[k] for k in train.BATCH_KEYS}, self.mesh)
+      lowered = programs.train_step.lower(self.state, self.batch)
+      self.compiled = lowered.compile()
+      self.flops = train.model_flops_per_device(config, self.model_cfg, programs.loss,
+                                                self.batch)
+    cost = self.compiled.cost_analysis()
+    self.compiled_flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+    m = self.compiled.memory_analysis()
+    self.peak_bytes = (m.argument_size_in_bytes + m.output_size_in_bytes
+                       + m.temp_size_in_bytes - m.alias_size_in_bytes)
+    self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(self.state.params))
+
+  def __call__(self) -> Any:
+    self.state, metrics = self.compiled(self.state, self.batch)
+    return self.state, metrics
+
+  def seconds_per_step(self, steps: int) -> float:
+    """Wall seconds per step of ``steps`` back-to-back calls (one untimed call first)."""
+    jax.block_until_ready(self())
+    start = time.perf_counter()
+    for _ in range(steps):
+      out = self()
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / steps
+
+
+def fastest_seconds(programs: dict[Any, Callable[[], Any]], repeats: int) -> dict[Any, float]:
+  """Fastest wall seconds of each program over ``repeats`` round-robin rounds (1 untimed)."""
+  for run in programs.values():
+    jax.block_until_ready(run())
+  names, best = list(programs), {name: float("inf") for name in programs}
+  for r in range(repeats):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      start = time.perf_counter()
+      jax.block_until_ready(programs[name]())
+      best[name] = min(best[name], time.perf_counter() - start)
+  return best
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+  return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def bench_loop(peak: float, workdir: str) -> tuple[dict, str]:
+  """Table 1: bare compiled step versus the trainer, same model and batch shape."""
+  n, b, k, s = _LOOP_LENGTH.value, _LOOP_BATCH.value, _LOOP_PAUSES.value, _LOOP_STEPS.value
+  config = run_config(n, b, k)
+  step = Step(config, os.path.join(workdir, "bare"))
+  bare_before = step.seconds_per_step(s)
+  config.update(num_train_steps=2 * s, log_every_steps=s, eval_every_steps=2 * s,
+                checkpoint_every_steps=2 * s, peak_flops_per_device=peak)
+  run_dir = os.path.join(workdir, "trainer")
+  start = time.perf_counter()
+  train.train_and_evaluate(config, run_dir)
+  trainer_wall = time.perf_counter() - start
+  row = [r for r in metrics_writer.read_metrics(run_dir) if r.get("step") == 2 * s][0]
+  trainer = b * n / row["train/tokens_per_sec"]
+  bare_after = step.seconds_per_step(s)
+  bare = (bare_before + bare_after) / 2
+  record = dict(length=n, batch=b, pauses=k, steps=s, bare_before=bare_before,
+                bare_after=bare_after, trainer=trainer, efficiency=bare / trainer,
+                trainer_mfu=row.get("train/mfu"), trainer_wall_s=trainer_wall,
+                num_params=step.num_params)
+  title = (f"### 1. Loop efficiency: {step.num_params / 1e6:.1f}M parameters, B={b}, N={n}, "
+           f"K={k}, {s} timed steps (steps {s + 1}..{2 * s} of the trainer)\n")
+  table = _markdown(
+      ["bare step ms (before / after)", "trainer ms / step", "efficiency", "trainer MFU",
+       "trainer wall s (2S steps, compile, eval, checkpoint)"],
+      [[f"{1e3 * bare_before:.1f} / {1e3 * bare_after:.1f}", f"{1e3 * trainer:.1f}",
+        f"{bare / trainer:.3f}", f"{row.get('train/mfu', float('nan')):.3f}",
+        f"{trainer_wall:.1f}"]])
+  return record, title + table
+
+
+def bench_steps(peak: float, workdir: str) -> tuple[dict, str]:
+  """Tables 2 and 3: MFU and r(K) of the private layout's train step."""
+  lengths, pauses = [int(n) for n in _LENGTHS.value], [0] + [int(k) for k in _PAUSES.value]
+  seconds, steps = {}, {}
+  for n in lengths:  # one length at a time: small programs are not timed among large ones
+    batch_steps = {(n, k): Step(run_config(n, _BATCH.value, k), os.path.join(workdir, f"{n}_{k}"))
+                   for k in pauses}
+    seconds |= fastest_seconds(batch_steps, _REPEATS.value)
+    steps |= {key: dict(flops=st.flops, compiled_flops=st.compiled_flops,
+                        num_params=st.num_params) for key, st in batch_steps.items()}
+    del batch_steps
+  rows, record = [], []
+  for n in lengths:
+    for k in pauses:
+      t, f = seconds[(n, k)], steps[(n, k)]
+      r = t / ((k + 1) * seconds[(n, 0)])
+      util = mfu.mfu(f["flops"], 1, t, peak)
+      rows.append([str(n), str(k), "ce" if k == 0 else "cyb_ap", f"{1e3 * t:.0f}",
+                   f"{r:.3f}", f"{f['flops'] / 1e9:.1f}", f"{f['compiled_flops'] / 1e9:.1f}",
+                   f"{f['flops'] / t / 1e9:.1f}", f"{util:.3f}"])
+      record.append(dict(length=n, pauses=k, seconds=t, r=r, mfu=util, **f))
+  title = (f"### 2-3. Train step (loss, gradient, AdamW) of the private layout: B={_BATCH.value}, "
+           f"{steps[(lengths[0], 0)]['num_params'] / 1e6:.1f}M parameters at K=0, fastest of "
+           f"{_REPEATS.value} interleaved repeats; float32 matmul peak {peak / 1e9:.1f} GFLOP/s\n"
+           "r(K) = t(K) / ((K+1) t(0)); GFLOP = model FLOPs (loops unrolled), compiled = the "
+           "compiled program's count (pause scan body once)\n")
+  header = ["N", "K", "loss", "wall ms", "r(K)", "GFLOP / step", "compiled GFLOP",
+            "GFLOP/s", "MFU"]
+  return dict(rows=record), title + _markdown(header, rows)
+
+
+def bench_memory(workdir: str) -> tuple[dict, str]:
+  """Table 4: compiled peak memory of the train step, dense attention (fused: a slot)."""
+  rows, record = [], []
+  for n in [int(x) for x in _MEMORY_LENGTHS.value]:
+    for k in [0] + [int(x) for x in _PAUSES.value]:
+      step = Step(run_config(n, _BATCH.value, k), os.path.join(workdir, f"mem_{n}_{k}"))
+      rows.append([str(n), str(k), f"{step.peak_bytes / _MIB:.0f}", "(issue 13 item 2)"])
+      record.append(dict(length=n, pauses=k, dense_peak_bytes=step.peak_bytes,
+                         fused_peak_bytes=None))
+      del step
+  title = (f"### 4. Train-step peak memory (compiled memory analysis), B={_BATCH.value}, "
+           "private layout\n")
+  return dict(rows=record), title + _markdown(
+      ["N", "K", "dense attention peak MiB", "fused attention peak MiB"], rows)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _QUICK.value:
+    for name, value in _QUICK_SIZES.items():
+      flags.FLAGS[name].value = value
+  unknown = set(_SKIP.value) - {"loop", "steps", "memory"}
+  if unknown:
+    raise app.UsageError(f"--skip: {sorted(unknown)} not among loop, steps, memory")
+  command = " ".join(["python", *sys.argv])
+  load = os.getloadavg()
+  print(f"# Training-loop benchmark: {jax.devices()[0].device_kind} x{jax.device_count()}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"jax {jax.__version__}\n\n`{command}`\n\nload average at start: "
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n", flush=True)
+  peak = mfu.measured_matmul_peak(size=_PEAK_SIZE.value)
+  print(f"float32 matmul peak ({_PEAK_SIZE.value}^3): {peak / 1e9:.1f} GFLOP/s\n", flush=True)
+  record: dict[str, Any] = dict(command=command, device=jax.devices()[0].device_kind,
+                                load_start=load, peak_flops=peak)
+  with tempfile.TemporaryDirectory() as workdir:
+    for name, bench in (("loop", lambda: bench_loop(peak, workdir)),
+                        ("steps", lambda: bench_steps(peak, workdir)),
+                        ("memory", lambda: bench_memory(workdir))):
+      if name not in _SKIP.value:
+        record[name], table = bench()
+        print(table + "\n", flush=True)
+  record["load_end"] = os.getloadavg()
+  print("load average at end: " + " ".join(f"{x:.2f}" for x in record["load_end"]))
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump(record, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
