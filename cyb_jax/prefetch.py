@@ -1,4 +1,4 @@
-"""A background thread that produces the next train batches while the device runs a step.
+"""Keeping the device busy: batches produced ahead in a thread, device values read at syncs.
 
 The trainer's producer (:func:`train_batches`) takes the next process-local batch from the
 resumable iterator, records the iterator's state right after it (``get_state()``: where a
@@ -9,6 +9,10 @@ stops cleanly on :meth:`Prefetcher.close`.
 
 Because the state travels WITH its batch, the trainer checkpoints the state as of the last
 batch it consumed, not of the batches produced ahead: exact resume is unchanged.
+
+:class:`PendingSteps` keeps the device scalars of the steps dispatched since the host last
+read any (the trainer reads them at log, eval and checkpoint steps, and at the end), and
+bounds how far the host runs ahead of the device.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+import jax
 from jax.sharding import Mesh
 
 from cyb_jax import sharding
@@ -128,3 +133,30 @@ def train_batches(iterator: Any, mesh: Mesh, keys: Sequence[str]
     return sharding.global_batch({k: local[k] for k in keys}, mesh), state
 
   return produce
+
+
+class PendingSteps:
+  """Device scalars of the steps dispatched since the last :meth:`read`, oldest first.
+
+  Args:
+    keys: the metrics kept of every step (e.g. the finite flag and the token count).
+    max_in_flight: :meth:`add` waits until the step this many steps before the newest is
+      done, so the host dispatches at most this many steps ahead of the device (the device
+      still has them queued: it never waits for the host).
+  """
+
+  def __init__(self, keys: Sequence[str], max_in_flight: int):
+    self._keys, self._max_in_flight = tuple(keys), max_in_flight
+    self._steps: list[tuple[int, dict]] = []
+
+  def add(self, step: int, metrics: dict) -> None:
+    self._steps.append((step, {k: metrics[k] for k in self._keys}))
+    if len(self._steps) > self._max_in_flight:
+      jax.block_until_ready(self._steps[-1 - self._max_in_flight][1])
+
+  def read(self) -> list[tuple[int, dict]]:
+    """``(step, host scalars)`` of every pending step, fetched in one transfer; clears them."""
+    steps = [s for s, _ in self._steps]
+    fetched = jax.device_get([m for _, m in self._steps])
+    self._steps.clear()
+    return list(zip(steps, fetched))

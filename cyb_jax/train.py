@@ -8,7 +8,10 @@ section 5 (:mod:`cyb_jax.evaluation`), checkpoints, and writes ``metrics.jsonl``
 TensorBoard events and ``report.md``.
 
 One train step (:func:`train_step`) is a pure function of ``(state, batch)``, jitted by
-:func:`make_programs` with explicit in/out shardings and a donated state.
+:func:`make_programs` with explicit in/out shardings and a donated state; the loop compiles it
+once ahead of time. The loop never waits on the device per step: batches are produced and
+placed in a thread (:mod:`cyb_jax.prefetch`), a non-finite step is refused on device, and the
+host reads metrics and finite flags only at log, eval and checkpoint steps (and the end).
 """
 
 from __future__ import annotations
@@ -47,7 +50,6 @@ Batch = dict[str, jax.Array]
 BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
 PREFETCH_DEPTH = 2  # batches produced and placed on the devices ahead of the step
 MAX_STEPS_IN_FLIGHT = 2  # steps the host dispatches ahead of the device at most
-_SYNC_KEYS = ("finite", "loss", "grad_norm", "weight_sum")  # fetched for every step, at syncs
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -379,17 +381,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tokens_per_step = config.data.batch_size * config.data.seq_len
     profiler = mfu.ProfileWindow(profile_window, os.fspath(files.resolve(workdir) / "profile"))
     peak = mfu.peak_flops_per_device(config.peak_flops_per_device) if is_main else None
-    pending = []  # (step, device scalars) of the steps since the last sync, oldest first
+    pending = prefetch.PendingSteps(("finite", "loss", "grad_norm", "weight_sum"),
+                                    MAX_STEPS_IN_FLIGHT)
 
     def sync() -> None:
       """Reads the finite flags of the steps since the last sync and counts their tokens."""
       nonlocal train_tokens
-      fetched = jax.device_get([m for _, m in pending])
-      for (s, _), m in zip(pending, fetched):
+      for s, m in pending.read():
         if not m["finite"]:
           raise NonFiniteLossError(_non_finite_message(s, m, last_good, workdir))
         train_tokens += int(round(float(m["weight_sum"])))  # global target tokens
-      pending.clear()
 
     data_state = data.train.get_state()  # as of the last consumed batch
     batches = prefetch.Prefetcher(prefetch.train_batches(data.train, mesh, BATCH_KEYS),
@@ -408,10 +409,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           with profiler.annotation(step + 1):
             state, metrics = step_fn(state, batch)
           step, steps_since, data_state = step + 1, steps_since + 1, batch_data_state
-          pending.append((step, {k: metrics[k] for k in _SYNC_KEYS}))
+          pending.add(step, metrics)
           profiler.after(step, state)
-          if len(pending) > MAX_STEPS_IN_FLIGHT:  # the host runs at most this far ahead
-            pending[-1 - MAX_STEPS_IN_FLIGHT][1]["finite"].block_until_ready()
           last = step == config.num_train_steps
           is_log, is_eval, is_save = (last or step % every == 0 for every in (
               config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps))

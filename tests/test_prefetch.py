@@ -89,3 +89,12 @@ def test_each_batch_carries_the_iterator_state_taken_right_after_it():
 def test_bad_depth_or_count_is_a_value_error(depth, count):
   with pytest.raises(ValueError, match=f"depth={depth}, count={count}"):
     prefetch.Prefetcher(lambda: 0, count=count, depth=depth)
+
+
+def test_pending_steps_reads_every_step_since_the_last_read_in_order_then_forgets_them():
+  pending = prefetch.PendingSteps(("a",), max_in_flight=1)
+  for step in (1, 2, 3):
+    pending.add(step, {"a": jax.numpy.asarray(step * 10), "b": jax.numpy.asarray(0)})
+  assert [(s, int(m["a"]), sorted(m)) for s, m in pending.read()] == [
+      (1, 10, ["a"]), (2, 20, ["a"]), (3, 30, ["a"])]
+  assert pending.read() == []

@@ -179,8 +179,8 @@ def test_a_non_finite_step_between_syncs_is_named_and_nothing_after_it_is_writte
   workdir = str(tmp_path / "sparse")
   config = _nan_config(log_every_steps=8, checkpoint_every_steps=8, eval_every_steps=8)
   with pytest.raises(train.NonFiniteLossError,
-                     match=rf"at step {first_bad}, the first non-finite step .* The last good "
-                           r"checkpoint is none"):
+                     match=rf"at step {first_bad}\b.*, the first non-finite step .* The last "
+                           r"good checkpoint is none"):
     train.train_and_evaluate(config, workdir)
   assert not _train_rows(workdir)
   assert not os.listdir(os.path.join(workdir, "checkpoints"))
