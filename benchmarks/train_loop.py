@@ -8,7 +8,7 @@ benchmarks/model.py), each ratio measured within this run:
    device-resident batch; the trainer is ``train.train_and_evaluate`` on the synthetic task
    with the same model and batch shape (prefetch thread, host syncs only at log steps), its
    time per step taken from the log interval of steps S+1..2S (the first S steps warm up).
-   The bare step is timed before and after the trainer and the mean is used.
+   Bare steps and trainer runs alternate for ``--loop_rounds``; the fastest of each counts.
 2. **Train-step MFU** = model FLOPs per step / (step time x float32 matmul peak), the peak
    measured in this run (fastest ``[P, P] @ [P, P]`` of a 1 s loop). Model FLOPs are those
    the trainer logs (``train.model_flops_per_device``: XLA's cost analysis of the step with
@@ -52,9 +52,14 @@ from cyb_jax import sharding
 from cyb_jax import train
 from cyb_jax.configs import default as default_config
 
+try:
+  from benchmarks import _profile_ops  # python -m benchmarks.train_loop, or the root on the path
+except ImportError:  # python benchmarks/train_loop.py
+  import _profile_ops  # type: ignore
+
 _QUICK = flags.DEFINE_bool("quick", False, "Small sizes for a smoke test (overrides size flags).")
 _OUT = flags.DEFINE_string("out", None, "Also write every figure as JSON to this path.")
-_SKIP = flags.DEFINE_list("skip", [], "Tables to skip: loop, steps, memory.")
+_SKIP = flags.DEFINE_list("skip", [], "Tables to skip: loop, steps, memory, profile.")
 _VOCAB = flags.DEFINE_integer("vocab", 8192, "V (model.vocab_size).")
 _D_MODEL = flags.DEFINE_integer("d_model", 256, "D.")
 _LAYERS = flags.DEFINE_integer("layers", 6, "Transformer blocks.")
@@ -64,16 +69,19 @@ _LOOP_LENGTH = flags.DEFINE_integer("loop_length", 256, "N of table 1.")
 _LOOP_BATCH = flags.DEFINE_integer("loop_batch", 4, "B of table 1.")
 _LOOP_PAUSES = flags.DEFINE_integer("loop_pauses", 0, "K of table 1 (0: ce, else cyb_ap).")
 _LOOP_STEPS = flags.DEFINE_integer("loop_steps", 10, "S of table 1: steps timed (2S are run).")
+_LOOP_ROUNDS = flags.DEFINE_integer("loop_rounds", 2, "Rounds of table 1 (fastest reported).")
 _LENGTHS = flags.DEFINE_list("lengths", ["256", "1024", "2048"], "N of tables 2 and 3.")
 _PAUSES = flags.DEFINE_list("pauses", ["3"], "K > 0 of tables 2 and 3 (K = 0 always runs).")
 _BATCH = flags.DEFINE_integer("batch", 1, "B of tables 2, 3 and 4.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repeats per program of tables 2 and 3.")
 _MEMORY_LENGTHS = flags.DEFINE_list("memory_lengths", ["2048", "8192"], "N of table 4.")
+_PROFILE_LENGTH = flags.DEFINE_integer(
+    "profile_length", 1024, "N of table 5 (a profile of K = 0 and the largest K); 0 = off.")
 _PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "P of the float32 matmul peak.")
 
 _QUICK_SIZES = dict(vocab=512, d_model=64, layers=2, heads=2, mlp_dim=128, loop_length=64,
-                    loop_batch=2, loop_steps=4, lengths=["64"], pauses=["2"], repeats=1,
-                    memory_lengths=["128"], peak_size=256)
+                    loop_batch=2, loop_steps=4, loop_rounds=1, lengths=["64"], pauses=["2"], repeats=1,
+                    memory_lengths=["128"], peak_size=256, profile_length=64)
 _MIB = 2.0**20
 
 
@@ -145,33 +153,39 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def bench_loop(peak: float, workdir: str) -> tuple[dict, str]:
-  """Table 1: bare compiled step versus the trainer, same model and batch shape."""
+  """Table 1: bare compiled step versus the trainer, same model and batch shape.
+
+  ``--loop_rounds`` rounds of (S bare steps, one trainer run of 2S steps); the fastest of each
+  is compared (load only adds time).
+  """
   n, b, k, s = _LOOP_LENGTH.value, _LOOP_BATCH.value, _LOOP_PAUSES.value, _LOOP_STEPS.value
   config = run_config(n, b, k)
   step = Step(config, os.path.join(workdir, "bare"))
-  bare_before = step.seconds_per_step(s)
   config.update(num_train_steps=2 * s, log_every_steps=s, eval_every_steps=2 * s,
                 checkpoint_every_steps=2 * s, peak_flops_per_device=peak)
-  run_dir = os.path.join(workdir, "trainer")
-  start = time.perf_counter()
-  train.train_and_evaluate(config, run_dir)
-  trainer_wall = time.perf_counter() - start
-  row = [r for r in metrics_writer.read_metrics(run_dir) if r.get("step") == 2 * s][0]
-  trainer = b * n / row["train/tokens_per_sec"]
-  bare_after = step.seconds_per_step(s)
-  bare = (bare_before + bare_after) / 2
-  record = dict(length=n, batch=b, pauses=k, steps=s, bare_before=bare_before,
-                bare_after=bare_after, trainer=trainer, efficiency=bare / trainer,
-                trainer_mfu=row.get("train/mfu"), trainer_wall_s=trainer_wall,
+  bare, trainer, walls, mfus = [], [], [], []
+  for r in range(_LOOP_ROUNDS.value):
+    bare.append(step.seconds_per_step(s))
+    run_dir = os.path.join(workdir, f"trainer_{r}")
+    start = time.perf_counter()
+    train.train_and_evaluate(config, run_dir)
+    walls.append(time.perf_counter() - start)
+    row = [r for r in metrics_writer.read_metrics(run_dir) if r.get("step") == 2 * s][0]
+    trainer.append(b * n / row["train/tokens_per_sec"])
+    mfus.append(row.get("train/mfu", float("nan")))
+  efficiency = min(bare) / min(trainer)
+  record = dict(length=n, batch=b, pauses=k, steps=s, bare=bare, trainer=trainer,
+                efficiency=efficiency, trainer_mfu=mfus, trainer_wall_s=walls,
                 num_params=step.num_params)
   title = (f"### 1. Loop efficiency: {step.num_params / 1e6:.1f}M parameters, B={b}, N={n}, "
-           f"K={k}, {s} timed steps (steps {s + 1}..{2 * s} of the trainer)\n")
+           f"K={k}, {s} timed steps (steps {s + 1}..{2 * s} of the trainer), "
+           f"{len(bare)} rounds\n")
+  ms = lambda xs: " / ".join(f"{1e3 * x:.0f}" for x in xs)
   table = _markdown(
-      ["bare step ms (before / after)", "trainer ms / step", "efficiency", "trainer MFU",
-       "trainer wall s (2S steps, compile, eval, checkpoint)"],
-      [[f"{1e3 * bare_before:.1f} / {1e3 * bare_after:.1f}", f"{1e3 * trainer:.1f}",
-        f"{bare / trainer:.3f}", f"{row.get('train/mfu', float('nan')):.3f}",
-        f"{trainer_wall:.1f}"]])
+      ["bare step ms (each round)", "trainer ms / step (each round)", "efficiency (fastest)",
+       "trainer MFU (each round)", "trainer wall s (2S steps, compile, eval, checkpoint)"],
+      [[ms(bare), ms(trainer), f"{efficiency:.3f}", " / ".join(f"{m:.3f}" for m in mfus),
+        " / ".join(f"{w:.0f}" for w in walls)]])
   return record, title + table
 
 
@@ -222,15 +236,42 @@ def bench_memory(workdir: str) -> tuple[dict, str]:
       ["N", "K", "dense attention peak MiB", "fused attention peak MiB"], rows)
 
 
+def bench_profile(workdir: str, top: int = 12) -> tuple[dict, str]:
+  """Table 5: thread-seconds of the K = 0 and largest-K steps by (in a loop, method/primitive)."""
+  n, k = _PROFILE_LENGTH.value, max(int(x) for x in _PAUSES.value)
+  totals = {}
+  for pauses in (0, k):
+    step = Step(run_config(n, _BATCH.value, pauses), os.path.join(workdir, f"prof_{pauses}"))
+    totals[pauses] = _profile_ops.profile_ops(step.compiled, step)
+    del step
+  keys = sorted(set(totals[0]) | set(totals[k]), key=lambda key: -totals[k].get(key, 0.0))
+  sums = {p: sum(t.values()) for p, t in totals.items()}
+  loop_share = sum(v for (in_loop, _), v in totals[k].items() if in_loop) / sums[k]
+  rows = [[("pause scan" if in_loop else "outside"), label,
+           f"{1e3 * totals[0].get((in_loop, label), 0.0):.1f}",
+           f"{1e3 * totals[k].get((in_loop, label), 0.0):.1f}",
+           f"{totals[k].get((in_loop, label), 0.0) / sums[k]:.1%}"]
+          for in_loop, label in keys[:top]]
+  rows.append(["all", "", f"{1e3 * sums[0]:.0f}", f"{1e3 * sums[k]:.0f}", "100%"])
+  title = (f"### 5. Where the train step's time goes (jax.profiler thread-seconds, one step), "
+           f"N={n}, B={_BATCH.value}: K=0 versus K={k}; {loop_share:.0%} of the K={k} step "
+           f"inside the pause scan and its transpose; slots / (K+1) x K=0 = "
+           f"{sums[k] / ((k + 1) * sums[0]):.3f}\n")
+  record = dict(length=n, pauses=k, totals={str(p): {f"{a}|{b}": v for (a, b), v in t.items()}
+                                            for p, t in totals.items()})
+  return record, title + _markdown(["where", "method / primitive", "K=0 ms", f"K={k} ms",
+                                    f"share of K={k}"], rows)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _QUICK.value:
     for name, value in _QUICK_SIZES.items():
       flags.FLAGS[name].value = value
-  unknown = set(_SKIP.value) - {"loop", "steps", "memory"}
+  unknown = set(_SKIP.value) - {"loop", "steps", "memory", "profile"}
   if unknown:
-    raise app.UsageError(f"--skip: {sorted(unknown)} not among loop, steps, memory")
+    raise app.UsageError(f"--skip: {sorted(unknown)} not among loop, steps, memory, profile")
   command = " ".join(["python", *sys.argv])
   load = os.getloadavg()
   print(f"# Training-loop benchmark: {jax.devices()[0].device_kind} x{jax.device_count()}, "
@@ -244,8 +285,9 @@ def main(argv: Sequence[str]) -> None:
   with tempfile.TemporaryDirectory() as workdir:
     for name, bench in (("loop", lambda: bench_loop(peak, workdir)),
                         ("steps", lambda: bench_steps(peak, workdir)),
-                        ("memory", lambda: bench_memory(workdir))):
-      if name not in _SKIP.value:
+                        ("memory", lambda: bench_memory(workdir)),
+                        ("profile", lambda: bench_profile(workdir))):
+      if name not in _SKIP.value and (name != "profile" or _PROFILE_LENGTH.value):
         record[name], table = bench()
         print(table + "\n", flush=True)
   record["load_end"] = os.getloadavg()
