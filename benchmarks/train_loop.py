@@ -19,6 +19,9 @@ benchmarks/model.py), each ratio measured within this run:
 4. **Peak memory** of the train step (``compiled.memory_analysis()``: argument + output +
    temp - alias bytes) with today's dense attention; the fused-attention column is a slot
    for issue 13 item 2.
+5. **Where the time goes**: a ``jax.profiler`` trace of one K = 0 and one largest-K step at
+   ``--profile_length``, every XLA CPU op's thread-seconds summed by (inside the pause scan
+   or its transpose, Flax method / JAX primitive of its ``op_name``).
 
 Times: one untimed call per program, then ``--repeats`` round-robin rounds; the fastest
 wall time is reported (load only adds time). Compare ratios within one run.
@@ -30,10 +33,13 @@ wall time is reported (load only adds time). Compare ratios within one run.
 
 from __future__ import annotations
 
+import collections
+import glob
 import json
 import math
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -51,11 +57,6 @@ from cyb_jax import mfu
 from cyb_jax import sharding
 from cyb_jax import train
 from cyb_jax.configs import default as default_config
-
-try:
-  from benchmarks import _profile_ops  # python -m benchmarks.train_loop, or the root on the path
-except ImportError:  # python benchmarks/train_loop.py
-  import _profile_ops  # type: ignore
 
 _QUICK = flags.DEFINE_bool("quick", False, "Small sizes for a smoke test (overrides size flags).")
 _OUT = flags.DEFINE_string("out", None, "Also write every figure as JSON to this path.")
@@ -145,6 +146,75 @@ def fastest_seconds(programs: dict[Any, Callable[[], Any]], repeats: int) -> dic
       jax.block_until_ready(programs[name]())
       best[name] = min(best[name], time.perf_counter() - start)
   return best
+
+
+# Table 5: each profiled XLA CPU thunk event is mapped to its HLO instruction, which says
+# whether it runs inside a while loop (the pause scan or its transpose) and carries the JAX op
+# it came from (metadata op_name).
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?\s([a-z][\w\-]*)\((.*)$")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_CALLS = re.compile(r"(?:calls|to_apply|body|condition|branch_computations)=\{?%?([\w.\-]+)")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_CONTAINERS = ("while", "call", "conditional")  # their events span their bodies' events
+
+
+def _instructions(hlo_text: str) -> dict[str, dict[str, Any]]:
+  """instruction name -> opcode, computation, jax op_name; plus while-loop membership."""
+  out, calls, computation, bodies = {}, collections.defaultdict(set), None, set()
+  for line in hlo_text.splitlines():
+    m = _COMPUTATION.match(line) if line[:1] not in (" ", "\t") else None
+    if m:
+      computation = m.group(1)
+      continue
+    m = _INSTRUCTION.match(line)
+    if not m or computation is None:
+      continue
+    name, opcode, rest = m.groups()
+    op_name = _OP_NAME.search(rest)
+    out[name] = dict(opcode=opcode, computation=computation,
+                     op_name=op_name.group(1) if op_name else "")
+    calls[computation].update(_CALLS.findall(rest))
+    if opcode == "while":
+      bodies.update(re.findall(r"body=%?([\w.\-]+)", rest))
+  in_loop, stack = set(), list(bodies)
+  while stack:
+    c = stack.pop()
+    if c not in in_loop:
+      in_loop.add(c)
+      stack.extend(calls[c])
+  for info in out.values():
+    info["in_loop"] = info["computation"] in in_loop
+  return out
+
+
+def _kind(info: dict[str, Any]) -> str:
+  """A coarse label: the innermost Flax method of the op_name and the JAX primitive."""
+  parts = info["op_name"].split("/") if info["op_name"] else [info["opcode"]]
+  modules = [p for p in parts if re.match(r"^[A-Z]\w*(\.\w+)?$", p)]
+  primitive = re.sub(r"\[.*$", "", parts[-1]) or info["opcode"]
+  return f"{modules[-1]}/{primitive}" if modules else primitive
+
+
+def profile_ops(compiled: jax.stages.Compiled, run: Callable[[], Any], repeats: int = 1
+                ) -> dict[tuple[bool, str], float]:
+  """Thread-seconds of ``run()`` per (inside a while loop, JAX primitive), one run's worth."""
+  info = _instructions(compiled.as_text())
+  jax.block_until_ready(run())
+  with tempfile.TemporaryDirectory() as logdir:
+    jax.profiler.start_trace(logdir)
+    for _ in range(repeats):
+      jax.block_until_ready(run())
+    jax.profiler.stop_trace()
+    path = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0]
+    data = jax.profiler.ProfileData.from_file(path)
+  totals = collections.defaultdict(float)
+  for plane in data.planes:
+    for line in plane.lines:
+      for event in line.events:
+        if event.name in info and info[event.name]["opcode"] not in _CONTAINERS:
+          i = info[event.name]
+          totals[(i["in_loop"], _kind(i))] += event.duration_ns * 1e-9 / repeats
+  return dict(totals)
 
 
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -242,7 +312,7 @@ def bench_profile(workdir: str, top: int = 12) -> tuple[dict, str]:
   totals = {}
   for pauses in (0, k):
     step = Step(run_config(n, _BATCH.value, pauses), os.path.join(workdir, f"prof_{pauses}"))
-    totals[pauses] = _profile_ops.profile_ops(step.compiled, step)
+    totals[pauses] = profile_ops(step.compiled, step)
     del step
   keys = sorted(set(totals[0]) | set(totals[k]), key=lambda key: -totals[k].get(key, 0.0))
   sums = {p: sum(t.values()) for p, t in totals.items()}
