@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 # Dense (no sparsity) bf16 peak FLOP/s of one JAX device, by exact device_kind (one TPU
@@ -62,9 +63,9 @@ def measured_matmul_peak(size: int = 1024, dtype: str = "float32", seconds: floa
   Runs on this process's first local device; ``2 size^3`` FLOPs per product. Cached per
   process (one measurement however many runs a process trains).
   """
-  device = jax.local_devices()[0]
-  a = jax.device_put(jnp.ones((size, size), dtype), device)
-  b = jax.device_put(jnp.full((size, size), 1.0 / size, dtype), device)
+  device = jax.local_devices()[0]  # host arrays put on one device: no mesh is involved
+  a = jax.device_put(np.ones((size, size), dtype), device)
+  b = jax.device_put(np.full((size, size), 1.0 / size, dtype), device)
   matmul = jax.jit(jnp.matmul)
   jax.block_until_ready(matmul(a, b))
   best, deadline = float("inf"), time.perf_counter() + seconds

@@ -338,6 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = components.make_run_data(config, workdir)
   model_cfg = components.model_config(config, data.info.vocab_size)
   is_main = jax.process_index() == 0
+  peak = mfu.peak_flops_per_device(config.peak_flops_per_device) if is_main else None
 
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.logical_axis_rules)
@@ -380,7 +381,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stopped, last_good, final = "completed", latest, {}
     tokens_per_step = config.data.batch_size * config.data.seq_len
     profiler = mfu.ProfileWindow(profile_window, os.fspath(files.resolve(workdir) / "profile"))
-    peak = mfu.peak_flops_per_device(config.peak_flops_per_device) if is_main else None
     pending = prefetch.PendingSteps(("finite", "loss", "grad_norm", "weight_sum"),
                                     MAX_STEPS_IN_FLIGHT)
 
