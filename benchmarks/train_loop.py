@@ -66,6 +66,7 @@ _D_MODEL = flags.DEFINE_integer("d_model", 256, "D.")
 _LAYERS = flags.DEFINE_integer("layers", 6, "Transformer blocks.")
 _HEADS = flags.DEFINE_integer("heads", 4, "Query heads.")
 _MLP = flags.DEFINE_integer("mlp_dim", 1024, "SwiGLU width.")
+_UNROLL = flags.DEFINE_bool("unroll_pause_scan", False, "model.unroll_pause_scan of every run.")
 _LOOP_LENGTH = flags.DEFINE_integer("loop_length", 256, "N of table 1.")
 _LOOP_BATCH = flags.DEFINE_integer("loop_batch", 4, "B of table 1.")
 _LOOP_PAUSES = flags.DEFINE_integer("loop_pauses", 0, "K of table 1 (0: ce, else cyb_ap).")
@@ -90,7 +91,8 @@ def run_config(length: int, batch: int, pauses: int) -> ml_collections.ConfigDic
   """The default run config with the benchmark's model, ``[batch, length]`` and K pauses."""
   c = default_config.get_config()
   c.model.update(num_layers=_LAYERS.value, d_model=_D_MODEL.value, num_heads=_HEADS.value,
-                 mlp_dim=_MLP.value, max_pauses=pauses, vocab_size=_VOCAB.value)
+                 mlp_dim=_MLP.value, max_pauses=pauses, vocab_size=_VOCAB.value,
+                 unroll_pause_scan=_UNROLL.value)
   c.loss.name = "ce" if pauses == 0 else "cyb_ap"
   c.data.update(seq_len=length, batch_size=batch, eval_batches=1)
   c.update(progress_bar=False, write_report=False)
@@ -282,7 +284,8 @@ def bench_steps(peak: float, workdir: str) -> tuple[dict, str]:
       record.append(dict(length=n, pauses=k, seconds=t, r=r, mfu=util, **f))
   title = (f"### 2-3. Train step (loss, gradient, AdamW) of the private layout: B={_BATCH.value}, "
            f"{steps[(lengths[0], 0)]['num_params'] / 1e6:.1f}M parameters at K=0, fastest of "
-           f"{_REPEATS.value} interleaved repeats; float32 matmul peak {peak / 1e9:.1f} GFLOP/s\n"
+           f"{_REPEATS.value} interleaved repeats; float32 matmul peak {peak / 1e9:.1f} GFLOP/s; "
+           f"unroll_pause_scan={_UNROLL.value}\n"
            "r(K) = t(K) / ((K+1) t(0)); GFLOP = model FLOPs (loops unrolled), compiled = the "
            "compiled program's count (pause scan body once)\n")
   header = ["N", "K", "loss", "wall ms", "r(K)", "GFLOP / step", "compiled GFLOP",
