@@ -38,15 +38,19 @@ __all__ = [
     "layers",          # RMSNorm, SwiGLU, initialisers
     "losses",          # per-step statistics, the five losses, evaluation protocols
     "metrics_writer",  # metrics.jsonl and TensorBoard
+    "mfu",             # model FLOPs, device peaks, MFU, the profiler window
     "model",           # the pause-aware transformer (public functions)
     "model_config",    # ModelConfig: the architecture fields and their checks
     "pretrained",      # Hugging Face checkpoints (Llama family, Gemma 3) in and out
     "plots",           # report plots
+    "prefetch",        # batches produced and placed ahead of the train step
+    "programs",        # the sharded jitted programs of a run
     "report",          # report.md and pause_stats
     "report_tables",   # report markdown tables
     "run_analysis",    # a run folder analysed (cyb-analyze)
     "samples",         # decoded samples with pauses shown
     "sharding",        # mesh and logical axis rules
+    "steps",           # the train state and the pure train step
     "train",           # train_and_evaluate
     "transformer",     # the Flax modules of the transformer
     "word_analysis",   # pauses by word, word position and part-of-speech tag

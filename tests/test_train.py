@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -46,6 +47,8 @@ def test_trains_on_the_embedded_task_and_logs_what_the_tools_read(tmp_path):
   # Tokens seen grow by the number of weighted targets in each batch.
   tokens = [r["train_tokens"] for r in train_rows]
   assert all(0 < b - a <= 4 * 16 for a, b in zip(tokens, tokens[1:]))
+  # MFU against the measured CPU peak: a fraction of it, on every row.
+  assert all(0 < r["train/mfu"] < 1 for r in train_rows)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert os.path.exists(os.path.join(workdir, "report.md"))
@@ -159,7 +162,58 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   assert max(steps) == len(rows)  # every checkpoint belongs to a step with a finite loss
 
 
+def _nan_config(**overrides):
+  config = tiny_config(num_train_steps=50, **overrides)
+  config.optimizer.learning_rate = 1e38
+  config.optimizer.grad_clip_norm = 0.0
+  config.optimizer.warmup_steps = 0
+  return config
+
+
+def test_a_non_finite_step_between_syncs_is_named_and_nothing_after_it_is_written(tmp_path):
+  """The loop reads the on-device finite flags only at sync points, yet names the first bad step."""
+  with pytest.raises(train.NonFiniteLossError) as every_step:
+    train.train_and_evaluate(_nan_config(checkpoint_every_steps=1000), str(tmp_path / "dense"))
+  first_bad = int(re.search(r"at step (\d+)", str(every_step.value)).group(1))
+  assert 1 < first_bad < 8
+  workdir = str(tmp_path / "sparse")
+  config = _nan_config(log_every_steps=8, checkpoint_every_steps=8, eval_every_steps=8)
+  with pytest.raises(train.NonFiniteLossError,
+                     match=rf"at step {first_bad}\b.*, the first non-finite step .* The last "
+                           r"good checkpoint is none"):
+    train.train_and_evaluate(config, workdir)
+  assert not _train_rows(workdir)
+  assert not os.listdir(os.path.join(workdir, "checkpoints"))
+
+
+def test_the_train_step_returns_its_input_state_when_the_loss_is_not_finite():
+  config = tiny_config()
+  model_cfg = components.model_config(config, 16)
+  tx, schedule = components.make_optimizer(config)
+  loss = components.make_loss(config)
+  state = train.init_state(jax.random.key(0), model_cfg=model_cfg, tx=tx,
+                           loss_state=loss.init_state())
+  batch = {k: np.zeros((2, 8), np.int32) for k in train.BATCH_KEYS}
+  batch["segment_ids"] = np.ones((2, 8), np.int32)
+  step = jax.jit(lambda s, b: train.train_step(s, b, model_cfg=model_cfg, loss=loss, tx=tx,
+                                               schedule=schedule))
+  for weight, finite in ((1.0, True), (np.nan, False)):
+    new_state, metrics = step(state, dict(batch, weights=np.full((2, 8), weight, np.float32)))
+    assert bool(metrics["finite"]) == finite
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), new_state, state)
+    assert all(jax.tree.leaves(same)) == (not finite), weight
+
+
+def test_profile_steps_writes_a_trace_of_those_steps(tmp_path):
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(tiny_config(num_train_steps=3, profile_steps=(2, 3)), str(workdir))
+  traces = list((workdir / "profile").rglob("*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
 @pytest.mark.parametrize("overrides, match", [
+    ({"profile_steps": (3, 1)}, r"profile_steps=\(3, 1\) must be empty"),
+    ({"peak_flops_per_device": -1.0}, r"peak_flops_per_device=-1.0 must be None"),
     ({"loss.name": "hinge"}, r"loss.name='hinge' is unknown; allowed: \['ce', 'cyb_ap'"),
     ({"model.max_pauses": -1}, r"max_pauses=-1 must be >= 0"),
     ({"data.source": "text:/nonexistent/*.txt"}, r"/nonexistent/\*.txt"),
@@ -254,3 +308,20 @@ def test_compatibility_ignores_runtime_fields_and_fills_missing_ones_with_defaul
     ckpt_lib.check_compatible(
         older, {"model": dataclasses.asdict(dataclasses.replace(cfg, shared_pause_embed=True))},
         what="old")
+
+
+def test_the_cli_points_the_compilation_cache_at_its_flag_unless_the_environment_has_one(
+    monkeypatch, tmp_path):
+  from cyb_jax.cli import train as cli  # pylint: disable=g-import-not-at-top
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    assert cli.setup_compilation_cache(str(tmp_path / "xla"), explicit=False) == str(
+        tmp_path / "xla")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/elsewhere")
+    assert cli.setup_compilation_cache("~/.cache/cyb_jax/xla", explicit=False) == "/elsewhere"
+    assert cli.setup_compilation_cache("", explicit=True) is None
+    assert jax.config.jax_compilation_cache_dir is None
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)

@@ -25,6 +25,11 @@ def get_config() -> ml_collections.ConfigDict:
   #                   are copied, and parameters it lacks (pause embeddings, DK head) start fresh.
   c.progress_bar = True  # Show a tqdm progress bar with tokens per second and ETA.
   c.write_report = True  # Write report.md and plots at the end.
+  c.profile_steps = ()  # (start, stop): write a jax.profiler trace of train steps start..stop
+  #   (both included, numbered as in metrics.jsonl) into <workdir>/profile; () = off.
+  c.peak_flops_per_device = placeholder(float)  # FLOP/s of one device that train/mfu divides
+  #   by; None: the bf16 table of TPUs/GPUs in cyb_jax/mfu.py, or on CPU a float32 matmul
+  #   peak measured at start-up (~1 s); 0: no MFU.
 
   m = ml_collections.ConfigDict()
   m.vocab_size = placeholder(int)  # V; None takes the data's vocabulary size (a larger V is allowed).

@@ -1,0 +1,384 @@
+r"""Benchmark of the training loop (issue 13): loop efficiency, train-step MFU, r(K), memory.
+
+Four tables from one run, on a ~10M-parameter model (6 layers, D 256, V 8192, as in
+benchmarks/model.py), each ratio measured within this run:
+
+1. **Loop efficiency** = bare step time / trainer time per step. The bare step is the
+   trainer's own compiled train step (``train.make_programs``) called back to back on one
+   device-resident batch; the trainer is ``train.train_and_evaluate`` on the synthetic task
+   with the same model and batch shape (prefetch thread, host syncs only at log steps), its
+   time per step taken from the log interval of steps S+1..2S (the first S steps warm up).
+   Bare steps and trainer runs alternate for ``--loop_rounds``; the fastest of each counts.
+2. **Train-step MFU** = model FLOPs per step / (step time x float32 matmul peak), the peak
+   measured in this run: the fastest ``[P, P] @ [P, P]`` of a 1 s loop at start-up and of
+   the matmul timed round-robin with the steps of tables 2-3. Model FLOPs are those
+   the trainer logs (``train.model_flops_per_device``: XLA's cost analysis of the step with
+   loops unrolled); the compiled program's own count (``compiled``) is shown beside it: it
+   counts the pause scan's body once.
+3. **r(K) = t(K) / ((K + 1) t(0))** of the private layout, t(0) the K = 0 model with the
+   ``ce`` loss, t(K) with ``cyb_ap``: the full train step (loss, gradient, AdamW).
+4. **Peak memory** of the train step (``compiled.memory_analysis()``: argument + output +
+   temp - alias bytes) with today's dense attention; the fused-attention column is a slot
+   for issue 13 item 2.
+5. **Where the time goes**: a ``jax.profiler`` trace of one K = 0 and one largest-K step at
+   ``--profile_length``, every XLA CPU op's thread-seconds summed by (inside the pause scan
+   or its transpose, Flax method / JAX primitive of its ``op_name``).
+
+Times: one untimed call per program, then ``--repeats`` round-robin rounds; the fastest
+wall time is reported (load only adds time). Compare ratios within one run.
+
+  python benchmarks/train_loop.py                      # defaults: a few minutes on 2 CPUs
+  python benchmarks/train_loop.py --quick              # smoke test
+  python benchmarks/train_loop.py --lengths=1024,4096 --pauses=1,3 --batch=8 --repeats=5
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import glob
+import json
+import math
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cyb_jax import components
+from cyb_jax import metrics_writer
+from cyb_jax import mfu
+from cyb_jax import sharding
+from cyb_jax import train
+from cyb_jax.configs import default as default_config
+
+_QUICK = flags.DEFINE_bool("quick", False, "Small sizes for a smoke test (overrides size flags).")
+_OUT = flags.DEFINE_string("out", None, "Also write every figure as JSON to this path.")
+_SKIP = flags.DEFINE_list("skip", [], "Tables to skip: loop, steps, memory, profile.")
+_VOCAB = flags.DEFINE_integer("vocab", 8192, "V (model.vocab_size).")
+_D_MODEL = flags.DEFINE_integer("d_model", 256, "D.")
+_LAYERS = flags.DEFINE_integer("layers", 6, "Transformer blocks.")
+_HEADS = flags.DEFINE_integer("heads", 4, "Query heads.")
+_MLP = flags.DEFINE_integer("mlp_dim", 1024, "SwiGLU width.")
+_UNROLL = flags.DEFINE_bool("unroll_pause_scan", False, "model.unroll_pause_scan of every run.")
+_LOOP_LENGTH = flags.DEFINE_integer("loop_length", 256, "N of table 1.")
+_LOOP_BATCH = flags.DEFINE_integer("loop_batch", 4, "B of table 1.")
+_LOOP_PAUSES = flags.DEFINE_integer("loop_pauses", 0, "K of table 1 (0: ce, else cyb_ap).")
+_LOOP_STEPS = flags.DEFINE_integer("loop_steps", 10, "S of table 1: steps timed (2S are run).")
+_LOOP_ROUNDS = flags.DEFINE_integer("loop_rounds", 2, "Rounds of table 1 (fastest reported).")
+_LENGTHS = flags.DEFINE_list("lengths", ["256", "1024", "2048"], "N of tables 2 and 3.")
+_PAUSES = flags.DEFINE_list("pauses", ["3"], "K > 0 of tables 2 and 3 (K = 0 always runs).")
+_BATCH = flags.DEFINE_integer("batch", 1, "B of tables 2, 3 and 4.")
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repeats per program of tables 2 and 3.")
+_MEMORY_LENGTHS = flags.DEFINE_list("memory_lengths", ["2048", "8192"], "N of table 4.")
+_PROFILE_LENGTH = flags.DEFINE_integer(
+    "profile_length", 1024, "N of table 5 (a profile of K = 0 and the largest K); 0 = off.")
+_PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "P of the float32 matmul peak.")
+
+_QUICK_SIZES = dict(vocab=512, d_model=64, layers=2, heads=2, mlp_dim=128, loop_length=64,
+                    loop_batch=2, loop_steps=4, loop_rounds=1, lengths=["64"], pauses=["2"], repeats=1,
+                    memory_lengths=["128"], peak_size=256, profile_length=64)
+_MIB = 2.0**20
+
+
+def run_config(length: int, batch: int, pauses: int) -> ml_collections.ConfigDict:
+  """The default run config with the benchmark's model, ``[batch, length]`` and K pauses."""
+  c = default_config.get_config()
+  c.model.update(num_layers=_LAYERS.value, d_model=_D_MODEL.value, num_heads=_HEADS.value,
+                 mlp_dim=_MLP.value, max_pauses=pauses, vocab_size=_VOCAB.value,
+                 unroll_pause_scan=_UNROLL.value)
+  c.loss.name = "ce" if pauses == 0 else "cyb_ap"
+  c.data.update(seq_len=length, batch_size=batch, eval_batches=1)
+  c.update(progress_bar=False, write_report=False)
+  return c
+
+
+class Step:
+  """The trainer's compiled train step for ``config`` on one device, with its own state."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    data = components.make_run_data(config, workdir)
+    self.model_cfg = components.model_config(config, data.info.vocab_size)
+    self.mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
+    rules = sharding.rules_from_config(config.logical_axis_rules)
+    programs = train.make_programs(config, self.model_cfg, self.mesh, rules)
+    with sharding.mesh_context(self.mesh, rules):
+      self.state = programs.init(jax.random.key(0))
+      local = next(data.train)
+      self.batch = sharding.global_batch({k: local[k] for k in train.BATCH_KEYS}, self.mesh)
+      lowered = programs.train_step.lower(self.state, self.batch)
+      self.compiled = lowered.compile()
+      self.flops = train.model_flops_per_device(config, self.model_cfg, programs.loss,
+                                                self.batch)
+    cost = self.compiled.cost_analysis()
+    self.compiled_flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+    m = self.compiled.memory_analysis()
+    self.peak_bytes = (m.argument_size_in_bytes + m.output_size_in_bytes
+                       + m.temp_size_in_bytes - m.alias_size_in_bytes)
+    self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(self.state.params))
+
+  def __call__(self) -> Any:
+    self.state, metrics = self.compiled(self.state, self.batch)
+    return self.state, metrics
+
+  def seconds_per_step(self, steps: int) -> float:
+    """Wall seconds per step of ``steps`` back-to-back calls (one untimed call first)."""
+    jax.block_until_ready(self())
+    start = time.perf_counter()
+    for _ in range(steps):
+      out = self()
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / steps
+
+
+def fastest_seconds(programs: dict[Any, Callable[[], Any]], repeats: int) -> dict[Any, float]:
+  """Fastest wall seconds of each program over ``repeats`` round-robin rounds (1 untimed)."""
+  for run in programs.values():
+    jax.block_until_ready(run())
+  names, best = list(programs), {name: float("inf") for name in programs}
+  for r in range(repeats):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      start = time.perf_counter()
+      jax.block_until_ready(programs[name]())
+      best[name] = min(best[name], time.perf_counter() - start)
+  return best
+
+
+# Table 5: each profiled XLA CPU thunk event is mapped to its HLO instruction, which says
+# whether it runs inside a while loop (the pause scan or its transpose) and carries the JAX op
+# it came from (metadata op_name).
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?\s([a-z][\w\-]*)\((.*)$")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_CALLS = re.compile(r"(?:calls|to_apply|body|condition|branch_computations)=\{?%?([\w.\-]+)")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_CONTAINERS = ("while", "call", "conditional")  # their events span their bodies' events
+
+
+def _instructions(hlo_text: str) -> dict[str, dict[str, Any]]:
+  """instruction name -> opcode, computation, jax op_name; plus while-loop membership."""
+  out, calls, computation, bodies = {}, collections.defaultdict(set), None, set()
+  for line in hlo_text.splitlines():
+    m = _COMPUTATION.match(line) if line[:1] not in (" ", "\t") else None
+    if m:
+      computation = m.group(1)
+      continue
+    m = _INSTRUCTION.match(line)
+    if not m or computation is None:
+      continue
+    name, opcode, rest = m.groups()
+    op_name = _OP_NAME.search(rest)
+    out[name] = dict(opcode=opcode, computation=computation,
+                     op_name=op_name.group(1) if op_name else "")
+    calls[computation].update(_CALLS.findall(rest))
+    if opcode == "while":
+      bodies.update(re.findall(r"body=%?([\w.\-]+)", rest))
+  in_loop, stack = set(), list(bodies)
+  while stack:
+    c = stack.pop()
+    if c not in in_loop:
+      in_loop.add(c)
+      stack.extend(calls[c])
+  for info in out.values():
+    info["in_loop"] = info["computation"] in in_loop
+  return out
+
+
+def _kind(info: dict[str, Any]) -> str:
+  """A coarse label: the innermost Flax method of the op_name and the JAX primitive."""
+  parts = info["op_name"].split("/") if info["op_name"] else [info["opcode"]]
+  modules = [p for p in parts if re.match(r"^[A-Z]\w*(\.\w+)?$", p)]
+  primitive = re.sub(r"\[.*$", "", parts[-1]) or info["opcode"]
+  return f"{modules[-1]}/{primitive}" if modules else primitive
+
+
+def profile_ops(compiled: jax.stages.Compiled, run: Callable[[], Any], repeats: int = 1
+                ) -> dict[tuple[bool, str], float]:
+  """Thread-seconds of ``run()`` per (inside a while loop, JAX primitive), one run's worth."""
+  info = _instructions(compiled.as_text())
+  jax.block_until_ready(run())
+  with tempfile.TemporaryDirectory() as logdir:
+    jax.profiler.start_trace(logdir)
+    for _ in range(repeats):
+      jax.block_until_ready(run())
+    jax.profiler.stop_trace()
+    path = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0]
+    data = jax.profiler.ProfileData.from_file(path)
+  totals = collections.defaultdict(float)
+  for plane in data.planes:
+    for line in plane.lines:
+      for event in line.events:
+        if event.name in info and info[event.name]["opcode"] not in _CONTAINERS:
+          i = info[event.name]
+          totals[(i["in_loop"], _kind(i))] += event.duration_ns * 1e-9 / repeats
+  return dict(totals)
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+  return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def bench_loop(peak: float, workdir: str) -> tuple[dict, str]:
+  """Table 1: bare compiled step versus the trainer, same model and batch shape.
+
+  ``--loop_rounds`` rounds of (S bare steps, one trainer run of 2S steps); the fastest of each
+  is compared (load only adds time).
+  """
+  n, b, k, s = _LOOP_LENGTH.value, _LOOP_BATCH.value, _LOOP_PAUSES.value, _LOOP_STEPS.value
+  config = run_config(n, b, k)
+  step = Step(config, os.path.join(workdir, "bare"))
+  config.update(num_train_steps=2 * s, log_every_steps=s, eval_every_steps=2 * s,
+                checkpoint_every_steps=2 * s, peak_flops_per_device=peak)
+  bare, trainer, walls, mfus = [], [], [], []
+  for r in range(_LOOP_ROUNDS.value):
+    bare.append(step.seconds_per_step(s))
+    run_dir = os.path.join(workdir, f"trainer_{r}")
+    start = time.perf_counter()
+    train.train_and_evaluate(config, run_dir)
+    walls.append(time.perf_counter() - start)
+    row = [r for r in metrics_writer.read_metrics(run_dir) if r.get("step") == 2 * s][0]
+    trainer.append(b * n / row["train/tokens_per_sec"])
+    mfus.append(row.get("train/mfu", float("nan")))
+  efficiency = min(bare) / min(trainer)
+  record = dict(length=n, batch=b, pauses=k, steps=s, bare=bare, trainer=trainer,
+                efficiency=efficiency, trainer_mfu=mfus, trainer_wall_s=walls,
+                num_params=step.num_params)
+  title = (f"### 1. Loop efficiency: {step.num_params / 1e6:.1f}M parameters, B={b}, N={n}, "
+           f"K={k}, {s} timed steps (steps {s + 1}..{2 * s} of the trainer), "
+           f"{len(bare)} rounds\n")
+  ms = lambda xs: " / ".join(f"{1e3 * x:.0f}" for x in xs)
+  table = _markdown(
+      ["bare step ms (each round)", "trainer ms / step (each round)", "efficiency (fastest)",
+       "trainer MFU (each round)", "trainer wall s (2S steps, compile, eval, checkpoint)"],
+      [[ms(bare), ms(trainer), f"{efficiency:.3f}", " / ".join(f"{m:.3f}" for m in mfus),
+        " / ".join(f"{w:.0f}" for w in walls)]])
+  return record, title + table
+
+
+def bench_steps(peak: float, workdir: str) -> tuple[dict, str]:
+  """Tables 2 and 3: MFU and r(K) of the private layout's train step (peak re-measured)."""
+  lengths, pauses = [int(n) for n in _LENGTHS.value], [0] + [int(k) for k in _PAUSES.value]
+  seconds, steps = {}, {}
+  # The peak matmul is timed round-robin with the steps, so that load hits both alike; the
+  # fastest of it and the start-up measurement is the peak (load only lowers it).
+  a = jax.device_put(np.ones((_PEAK_SIZE.value,) * 2, np.float32), jax.devices()[0])
+  peak_matmul = functools.partial(jax.jit(jnp.matmul), a, a)
+  for n in lengths:  # one length at a time: small programs are not timed among large ones
+    batch_steps = {(n, k): Step(run_config(n, _BATCH.value, k), os.path.join(workdir, f"{n}_{k}"))
+                   for k in pauses}
+    timed = fastest_seconds(dict(batch_steps, peak=peak_matmul), _REPEATS.value)
+    peak = max(peak, 2.0 * _PEAK_SIZE.value**3 / timed.pop("peak"))
+    seconds |= timed
+    steps |= {key: dict(flops=st.flops, compiled_flops=st.compiled_flops,
+                        num_params=st.num_params) for key, st in batch_steps.items()}
+    del batch_steps
+  rows, record = [], []
+  for n in lengths:
+    for k in pauses:
+      t, f = seconds[(n, k)], steps[(n, k)]
+      r = t / ((k + 1) * seconds[(n, 0)])
+      util = mfu.mfu(f["flops"], 1, t, peak)
+      rows.append([str(n), str(k), "ce" if k == 0 else "cyb_ap", f"{1e3 * t:.0f}",
+                   f"{r:.3f}", f"{f['flops'] / 1e9:.1f}", f"{f['compiled_flops'] / 1e9:.1f}",
+                   f"{f['flops'] / t / 1e9:.1f}", f"{util:.3f}"])
+      record.append(dict(length=n, pauses=k, seconds=t, r=r, mfu=util, **f))
+  title = (f"### 2-3. Train step (loss, gradient, AdamW) of the private layout: B={_BATCH.value}, "
+           f"{steps[(lengths[0], 0)]['num_params'] / 1e6:.1f}M parameters at K=0, fastest of "
+           f"{_REPEATS.value} interleaved repeats; float32 matmul peak {peak / 1e9:.1f} GFLOP/s; "
+           f"unroll_pause_scan={_UNROLL.value}\n"
+           "r(K) = t(K) / ((K+1) t(0)); GFLOP = model FLOPs (loops unrolled), compiled = the "
+           "compiled program's count (pause scan body once)\n")
+  header = ["N", "K", "loss", "wall ms", "r(K)", "GFLOP / step", "compiled GFLOP",
+            "GFLOP/s", "MFU"]
+  return dict(rows=record, peak_flops=peak), title + _markdown(header, rows)
+
+
+def bench_memory(workdir: str) -> tuple[dict, str]:
+  """Table 4: compiled peak memory of the train step, dense attention (fused: a slot)."""
+  rows, record = [], []
+  for n in [int(x) for x in _MEMORY_LENGTHS.value]:
+    for k in [0] + [int(x) for x in _PAUSES.value]:
+      step = Step(run_config(n, _BATCH.value, k), os.path.join(workdir, f"mem_{n}_{k}"))
+      rows.append([str(n), str(k), f"{step.peak_bytes / _MIB:.0f}", "(issue 13 item 2)"])
+      record.append(dict(length=n, pauses=k, dense_peak_bytes=step.peak_bytes,
+                         fused_peak_bytes=None))
+      del step
+  title = (f"### 4. Train-step peak memory (compiled memory analysis), B={_BATCH.value}, "
+           "private layout\n")
+  return dict(rows=record), title + _markdown(
+      ["N", "K", "dense attention peak MiB", "fused attention peak MiB"], rows)
+
+
+def bench_profile(workdir: str, top: int = 12) -> tuple[dict, str]:
+  """Table 5: thread-seconds of the K = 0 and largest-K steps by (in a loop, method/primitive)."""
+  n, k = _PROFILE_LENGTH.value, max(int(x) for x in _PAUSES.value)
+  totals = {}
+  for pauses in (0, k):
+    step = Step(run_config(n, _BATCH.value, pauses), os.path.join(workdir, f"prof_{pauses}"))
+    totals[pauses] = profile_ops(step.compiled, step)
+    del step
+  keys = sorted(set(totals[0]) | set(totals[k]), key=lambda key: -totals[k].get(key, 0.0))
+  sums = {p: sum(t.values()) for p, t in totals.items()}
+  loop_share = sum(v for (in_loop, _), v in totals[k].items() if in_loop) / sums[k]
+  rows = [[("pause scan" if in_loop else "outside"), label,
+           f"{1e3 * totals[0].get((in_loop, label), 0.0):.1f}",
+           f"{1e3 * totals[k].get((in_loop, label), 0.0):.1f}",
+           f"{totals[k].get((in_loop, label), 0.0) / sums[k]:.1%}"]
+          for in_loop, label in keys[:top]]
+  rows.append(["all", "", f"{1e3 * sums[0]:.0f}", f"{1e3 * sums[k]:.0f}", "100%"])
+  title = (f"### 5. Where the train step's time goes (jax.profiler thread-seconds, one step), "
+           f"N={n}, B={_BATCH.value}: K=0 versus K={k}; {loop_share:.0%} of the K={k} step "
+           f"inside the pause scan and its transpose; slots / (K+1) x K=0 = "
+           f"{sums[k] / ((k + 1) * sums[0]):.3f}\n")
+  record = dict(length=n, pauses=k, totals={str(p): {f"{a}|{b}": v for (a, b), v in t.items()}
+                                            for p, t in totals.items()})
+  return record, title + _markdown(["where", "method / primitive", "K=0 ms", f"K={k} ms",
+                                    f"share of K={k}"], rows)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _QUICK.value:
+    for name, value in _QUICK_SIZES.items():
+      flags.FLAGS[name].value = value
+  unknown = set(_SKIP.value) - {"loop", "steps", "memory", "profile"}
+  if unknown:
+    raise app.UsageError(f"--skip: {sorted(unknown)} not among loop, steps, memory, profile")
+  command = " ".join(["python", *sys.argv])
+  load = os.getloadavg()
+  print(f"# Training-loop benchmark: {jax.devices()[0].device_kind} x{jax.device_count()}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"jax {jax.__version__}\n\n`{command}`\n\nload average at start: "
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n", flush=True)
+  peak = mfu.measured_matmul_peak(size=_PEAK_SIZE.value)
+  print(f"float32 matmul peak ({_PEAK_SIZE.value}^3): {peak / 1e9:.1f} GFLOP/s\n", flush=True)
+  record: dict[str, Any] = dict(command=command, device=jax.devices()[0].device_kind,
+                                load_start=load, peak_flops=peak)
+  with tempfile.TemporaryDirectory() as workdir:
+    for name, bench in (("loop", lambda: bench_loop(peak, workdir)),
+                        ("steps", lambda: bench_steps(peak, workdir)),
+                        ("memory", lambda: bench_memory(workdir)),
+                        ("profile", lambda: bench_profile(workdir))):
+      if name not in _SKIP.value and (name != "profile" or _PROFILE_LENGTH.value):
+        record[name], table = bench()
+        print(table + "\n", flush=True)
+  record["load_end"] = os.getloadavg()
+  print("load average at end: " + " ".join(f"{x:.2f}" for x in record["load_end"]))
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump(record, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
