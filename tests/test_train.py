@@ -325,3 +325,21 @@ def test_the_cli_points_the_compilation_cache_at_its_flag_unless_the_environment
     assert jax.config.jax_compilation_cache_dir is None
   finally:
     jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_pause_warmup_switches_at_its_step_and_resumes_exactly_across_the_switch(tmp_path):
+  config = tiny_config(**{"loss.name": "cyb_ap", "loss.pause_warmup_steps": 3})
+  full = str(tmp_path / "full")
+  train.train_and_evaluate(config, full)
+  rows = _train_rows(full)
+  # Row s is optimiser step s - 1: steps 0, 1, 2 are the warm-up, 3.. the CYB loss.
+  assert [r["train/pause_warmup"] for r in rows] == [1, 1, 1, 0, 0, 0]
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(full, resumed)
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))  # killed after step 3's checkpoint
+  train.train_and_evaluate(config, resumed)
+  np.testing.assert_allclose([r["train/loss"] for r in _train_rows(resumed)],
+                             [r["train/loss"] for r in rows], rtol=1e-6)
+  plain = str(tmp_path / "plain")
+  train.train_and_evaluate(tiny_config(**{"loss.name": "cyb_ap"}), plain)
+  assert _train_rows(plain)[0]["train/loss"] != rows[0]["train/loss"]  # the warm-up changed it
