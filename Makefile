@@ -11,7 +11,7 @@ WORKDIR ?= workdirs/default
 CONFIG ?= cyb_jax/configs/default.py
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup train test test-fast bench clean
+.PHONY: setup train lint test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,11 @@ $(STAMP): pyproject.toml requirements.lock
 train: $(STAMP)
 	$(PY) launch/train.py --config=$(CONFIG) --workdir=$(WORKDIR)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check cyb_jax tests benchmarks launch tools
+	$(VENV)/bin/ruff format --check cyb_jax tests benchmarks launch tools
+
+test: lint
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests
 
 test-fast: $(STAMP)
@@ -34,6 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/losses.py
 	$(PY) benchmarks/model.py
 	$(PY) benchmarks/sharding.py
+	$(PY) benchmarks/train_loop.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .hypothesis

@@ -42,14 +42,15 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 import optax
+from absl import app
+from absl import flags
 
 from cyb_jax import losses
 
@@ -70,15 +71,28 @@ _CHUNK_LENGTH = flags.DEFINE_integer("chunk_length", 1024, "N of the chunked-vs-
 _CHUNK_PAUSES = flags.DEFINE_integer("chunk_pauses", 3, "K of the chunked-vs-full table.")
 _CHUNK_VOCAB = flags.DEFINE_integer("chunk_vocab", 32768, "V of the chunked-vs-full table.")
 _D_MODEL = flags.DEFINE_integer("d_model", 256, "D (hidden width) of the chunked-vs-full table.")
-_VOCAB_CHUNKS = flags.DEFINE_list("vocab_chunks", ["2048", "4096", "8192"],
-                                  "Chunk widths of the chunked path.")
+_VOCAB_CHUNKS = flags.DEFINE_list("vocab_chunks", ["2048", "4096", "8192"], "Chunk widths of the chunked path.")
 _CHUNK_REPEATS = flags.DEFINE_integer(
-    "chunk_repeats", 1, "Timed repeats per program of the chunked-vs-full table (each run takes"
-    " seconds to minutes on a CPU; no warm-up run, the programs are compiled ahead of time).")
+  "chunk_repeats",
+  1,
+  "Timed repeats per program of the chunked-vs-full table (each run takes"
+  " seconds to minutes on a CPU; no warm-up run, the programs are compiled ahead of time).",
+)
 
-_QUICK_SIZES = dict(batch=2, length=32, pauses=2, vocab=512, repeats=3,
-                    chunk_batch=2, chunk_length=64, chunk_pauses=1, chunk_vocab=1024,
-                    d_model=32, vocab_chunks=[128, 256], chunk_repeats=3)
+_QUICK_SIZES = dict(
+  batch=2,
+  length=32,
+  pauses=2,
+  vocab=512,
+  repeats=3,
+  chunk_batch=2,
+  chunk_length=64,
+  chunk_pauses=1,
+  chunk_vocab=1024,
+  d_model=32,
+  vocab_chunks=[128, 256],
+  chunk_repeats=3,
+)
 
 _MIB = 2.0**20
 
@@ -100,18 +114,19 @@ def cyb_losses(num_steps: int) -> dict[str, LossFn]:
   """
   prior_S = losses.geometric_prior(num_steps, 0.5)
   return {
-      "ce": losses.cross_entropy_loss,
-      "pause_ce": losses.pause_cross_entropy_loss,
-      "cyb_ap(g=0.9,w=0)": functools.partial(losses.cyb_ap_loss, gamma=0.9, omega=0.0),
-      "cyb_ap(g=0.9,w=0.2)": functools.partial(losses.cyb_ap_loss, gamma=0.9, omega=0.2),
-      "cyb_va(token)": functools.partial(losses.cyb_va_loss, prior=prior_S, kl="token"),
-      "cyb_va(batch)": functools.partial(losses.cyb_va_loss, prior=prior_S, kl="batch"),
-      "cyb_dp": functools.partial(losses.cyb_dp_loss, budget=1.0, multiplier=0.1),
+    "ce": losses.cross_entropy_loss,
+    "pause_ce": losses.pause_cross_entropy_loss,
+    "cyb_ap(g=0.9,w=0)": functools.partial(losses.cyb_ap_loss, gamma=0.9, omega=0.0),
+    "cyb_ap(g=0.9,w=0.2)": functools.partial(losses.cyb_ap_loss, gamma=0.9, omega=0.2),
+    "cyb_va(token)": functools.partial(losses.cyb_va_loss, prior=prior_S, kl="token"),
+    "cyb_va(batch)": functools.partial(losses.cyb_va_loss, prior=prior_S, kl="batch"),
+    "cyb_dp": functools.partial(losses.cyb_dp_loss, budget=1.0, multiplier=0.1),
   }
 
 
-def optax_cross_entropy(logits_BxNxKxV1: jax.Array, targets_BxN: jax.Array,
-                        weights_BxN: jax.Array) -> tuple[jax.Array, dict]:
+def optax_cross_entropy(
+  logits_BxNxKxV1: jax.Array, targets_BxN: jax.Array, weights_BxN: jax.Array
+) -> tuple[jax.Array, dict]:
   """Reference: plain cross-entropy over the vocabulary part of every step's logits.
 
   ``loss = sum_{b,n,k} w_bn * (logsumexp_{v<V} z_bnk[v] - z_bnk[y_bn]) / ((K+1) sum w)``
@@ -121,8 +136,7 @@ def optax_cross_entropy(logits_BxNxKxV1: jax.Array, targets_BxN: jax.Array,
   vocab_size = logits_BxNxKxV1.shape[-1] - 1
   num_steps = logits_BxNxKxV1.shape[-2]
   targets_BxNxK = jnp.broadcast_to(targets_BxN[..., None], targets_BxN.shape + (num_steps,))
-  nll_BxNxK = optax.softmax_cross_entropy_with_integer_labels(
-      logits_BxNxKxV1[..., :vocab_size], targets_BxNxK)
+  nll_BxNxK = optax.softmax_cross_entropy_with_integer_labels(logits_BxNxKxV1[..., :vocab_size], targets_BxNxK)
   loss = jnp.sum(weights_BxN[..., None] * nll_BxNxK) / (num_steps * jnp.sum(weights_BxN))
   return loss, {}
 
@@ -133,10 +147,12 @@ def loss_from_logits(loss_fn: LossFn, with_metrics: bool) -> Callable[..., Any]:
   Goes through :func:`cyb_jax.losses.step_log_probs`. Without metrics the metrics are
   dropped inside the program, so XLA removes the work only they need.
   """
+
   def fn(logits_BxNxKxV1, targets_BxN, weights_BxN):
     stats = losses.step_log_probs(logits_BxNxKxV1, targets_BxN)
     loss, metrics = loss_fn(stats, weights_BxN)
     return loss, (metrics if with_metrics else {})
+
   return fn
 
 
@@ -144,32 +160,39 @@ def _ap_loss(stats: losses.StepLogProbs, weights_BxN: jax.Array) -> tuple[jax.Ar
   return losses.cyb_ap_loss(stats, weights_BxN, gamma=0.9, omega=0.2)
 
 
-def full_head_loss(hidden_BxNxKxD: jax.Array, kernel_DxV: jax.Array, dk_kernel_D: jax.Array,
-                   dk_bias: jax.Array, targets_BxN: jax.Array,
-                   weights_BxN: jax.Array) -> tuple[jax.Array, dict]:
+def full_head_loss(
+  hidden_BxNxKxD: jax.Array,
+  kernel_DxV: jax.Array,
+  dk_kernel_D: jax.Array,
+  dk_bias: jax.Array,
+  targets_BxN: jax.Array,
+  weights_BxN: jax.Array,
+) -> tuple[jax.Array, dict]:
   """CYB-AP (gamma 0.9, omega 0.2) through materialised logits ``[B, N, K+1, V+1]``.
 
   ``logits = concat(hidden @ kernel, hidden @ dk_kernel + dk_bias)`` (float32
   accumulation, as the model's output head), then ``step_log_probs``.
   """
-  vocab_BxNxKxV = jnp.einsum("bnkd,dv->bnkv", hidden_BxNxKxD, kernel_DxV,
-                             preferred_element_type=jnp.float32)
-  dk_BxNxK = jnp.einsum("bnkd,d->bnk", hidden_BxNxKxD, dk_kernel_D,
-                        preferred_element_type=jnp.float32) + dk_bias
+  vocab_BxNxKxV = jnp.einsum("bnkd,dv->bnkv", hidden_BxNxKxD, kernel_DxV, preferred_element_type=jnp.float32)
+  dk_BxNxK = jnp.einsum("bnkd,d->bnk", hidden_BxNxKxD, dk_kernel_D, preferred_element_type=jnp.float32) + dk_bias
   logits_BxNxKxV1 = jnp.concatenate([vocab_BxNxKxV, dk_BxNxK[..., None]], axis=-1)
   return _ap_loss(losses.step_log_probs(logits_BxNxKxV1, targets_BxN), weights_BxN)
 
 
-def optax_head_loss(hidden_BxNxKxD: jax.Array, kernel_DxV: jax.Array, dk_kernel_D: jax.Array,
-                    dk_bias: jax.Array, targets_BxN: jax.Array,
-                    weights_BxN: jax.Array) -> tuple[jax.Array, dict]:
+def optax_head_loss(
+  hidden_BxNxKxD: jax.Array,
+  kernel_DxV: jax.Array,
+  dk_kernel_D: jax.Array,
+  dk_bias: jax.Array,
+  targets_BxN: jax.Array,
+  weights_BxN: jax.Array,
+) -> tuple[jax.Array, dict]:
   """Reference head: :func:`optax_cross_entropy` over ``hidden @ kernel`` ``[B, N, K+1, V]``.
 
   The DK head is not used (its gradients are zero); the loss is the mean over all steps.
   """
   del dk_kernel_D, dk_bias
-  vocab_BxNxKxV = jnp.einsum("bnkd,dv->bnkv", hidden_BxNxKxD, kernel_DxV,
-                             preferred_element_type=jnp.float32)
+  vocab_BxNxKxV = jnp.einsum("bnkd,dv->bnkv", hidden_BxNxKxD, kernel_DxV, preferred_element_type=jnp.float32)
   num_steps = vocab_BxNxKxV.shape[-2]
   targets_BxNxK = jnp.broadcast_to(targets_BxN[..., None], targets_BxN.shape + (num_steps,))
   nll_BxNxK = optax.softmax_cross_entropy_with_integer_labels(vocab_BxNxKxV, targets_BxNxK)
@@ -177,12 +200,20 @@ def optax_head_loss(hidden_BxNxKxD: jax.Array, kernel_DxV: jax.Array, dk_kernel_
   return loss, {}
 
 
-def chunked_head_loss(hidden_BxNxKxD: jax.Array, kernel_DxV: jax.Array, dk_kernel_D: jax.Array,
-                      dk_bias: jax.Array, targets_BxN: jax.Array, weights_BxN: jax.Array, *,
-                      vocab_chunk: int) -> tuple[jax.Array, dict]:
+def chunked_head_loss(
+  hidden_BxNxKxD: jax.Array,
+  kernel_DxV: jax.Array,
+  dk_kernel_D: jax.Array,
+  dk_bias: jax.Array,
+  targets_BxN: jax.Array,
+  weights_BxN: jax.Array,
+  *,
+  vocab_chunk: int,
+) -> tuple[jax.Array, dict]:
   """:func:`full_head_loss` through ``chunked_step_log_probs`` (no ``[.., V+1]`` logits)."""
-  stats = losses.chunked_step_log_probs(hidden_BxNxKxD, kernel_DxV, dk_kernel_D, targets_BxN,
-                                        vocab_chunk=vocab_chunk, dk_bias=dk_bias)
+  stats = losses.chunked_step_log_probs(
+    hidden_BxNxKxD, kernel_DxV, dk_kernel_D, targets_BxN, vocab_chunk=vocab_chunk, dk_bias=dk_bias
+  )
   return _ap_loss(stats, weights_BxN)
 
 
@@ -191,8 +222,9 @@ def chunked_head_loss(hidden_BxNxKxD: jax.Array, kernel_DxV: jax.Array, dk_kerne
 # --------------------------------------------------------------------------------------
 
 
-def compile_value_and_grad(fn: Callable[..., Any], args: Sequence[Any],
-                           argnums: int | tuple[int, ...]) -> jax.stages.Compiled:
+def compile_value_and_grad(
+  fn: Callable[..., Any], args: Sequence[Any], argnums: int | tuple[int, ...]
+) -> jax.stages.Compiled:
   """``jax.jit(jax.value_and_grad(fn, argnums, has_aux=True))`` compiled for ``args``."""
   grad_fn = jax.value_and_grad(fn, argnums=argnums, has_aux=True)
   return jax.jit(grad_fn).lower(*args).compile()
@@ -205,16 +237,20 @@ def memory_stats(compiled: jax.stages.Compiled) -> dict[str, int]:
   runs under XLA's buffer assignment. XLA's own ``peak_memory_in_bytes`` is kept too.
   """
   m = compiled.memory_analysis()
-  stats = dict(argument=m.argument_size_in_bytes, output=m.output_size_in_bytes,
-               temp=m.temp_size_in_bytes, alias=m.alias_size_in_bytes,
-               xla_peak=getattr(m, "peak_memory_in_bytes", -1))
+  stats = dict(
+    argument=m.argument_size_in_bytes,
+    output=m.output_size_in_bytes,
+    temp=m.temp_size_in_bytes,
+    alias=m.alias_size_in_bytes,
+    xla_peak=getattr(m, "peak_memory_in_bytes", -1),
+  )
   stats["peak"] = stats["argument"] + stats["output"] + stats["temp"] - stats["alias"]
   return stats
 
 
-def interleaved_median_seconds(programs: dict[str, Callable[[], Any]], repeats: int, *,
-                               warmup: bool = True) -> tuple[dict[str, dict[str, float]],
-                                                             dict[str, Any]]:
+def interleaved_median_seconds(
+  programs: dict[str, Callable[[], Any]], repeats: int, *, warmup: bool = True
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
   """Median and spread of the wall time of each zero-argument program.
 
   Each program runs once untimed (if ``warmup``), then ``repeats`` rounds run every
@@ -230,12 +266,11 @@ def interleaved_median_seconds(programs: dict[str, Callable[[], Any]], repeats: 
   names = list(programs)
   times, outputs = {name: [] for name in names}, {}
   for r in range(repeats):
-    for name in names[r % len(names):] + names[:r % len(names)]:
+    for name in names[r % len(names) :] + names[: r % len(names)]:
       start = time.perf_counter()
       outputs[name] = jax.block_until_ready(programs[name]())
       times[name].append(time.perf_counter() - start)
-  summary = {name: dict(median=statistics.median(t), min=min(t), max=max(t))
-             for name, t in times.items()}
+  summary = {name: dict(median=statistics.median(t), min=min(t), max=max(t)) for name, t in times.items()}
   return summary, outputs
 
 
@@ -257,8 +292,9 @@ def _check_sizes(minimum: int, **sizes: int) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def bench_losses(batch: int, length: int, pauses: int, vocab: int, repeats: int,
-                 seed: int) -> tuple[dict[str, Any], str]:
+def bench_losses(
+  batch: int, length: int, pauses: int, vocab: int, repeats: int, seed: int
+) -> tuple[dict[str, Any], str]:
   """Table 1: every loss versus cross-entropy over the same ``[B, N, K+1, V+1]`` logits.
 
   Returns:
@@ -269,8 +305,7 @@ def bench_losses(batch: int, length: int, pauses: int, vocab: int, repeats: int,
   _check_sizes(0, pauses=pauses)
   key_z, key_y = jax.random.split(jax.random.key(seed))
   num_steps = pauses + 1
-  logits_BxNxKxV1 = 3.0 * jax.random.normal(key_z, (batch, length, num_steps, vocab + 1),
-                                            jnp.float32)
+  logits_BxNxKxV1 = 3.0 * jax.random.normal(key_z, (batch, length, num_steps, vocab + 1), jnp.float32)
   targets_BxN = jax.random.randint(key_y, (batch, length), 0, vocab, jnp.int32)
   weights_BxN = jnp.ones((batch, length), jnp.float32)
   args = (logits_BxNxKxV1, targets_BxN, weights_BxN)
@@ -284,43 +319,69 @@ def bench_losses(batch: int, length: int, pauses: int, vocab: int, repeats: int,
       compiled[(name, mode)] = compile_value_and_grad(fn, args, argnums=0)
       memory[(name, mode)] = memory_stats(compiled[(name, mode)])
   # optax's two modes are the same program: time it once, under both keys below.
-  programs = {key: functools.partial(c, *args) for key, c in compiled.items()
-              if key != ("optax_ce (ref)", "+metrics")}
+  programs = {key: functools.partial(c, *args) for key, c in compiled.items() if key != ("optax_ce (ref)", "+metrics")}
   timings, _ = interleaved_median_seconds(programs, repeats)
   timings[("optax_ce (ref)", "+metrics")] = timings[("optax_ce (ref)", "loss")]
 
   t_ref = timings[("optax_ce (ref)", "loss")]["median"]
   m_ref = memory[("optax_ce (ref)", "loss")]["temp"]
-  header = ["loss", "ms (loss)", "x optax", "x ce", "ms (+metrics)", "x optax", "x ce",
-            "temp MiB (loss)", "temp MiB (+metrics)", "temp x optax (+metrics)"]
+  header = [
+    "loss",
+    "ms (loss)",
+    "x optax",
+    "x ce",
+    "ms (+metrics)",
+    "x optax",
+    "x ce",
+    "temp MiB (loss)",
+    "temp MiB (+metrics)",
+    "temp x optax (+metrics)",
+  ]
   rows, record = [], []
   for name in fns:
     t = {mode: timings[(name, mode)]["median"] for mode in ("loss", "+metrics")}
     t_ce = {mode: timings[("ce", mode)]["median"] for mode in ("loss", "+metrics")}
     temp = {mode: memory[(name, mode)]["temp"] for mode in ("loss", "+metrics")}
-    rows.append([name,
-                 f"{1e3 * t['loss']:.1f}", f"{t['loss'] / t_ref:.2f}",
-                 f"{t['loss'] / t_ce['loss']:.2f}",
-                 f"{1e3 * t['+metrics']:.1f}", f"{t['+metrics'] / t_ref:.2f}",
-                 f"{t['+metrics'] / t_ce['+metrics']:.2f}",
-                 f"{temp['loss'] / _MIB:.1f}", f"{temp['+metrics'] / _MIB:.1f}",
-                 f"{temp['+metrics'] / m_ref:.2f}" if m_ref else "n/a"])
+    rows.append(
+      [
+        name,
+        f"{1e3 * t['loss']:.1f}",
+        f"{t['loss'] / t_ref:.2f}",
+        f"{t['loss'] / t_ce['loss']:.2f}",
+        f"{1e3 * t['+metrics']:.1f}",
+        f"{t['+metrics'] / t_ref:.2f}",
+        f"{t['+metrics'] / t_ce['+metrics']:.2f}",
+        f"{temp['loss'] / _MIB:.1f}",
+        f"{temp['+metrics'] / _MIB:.1f}",
+        f"{temp['+metrics'] / m_ref:.2f}" if m_ref else "n/a",
+      ]
+    )
     for mode in ("loss", "+metrics"):
-      record.append(dict(loss=name, mode=mode, seconds=timings[(name, mode)],
-                         ratio_to_optax=t[mode] / t_ref, ratio_to_ce=t[mode] / t_ce[mode],
-                         memory_bytes=memory[(name, mode)]))
+      record.append(
+        dict(
+          loss=name,
+          mode=mode,
+          seconds=timings[(name, mode)],
+          ratio_to_optax=t[mode] / t_ref,
+          ratio_to_ce=t[mode] / t_ce[mode],
+          memory_bytes=memory[(name, mode)],
+        )
+      )
   logits_mib = logits_BxNxKxV1.nbytes / _MIB
-  title = (f"### Losses vs cross-entropy: value_and_grad w.r.t. logits [B={batch}, N={length}, "
-           f"K+1={num_steps}, V+1={vocab + 1}] float32 ({logits_mib:.0f} MiB), "
-           f"median of {repeats} interleaved repeats\n")
-  sizes = dict(batch=batch, length=length, pauses=pauses, vocab=vocab, repeats=repeats,
-               logits_bytes=logits_BxNxKxV1.nbytes)
+  title = (
+    f"### Losses vs cross-entropy: value_and_grad w.r.t. logits [B={batch}, N={length}, "
+    f"K+1={num_steps}, V+1={vocab + 1}] float32 ({logits_mib:.0f} MiB), "
+    f"median of {repeats} interleaved repeats\n"
+  )
+  sizes = dict(
+    batch=batch, length=length, pauses=pauses, vocab=vocab, repeats=repeats, logits_bytes=logits_BxNxKxV1.nbytes
+  )
   return dict(sizes=sizes, rows=record), title + _markdown(header, rows)
 
 
-def bench_chunked(batch: int, length: int, pauses: int, vocab: int, d_model: int,
-                  vocab_chunks: Sequence[int], repeats: int,
-                  seed: int) -> tuple[dict[str, Any], str]:
+def bench_chunked(
+  batch: int, length: int, pauses: int, vocab: int, d_model: int, vocab_chunks: Sequence[int], repeats: int, seed: int
+) -> tuple[dict[str, Any], str]:
   """Table 2: CYB-AP through the full logits versus the chunked path.
 
   ``value_and_grad`` (with metrics) w.r.t. ``(hidden, output_kernel, dk_kernel, dk_bias)``
@@ -331,8 +392,7 @@ def bench_chunked(batch: int, length: int, pauses: int, vocab: int, d_model: int
     ``(record, markdown)`` as :func:`bench_losses`, plus the loss value of each CYB
     program (the chunked ones equal the full one to float tolerance).
   """
-  _check_sizes(1, chunk_batch=batch, chunk_length=length, chunk_vocab=vocab, d_model=d_model,
-               chunk_repeats=repeats)
+  _check_sizes(1, chunk_batch=batch, chunk_length=length, chunk_vocab=vocab, d_model=d_model, chunk_repeats=repeats)
   _check_sizes(0, chunk_pauses=pauses)
   for chunk in vocab_chunks:
     _check_sizes(1, vocab_chunks=chunk)
@@ -350,62 +410,119 @@ def bench_chunked(batch: int, length: int, pauses: int, vocab: int, d_model: int
   fns = {ref: optax_head_loss, "full": full_head_loss}
   for chunk in vocab_chunks:
     fns[f"chunked({chunk})"] = functools.partial(chunked_head_loss, vocab_chunk=chunk)
-  compiled = {name: compile_value_and_grad(fn, args, argnums=(0, 1, 2, 3))
-              for name, fn in fns.items()}
+  compiled = {name: compile_value_and_grad(fn, args, argnums=(0, 1, 2, 3)) for name, fn in fns.items()}
   memory = {name: memory_stats(c) for name, c in compiled.items()}
   timings, outputs = interleaved_median_seconds(
-      {name: functools.partial(c, *args) for name, c in compiled.items()}, repeats,
-      warmup=False)
+    {name: functools.partial(c, *args) for name, c in compiled.items()}, repeats, warmup=False
+  )
   values = {name: float(out[0][0]) for name, out in outputs.items()}
 
   full_mem, t_full, t_ref = memory["full"], timings["full"]["median"], timings[ref]["median"]
-  header = ["path", "temp MiB", "peak MiB", "temp / full", "peak / full", "ms (median)",
-            "time / full", "time / optax", "loss - full loss"]
+  header = [
+    "path",
+    "temp MiB",
+    "peak MiB",
+    "temp / full",
+    "peak / full",
+    "ms (median)",
+    "time / full",
+    "time / optax",
+    "loss - full loss",
+  ]
   rows, record = [], []
   for name in fns:
     mem, t = memory[name], timings[name]["median"]
     diff = "n/a" if name == ref else f"{abs(values[name] - values['full']):.1e}"
-    rows.append([name, f"{mem['temp'] / _MIB:.1f}", f"{mem['peak'] / _MIB:.1f}",
-                 f"{mem['temp'] / full_mem['temp']:.3f}", f"{mem['peak'] / full_mem['peak']:.3f}",
-                 f"{1e3 * t:.0f}", f"{t / t_full:.2f}", f"{t / t_ref:.2f}", diff])
-    record.append(dict(path=name, seconds=timings[name], memory_bytes=mem, loss=values[name],
-                       temp_ratio_to_full=mem["temp"] / full_mem["temp"],
-                       peak_ratio_to_full=mem["peak"] / full_mem["peak"],
-                       time_ratio_to_full=t / t_full, time_ratio_to_optax=t / t_ref))
+    rows.append(
+      [
+        name,
+        f"{mem['temp'] / _MIB:.1f}",
+        f"{mem['peak'] / _MIB:.1f}",
+        f"{mem['temp'] / full_mem['temp']:.3f}",
+        f"{mem['peak'] / full_mem['peak']:.3f}",
+        f"{1e3 * t:.0f}",
+        f"{t / t_full:.2f}",
+        f"{t / t_ref:.2f}",
+        diff,
+      ]
+    )
+    record.append(
+      dict(
+        path=name,
+        seconds=timings[name],
+        memory_bytes=mem,
+        loss=values[name],
+        temp_ratio_to_full=mem["temp"] / full_mem["temp"],
+        peak_ratio_to_full=mem["peak"] / full_mem["peak"],
+        time_ratio_to_full=t / t_full,
+        time_ratio_to_optax=t / t_ref,
+      )
+    )
   rows_m = batch * length * num_steps
-  title = (f"### Chunked vs full: value_and_grad of cyb_ap (+metrics) w.r.t. hidden [B={batch}, "
-           f"N={length}, K+1={num_steps}, D={d_model}] and kernel [D, V={vocab}]; "
-           f"N*B*(K+1) = {rows_m}; median of {repeats} interleaved run(s), no warm-up\n")
-  sizes = dict(batch=batch, length=length, pauses=pauses, vocab=vocab, d_model=d_model,
-               vocab_chunks=list(vocab_chunks), repeats=repeats, rows=rows_m)
+  title = (
+    f"### Chunked vs full: value_and_grad of cyb_ap (+metrics) w.r.t. hidden [B={batch}, "
+    f"N={length}, K+1={num_steps}, D={d_model}] and kernel [D, V={vocab}]; "
+    f"N*B*(K+1) = {rows_m}; median of {repeats} interleaved run(s), no warm-up\n"
+  )
+  sizes = dict(
+    batch=batch,
+    length=length,
+    pauses=pauses,
+    vocab=vocab,
+    d_model=d_model,
+    vocab_chunks=list(vocab_chunks),
+    repeats=repeats,
+    rows=rows_m,
+  )
   return dict(sizes=sizes, rows=record), title + _markdown(header, rows)
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  sizes = dict(batch=_BATCH.value, length=_LENGTH.value, pauses=_PAUSES.value,
-               vocab=_VOCAB.value, repeats=_REPEATS.value, chunk_batch=_CHUNK_BATCH.value,
-               chunk_length=_CHUNK_LENGTH.value, chunk_pauses=_CHUNK_PAUSES.value,
-               chunk_vocab=_CHUNK_VOCAB.value, d_model=_D_MODEL.value,
-               vocab_chunks=[int(c) for c in _VOCAB_CHUNKS.value],
-               chunk_repeats=_CHUNK_REPEATS.value)
+  sizes = dict(
+    batch=_BATCH.value,
+    length=_LENGTH.value,
+    pauses=_PAUSES.value,
+    vocab=_VOCAB.value,
+    repeats=_REPEATS.value,
+    chunk_batch=_CHUNK_BATCH.value,
+    chunk_length=_CHUNK_LENGTH.value,
+    chunk_pauses=_CHUNK_PAUSES.value,
+    chunk_vocab=_CHUNK_VOCAB.value,
+    d_model=_D_MODEL.value,
+    vocab_chunks=[int(c) for c in _VOCAB_CHUNKS.value],
+    chunk_repeats=_CHUNK_REPEATS.value,
+  )
   if _QUICK.value:
     sizes.update(_QUICK_SIZES)
   device = jax.devices()[0]
-  env = dict(jax=jax.__version__, backend=jax.default_backend(), device=device.device_kind,
-             cpu_count=os.cpu_count(), python=platform.python_version())
+  env = dict(
+    jax=jax.__version__,
+    backend=jax.default_backend(),
+    device=device.device_kind,
+    cpu_count=os.cpu_count(),
+    python=platform.python_version(),
+  )
   print("Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), flush=True)
   result: dict[str, Any] = dict(environment=env, quick=_QUICK.value)
   if not _SKIP_LOSSES.value:
-    record, table = bench_losses(sizes["batch"], sizes["length"], sizes["pauses"],
-                                 sizes["vocab"], sizes["repeats"], _SEED.value)
+    record, table = bench_losses(
+      sizes["batch"], sizes["length"], sizes["pauses"], sizes["vocab"], sizes["repeats"], _SEED.value
+    )
     result["losses"] = record
     print("\n" + table, flush=True)
   if not _SKIP_CHUNKED.value:
-    record, table = bench_chunked(sizes["chunk_batch"], sizes["chunk_length"],
-                                  sizes["chunk_pauses"], sizes["chunk_vocab"], sizes["d_model"],
-                                  sizes["vocab_chunks"], sizes["chunk_repeats"], _SEED.value)
+    record, table = bench_chunked(
+      sizes["chunk_batch"],
+      sizes["chunk_length"],
+      sizes["chunk_pauses"],
+      sizes["chunk_vocab"],
+      sizes["d_model"],
+      sizes["vocab_chunks"],
+      sizes["chunk_repeats"],
+      _SEED.value,
+    )
     result["chunked"] = record
     print("\n" + table, flush=True)
   if _OUT.value:

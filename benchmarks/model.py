@@ -40,13 +40,14 @@ import math
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
+from absl import app
+from absl import flags
 
 from cyb_jax import decode
 from cyb_jax import losses
@@ -77,9 +78,21 @@ _PROMPT = flags.DEFINE_integer("prompt", 16, "Prompt length of table 2.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Generated tokens per sequence in table 2.")
 _DECODE_REPEATS = flags.DEFINE_integer("decode_repeats", 3, "Timed repeats per program of table 2.")
 
-_QUICK_SIZES = dict(vocab=512, d_model=64, layers=2, heads=2, mlp_dim=128, max_pauses=2,
-                    lengths=[64], batch=1, repeats=2, decode_batches=[2], prompt=4, new_tokens=8,
-                    decode_repeats=2)
+_QUICK_SIZES = dict(
+  vocab=512,
+  d_model=64,
+  layers=2,
+  heads=2,
+  mlp_dim=128,
+  max_pauses=2,
+  lengths=[64],
+  batch=1,
+  repeats=2,
+  decode_batches=[2],
+  prompt=4,
+  new_tokens=8,
+  decode_repeats=2,
+)
 _MIB = 2.0**20
 
 
@@ -91,14 +104,17 @@ _MIB = 2.0**20
 def memory_stats(compiled: jax.stages.Compiled) -> dict[str, int]:
   """Static buffer sizes of a compiled program in bytes; peak = argument + output + temp - alias."""
   m = compiled.memory_analysis()
-  stats = dict(argument=m.argument_size_in_bytes, output=m.output_size_in_bytes,
-               temp=m.temp_size_in_bytes, alias=m.alias_size_in_bytes)
+  stats = dict(
+    argument=m.argument_size_in_bytes,
+    output=m.output_size_in_bytes,
+    temp=m.temp_size_in_bytes,
+    alias=m.alias_size_in_bytes,
+  )
   stats["peak"] = stats["argument"] + stats["output"] + stats["temp"] - stats["alias"]
   return stats
 
 
-def interleaved_seconds(programs: dict[Any, Callable[[], Any]],
-                        repeats: int) -> dict[Any, dict[str, float]]:
+def interleaved_seconds(programs: dict[Any, Callable[[], Any]], repeats: int) -> dict[Any, dict[str, float]]:
   """Wall and process CPU seconds of each zero-argument program (fastest and median repeat).
 
   One untimed run each, then `repeats` round-robin rounds (starting one program later each
@@ -111,13 +127,12 @@ def interleaved_seconds(programs: dict[Any, Callable[[], Any]],
   names = list(programs)
   wall, cpu = {name: [] for name in names}, {name: [] for name in names}
   for r in range(repeats):
-    for name in names[r % len(names):] + names[: r % len(names)]:
+    for name in names[r % len(names) :] + names[: r % len(names)]:
       start_wall, start_cpu = time.perf_counter(), time.process_time()
       jax.block_until_ready(programs[name]())
       wall[name].append(time.perf_counter() - start_wall)
       cpu[name].append(time.process_time() - start_cpu)
-  return {name: dict(min=min(wall[name]), median=statistics.median(wall[name]),
-                     cpu=min(cpu[name])) for name in names}
+  return {name: dict(min=min(wall[name]), median=statistics.median(wall[name]), cpu=min(cpu[name])) for name in names}
 
 
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -126,9 +141,16 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _model_config(max_pauses: int, layout: str) -> ModelConfig:
-  return ModelConfig(vocab_size=_VOCAB.value, num_layers=_LAYERS.value, d_model=_D_MODEL.value,
-                     num_heads=_HEADS.value, mlp_dim=_MLP.value, max_pauses=max_pauses,
-                     pause_layout=layout, unroll_pause_scan=_UNROLL.value)
+  return ModelConfig(
+    vocab_size=_VOCAB.value,
+    num_layers=_LAYERS.value,
+    d_model=_D_MODEL.value,
+    num_heads=_HEADS.value,
+    mlp_dim=_MLP.value,
+    max_pauses=max_pauses,
+    pause_layout=layout,
+    unroll_pause_scan=_UNROLL.value,
+  )
 
 
 def _num_params(params) -> int:
@@ -149,8 +171,9 @@ def train_loss(cfg: ModelConfig, params, tokens_BxN1: jax.Array) -> jax.Array:
   return loss
 
 
-def bench_train(lengths: Sequence[int], max_pauses: int, layouts: Sequence[str], batch: int,
-                repeats: int, seed: int) -> tuple[dict[str, Any], str]:
+def bench_train(
+  lengths: Sequence[int], max_pauses: int, layouts: Sequence[str], batch: int, repeats: int, seed: int
+) -> tuple[dict[str, Any], str]:
   """Table 1: time and memory of value_and_grad(train_loss) for every (N, layout, K)."""
   key_p, key_x = jax.random.split(jax.random.key(seed))
   params = model_lib.init_params(_model_config(max_pauses, "private"), key_p)
@@ -172,8 +195,18 @@ def bench_train(lengths: Sequence[int], max_pauses: int, layouts: Sequence[str],
         programs[(n, layout, k)] = functools.partial(compiled, p, tokens)
     seconds |= interleaved_seconds(programs, repeats)
 
-  header = ["N", "layout", "K", "CPU ms", "r(K) CPU", "wall ms (min)", "r(K) wall",
-            "wall ms (median)", "peak MiB", "temp MiB"]
+  header = [
+    "N",
+    "layout",
+    "K",
+    "CPU ms",
+    "r(K) CPU",
+    "wall ms (min)",
+    "r(K) wall",
+    "wall ms (median)",
+    "peak MiB",
+    "temp MiB",
+  ]
   rows, record = [], []
   for n in lengths:
     t0 = seconds[(n, layouts[0], 0)]
@@ -181,16 +214,27 @@ def bench_train(lengths: Sequence[int], max_pauses: int, layouts: Sequence[str],
       for k in range(max_pauses + 1):
         key = (n, layouts[0] if k == 0 else layout, k)
         r = {stat: seconds[key][stat] / ((k + 1) * t0[stat]) for stat in ("cpu", "min")}
-        rows.append([str(n), layout, str(k), f"{1e3 * seconds[key]['cpu']:.0f}",
-                     f"{r['cpu']:.3f}", f"{1e3 * seconds[key]['min']:.0f}", f"{r['min']:.3f}",
-                     f"{1e3 * seconds[key]['median']:.0f}", f"{memory[key]['peak'] / _MIB:.0f}",
-                     f"{memory[key]['temp'] / _MIB:.0f}"])
-        record.append(dict(length=n, layout=layout, pauses=k, seconds=seconds[key], r=r,
-                           memory_bytes=memory[key]))
-  title = (f"### Train step (value_and_grad of CYB-AP, all parameters), B={batch}, "
-           f"{_num_params(params) / 1e6:.1f}M parameters, {repeats} interleaved repeats, "
-           f"unroll_pause_scan={_UNROLL.value}\n"
-           "r(K) = t(K) / ((K+1) t(0)); K = 0 is one program for both layouts.\n")
+        rows.append(
+          [
+            str(n),
+            layout,
+            str(k),
+            f"{1e3 * seconds[key]['cpu']:.0f}",
+            f"{r['cpu']:.3f}",
+            f"{1e3 * seconds[key]['min']:.0f}",
+            f"{r['min']:.3f}",
+            f"{1e3 * seconds[key]['median']:.0f}",
+            f"{memory[key]['peak'] / _MIB:.0f}",
+            f"{memory[key]['temp'] / _MIB:.0f}",
+          ]
+        )
+        record.append(dict(length=n, layout=layout, pauses=k, seconds=seconds[key], r=r, memory_bytes=memory[key]))
+  title = (
+    f"### Train step (value_and_grad of CYB-AP, all parameters), B={batch}, "
+    f"{_num_params(params) / 1e6:.1f}M parameters, {repeats} interleaved repeats, "
+    f"unroll_pause_scan={_UNROLL.value}\n"
+    "r(K) = t(K) / ((K+1) t(0)); K = 0 is one program for both layouts.\n"
+  )
   return dict(rows=record, num_params=_num_params(params)), title + _markdown(header, rows)
 
 
@@ -199,9 +243,15 @@ def bench_train(lengths: Sequence[int], max_pauses: int, layouts: Sequence[str],
 # --------------------------------------------------------------------------------------
 
 
-def bench_decode(max_pauses: int, layouts: Sequence[str], batches: Sequence[int],
-                 prompt_len: int, new_tokens: int, repeats: int,
-                 seed: int) -> tuple[dict[str, Any], str]:
+def bench_decode(
+  max_pauses: int,
+  layouts: Sequence[str],
+  batches: Sequence[int],
+  prompt_len: int,
+  new_tokens: int,
+  repeats: int,
+  seed: int,
+) -> tuple[dict[str, Any], str]:
   """Table 2: generate() tokens per second, adaptive (threshold 0.5) versus always K pauses."""
   key_p, key_dk, key_x, key_g = jax.random.split(jax.random.key(seed), 4)
   params = model_lib.init_params(_model_config(max_pauses, "private"), key_p)
@@ -216,15 +266,22 @@ def bench_decode(max_pauses: int, layouts: Sequence[str], batches: Sequence[int]
     for layout in layouts:
       cfg = _model_config(max_pauses, layout)
       for halting in ("threshold", "max"):
-        run = functools.partial(decode.generate, cfg, params, prompt, key_g,
-                                max_new_tokens=new_tokens, halting=halting, threshold=0.5,
-                                return_stats=True)
+        run = functools.partial(
+          decode.generate,
+          cfg,
+          params,
+          prompt,
+          key_g,
+          max_new_tokens=new_tokens,
+          halting=halting,
+          threshold=0.5,
+          return_stats=True,
+        )
         runs[(batch, layout, halting)] = run
         outputs[(batch, layout, halting)] = jax.device_get(run())
   seconds = interleaved_seconds(runs, repeats)
 
-  header = ["B", "layout", "halting", "tokens / s", "x always-K", "pauses / token",
-            "loop steps / token"]
+  header = ["B", "layout", "halting", "tokens / s", "x always-K", "pauses / token", "loop steps / token"]
   rows, record = [], []
   for batch in batches:
     for layout in layouts:
@@ -234,14 +291,33 @@ def bench_decode(max_pauses: int, layouts: Sequence[str], batches: Sequence[int]
         speedup = seconds[(batch, layout, "max")]["min"] / seconds[key]["min"]
         _, pauses, stats = outputs[key]
         policy = "adaptive (0.5)" if halting == "threshold" else f"always {max_pauses}"
-        rows.append([str(batch), layout, policy, f"{tokens_per_s:.0f}", f"{speedup:.2f}",
-                     f"{pauses.mean():.2f}", f"{stats['pause_steps'].mean():.2f}"])
-        record.append(dict(batch=batch, layout=layout, halting=halting, seconds=seconds[key],
-                           tokens_per_s=tokens_per_s, speedup_vs_always=speedup,
-                           mean_pauses=float(pauses.mean()),
-                           mean_loop_steps=float(stats["pause_steps"].mean())))
-  title = (f"### Decoding: generate(), prompt {prompt_len}, {new_tokens} new tokens, "
-           f"K={max_pauses}, fastest of {repeats} interleaved repeats (includes the prompt)\n")
+        rows.append(
+          [
+            str(batch),
+            layout,
+            policy,
+            f"{tokens_per_s:.0f}",
+            f"{speedup:.2f}",
+            f"{pauses.mean():.2f}",
+            f"{stats['pause_steps'].mean():.2f}",
+          ]
+        )
+        record.append(
+          dict(
+            batch=batch,
+            layout=layout,
+            halting=halting,
+            seconds=seconds[key],
+            tokens_per_s=tokens_per_s,
+            speedup_vs_always=speedup,
+            mean_pauses=float(pauses.mean()),
+            mean_loop_steps=float(stats["pause_steps"].mean()),
+          )
+        )
+  title = (
+    f"### Decoding: generate(), prompt {prompt_len}, {new_tokens} new tokens, "
+    f"K={max_pauses}, fastest of {repeats} interleaved repeats (includes the prompt)\n"
+  )
   return dict(rows=record), title + _markdown(header, rows)
 
 
@@ -258,22 +334,49 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"--max_pauses={_MAX_PAUSES.value} must be >= 1")
   lengths = [int(n) for n in _LENGTHS.value]
   device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
-  print(f"# Pause-aware transformer benchmark: {device}, "
-        f"{platform.processor() or platform.machine()}, jax {jax.__version__}\n")
-  record: dict[str, Any] = dict(device=jax.devices()[0].device_kind, flags={
-      name: flags.FLAGS[name].value for name in (
-          "vocab", "d_model", "layers", "heads", "mlp_dim", "max_pauses", "layouts",
-          "unroll_pause_scan", "lengths",
-          "batch", "repeats", "decode_batches", "prompt", "new_tokens", "decode_repeats",
-          "seed")})
+  print(
+    f"# Pause-aware transformer benchmark: {device}, "
+    f"{platform.processor() or platform.machine()}, jax {jax.__version__}\n"
+  )
+  record: dict[str, Any] = dict(
+    device=jax.devices()[0].device_kind,
+    flags={
+      name: flags.FLAGS[name].value
+      for name in (
+        "vocab",
+        "d_model",
+        "layers",
+        "heads",
+        "mlp_dim",
+        "max_pauses",
+        "layouts",
+        "unroll_pause_scan",
+        "lengths",
+        "batch",
+        "repeats",
+        "decode_batches",
+        "prompt",
+        "new_tokens",
+        "decode_repeats",
+        "seed",
+      )
+    },
+  )
   if not _SKIP_TRAIN.value:
-    record["train"], table = bench_train(lengths, _MAX_PAUSES.value, _LAYOUTS.value, _BATCH.value,
-                                         _REPEATS.value, _SEED.value)
+    record["train"], table = bench_train(
+      lengths, _MAX_PAUSES.value, _LAYOUTS.value, _BATCH.value, _REPEATS.value, _SEED.value
+    )
     print(table + "\n", flush=True)
   if not _SKIP_DECODE.value:
     record["decode"], table = bench_decode(
-        _MAX_PAUSES.value, _LAYOUTS.value, [int(b) for b in _DECODE_BATCHES.value],
-        _PROMPT.value, _NEW_TOKENS.value, _DECODE_REPEATS.value, _SEED.value)
+      _MAX_PAUSES.value,
+      _LAYOUTS.value,
+      [int(b) for b in _DECODE_BATCHES.value],
+      _PROMPT.value,
+      _NEW_TOKENS.value,
+      _DECODE_REPEATS.value,
+      _SEED.value,
+    )
     print(table + "\n", flush=True)
   if _OUT.value:
     with open(_OUT.value, "w") as f:

@@ -32,8 +32,7 @@ import os
 
 if __name__ == "__main__" and "device_count" not in os.environ.get("XLA_FLAGS", ""):
   # Run as a script, before JAX starts its CPU backend: 8 fake CPU devices.
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_force_host_platform_device_count=8").strip()
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import json
@@ -41,24 +40,37 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import app
+from absl import flags
 
-from cyb_jax.configs import base as base_config
-from cyb_jax import sharding
 from cyb_jax import components
+from cyb_jax import sharding
 from cyb_jax import train
+from cyb_jax.configs import base as base_config
 from cyb_jax.data import synthetic
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _COLLECTIVE_RE = re.compile(r"=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
 _SHAPE_RE = re.compile(r"\b(pred|s8|u8|s16|u16|s32|u32|s64|u64|bf16|f16|f32|f64)\[([0-9,]*)\]")
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2,
-                "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+_DTYPE_BYTES = {
+  "pred": 1,
+  "s8": 1,
+  "u8": 1,
+  "s16": 2,
+  "u16": 2,
+  "bf16": 2,
+  "f16": 2,
+  "s32": 4,
+  "u32": 4,
+  "f32": 4,
+  "s64": 8,
+  "u64": 8,
+  "f64": 8,
+}
 
 
 def benchmark_config(quick: bool) -> ml_collections.ConfigDict:
@@ -79,18 +91,22 @@ def benchmark_config(quick: bool) -> ml_collections.ConfigDict:
   return c
 
 
-def abstract_batch(batch_size: int, seq_len: int, mesh: jax.sharding.Mesh
-                   ) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(batch_size: int, seq_len: int, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
   """``ShapeDtypeStruct``s of a global batch ``[B, N]`` placed as the trainer places it."""
   placed = sharding.batch_sharding(mesh)
-  dtypes = {"inputs": jnp.int32, "targets": jnp.int32, "weights": jnp.float32,
-            "segment_ids": jnp.int32, "positions": jnp.int32}
-  return {k: jax.ShapeDtypeStruct((batch_size, seq_len), dtypes[k], sharding=placed)
-          for k in train.BATCH_KEYS}
+  dtypes = {
+    "inputs": jnp.int32,
+    "targets": jnp.int32,
+    "weights": jnp.float32,
+    "segment_ids": jnp.int32,
+    "positions": jnp.int32,
+  }
+  return {k: jax.ShapeDtypeStruct((batch_size, seq_len), dtypes[k], sharding=placed) for k in train.BATCH_KEYS}
 
 
-def sharded_programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-                     ) -> tuple[train.Programs, train.TrainState, dict]:
+def sharded_programs(
+  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> tuple[train.Programs, train.TrainState, dict]:
   """The trainer's programs (``train.make_programs``) for ``mesh``, and their inputs.
 
   ``mesh`` may hold real devices or a TPU topology's devices. Call (or lower) the
@@ -124,8 +140,10 @@ def count_collectives(hlo_text: str) -> dict[str, dict[str, int]]:
   out = {k: {"count": 0, "bytes": 0} for k in COLLECTIVES}
   for match in _COLLECTIVE_RE.finditer(hlo_text):
     result_type, kind = match.group(1), match.group(2)
-    nbytes = sum(_DTYPE_BYTES[dt] * int(np.prod([int(d) for d in dims.split(",") if d]))
-                 for dt, dims in _SHAPE_RE.findall(result_type))
+    nbytes = sum(
+      _DTYPE_BYTES[dt] * int(np.prod([int(d) for d in dims.split(",") if d]))
+      for dt, dims in _SHAPE_RE.findall(result_type)
+    )
     out[kind]["count"] += 1
     out[kind]["bytes"] += nbytes
   return out
@@ -134,8 +152,12 @@ def count_collectives(hlo_text: str) -> dict[str, dict[str, int]]:
 def program_bytes(compiled: Any) -> dict[str, int]:
   """Per-device bytes of a compiled program: arguments, outputs, temporaries and peak."""
   m = compiled.memory_analysis()
-  figures = {"argument": m.argument_size_in_bytes, "output": m.output_size_in_bytes,
-             "temp": m.temp_size_in_bytes, "alias": m.alias_size_in_bytes}
+  figures = {
+    "argument": m.argument_size_in_bytes,
+    "output": m.output_size_in_bytes,
+    "temp": m.temp_size_in_bytes,
+    "alias": m.alias_size_in_bytes,
+  }
   figures["peak"] = figures["argument"] + figures["output"] + figures["temp"] - figures["alias"]
   return figures
 
@@ -156,9 +178,17 @@ def state_memory(config: ml_collections.ConfigDict, fsdps: Sequence[int]) -> lis
     params = max(sharding.bytes_per_device(state.params).values())
     opt = max(sharding.bytes_per_device(state.opt_state).values())
     total = sum(x.nbytes for x in jax.tree.leaves(state.params))
-    rows.append({"mesh": mesh.devices.shape, "fsdp": fsdp, "param_bytes": params,
-                 "opt_bytes": opt, "state_bytes": params + opt, "param_total": total,
-                 "num_params": sum(x.size for x in jax.tree.leaves(state.params))})
+    rows.append(
+      {
+        "mesh": mesh.devices.shape,
+        "fsdp": fsdp,
+        "param_bytes": params,
+        "opt_bytes": opt,
+        "state_bytes": params + opt,
+        "param_total": total,
+        "num_params": sum(x.size for x in jax.tree.leaves(state.params)),
+      }
+    )
     del state
   base = rows[0]["state_bytes"] * rows[0]["fsdp"]
   for r in rows:
@@ -167,17 +197,21 @@ def state_memory(config: ml_collections.ConfigDict, fsdps: Sequence[int]) -> lis
   return rows
 
 
-def collectives(config: ml_collections.ConfigDict, meshes: Sequence[Sequence[int]]
-                ) -> list[dict]:
+def collectives(config: ml_collections.ConfigDict, meshes: Sequence[Sequence[int]]) -> list[dict]:
   """Table 2 rows: collectives and per-device program memory of the compiled step."""
   rows = []
   for shape in meshes:
     mesh = sharding.make_mesh(mesh_config(shape))
     compiled = compile_train_step(config, mesh)
     counts = count_collectives(compiled.as_text())
-    rows.append({"mesh": tuple(shape), "collectives": counts,
-                 "total": sum(c["count"] for c in counts.values()),
-                 "program_bytes": program_bytes(compiled)})
+    rows.append(
+      {
+        "mesh": tuple(shape),
+        "collectives": counts,
+        "total": sum(c["count"] for c in counts.values()),
+        "program_bytes": program_bytes(compiled),
+      }
+    )
   return rows
 
 
@@ -191,20 +225,25 @@ def main(argv):
   config = benchmark_config(args.quick)
   n = jax.device_count()
   fsdps = [f for f in (1, 2, 4, 8) if n % f == 0]
-  print(f"JAX {jax.__version__}, {n} {jax.devices()[0].platform} devices; model "
-        f"V={config.model.vocab_size} D={config.model.d_model} L={config.model.num_layers} "
-        f"heads={config.model.num_heads} mlp={config.model.mlp_dim} K={config.model.max_pauses}"
-        f", batch {config.data.batch_size} x {config.data.seq_len}.\n")
+  print(
+    f"JAX {jax.__version__}, {n} {jax.devices()[0].platform} devices; model "
+    f"V={config.model.vocab_size} D={config.model.d_model} L={config.model.num_layers} "
+    f"heads={config.model.num_heads} mlp={config.model.mlp_dim} K={config.model.max_pauses}"
+    f", batch {config.data.batch_size} x {config.data.seq_len}.\n"
+  )
 
   memory = state_memory(config, fsdps)
-  print(f"Table 1: per-device train state, {memory[0]['num_params']:,} parameters "
-        "(float32, AdamW: parameters + 2 moments).\n")
-  print("| mesh (data, fsdp, tensor) | params MiB | optimiser MiB | state MiB | "
-        "ideal (1/fsdp) MiB | state / ideal |")
+  print(
+    f"Table 1: per-device train state, {memory[0]['num_params']:,} parameters "
+    "(float32, AdamW: parameters + 2 moments).\n"
+  )
+  print("| mesh (data, fsdp, tensor) | params MiB | optimiser MiB | state MiB | ideal (1/fsdp) MiB | state / ideal |")
   print("|---|---|---|---|---|---|")
   for r in memory:
-    print(f"| {r['mesh']} | {_mib(r['param_bytes'])} | {_mib(r['opt_bytes'])} | "
-          f"{_mib(r['state_bytes'])} | {_mib(r['ideal_bytes'])} | {r['vs_ideal']:.3f} |")
+    print(
+      f"| {r['mesh']} | {_mib(r['param_bytes'])} | {_mib(r['opt_bytes'])} | "
+      f"{_mib(r['state_bytes'])} | {_mib(r['ideal_bytes'])} | {r['vs_ideal']:.3f} |"
+    )
 
   results = {"devices": n, "config": config.model.to_dict(), "memory": memory}
   if not args.skip_collectives:
@@ -214,16 +253,18 @@ def main(argv):
       meshes = meshes[:1] + [m for m in meshes if m[2] > 1][:2]
     comm = collectives(config, meshes)
     results["collectives"] = comm
-    print("\nTable 2: collectives in the compiled train step (static count; result MiB), "
-          "and the step program's per-device memory.\n")
-    print("| mesh | " + " | ".join(COLLECTIVES) + " | total | program peak MiB | "
-          "of which temp MiB |")
+    print(
+      "\nTable 2: collectives in the compiled train step (static count; result MiB), "
+      "and the step program's per-device memory.\n"
+    )
+    print("| mesh | " + " | ".join(COLLECTIVES) + " | total | program peak MiB | of which temp MiB |")
     print("|---|" + "---|" * (len(COLLECTIVES) + 3))
     for r in comm:
-      cells = [f"{c['count']} ({_mib(c['bytes'])})" if c["count"] else "0"
-               for c in r["collectives"].values()]
-      print(f"| {r['mesh']} | " + " | ".join(cells) + f" | {r['total']} | "
-            f"{_mib(r['program_bytes']['peak'])} | {_mib(r['program_bytes']['temp'])} |")
+      cells = [f"{c['count']} ({_mib(c['bytes'])})" if c["count"] else "0" for c in r["collectives"].values()]
+      print(
+        f"| {r['mesh']} | " + " | ".join(cells) + f" | {r['total']} | "
+        f"{_mib(r['program_bytes']['peak'])} | {_mib(r['program_bytes']['temp'])} |"
+      )
   if args.out:
     with open(args.out, "w") as f:
       json.dump(results, f, indent=1, default=str)

@@ -42,19 +42,18 @@ import json
 import sys
 import time
 
+import jax
 from absl import app
 from absl import flags
-import jax
 from jax.experimental import topologies
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import sharding as sharding_benchmark
-from cyb_jax.configs import base as base_config
+from cyb_jax import components
 from cyb_jax import model as model_lib
 from cyb_jax import sharding
-from cyb_jax import components
-from cyb_jax import train
+from cyb_jax.configs import base as base_config
 from cyb_jax.data import synthetic
 
 GIB = 2**30
@@ -71,19 +70,18 @@ class Slice:
 
 
 SLICES = {
-    "v4-8": Slice("v4:2x2x1", "megacore", (2, 2, 1), 32 * GIB),
-    "v4-16": Slice("v4:2x2x2", "megacore", (2, 2, 1), 32 * GIB),
-    "v4-32": Slice("v4:2x2x4", "megacore", (2, 2, 1), 32 * GIB),
-    "v4-64": Slice("v4:2x4x4", "megacore", (2, 2, 1), 32 * GIB),
-    "v5e-8": Slice("v5e:2x4", "default", (2, 2, 1), 16 * GIB),
-    "v5e-16": Slice("v5e:4x4", "default", (2, 2, 1), 16 * GIB),
-    "v5e-32": Slice("v5e:4x8", "default", (2, 2, 1), 16 * GIB),
-    "v5e-64": Slice("v5e:8x8", "default", (2, 2, 1), 16 * GIB),
-    "v5e-256": Slice("v5e:16x16", "default", (2, 2, 1), 16 * GIB),
+  "v4-8": Slice("v4:2x2x1", "megacore", (2, 2, 1), 32 * GIB),
+  "v4-16": Slice("v4:2x2x2", "megacore", (2, 2, 1), 32 * GIB),
+  "v4-32": Slice("v4:2x2x4", "megacore", (2, 2, 1), 32 * GIB),
+  "v4-64": Slice("v4:2x4x4", "megacore", (2, 2, 1), 32 * GIB),
+  "v5e-8": Slice("v5e:2x4", "default", (2, 2, 1), 16 * GIB),
+  "v5e-16": Slice("v5e:4x4", "default", (2, 2, 1), 16 * GIB),
+  "v5e-32": Slice("v5e:4x8", "default", (2, 2, 1), 16 * GIB),
+  "v5e-64": Slice("v5e:8x8", "default", (2, 2, 1), 16 * GIB),
+  "v5e-256": Slice("v5e:16x16", "default", (2, 2, 1), 16 * GIB),
 }
 
-_TOPOLOGY = flags.DEFINE_list("topology", ["v5e-16", "v4-32"],
-                              f"Slices to compile for, of {sorted(SLICES)}.")
+_TOPOLOGY = flags.DEFINE_list("topology", ["v5e-16", "v4-32"], f"Slices to compile for, of {sorted(SLICES)}.")
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices joined over the data-centre network.")
 _MESH = flags.DEFINE_string("mesh", "1,-1,1", "data,fsdp,tensor sizes per job (-1 fills in).")
 _DCN_DATA = flags.DEFINE_integer("dcn_data", 1, "mesh.dcn_data: data-parallel groups of slices.")
@@ -92,33 +90,66 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", 2048, "Tokens per row (N).")
 _MAX_PAUSES = flags.DEFINE_integer("max_pauses", 3, "K.")
 _REMAT = flags.DEFINE_string("remat_policy", "full", "model.remat_policy.")
 _VOCAB_CHUNK = flags.DEFINE_integer("vocab_chunk", 8192, "loss.vocab_chunk (0: full logits).")
-_PRESET = flags.DEFINE_enum("preset", "1b", ["1b", "tiny", "llama3.2-1b", "gemma3-1b"],
-                            "Model when no --config is given: the project's 1B, a tiny one, or "
-                            "the architecture and shapes of Llama-3.2-1B or Gemma-3-1B (random "
-                            "weights of the real shapes, as fine-tuning them would hold).")
+_PRESET = flags.DEFINE_enum(
+  "preset",
+  "1b",
+  ["1b", "tiny", "llama3.2-1b", "gemma3-1b"],
+  "Model when no --config is given: the project's 1B, a tiny one, or "
+  "the architecture and shapes of Llama-3.2-1B or Gemma-3-1B (random "
+  "weights of the real shapes, as fine-tuning them would hold).",
+)
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A run config (e.g. cyb_jax/configs/tfds_lm.py) to compile instead of --preset; "
-    "override its fields with --config.FIELD=VALUE. The flags batch_size, seq_len, "
-    "max_pauses, remat_policy and vocab_chunk then do not apply; --mesh and --dcn_data do.",
-    lock_config=False)
+  "config",
+  None,
+  "A run config (e.g. cyb_jax/configs/tfds_lm.py) to compile instead of --preset; "
+  "override its fields with --config.FIELD=VALUE. The flags batch_size, seq_len, "
+  "max_pauses, remat_policy and vocab_chunk then do not apply; --mesh and --dcn_data do.",
+  lock_config=False,
+)
 _OUT = flags.DEFINE_string("out", None, "Also write the figures as JSON to this path.")
 
 
 # The ModelConfig fields of the Hub's config.json of each (cyb_jax.pretrained.hf_config maps
 # them the same way): meta-llama/Llama-3.2-1B and google/gemma-3-1b-pt.
 PRETRAINED_PRESETS = {
-    "llama3.2-1b": dict(
-        vocab_size=128256, num_layers=16, d_model=2048, num_heads=32, num_kv_heads=8,
-        head_dim=None, mlp_dim=8192, tie_embeddings=True, rms_norm_eps=1e-5, rope_base=500000.0,
-        rope_scaling="llama3", rope_scaling_factor=32.0, rope_low_freq_factor=1.0,
-        rope_high_freq_factor=4.0, rope_original_max_positions=8192),
-    "gemma3-1b": dict(
-        vocab_size=262144, num_layers=26, d_model=1152, num_heads=4, num_kv_heads=1,
-        head_dim=256, mlp_dim=6912, tie_embeddings=True, rms_norm_eps=1e-6, norm_plus_one=True,
-        mlp_activation="gelu_tanh", scale_embeddings=True, qk_norm=True, post_norms=True,
-        query_pre_attn_scalar=256.0, rope_base=1000000.0, rope_local_base=10000.0,
-        sliding_window=512,
-        layer_types=tuple("full" if (i + 1) % 6 == 0 else "sliding" for i in range(26))),
+  "llama3.2-1b": dict(
+    vocab_size=128256,
+    num_layers=16,
+    d_model=2048,
+    num_heads=32,
+    num_kv_heads=8,
+    head_dim=None,
+    mlp_dim=8192,
+    tie_embeddings=True,
+    rms_norm_eps=1e-5,
+    rope_base=500000.0,
+    rope_scaling="llama3",
+    rope_scaling_factor=32.0,
+    rope_low_freq_factor=1.0,
+    rope_high_freq_factor=4.0,
+    rope_original_max_positions=8192,
+  ),
+  "gemma3-1b": dict(
+    vocab_size=262144,
+    num_layers=26,
+    d_model=1152,
+    num_heads=4,
+    num_kv_heads=1,
+    head_dim=256,
+    mlp_dim=6912,
+    tie_embeddings=True,
+    rms_norm_eps=1e-6,
+    norm_plus_one=True,
+    mlp_activation="gelu_tanh",
+    scale_embeddings=True,
+    qk_norm=True,
+    post_norms=True,
+    query_pre_attn_scalar=256.0,
+    rope_base=1000000.0,
+    rope_local_base=10000.0,
+    sliding_window=512,
+    layer_types=tuple("full" if (i + 1) % 6 == 0 else "sliding" for i in range(26)),
+  ),
 }
 
 
@@ -143,8 +174,14 @@ def run_config(preset: str):
     c.mesh.update(data=data, fsdp=fsdp, tensor=tensor, dcn_data=_DCN_DATA.value)
     return c
   c = base_config.get_config()
-  c.model.update(model_config(preset), max_pauses=_MAX_PAUSES.value, dtype="bfloat16",
-                 param_dtype="float32", scan_layers=True, remat_policy=_REMAT.value)
+  c.model.update(
+    model_config(preset),
+    max_pauses=_MAX_PAUSES.value,
+    dtype="bfloat16",
+    param_dtype="float32",
+    scan_layers=True,
+    remat_policy=_REMAT.value,
+  )
   c.loss.name = "cyb_ap"
   c.loss.vocab_chunk = _VOCAB_CHUNK.value
   c.data.update(batch_size=_BATCH.value, seq_len=_SEQ_LEN.value)
@@ -157,8 +194,12 @@ def topology_devices(name: str, num_slices: int) -> list:
     raise app.UsageError(f"--topology={name!r} is unknown; allowed: {sorted(SLICES)}.")
   s = SLICES[name]
   return topologies.get_topology_desc(
-      s.topology, platform="tpu", chip_config_name=s.chip_config,
-      chips_per_host_bounds=s.chips_per_host, num_slices=num_slices).devices
+    s.topology,
+    platform="tpu",
+    chip_config_name=s.chip_config,
+    chips_per_host_bounds=s.chips_per_host,
+    num_slices=num_slices,
+  ).devices
 
 
 def compile_for(name: str, config) -> dict:
@@ -166,26 +207,30 @@ def compile_for(name: str, config) -> dict:
   devices = topology_devices(name, _NUM_SLICES.value)
   mesh = sharding.make_mesh(config.mesh, devices=devices)
   model_cfg = components.model_config(config, synthetic.VOCAB_SIZE)
-  num_params = sum(x.size for x in jax.tree.leaves(
-      jax.eval_shape(model_lib.init_params, model_cfg, jax.random.key(0))))
+  num_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(model_lib.init_params, model_cfg, jax.random.key(0))))
   start = time.perf_counter()
-  row = {"slice": name, "num_slices": _NUM_SLICES.value, "chips": len(devices),
-         "device_kind": devices[0].device_kind, "mesh": dict(mesh.shape),
-         "num_params": num_params, "batch": [config.data.batch_size, config.data.seq_len],
-         "max_pauses": config.model.max_pauses, "remat_policy": config.model.remat_policy,
-         "vocab_chunk": config.loss.vocab_chunk, "hbm_bytes": SLICES[name].hbm_bytes,
-         # Which slices each index of the data axis spans (multi-slice: one slice each).
-         "data_axis_slices": [sorted({int(getattr(d, "slice_index", 0)) for d in row.flat})
-                              for row in mesh.devices]}
+  row = {
+    "slice": name,
+    "num_slices": _NUM_SLICES.value,
+    "chips": len(devices),
+    "device_kind": devices[0].device_kind,
+    "mesh": dict(mesh.shape),
+    "num_params": num_params,
+    "batch": [config.data.batch_size, config.data.seq_len],
+    "max_pauses": config.model.max_pauses,
+    "remat_policy": config.model.remat_policy,
+    "vocab_chunk": config.loss.vocab_chunk,
+    "hbm_bytes": SLICES[name].hbm_bytes,
+    # Which slices each index of the data axis spans (multi-slice: one slice each).
+    "data_axis_slices": [sorted({int(getattr(d, "slice_index", 0)) for d in row.flat}) for row in mesh.devices],
+  }
   try:
     compiled = sharding_benchmark.compile_train_step(config, mesh)
   except Exception as e:  # pylint: disable=broad-except
     # libtpu reports programs that do not fit as a compile error (RESOURCE_EXHAUSTED).
-    row.update(compiled=False, error=str(e).splitlines()[0][:500],
-               compile_s=time.perf_counter() - start)
+    row.update(compiled=False, error=str(e).splitlines()[0][:500], compile_s=time.perf_counter() - start)
     return row
-  row.update(compiled=True, compile_s=time.perf_counter() - start,
-             **sharding_benchmark.program_bytes(compiled))
+  row.update(compiled=True, compile_s=time.perf_counter() - start, **sharding_benchmark.program_bytes(compiled))
   row["fits"] = row["peak"] <= row["hbm_bytes"]
   counts = sharding_benchmark.count_collectives(compiled.as_text())
   row["collectives"] = {k: v["count"] for k, v in counts.items()}
@@ -197,30 +242,40 @@ def main(argv):
   config = run_config(_PRESET.value)
   source = "--config" if _CONFIG.value is not None else f"preset {_PRESET.value}"
   m = config.model
-  print(f"JAX {jax.__version__}; compiling the {config.loss.name} train step ({source}: "
-        f"V={m.vocab_size} D={m.d_model} L={m.num_layers} heads={m.num_heads} mlp={m.mlp_dim} "
-        f"K={m.max_pauses}, batch {config.data.batch_size} x {config.data.seq_len}, "
-        f"remat {m.remat_policy}, vocab_chunk {config.loss.vocab_chunk}, "
-        f"{m.dtype} compute, {m.param_dtype} parameters and AdamW state) for {', '.join(_TOPOLOGY.value)}.\n")
+  print(
+    f"JAX {jax.__version__}; compiling the {config.loss.name} train step ({source}: "
+    f"V={m.vocab_size} D={m.d_model} L={m.num_layers} heads={m.num_heads} mlp={m.mlp_dim} "
+    f"K={m.max_pauses}, batch {config.data.batch_size} x {config.data.seq_len}, "
+    f"remat {m.remat_policy}, vocab_chunk {config.loss.vocab_chunk}, "
+    f"{m.dtype} compute, {m.param_dtype} parameters and AdamW state) for {', '.join(_TOPOLOGY.value)}.\n"
+  )
   rows = [compile_for(name, config) for name in _TOPOLOGY.value]
-  print("| slice | chips | mesh (data, fsdp, tensor) | parameters | arguments GiB | "
-        "temporaries GiB | peak GiB | HBM GiB | fits | compile s |")
+  print(
+    "| slice | chips | mesh (data, fsdp, tensor) | parameters | arguments GiB | "
+    "temporaries GiB | peak GiB | HBM GiB | fits | compile s |"
+  )
   print("|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     mesh = tuple(r["mesh"].values())
     if not r["compiled"]:
-      print(f"| {r['slice']} x{r['num_slices']} | {r['chips']} | {mesh} | "
-            f"{r['num_params'] / 1e9:.2f}B | - | - | - | {r['hbm_bytes'] / GIB:.0f} | "
-            f"no: {r['error']} | {r['compile_s']:.0f} |")
+      print(
+        f"| {r['slice']} x{r['num_slices']} | {r['chips']} | {mesh} | "
+        f"{r['num_params'] / 1e9:.2f}B | - | - | - | {r['hbm_bytes'] / GIB:.0f} | "
+        f"no: {r['error']} | {r['compile_s']:.0f} |"
+      )
       continue
-    print(f"| {r['slice']} x{r['num_slices']} | {r['chips']} | {mesh} | "
-          f"{r['num_params'] / 1e9:.2f}B | {r['argument'] / GIB:.2f} | {r['temp'] / GIB:.2f} | "
-          f"{r['peak'] / GIB:.2f} | {r['hbm_bytes'] / GIB:.0f} | {'yes' if r['fits'] else 'no'} | "
-          f"{r['compile_s']:.0f} |")
+    print(
+      f"| {r['slice']} x{r['num_slices']} | {r['chips']} | {mesh} | "
+      f"{r['num_params'] / 1e9:.2f}B | {r['argument'] / GIB:.2f} | {r['temp'] / GIB:.2f} | "
+      f"{r['peak'] / GIB:.2f} | {r['hbm_bytes'] / GIB:.0f} | {'yes' if r['fits'] else 'no'} | "
+      f"{r['compile_s']:.0f} |"
+    )
   for r in rows:
     if r["compiled"]:
-      print(f"{r['slice']} x{r['num_slices']}: collectives {r['collectives']}; slices of "
-            f"each data index {r['data_axis_slices']}")
+      print(
+        f"{r['slice']} x{r['num_slices']}: collectives {r['collectives']}; slices of "
+        f"each data index {r['data_axis_slices']}"
+      )
   if _OUT.value:
     with open(_OUT.value, "w") as f:
       json.dump(rows, f, indent=1)

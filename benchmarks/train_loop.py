@@ -45,15 +45,16 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import app
+from absl import flags
 
 from cyb_jax import components
 from cyb_jax import metrics_writer
@@ -82,21 +83,42 @@ _BATCH = flags.DEFINE_integer("batch", 1, "B of tables 2, 3 and 4.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repeats per program of tables 2 and 3.")
 _MEMORY_LENGTHS = flags.DEFINE_list("memory_lengths", ["2048", "8192"], "N of table 4.")
 _PROFILE_LENGTH = flags.DEFINE_integer(
-    "profile_length", 1024, "N of table 5 (a profile of K = 0 and the largest K); 0 = off.")
+  "profile_length", 1024, "N of table 5 (a profile of K = 0 and the largest K); 0 = off."
+)
 _PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "P of the float32 matmul peak.")
 
-_QUICK_SIZES = dict(vocab=512, d_model=64, layers=2, heads=2, mlp_dim=128, loop_length=64,
-                    loop_batch=2, loop_steps=4, loop_rounds=1, lengths=["64"], pauses=["2"], repeats=1,
-                    memory_lengths=["128"], peak_size=256, profile_length=64)
+_QUICK_SIZES = dict(
+  vocab=512,
+  d_model=64,
+  layers=2,
+  heads=2,
+  mlp_dim=128,
+  loop_length=64,
+  loop_batch=2,
+  loop_steps=4,
+  loop_rounds=1,
+  lengths=["64"],
+  pauses=["2"],
+  repeats=1,
+  memory_lengths=["128"],
+  peak_size=256,
+  profile_length=64,
+)
 _MIB = 2.0**20
 
 
 def run_config(length: int, batch: int, pauses: int) -> ml_collections.ConfigDict:
   """The default run config with the benchmark's model, ``[batch, length]`` and K pauses."""
   c = default_config.get_config()
-  c.model.update(num_layers=_LAYERS.value, d_model=_D_MODEL.value, num_heads=_HEADS.value,
-                 mlp_dim=_MLP.value, max_pauses=pauses, vocab_size=_VOCAB.value,
-                 unroll_pause_scan=_UNROLL.value)
+  c.model.update(
+    num_layers=_LAYERS.value,
+    d_model=_D_MODEL.value,
+    num_heads=_HEADS.value,
+    mlp_dim=_MLP.value,
+    max_pauses=pauses,
+    vocab_size=_VOCAB.value,
+    unroll_pause_scan=_UNROLL.value,
+  )
   c.loss.name = "ce" if pauses == 0 else "cyb_ap"
   c.data.update(seq_len=length, batch_size=batch, eval_batches=1)
   c.update(progress_bar=False, write_report=False)
@@ -118,13 +140,11 @@ class Step:
       self.batch = sharding.global_batch({k: local[k] for k in train.BATCH_KEYS}, self.mesh)
       lowered = programs.train_step.lower(self.state, self.batch)
       self.compiled = lowered.compile()
-      self.flops = train.model_flops_per_device(config, self.model_cfg, programs.loss,
-                                                self.batch)
+      self.flops = train.model_flops_per_device(config, self.model_cfg, programs.loss, self.batch)
     cost = self.compiled.cost_analysis()
     self.compiled_flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
     m = self.compiled.memory_analysis()
-    self.peak_bytes = (m.argument_size_in_bytes + m.output_size_in_bytes
-                       + m.temp_size_in_bytes - m.alias_size_in_bytes)
+    self.peak_bytes = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
     self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(self.state.params))
 
   def __call__(self) -> Any:
@@ -147,7 +167,7 @@ def fastest_seconds(programs: dict[Any, Callable[[], Any]], repeats: int) -> dic
     jax.block_until_ready(run())
   names, best = list(programs), {name: float("inf") for name in programs}
   for r in range(repeats):
-    for name in names[r % len(names):] + names[:r % len(names)]:
+    for name in names[r % len(names) :] + names[: r % len(names)]:
       start = time.perf_counter()
       jax.block_until_ready(programs[name]())
       best[name] = min(best[name], time.perf_counter() - start)
@@ -177,8 +197,7 @@ def _instructions(hlo_text: str) -> dict[str, dict[str, Any]]:
       continue
     name, opcode, rest = m.groups()
     op_name = _OP_NAME.search(rest)
-    out[name] = dict(opcode=opcode, computation=computation,
-                     op_name=op_name.group(1) if op_name else "")
+    out[name] = dict(opcode=opcode, computation=computation, op_name=op_name.group(1) if op_name else "")
     calls[computation].update(_CALLS.findall(rest))
     if opcode == "while":
       bodies.update(re.findall(r"body=%?([\w.\-]+)", rest))
@@ -201,8 +220,9 @@ def _kind(info: dict[str, Any]) -> str:
   return f"{modules[-1]}/{primitive}" if modules else primitive
 
 
-def profile_ops(compiled: jax.stages.Compiled, run: Callable[[], Any], repeats: int = 1
-                ) -> dict[tuple[bool, str], float]:
+def profile_ops(
+  compiled: jax.stages.Compiled, run: Callable[[], Any], repeats: int = 1
+) -> dict[tuple[bool, str], float]:
   """Thread-seconds of ``run()`` per (inside a while loop, JAX primitive), one run's worth."""
   info = _instructions(compiled.as_text())
   jax.block_until_ready(run())
@@ -237,8 +257,13 @@ def bench_loop(peak: float, workdir: str) -> tuple[dict, str]:
   n, b, k, s = _LOOP_LENGTH.value, _LOOP_BATCH.value, _LOOP_PAUSES.value, _LOOP_STEPS.value
   config = run_config(n, b, k)
   step = Step(config, os.path.join(workdir, "bare"))
-  config.update(num_train_steps=2 * s, log_every_steps=s, eval_every_steps=2 * s,
-                checkpoint_every_steps=2 * s, peak_flops_per_device=peak)
+  config.update(
+    num_train_steps=2 * s,
+    log_every_steps=s,
+    eval_every_steps=2 * s,
+    checkpoint_every_steps=2 * s,
+    peak_flops_per_device=peak,
+  )
   bare, trainer, walls, mfus = [], [], [], []
   for r in range(_LOOP_ROUNDS.value):
     bare.append(step.seconds_per_step(s))
@@ -250,18 +275,42 @@ def bench_loop(peak: float, workdir: str) -> tuple[dict, str]:
     trainer.append(b * n / row["train/tokens_per_sec"])
     mfus.append(row.get("train/mfu", float("nan")))
   efficiency = min(bare) / min(trainer)
-  record = dict(length=n, batch=b, pauses=k, steps=s, bare=bare, trainer=trainer,
-                efficiency=efficiency, trainer_mfu=mfus, trainer_wall_s=walls,
-                num_params=step.num_params)
-  title = (f"### 1. Loop efficiency: {step.num_params / 1e6:.1f}M parameters, B={b}, N={n}, "
-           f"K={k}, {s} timed steps (steps {s + 1}..{2 * s} of the trainer), "
-           f"{len(bare)} rounds\n")
+  record = dict(
+    length=n,
+    batch=b,
+    pauses=k,
+    steps=s,
+    bare=bare,
+    trainer=trainer,
+    efficiency=efficiency,
+    trainer_mfu=mfus,
+    trainer_wall_s=walls,
+    num_params=step.num_params,
+  )
+  title = (
+    f"### 1. Loop efficiency: {step.num_params / 1e6:.1f}M parameters, B={b}, N={n}, "
+    f"K={k}, {s} timed steps (steps {s + 1}..{2 * s} of the trainer), "
+    f"{len(bare)} rounds\n"
+  )
   ms = lambda xs: " / ".join(f"{1e3 * x:.0f}" for x in xs)
   table = _markdown(
-      ["bare step ms (each round)", "trainer ms / step (each round)", "efficiency (fastest)",
-       "trainer MFU (each round)", "trainer wall s (2S steps, compile, eval, checkpoint)"],
-      [[ms(bare), ms(trainer), f"{efficiency:.3f}", " / ".join(f"{m:.3f}" for m in mfus),
-        " / ".join(f"{w:.0f}" for w in walls)]])
+    [
+      "bare step ms (each round)",
+      "trainer ms / step (each round)",
+      "efficiency (fastest)",
+      "trainer MFU (each round)",
+      "trainer wall s (2S steps, compile, eval, checkpoint)",
+    ],
+    [
+      [
+        ms(bare),
+        ms(trainer),
+        f"{efficiency:.3f}",
+        " / ".join(f"{m:.3f}" for m in mfus),
+        " / ".join(f"{w:.0f}" for w in walls),
+      ]
+    ],
+  )
   return record, title + table
 
 
@@ -274,13 +323,14 @@ def bench_steps(peak: float, workdir: str) -> tuple[dict, str]:
   a = jax.device_put(np.ones((_PEAK_SIZE.value,) * 2, np.float32), jax.devices()[0])
   peak_matmul = functools.partial(jax.jit(jnp.matmul), a, a)
   for n in lengths:  # one length at a time: small programs are not timed among large ones
-    batch_steps = {(n, k): Step(run_config(n, _BATCH.value, k), os.path.join(workdir, f"{n}_{k}"))
-                   for k in pauses}
+    batch_steps = {(n, k): Step(run_config(n, _BATCH.value, k), os.path.join(workdir, f"{n}_{k}")) for k in pauses}
     timed = fastest_seconds(dict(batch_steps, peak=peak_matmul), _REPEATS.value)
     peak = max(peak, 2.0 * _PEAK_SIZE.value**3 / timed.pop("peak"))
     seconds |= timed
-    steps |= {key: dict(flops=st.flops, compiled_flops=st.compiled_flops,
-                        num_params=st.num_params) for key, st in batch_steps.items()}
+    steps |= {
+      key: dict(flops=st.flops, compiled_flops=st.compiled_flops, num_params=st.num_params)
+      for key, st in batch_steps.items()
+    }
     del batch_steps
   rows, record = [], []
   for n in lengths:
@@ -288,18 +338,29 @@ def bench_steps(peak: float, workdir: str) -> tuple[dict, str]:
       t, f = seconds[(n, k)], steps[(n, k)]
       r = t / ((k + 1) * seconds[(n, 0)])
       util = mfu.mfu(f["flops"], 1, t, peak)
-      rows.append([str(n), str(k), "ce" if k == 0 else "cyb_ap", f"{1e3 * t:.0f}",
-                   f"{r:.3f}", f"{f['flops'] / 1e9:.1f}", f"{f['compiled_flops'] / 1e9:.1f}",
-                   f"{f['flops'] / t / 1e9:.1f}", f"{util:.3f}"])
+      rows.append(
+        [
+          str(n),
+          str(k),
+          "ce" if k == 0 else "cyb_ap",
+          f"{1e3 * t:.0f}",
+          f"{r:.3f}",
+          f"{f['flops'] / 1e9:.1f}",
+          f"{f['compiled_flops'] / 1e9:.1f}",
+          f"{f['flops'] / t / 1e9:.1f}",
+          f"{util:.3f}",
+        ]
+      )
       record.append(dict(length=n, pauses=k, seconds=t, r=r, mfu=util, **f))
-  title = (f"### 2-3. Train step (loss, gradient, AdamW) of the private layout: B={_BATCH.value}, "
-           f"{steps[(lengths[0], 0)]['num_params'] / 1e6:.1f}M parameters at K=0, fastest of "
-           f"{_REPEATS.value} interleaved repeats; float32 matmul peak {peak / 1e9:.1f} GFLOP/s; "
-           f"unroll_pause_scan={_UNROLL.value}\n"
-           "r(K) = t(K) / ((K+1) t(0)); GFLOP = model FLOPs (loops unrolled), compiled = the "
-           "compiled program's count (pause scan body once)\n")
-  header = ["N", "K", "loss", "wall ms", "r(K)", "GFLOP / step", "compiled GFLOP",
-            "GFLOP/s", "MFU"]
+  title = (
+    f"### 2-3. Train step (loss, gradient, AdamW) of the private layout: B={_BATCH.value}, "
+    f"{steps[(lengths[0], 0)]['num_params'] / 1e6:.1f}M parameters at K=0, fastest of "
+    f"{_REPEATS.value} interleaved repeats; float32 matmul peak {peak / 1e9:.1f} GFLOP/s; "
+    f"unroll_pause_scan={_UNROLL.value}\n"
+    "r(K) = t(K) / ((K+1) t(0)); GFLOP = model FLOPs (loops unrolled), compiled = the "
+    "compiled program's count (pause scan body once)\n"
+  )
+  header = ["N", "K", "loss", "wall ms", "r(K)", "GFLOP / step", "compiled GFLOP", "GFLOP/s", "MFU"]
   return dict(rows=record, peak_flops=peak), title + _markdown(header, rows)
 
 
@@ -310,13 +371,10 @@ def bench_memory(workdir: str) -> tuple[dict, str]:
     for k in [0] + [int(x) for x in _PAUSES.value]:
       step = Step(run_config(n, _BATCH.value, k), os.path.join(workdir, f"mem_{n}_{k}"))
       rows.append([str(n), str(k), f"{step.peak_bytes / _MIB:.0f}", "(issue 13 item 2)"])
-      record.append(dict(length=n, pauses=k, dense_peak_bytes=step.peak_bytes,
-                         fused_peak_bytes=None))
+      record.append(dict(length=n, pauses=k, dense_peak_bytes=step.peak_bytes, fused_peak_bytes=None))
       del step
-  title = (f"### 4. Train-step peak memory (compiled memory analysis), B={_BATCH.value}, "
-           "private layout\n")
-  return dict(rows=record), title + _markdown(
-      ["N", "K", "dense attention peak MiB", "fused attention peak MiB"], rows)
+  title = f"### 4. Train-step peak memory (compiled memory analysis), B={_BATCH.value}, private layout\n"
+  return dict(rows=record), title + _markdown(["N", "K", "dense attention peak MiB", "fused attention peak MiB"], rows)
 
 
 def bench_profile(workdir: str, top: int = 12) -> tuple[dict, str]:
@@ -330,20 +388,27 @@ def bench_profile(workdir: str, top: int = 12) -> tuple[dict, str]:
   keys = sorted(set(totals[0]) | set(totals[k]), key=lambda key: -totals[k].get(key, 0.0))
   sums = {p: sum(t.values()) for p, t in totals.items()}
   loop_share = sum(v for (in_loop, _), v in totals[k].items() if in_loop) / sums[k]
-  rows = [[("pause scan" if in_loop else "outside"), label,
-           f"{1e3 * totals[0].get((in_loop, label), 0.0):.1f}",
-           f"{1e3 * totals[k].get((in_loop, label), 0.0):.1f}",
-           f"{totals[k].get((in_loop, label), 0.0) / sums[k]:.1%}"]
-          for in_loop, label in keys[:top]]
+  rows = [
+    [
+      ("pause scan" if in_loop else "outside"),
+      label,
+      f"{1e3 * totals[0].get((in_loop, label), 0.0):.1f}",
+      f"{1e3 * totals[k].get((in_loop, label), 0.0):.1f}",
+      f"{totals[k].get((in_loop, label), 0.0) / sums[k]:.1%}",
+    ]
+    for in_loop, label in keys[:top]
+  ]
   rows.append(["all", "", f"{1e3 * sums[0]:.0f}", f"{1e3 * sums[k]:.0f}", "100%"])
-  title = (f"### 5. Where the train step's time goes (jax.profiler thread-seconds, one step), "
-           f"N={n}, B={_BATCH.value}: K=0 versus K={k}; {loop_share:.0%} of the K={k} step "
-           f"inside the pause scan and its transpose; slots / (K+1) x K=0 = "
-           f"{sums[k] / ((k + 1) * sums[0]):.3f}\n")
-  record = dict(length=n, pauses=k, totals={str(p): {f"{a}|{b}": v for (a, b), v in t.items()}
-                                            for p, t in totals.items()})
-  return record, title + _markdown(["where", "method / primitive", "K=0 ms", f"K={k} ms",
-                                    f"share of K={k}"], rows)
+  title = (
+    f"### 5. Where the train step's time goes (jax.profiler thread-seconds, one step), "
+    f"N={n}, B={_BATCH.value}: K=0 versus K={k}; {loop_share:.0%} of the K={k} step "
+    f"inside the pause scan and its transpose; slots / (K+1) x K=0 = "
+    f"{sums[k] / ((k + 1) * sums[0]):.3f}\n"
+  )
+  record = dict(
+    length=n, pauses=k, totals={str(p): {f"{a}|{b}": v for (a, b), v in t.items()} for p, t in totals.items()}
+  )
+  return record, title + _markdown(["where", "method / primitive", "K=0 ms", f"K={k} ms", f"share of K={k}"], rows)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -357,19 +422,23 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"--skip: {sorted(unknown)} not among loop, steps, memory, profile")
   command = " ".join(["python", *sys.argv])
   load = os.getloadavg()
-  print(f"# Training-loop benchmark: {jax.devices()[0].device_kind} x{jax.device_count()}, "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"jax {jax.__version__}\n\n`{command}`\n\nload average at start: "
-        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n", flush=True)
+  print(
+    f"# Training-loop benchmark: {jax.devices()[0].device_kind} x{jax.device_count()}, "
+    f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+    f"jax {jax.__version__}\n\n`{command}`\n\nload average at start: "
+    f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n",
+    flush=True,
+  )
   peak = mfu.measured_matmul_peak(size=_PEAK_SIZE.value)
   print(f"float32 matmul peak ({_PEAK_SIZE.value}^3): {peak / 1e9:.1f} GFLOP/s\n", flush=True)
-  record: dict[str, Any] = dict(command=command, device=jax.devices()[0].device_kind,
-                                load_start=load, peak_flops=peak)
+  record: dict[str, Any] = dict(command=command, device=jax.devices()[0].device_kind, load_start=load, peak_flops=peak)
   with tempfile.TemporaryDirectory() as workdir:
-    for name, bench in (("loop", lambda: bench_loop(peak, workdir)),
-                        ("steps", lambda: bench_steps(peak, workdir)),
-                        ("memory", lambda: bench_memory(workdir)),
-                        ("profile", lambda: bench_profile(workdir))):
+    for name, bench in (
+      ("loop", lambda: bench_loop(peak, workdir)),
+      ("steps", lambda: bench_steps(peak, workdir)),
+      ("memory", lambda: bench_memory(workdir)),
+      ("profile", lambda: bench_profile(workdir)),
+    ):
       if name not in _SKIP.value and (name != "profile" or _PROFILE_LENGTH.value):
         record[name], table = bench()
         print(table + "\n", flush=True)

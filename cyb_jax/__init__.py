@@ -19,42 +19,42 @@ except _metadata.PackageNotFoundError:  # run from a checkout that is not instal
   __version__ = _PYPROJECT_VERSION
 
 __all__ = [
-    "analysis",        # pause statistics of a trained model
-    "attention",       # slot-grid attention (private / visible pauses), KV caches
-    "attention_kernels",  # fused attention (jax.nn.dot_product_attention) with the block merge
-    "checkpoint",      # orbax checkpoints with the data position
-    "components",      # run config -> model config, data, loss, optimiser, loaded run
-    "configs",         # the shipped run configs (also usable as --config files)
-    "console",         # quiet console: library logging to <workdir>/log.txt
-    "data",            # synthetic task, text, TFDS, tokenizer, packing, iterators
-    "decode",          # jitted adaptive decoding
-    "efficiency",      # data-efficiency maths of eval curves
-    "evaluation",      # the one evaluation path: parameters -> protocol figures
-    "experiment",      # the loss comparison: running it
-    "experiment_plan",     # the loss comparison: its runs
-    "experiment_results",  # the loss comparison: results.md/json and plots
-    "files",           # paths and whole-file writes on local disks and gs://
-    "hosts",           # preemption and data positions across processes
-    "layers",          # RMSNorm, SwiGLU, initialisers
-    "losses",          # per-step statistics, the five losses, evaluation protocols
-    "metrics_writer",  # metrics.jsonl and TensorBoard
-    "mfu",             # model FLOPs, device peaks, MFU, the profiler window
-    "model",           # the pause-aware transformer (public functions)
-    "model_config",    # ModelConfig: the architecture fields and their checks
-    "pretrained",      # Hugging Face checkpoints (Llama family, Gemma 3) in and out
-    "plots",           # report plots
-    "prefetch",        # batches produced and placed ahead of the train step
-    "programs",        # the sharded jitted programs of a run
-    "report",          # report.md and pause_stats
-    "report_tables",   # report markdown tables
-    "run_analysis",    # a run folder analysed (cyb-analyze)
-    "samples",         # decoded samples with pauses shown
-    "sharding",        # mesh and logical axis rules
-    "steps",           # the train state and the pure train step
-    "train",           # train_and_evaluate
-    "transformer",     # the Flax modules of the transformer
-    "word_analysis",   # pauses by word, word position and part-of-speech tag
-    "word_report",     # words.json/md and the by-tag plot (cyb-analyze)
+  "analysis",  # pause statistics of a trained model
+  "attention",  # slot-grid attention (private / visible pauses), KV caches
+  "attention_kernels",  # fused attention (jax.nn.dot_product_attention) with the block merge
+  "checkpoint",  # orbax checkpoints with the data position
+  "components",  # run config -> model config, data, loss, optimiser, loaded run
+  "configs",  # the shipped run configs (also usable as --config files)
+  "console",  # quiet console: library logging to <workdir>/log.txt
+  "data",  # synthetic task, text, TFDS, tokenizer, packing, iterators
+  "decode",  # jitted adaptive decoding
+  "efficiency",  # data-efficiency maths of eval curves
+  "evaluation",  # the one evaluation path: parameters -> protocol figures
+  "experiment",  # the loss comparison: running it
+  "experiment_plan",  # the loss comparison: its runs
+  "experiment_results",  # the loss comparison: results.md/json and plots
+  "files",  # paths and whole-file writes on local disks and gs://
+  "hosts",  # preemption and data positions across processes
+  "layers",  # RMSNorm, SwiGLU, initialisers
+  "losses",  # per-step statistics, the five losses, evaluation protocols
+  "metrics_writer",  # metrics.jsonl and TensorBoard
+  "mfu",  # model FLOPs, device peaks, MFU, the profiler window
+  "model",  # the pause-aware transformer (public functions)
+  "model_config",  # ModelConfig: the architecture fields and their checks
+  "pretrained",  # Hugging Face checkpoints (Llama family, Gemma 3) in and out
+  "plots",  # report plots
+  "prefetch",  # batches produced and placed ahead of the train step
+  "programs",  # the sharded jitted programs of a run
+  "report",  # report.md and pause_stats
+  "report_tables",  # report markdown tables
+  "run_analysis",  # a run folder analysed (cyb-analyze)
+  "samples",  # decoded samples with pauses shown
+  "sharding",  # mesh and logical axis rules
+  "steps",  # the train state and the pure train step
+  "train",  # train_and_evaluate
+  "transformer",  # the Flax modules of the transformer
+  "word_analysis",  # pauses by word, word position and part-of-speech tag
+  "word_report",  # words.json/md and the by-tag plot (cyb-analyze)
 ]
 
 
@@ -64,8 +64,7 @@ def __getattr__(name: str):
     module = importlib.import_module(f"{__name__}.{name}")
     globals()[name] = module
     return module
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}; "
-                       f"its public submodules are {', '.join(__all__)}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}; its public submodules are {', '.join(__all__)}")
 
 
 def __dir__() -> list[str]:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -103,8 +104,9 @@ class GroupStats:
   nll: float
 
 
-def group_positions(keys_M: np.ndarray, s: PositionStats, num_keys: int,
-           name: Callable[[int], str]) -> list[GroupStats]:
+def group_positions(
+  keys_M: np.ndarray, s: PositionStats, num_keys: int, name: Callable[[int], str]
+) -> list[GroupStats]:
   """One GroupStats per key in ``0..num_keys-1`` over flat stats; keys < 0 are dropped."""
   w = s.weights.astype(np.float64)
   use = (keys_M >= 0) & (w != 0)
@@ -118,11 +120,23 @@ def group_positions(keys_M: np.ndarray, s: PositionStats, num_keys: int,
     mean_pauses = mean(pauses)
     std = np.sqrt(np.maximum(mean(pauses**2) - mean_pauses**2, 0.0))
     acc0, acc = mean(s.correct_step0), mean(s.correct)
-    columns = dict(mean_pauses=mean_pauses, pause_rate=mean(pauses > 0), std_pauses=std,
-                   mean_expected_pauses=mean(s.expected_pauses), accuracy_step0=acc0, accuracy=acc,
-                   gain=acc - acc0, nll_step0=mean(s.nll_step0), nll=mean(s.nll))
-  return [GroupStats(key=i, name=name(i), count=int(count[i]), weight=float(weight[i]),
-                     **{k: float(v[i]) for k, v in columns.items()}) for i in range(num_keys)]
+    columns = dict(
+      mean_pauses=mean_pauses,
+      pause_rate=mean(pauses > 0),
+      std_pauses=std,
+      mean_expected_pauses=mean(s.expected_pauses),
+      accuracy_step0=acc0,
+      accuracy=acc,
+      gain=acc - acc0,
+      nll_step0=mean(s.nll_step0),
+      nll=mean(s.nll),
+    )
+  return [
+    GroupStats(
+      key=i, name=name(i), count=int(count[i]), weight=float(weight[i]), **{k: float(v[i]) for k, v in columns.items()}
+    )
+    for i in range(num_keys)
+  ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +159,7 @@ class DifficultyStats:
   spearman_positions: float
 
 
-def by_difficulty(stats: PositionStats, difficulty: np.ndarray,
-                  names: Sequence[str] | None = None) -> DifficultyStats:
+def by_difficulty(stats: PositionStats, difficulty: np.ndarray, names: Sequence[str] | None = None) -> DifficultyStats:
   """Groups positions by the difficulty level of their target.
 
   Args:
@@ -160,23 +173,25 @@ def by_difficulty(stats: PositionStats, difficulty: np.ndarray,
   s = flat(stats)
   level_M = np.asarray(difficulty).reshape(-1).astype(np.int64)
   if level_M.size != s.weights.size:
-    raise ValueError(f"difficulty has {level_M.size} entries (shape {np.shape(difficulty)}) but there are "
-                     f"{s.weights.size} positions.")
+    raise ValueError(
+      f"difficulty has {level_M.size} entries (shape {np.shape(difficulty)}) but there are {s.weights.size} positions."
+    )
   scored = (level_M >= 0) & (s.weights != 0)
   top_level = int(level_M[scored].max()) if scored.any() else -1
   if names is None:
     names = tuple(f"level {i}" for i in range(top_level + 1))
   elif top_level >= len(names):
-    raise ValueError(f"difficulty level {top_level} has no name; names are {tuple(names)} "
-                     f"(levels 0..{len(names) - 1}).")
+    raise ValueError(
+      f"difficulty level {top_level} has no name; names are {tuple(names)} (levels 0..{len(names) - 1})."
+    )
   levels = group_positions(level_M, s, len(names), lambda i: str(names[i]))
   present = [g for g in levels if g.count > 0]
   return DifficultyStats(
-      levels=tuple(levels),
-      spearman_levels=rank_correlation([g.key for g in present], [g.mean_pauses for g in present]),
-      spearman_levels_expected=rank_correlation([g.key for g in present],
-                                                [g.mean_expected_pauses for g in present]),
-      spearman_positions=rank_correlation(level_M[scored], s.pauses[scored]))
+    levels=tuple(levels),
+    spearman_levels=rank_correlation([g.key for g in present], [g.mean_pauses for g in present]),
+    spearman_levels_expected=rank_correlation([g.key for g in present], [g.mean_expected_pauses for g in present]),
+    spearman_positions=rank_correlation(level_M[scored], s.pauses[scored]),
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,12 +233,20 @@ def _frequent(groups: Sequence[GroupStats], min_count: int) -> list[GroupStats]:
 def ranked(groups: Sequence[GroupStats], *, min_count: int, top: int, most: bool) -> tuple[GroupStats, ...]:
   frequent = _frequent(groups, min_count)
   sign = -1.0 if most else 1.0
-  return tuple(sorted(frequent, key=lambda g: (sign * g.mean_pauses, sign * g.mean_expected_pauses,
-                                               -g.count, g.key))[:top])
+  return tuple(
+    sorted(frequent, key=lambda g: (sign * g.mean_pauses, sign * g.mean_expected_pauses, -g.count, g.key))[:top]
+  )
 
 
-def by_token(stats: PositionStats, inputs: np.ndarray, targets: np.ndarray, *,
-             piece: Callable[[int], str] | None = None, min_count: int = 20, top: int = 20) -> TokenStats:
+def by_token(
+  stats: PositionStats,
+  inputs: np.ndarray,
+  targets: np.ndarray,
+  *,
+  piece: Callable[[int], str] | None = None,
+  min_count: int = 20,
+  top: int = 20,
+) -> TokenStats:
   """Groups positions by the token read there and by the token predicted there.
 
   Args:
@@ -246,22 +269,32 @@ def by_token(stats: PositionStats, inputs: np.ndarray, targets: np.ndarray, *,
   for label, value in (("inputs", inputs), ("targets", targets)):
     value = np.asarray(value).reshape(-1).astype(np.int64)
     if value.size != s.weights.size:
-      raise ValueError(f"{label} has {value.size} entries (shape {np.shape(value)}) but there are "
-                       f"{s.weights.size} positions.")
+      raise ValueError(
+        f"{label} has {value.size} entries (shape {np.shape(value)}) but there are {s.weights.size} positions."
+      )
     if (value[s.weights != 0] < 0).any():
       raise ValueError(f"{label} holds negative token ids at scored positions: {np.unique(value[value < 0])}.")
     ids[label] = value
   name = piece or str
   num_keys = int(max(ids["inputs"].max(initial=-1), ids["targets"].max(initial=-1))) + 1
-  groups = {label: [g for g in group_positions(np.where(s.weights != 0, v, -1), s, num_keys, lambda i: "")
-                    if g.count > 0] for label, v in ids.items()}
+  groups = {
+    label: [g for g in group_positions(np.where(s.weights != 0, v, -1), s, num_keys, lambda i: "") if g.count > 0]
+    for label, v in ids.items()
+  }
   groups = {label: tuple(dataclasses.replace(g, name=name(g.key)) for g in gs) for label, gs in groups.items()}
   rank = functools.partial(ranked, min_count=min_count, top=top)
   frequent = _frequent(groups["inputs"], min_count)
   ambiguous = sorted(frequent, key=lambda g: (-g.nll_step0, g.key))[:top]
   spearman = rank_correlation([g.nll_step0 for g in frequent], [g.mean_pauses for g in frequent])
   return TokenStats(
-      after=groups["inputs"], before=groups["targets"],
-      most_after=rank(groups["inputs"], most=True), least_after=rank(groups["inputs"], most=False),
-      most_before=rank(groups["targets"], most=True), least_before=rank(groups["targets"], most=False),
-      ambiguous_after=tuple(ambiguous), spearman_ambiguity=spearman, min_count=min_count, top=top)
+    after=groups["inputs"],
+    before=groups["targets"],
+    most_after=rank(groups["inputs"], most=True),
+    least_after=rank(groups["inputs"], most=False),
+    most_before=rank(groups["targets"], most=True),
+    least_before=rank(groups["targets"], most=False),
+    ambiguous_after=tuple(ambiguous),
+    spearman_ambiguity=spearman,
+    min_count=min_count,
+    top=top,
+  )

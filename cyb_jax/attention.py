@@ -37,7 +37,11 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import struct
 
-from cyb_jax.layers import Dtype, RMSNorm, apply_rotary, fan_in_init, rope_inv_freq
+from cyb_jax.layers import Dtype
+from cyb_jax.layers import RMSNorm
+from cyb_jax.layers import apply_rotary
+from cyb_jax.layers import fan_in_init
+from cyb_jax.layers import rope_inv_freq
 
 _MASKED = -1e30  # finite "minus infinity": masked scores never produce inf - inf.
 
@@ -89,10 +93,10 @@ def causal_segment_mask(segment_ids_BxN: jax.Array) -> jax.Array:
 
 
 def slot_mask(
-    segment_ids_BxN: jax.Array,
-    num_steps: int,
-    layout: str,
-    taken_pauses_BxN: jax.Array | None = None,
+  segment_ids_BxN: jax.Array,
+  num_steps: int,
+  layout: str,
+  taken_pauses_BxN: jax.Array | None = None,
 ) -> jax.Array:
   """Visibility on the flattened slot grid, slot (n, k) at index n * num_steps + k.
 
@@ -140,14 +144,14 @@ def _softmax_block(scores_BxGxRxSxC: jax.Array, weighted_sum) -> tuple[jax.Array
 
 
 def attend(
-    q_BxSxHxE: jax.Array,
-    shared: KeyValues,
-    shared_mask: jax.Array,
-    private: KeyValues | None = None,
-    private_mask: jax.Array | None = None,
-    *,
-    scale: float | None = None,
-    softcap: float | None = None,
+  q_BxSxHxE: jax.Array,
+  shared: KeyValues,
+  shared_mask: jax.Array,
+  private: KeyValues | None = None,
+  private_mask: jax.Array | None = None,
+  *,
+  scale: float | None = None,
+  softcap: float | None = None,
 ) -> jax.Array:
   """Softmax attention of each query over its shared and private keys jointly.
 
@@ -171,31 +175,26 @@ def attend(
   q_BxGxRxSxE = jnp.transpose(q_BxSxGxRxE, (0, 2, 3, 1, 4))
   k_BxGxMxE, v_BxGxMxE = jnp.swapaxes(shared.k, 1, 2), jnp.swapaxes(shared.v, 1, 2)
   scores_BxGxRxSxM = jnp.where(
-      shared_mask[:, None, None],
-      cap(jnp.einsum("bgrse,bgme->bgrsm", q_BxGxRxSxE, k_BxGxMxE, preferred_element_type=f32)),
-      _MASKED,
+    shared_mask[:, None, None],
+    cap(jnp.einsum("bgrse,bgme->bgrsm", q_BxGxRxSxE, k_BxGxMxE, preferred_element_type=f32)),
+    _MASKED,
   )
   out_BxGxRxSxE, lse_shared_BxGxRxS = _softmax_block(
-      scores_BxGxRxSxM,
-      lambda w: jnp.einsum(
-          "bgrsm,bgme->bgrse", w.astype(v_BxGxMxE.dtype), v_BxGxMxE, preferred_element_type=f32
-      ),
+    scores_BxGxRxSxM,
+    lambda w: jnp.einsum("bgrsm,bgme->bgrse", w.astype(v_BxGxMxE.dtype), v_BxGxMxE, preferred_element_type=f32),
   )
   if private is not None:
     scores_BxGxRxSxJ = jnp.where(
-        private_mask[:, None, None],
-        cap(jnp.einsum("bgrse,bsjge->bgrsj", q_BxGxRxSxE, private.k, preferred_element_type=f32)),
-        _MASKED,
+      private_mask[:, None, None],
+      cap(jnp.einsum("bgrse,bsjge->bgrsj", q_BxGxRxSxE, private.k, preferred_element_type=f32)),
+      _MASKED,
     )
     private_out_BxGxRxSxE, lse_private_BxGxRxS = _softmax_block(
-        scores_BxGxRxSxJ,
-        lambda w: jnp.einsum(
-            "bgrsj,bsjge->bgrse", w.astype(private.v.dtype), private.v, preferred_element_type=f32
-        ),
+      scores_BxGxRxSxJ,
+      lambda w: jnp.einsum("bgrsj,bsjge->bgrse", w.astype(private.v.dtype), private.v, preferred_element_type=f32),
     )
     shared_share_BxGxRxSx1 = jax.nn.sigmoid(lse_shared_BxGxRxS - lse_private_BxGxRxS)[..., None]
-    out_BxGxRxSxE = (shared_share_BxGxRxSx1 * out_BxGxRxSxE
-                     + (1.0 - shared_share_BxGxRxSx1) * private_out_BxGxRxSxE)
+    out_BxGxRxSxE = shared_share_BxGxRxSx1 * out_BxGxRxSxE + (1.0 - shared_share_BxGxRxSx1) * private_out_BxGxRxSxE
   out_BxSxGxRxE = jnp.transpose(out_BxGxRxSxE, (0, 3, 1, 2, 4))
   return out_BxSxGxRxE.reshape(b, s, h, e).astype(q_BxSxHxE.dtype)
 
@@ -203,13 +202,13 @@ def attend(
 def _write(buffer: KeyValues, new: KeyValues, index: jax.Array, axis: int) -> KeyValues:
   """`buffer` with `new` written at `index` along `axis`."""
   return jax.tree.map(
-      lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), index, axis),
-      buffer, new,
+    lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), index, axis),
+    buffer,
+    new,
   )
 
 
-def window_mask(query_positions_BxS: jax.Array, key_positions_BxM: jax.Array, window: int
-                ) -> jax.Array:
+def window_mask(query_positions_BxS: jax.Array, key_positions_BxM: jax.Array, window: int) -> jax.Array:
   """`[B, S, M]` bool: a query at position n may see a key at position m iff n - m < window."""
   return (query_positions_BxS[:, :, None] - key_positions_BxM[:, None, :]) < window
 
@@ -247,12 +246,12 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(
-      self,
-      x_BxSxD: jax.Array,
-      positions_BxS: jax.Array,
-      cache: LayerCache | None,
-      visibility: Visibility,
-      sliding: bool | jax.Array = False,
+    self,
+    x_BxSxD: jax.Array,
+    positions_BxS: jax.Array,
+    cache: LayerCache | None,
+    visibility: Visibility,
+    sliding: bool | jax.Array = False,
   ) -> tuple[jax.Array, KeyValues]:
     d = x_BxSxD.shape[-1]
     h, g, e = self.num_heads, self.num_kv_heads, self.head_dim
@@ -279,8 +278,9 @@ class Attention(nn.Module):
       k_BxSxGxE = k_BxSxGxE + bias("k_bias", (g, e), ("kv_heads", "head_dim"))
       v_BxSxGxE = v_BxSxGxE + bias("v_bias", (g, e), ("kv_heads", "head_dim"))
     if self.qk_norm:
-      norm = functools.partial(RMSNorm, dtype=self.dtype, param_dtype=self.param_dtype,
-                               eps=self.norm_eps, plus_one=self.norm_plus_one)
+      norm = functools.partial(
+        RMSNorm, dtype=self.dtype, param_dtype=self.param_dtype, eps=self.norm_eps, plus_one=self.norm_plus_one
+      )
       q_BxSxHxE = norm(name="q_norm")(q_BxSxHxE)
       k_BxSxGxE = norm(name="k_norm")(k_BxSxGxE)
     inv_freq_P = self._inv_freq(sliding)
@@ -312,16 +312,23 @@ class Attention(nn.Module):
       shared_mask = shared_mask & (inside_BxSxM if sliding is True else inside_BxSxM | ~sliding)
     if self.impl == "xla":
       out_BxSxHxE = attend(
-          q_BxSxHxE, shared, shared_mask, private, visibility.private_mask,
-          scale=self.scale, softcap=self.softcap,
+        q_BxSxHxE,
+        shared,
+        shared_mask,
+        private,
+        visibility.private_mask,
+        scale=self.scale,
+        softcap=self.softcap,
       )
     elif self.impl == "dot_product" and self.softcap is None:
       from cyb_jax.attention_kernels import fused_attend  # pylint: disable=g-import-not-at-top
-      out_BxSxHxE = fused_attend(
-          q_BxSxHxE, shared, shared_mask, private, visibility.private_mask, scale=self.scale)
+
+      out_BxSxHxE = fused_attend(q_BxSxHxE, shared, shared_mask, private, visibility.private_mask, scale=self.scale)
     else:
-      raise ValueError(f"attention impl {self.impl!r} with softcap {self.softcap!r} is not "
-                       "supported: use impl 'xla', or 'dot_product' without a soft cap")
+      raise ValueError(
+        f"attention impl {self.impl!r} with softcap {self.softcap!r} is not "
+        "supported: use impl 'xla', or 'dot_product' without a soft cap"
+      )
     out_BxSxD = jnp.einsum("bshe,hed->bsd", out_BxSxHxE, wo_HxExD)
     if self.out_bias:
       out_BxSxD = out_BxSxD + bias("out_bias", (d,), ("embed",))

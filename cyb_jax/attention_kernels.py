@@ -33,7 +33,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cyb_jax.attention import _MASKED, KeyValues, _softmax_block
+from cyb_jax.attention import _MASKED
+from cyb_jax.attention import KeyValues
+from cyb_jax.attention import _softmax_block
 
 _EXTRA = 2  # the (hi, lo) coordinates; the value's sentinel flag reuses the hi one
 
@@ -50,8 +52,12 @@ def _kernel(q_BxSxHxE, k_BxMxGxE, v_BxMxGxE, mask_BxSxM) -> jax.Array:
   b, s, _, _ = q_BxSxHxE.shape
   mask_Bx1xSxM = jnp.broadcast_to(mask_BxSxM, (b, s, k_BxMxGxE.shape[1]))[:, None]
   return jax.nn.dot_product_attention(
-      q_BxSxHxE, k_BxMxGxE, v_BxMxGxE, mask=mask_Bx1xSxM, scale=1.0,
-      implementation=kernel_implementation(q_BxSxHxE.dtype),
+    q_BxSxHxE,
+    k_BxMxGxE,
+    v_BxMxGxE,
+    mask=mask_Bx1xSxM,
+    scale=1.0,
+    implementation=kernel_implementation(q_BxSxHxE.dtype),
   )
 
 
@@ -64,26 +70,27 @@ def _private_block(q_BxSxHxE, private: KeyValues, private_mask_BxSxJ):
   g = private.k.shape[-2]
   q_BxSxGxRxE = q_BxSxHxE.reshape(b, s, g, h // g, e)
   scores_BxSxGxRxJ = jnp.where(
-      private_mask_BxSxJ[:, :, None, None],
-      jnp.einsum("bsgre,bsjge->bsgrj", q_BxSxGxRxE, private.k, preferred_element_type=jnp.float32),
-      _MASKED,
+    private_mask_BxSxJ[:, :, None, None],
+    jnp.einsum("bsgre,bsjge->bsgrj", q_BxSxGxRxE, private.k, preferred_element_type=jnp.float32),
+    _MASKED,
   )
   out_BxSxGxRxE, lse_BxSxGxR = _softmax_block(
-      scores_BxSxGxRxJ,
-      lambda w: jnp.einsum("bsgrj,bsjge->bsgre", w.astype(private.v.dtype), private.v,
-                           preferred_element_type=jnp.float32),
+    scores_BxSxGxRxJ,
+    lambda w: jnp.einsum(
+      "bsgrj,bsjge->bsgre", w.astype(private.v.dtype), private.v, preferred_element_type=jnp.float32
+    ),
   )
   return out_BxSxGxRxE.reshape(b, s, h, e), lse_BxSxGxR.reshape(b, s, h)
 
 
 def fused_attend(
-    q_BxSxHxE: jax.Array,
-    shared: KeyValues,
-    shared_mask: jax.Array,
-    private: KeyValues | None = None,
-    private_mask: jax.Array | None = None,
-    *,
-    scale: float | None = None,
+  q_BxSxHxE: jax.Array,
+  shared: KeyValues,
+  shared_mask: jax.Array,
+  private: KeyValues | None = None,
+  private_mask: jax.Array | None = None,
+  *,
+  scale: float | None = None,
 ) -> jax.Array:
   """`attention.attend` (no soft cap) through the fused kernel; see the module docstring.
 
@@ -104,10 +111,9 @@ def fused_attend(
   hi_BxSxH = lse_private_BxSxH.astype(dtype)
   lo_BxSxH = (lse_private_BxSxH - hi_BxSxH.astype(jnp.float32)).astype(dtype)
   pad = lambda x, n: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n)])  # noqa: E731
-  q_BxSxHxW = pad(jnp.concatenate([q_BxSxHxE, hi_BxSxH[..., None], lo_BxSxH[..., None]], -1),
-                  width - e - _EXTRA)
+  q_BxSxHxW = pad(jnp.concatenate([q_BxSxHxE, hi_BxSxH[..., None], lo_BxSxH[..., None]], -1), width - e - _EXTRA)
   g = k_BxMxGxE.shape[2]
-  sentinel_k_W = jnp.zeros((width,), dtype).at[e:e + _EXTRA].set(1)
+  sentinel_k_W = jnp.zeros((width,), dtype).at[e : e + _EXTRA].set(1)
   sentinel_v_W = jnp.zeros((width,), dtype).at[e].set(1)
   sentinel = lambda row_W: jnp.broadcast_to(row_W, (b, 1, g, width))  # noqa: E731
   k_BxMxGxW = jnp.concatenate([sentinel(sentinel_k_W), pad(k_BxMxGxE, width - e)], axis=1)
@@ -115,6 +121,6 @@ def fused_attend(
   mask_BxSxM = jnp.broadcast_to(shared_mask, (b, s, shared_mask.shape[-1]))
   mask_BxSxM = jnp.concatenate([jnp.ones((b, s, 1), bool), mask_BxSxM], axis=-1)
   o_BxSxHxW = _kernel(q_BxSxHxW, k_BxMxGxW, v_BxMxGxW, mask_BxSxM).astype(jnp.float32)
-  private_share_BxSxHx1 = o_BxSxHxW[..., e:e + 1]  # Z_J / (Z_M + Z_J)
+  private_share_BxSxHx1 = o_BxSxHxW[..., e : e + 1]  # Z_J / (Z_M + Z_J)
   out_BxSxHxE = o_BxSxHxW[..., :e] + private_share_BxSxHx1 * private_out_BxSxHxE
   return out_BxSxHxE.astype(dtype)

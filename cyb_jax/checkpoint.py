@@ -43,8 +43,7 @@ class Checkpointer:
   """Saves and restores a run's checkpoints in ``<workdir>/checkpoints``."""
 
   def __init__(self, workdir: str, *, keep: int, enable_async: bool = True):
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=enable_async)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=enable_async)
     self._manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
   def latest_step(self) -> int | None:
@@ -52,13 +51,16 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
     """Starts saving (asynchronously); :meth:`wait` blocks until it is on disk."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-        meta=ocp.args.JsonSave(meta)), force=True)
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)
+      ),
+      force=True,
+    )
 
   def restore_meta(self, step: int) -> dict:
-    return self._manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))["meta"]
+    return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
     """Restores ``(state, data_state, meta)``; ``abstract_state`` carries target shardings.
@@ -66,9 +68,12 @@ class Checkpointer:
     The state is placed by ``abstract_state``'s shardings, which may describe a
     different mesh than the one the checkpoint was saved from.
     """
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
-        meta=ocp.args.JsonRestore()))
+    restored = self._manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()
+      ),
+    )
     return restored["state"], restored["data"], restored["meta"]
 
   def wait(self) -> None:
@@ -92,8 +97,9 @@ def check_compatible(saved_meta: dict, meta: dict, *, what: str) -> None:
   field that one side lacks (a checkpoint written before the field existed)
   counts as its default. ``what`` says which checkpoint is meant, for the message.
   """
-  defaults = {f.name: f.default for f in dataclasses.fields(model_lib.ModelConfig)
-              if f.default is not dataclasses.MISSING}
+  defaults = {
+    f.name: f.default for f in dataclasses.fields(model_lib.ModelConfig) if f.default is not dataclasses.MISSING
+  }
   diffs = []
   saved_model, model = saved_meta.get("model", {}), meta.get("model", {})
   for key in sorted(set(saved_model) | set(model)):
@@ -103,8 +109,7 @@ def check_compatible(saved_meta: dict, meta: dict, *, what: str) -> None:
     if saved_value != value:
       diffs.append(f"model.{key}: checkpoint {saved_value!r} vs config {value!r}")
   if diffs:
-    raise IncompatibleCheckpointError(
-        f"{what} does not fit this config:\n  " + "\n  ".join(diffs))
+    raise IncompatibleCheckpointError(f"{what} does not fit this config:\n  " + "\n  ".join(diffs))
 
 
 def restore_params_for_init(init_from: str) -> tuple[Any, dict]:
@@ -122,16 +127,16 @@ def restore_params_for_init(init_from: str) -> tuple[Any, dict]:
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"init_from={init_from!r}: no checkpoint in {path}.")
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  restored = manager.restore(
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+  )
   manager.close()
   return restored["state"]["params"], restored["meta"]
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Writes the resolved config to ``<workdir>/config.json``."""
-  files.write_text(files.resolve(workdir) / CONFIG_FILE,
-                   config.to_json_best_effort(indent=2, sort_keys=True))
+  files.write_text(files.resolve(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -141,20 +146,17 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(files.read_json(path))
 
 
-def restore_params(workdir: str, abstract_params: Any, step: int | None = None
-                   ) -> tuple[Any, int]:
+def restore_params(workdir: str, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
   """The parameters of a run's checkpoint ``step`` (the newest by default), and the step.
 
   ``abstract_params`` gives the structure and dtypes (e.g. ``jax.eval_shape`` of the
   model's init); the values come back as host-local arrays of those dtypes.
   """
-  manager = ocp.CheckpointManager(checkpoint_dir(workdir),
-                                  options=ocp.CheckpointManagerOptions(create=False))
+  manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=ocp.CheckpointManagerOptions(create=False))
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}.")
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   manager.close()
-  params = jax.tree.map(lambda ref, x: jax.numpy.asarray(x, ref.dtype), abstract_params,
-                        restored["state"]["params"])
+  params = jax.tree.map(lambda ref, x: jax.numpy.asarray(x, ref.dtype), abstract_params, restored["state"]["params"])
   return params, int(step)

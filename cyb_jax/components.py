@@ -27,47 +27,62 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
+
 from cyb_jax import checkpoint as ckpt_lib
 from cyb_jax import evaluation
 from cyb_jax import files
 from cyb_jax import losses
 from cyb_jax import model as model_lib
 from cyb_jax import sharding
-from cyb_jax.data import DataBundle, make_data, validate_data_config
+from cyb_jax.data import DataBundle
+from cyb_jax.data import make_data
+from cyb_jax.data import validate_data_config
 
 HF_PREFIX = "hf:"  # init_from=hf:PATH: a Hugging Face-format base model (cyb_jax.pretrained)
 
 # model.* fields that say how a model is computed, trained or extended with pauses; every other
 # model field is architecture, which an hf: base model brings (those must then be None).
-_PAUSE_AND_RUNTIME_FIELDS = ("max_pauses", "pause_layout", "shared_pause_embed", "dtype",
-                             "param_dtype", "remat_policy", "scan_layers", "unroll_pause_scan",
-                             "init_pause_prob", "vocab_pad_multiple", "attention_impl")
+_PAUSE_AND_RUNTIME_FIELDS = (
+  "max_pauses",
+  "pause_layout",
+  "shared_pause_embed",
+  "dtype",
+  "param_dtype",
+  "remat_policy",
+  "scan_layers",
+  "unroll_pause_scan",
+  "init_pause_prob",
+  "vocab_pad_multiple",
+  "attention_impl",
+)
 
 # Run-config fields that were once 0 for "derive it": older config.json files are read with
 # 0 meaning None.
-_LEGACY_ZERO_IS_NONE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim",
-                        "loss.vocab_chunk")
+_LEGACY_ZERO_IS_NONE = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "loss.vocab_chunk")
 
 
 def pretrained_path(config: ml_collections.ConfigDict) -> str | None:
   """The base model folder of ``init_from=hf:PATH`` (local or ``gs://``), else None."""
   init_from = config.init_from or ""
-  return init_from[len(HF_PREFIX):] if init_from.startswith(HF_PREFIX) else None
+  return init_from[len(HF_PREFIX) :] if init_from.startswith(HF_PREFIX) else None
 
 
-def _pretrained_model_config(config: ml_collections.ConfigDict, path: str,
-                             data_vocab_size: int) -> model_lib.ModelConfig:
+def _pretrained_model_config(
+  config: ml_collections.ConfigDict, path: str, data_vocab_size: int
+) -> model_lib.ModelConfig:
   """The base model's architecture with this run's pauses, dtypes and memory settings."""
   from cyb_jax import pretrained  # pylint: disable=g-import-not-at-top
+
   m = dict(config.model)
   fixed = sorted(k for k, v in m.items() if k not in _PAUSE_AND_RUNTIME_FIELDS and v is not None)
   if fixed:
-    raise ValueError(f"init_from={config.init_from!r} brings the architecture, but the config "
-                     f"sets {', '.join(f'model.{k}={m[k]!r}' for k in fixed)}: leave them None "
-                     "(cyb_jax/configs/finetune_hf.py does).")
+    raise ValueError(
+      f"init_from={config.init_from!r} brings the architecture, but the config "
+      f"sets {', '.join(f'model.{k}={m[k]!r}' for k in fixed)}: leave them None "
+      "(cyb_jax/configs/finetune_hf.py does)."
+    )
   p = m.get("init_pause_prob")
   runtime = {k: m[k] for k in _PAUSE_AND_RUNTIME_FIELDS if k in m and k != "init_pause_prob"}
   runtime["vocab_pad_multiple"] = vocab_pad_multiple(config)
@@ -75,8 +90,10 @@ def _pretrained_model_config(config: ml_collections.ConfigDict, path: str,
   if p is None:
     cfg = dataclasses.replace(cfg, dk_bias_init=0.0)
   if cfg.vocab_size < data_vocab_size:
-    raise ValueError(f"the tokenizer has {data_vocab_size} ids but the base model {path} only "
-                     f"{cfg.vocab_size}: use the model's own tokenizer (data.tokenizer).")
+    raise ValueError(
+      f"the tokenizer has {data_vocab_size} ids but the base model {path} only "
+      f"{cfg.vocab_size}: use the model's own tokenizer (data.tokenizer)."
+    )
   return cfg
 
 
@@ -91,31 +108,37 @@ def model_config(config: ml_collections.ConfigDict, data_vocab_size: int) -> mod
   path = pretrained_path(config)
   if path is not None:
     return _pretrained_model_config(config, path, data_vocab_size)
-  unset = sorted(k for k in ("num_layers", "d_model", "num_heads", "mlp_dim", "tie_embeddings",
-                             "rope_base") if k in config.model and config.model[k] is None)
+  unset = sorted(
+    k
+    for k in ("num_layers", "d_model", "num_heads", "mlp_dim", "tie_embeddings", "rope_base")
+    if k in config.model and config.model[k] is None
+  )
   if unset:
-    raise ValueError(f"{', '.join('model.' + k for k in unset)} unset: give them, or "
-                     "init_from='hf:PATH' to take a pretrained model's architecture.")
+    raise ValueError(
+      f"{', '.join('model.' + k for k in unset)} unset: give them, or "
+      "init_from='hf:PATH' to take a pretrained model's architecture."
+    )
   fields = {f.name for f in dataclasses.fields(model_lib.ModelConfig)} - {"dk_bias_init"}
   m = dict(config.model)
   init_pause_prob = m.pop("init_pause_prob", None)
   if m.pop("dk_bias_init", 0.0) not in (0.0, None):
-    raise ValueError("model.dk_bias_init is not a config field: set the initial pause "
-                     "probability with model.init_pause_prob.")
+    raise ValueError(
+      "model.dk_bias_init is not a config field: set the initial pause probability with model.init_pause_prob."
+    )
   unknown = sorted(set(m) - fields)
   if unknown:
-    raise ValueError(f"unknown model config fields {unknown}; allowed: "
-                     f"{sorted(fields | {'init_pause_prob'})}.")
+    raise ValueError(f"unknown model config fields {unknown}; allowed: {sorted(fields | {'init_pause_prob'})}.")
   vocab = m.pop("vocab_size", None)
   vocab = data_vocab_size if vocab is None else int(vocab)
   if vocab < data_vocab_size:
-    raise ValueError(f"model.vocab_size={vocab} is smaller than the data's vocabulary "
-                     f"({data_vocab_size} ids); use None to take the data's.")
+    raise ValueError(
+      f"model.vocab_size={vocab} is smaller than the data's vocabulary "
+      f"({data_vocab_size} ids); use None to take the data's."
+    )
   dk_bias = 0.0
   if init_pause_prob is not None:
     if not 0.0 < init_pause_prob < 1.0:
-      raise ValueError(f"model.init_pause_prob={init_pause_prob} must lie in (0, 1), or be "
-                       "None for a DK bias of 0.")
+      raise ValueError(f"model.init_pause_prob={init_pause_prob} must lie in (0, 1), or be None for a DK bias of 0.")
     dk_bias = math.log(init_pause_prob / (1 - init_pause_prob)) + math.log(vocab)
   m["vocab_pad_multiple"] = vocab_pad_multiple(config)
   return model_lib.ModelConfig(vocab_size=vocab, dk_bias_init=dk_bias, **m)
@@ -161,21 +184,22 @@ def schedule_steps(config: ml_collections.ConfigDict) -> int:
   if steps is None:
     return config.num_train_steps
   if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-    raise ValueError(f"optimizer.schedule_steps={steps!r} must be None (= num_train_steps) "
-                     "or a positive int.")
+    raise ValueError(f"optimizer.schedule_steps={steps!r} must be None (= num_train_steps) or a positive int.")
   return steps
 
 
 def schedule_facts(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The fields that define the learning rate of every step (stored in checkpoints)."""
   o = config.optimizer
-  return {"schedule_steps": schedule_steps(config), "warmup_steps": o.warmup_steps,
-          "learning_rate": o.learning_rate,
-          "end_learning_rate_fraction": o.end_learning_rate_fraction}
+  return {
+    "schedule_steps": schedule_steps(config),
+    "warmup_steps": o.warmup_steps,
+    "learning_rate": o.learning_rate,
+    "end_learning_rate_fraction": o.end_learning_rate_fraction,
+  }
 
 
-def schedule_changes(saved: Mapping[str, Any] | None, config: ml_collections.ConfigDict
-                     ) -> list[str]:
+def schedule_changes(saved: Mapping[str, Any] | None, config: ml_collections.ConfigDict) -> list[str]:
   """``"field: checkpoint A vs config B"`` for each schedule field a resume would change.
 
   ``saved`` is the checkpoint's :func:`schedule_facts` (None for checkpoints written before
@@ -184,12 +208,12 @@ def schedule_changes(saved: Mapping[str, Any] | None, config: ml_collections.Con
   if not saved:
     return []
   now = schedule_facts(config)
-  return [f"optimizer.{k}: checkpoint {saved[k]!r} vs config {now[k]!r}"
-          for k in now if k in saved and saved[k] != now[k]]
+  return [
+    f"optimizer.{k}: checkpoint {saved[k]!r} vs config {now[k]!r}" for k in now if k in saved and saved[k] != now[k]
+  ]
 
 
-def make_optimizer(config: ml_collections.ConfigDict
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW with linear warm-up, cosine decay over :func:`schedule_steps`, global-norm clipping."""
   o = config.optimizer
   if o.learning_rate <= 0:
@@ -199,18 +223,21 @@ def make_optimizer(config: ml_collections.ConfigDict
   horizon = schedule_steps(config)
   warmup = min(o.warmup_steps, horizon // 2)
   if warmup != o.warmup_steps:
-    logging.warning("optimizer.warmup_steps=%d shortened to %d (half of the schedule's %d steps).",
-                    o.warmup_steps, warmup, horizon)
+    logging.warning(
+      "optimizer.warmup_steps=%d shortened to %d (half of the schedule's %d steps).", o.warmup_steps, warmup, horizon
+    )
   schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=o.learning_rate, warmup_steps=warmup,
-      decay_steps=max(horizon, warmup + 1),
-      end_value=o.learning_rate * o.end_learning_rate_fraction)
+    init_value=0.0,
+    peak_value=o.learning_rate,
+    warmup_steps=warmup,
+    decay_steps=max(horizon, warmup + 1),
+    end_value=o.learning_rate * o.end_learning_rate_fraction,
+  )
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   parts = []
   if o.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
-  parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps,
-                           weight_decay=o.weight_decay, mask=decay_mask))
+  parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask))
   return optax.chain(*parts), schedule
 
 
@@ -221,29 +248,31 @@ def validate(config: ml_collections.ConfigDict) -> losses.Loss:
   anything); :func:`validate_all` checks both without building the data.
   """
   if config.data.source is None:
-    raise ValueError("data.source is required by this config: e.g. "
-                     "--config.data.source='text:/path/*.txt' (or 'tfds:NAME').")
-  for name in ("num_train_steps", "eval_every_steps", "checkpoint_every_steps",
-               "log_every_steps", "keep_checkpoints"):
+    raise ValueError(
+      "data.source is required by this config: e.g. --config.data.source='text:/path/*.txt' (or 'tfds:NAME')."
+    )
+  for name in ("num_train_steps", "eval_every_steps", "checkpoint_every_steps", "log_every_steps", "keep_checkpoints"):
     value = config[name]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f"{name}={value!r} must be a positive integer.")
   if config.model.max_pauses < 0:
-    raise ValueError(f"model.max_pauses={config.model.max_pauses} must be >= 0 (K, the most "
-                     "pauses per token).")
+    raise ValueError(f"model.max_pauses={config.model.max_pauses} must be >= 0 (K, the most pauses per token).")
   accum = config.optimizer.grad_accum_steps
   if accum < 1 or config.data.batch_size % accum:
-    raise ValueError(f"optimizer.grad_accum_steps={accum} must be >= 1 and divide "
-                     f"data.batch_size={config.data.batch_size}.")
+    raise ValueError(
+      f"optimizer.grad_accum_steps={accum} must be >= 1 and divide data.batch_size={config.data.batch_size}."
+    )
   vocab_chunk(config)
   schedule_steps(config)
   init_folder = pretrained_path(config) or config.init_from
   if init_folder and not files.resolve(init_folder).is_dir():
     raise ValueError(f"init_from={config.init_from!r} is not a folder.")
   if pretrained_path(config) is not None and config.data.source == "synthetic":
-    raise ValueError(f"init_from={config.init_from!r} fine-tunes a pretrained language model: "
-                     "give it text (data.source='text:PATH' or 'tfds:NAME'), not the synthetic "
-                     "task.")
+    raise ValueError(
+      f"init_from={config.init_from!r} fine-tunes a pretrained language model: "
+      "give it text (data.source='text:PATH' or 'tfds:NAME'), not the synthetic "
+      "task."
+    )
   protocol(config)
   return make_loss(config)
 
@@ -265,14 +294,14 @@ def make_run_data(config: ml_collections.ConfigDict, workdir: str) -> DataBundle
   if path is not None and not data_config.tokenizer:
     data_config = ml_collections.ConfigDict(data_config.to_dict())
     data_config.tokenizer = path
-  return make_data(data_config, seed=config.seed, workdir=workdir,
-                   process_index=jax.process_index(), process_count=jax.process_count())
+  return make_data(
+    data_config, seed=config.seed, workdir=workdir, process_index=jax.process_index(), process_count=jax.process_count()
+  )
 
 
 def run_meta(model_cfg: model_lib.ModelConfig, config: ml_collections.ConfigDict) -> dict:
   """Facts a checkpoint must share with a config to be resumed by it, and its schedule."""
-  return {"model": dataclasses.asdict(model_cfg), "loss": config.loss.name,
-          "schedule": schedule_facts(config)}
+  return {"model": dataclasses.asdict(model_cfg), "loss": config.loss.name, "schedule": schedule_facts(config)}
 
 
 def upgrade_legacy_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -321,67 +350,4 @@ def load_run(workdir: str, step: int | None = None) -> LoadedRun:
   model_cfg = model_config(config, data.info.vocab_size)
   abstract = jax.eval_shape(lambda: model_lib.init_params(model_cfg, jax.random.key(0)))
   params, step = ckpt_lib.restore_params(workdir, abstract, step)
-  return LoadedRun(config=config, model_cfg=model_cfg, params=params, step=step, data=data,
-                   protocol=protocol(config))
-
-
-def merge_init_params(fresh: Any, source: Any) -> tuple[Any, list[str], list[str]]:
-  """Copies every parameter of ``source`` into ``fresh`` where the path exists.
-
-  Parameters only in ``fresh`` (a K = 0 model has no ``pause_embed``) stay freshly
-  initialised; a parameter in both with different shapes is an error.
-
-  Returns:
-    ``(params, copied paths, fresh paths)``.
-  """
-  flat_source = {jax.tree_util.keystr(k): v for k, v in
-                 jax.tree_util.tree_flatten_with_path(source)[0]}
-  copied, kept = [], []
-
-  def pick(path, fresh_leaf):
-    key = jax.tree_util.keystr(path)
-    if key not in flat_source:
-      kept.append(key)
-      return fresh_leaf
-    src = np.asarray(flat_source[key])
-    if src.shape != fresh_leaf.shape:
-      raise ckpt_lib.IncompatibleCheckpointError(
-          f"init_from: parameter {key} has shape {src.shape} in the checkpoint but "
-          f"{fresh_leaf.shape} in this model.")
-    copied.append(key)
-    return jax.device_put(src.astype(fresh_leaf.dtype), fresh_leaf.sharding)
-
-  params = jax.tree_util.tree_map_with_path(pick, fresh)
-  return params, copied, kept
-
-
-def initial_params(config: ml_collections.ConfigDict, model_cfg: model_lib.ModelConfig,
-                   fresh: Any, shardings: Any) -> Any:
-  """The parameters a fine-tuning run starts from (``config.init_from``), placed by ``shardings``.
-
-  * ``hf:PATH``: the base model's tensors, each host reading only the slices its devices
-    hold (:func:`cyb_jax.pretrained.load_params`), with fresh pause embeddings and DK head;
-  * a cyb_jax run folder: its newest checkpoint's parameters (not its optimiser state) where
-    this model has them; parameters it lacks (a K = 0 run has no ``pause_embed``) keep the
-    fresh values of ``fresh``.
-
-  Raises:
-    IncompatibleCheckpointError: another vocabulary, or a parameter of another shape.
-  """
-  path = pretrained_path(config)
-  if path is not None:
-    from cyb_jax import pretrained  # pylint: disable=g-import-not-at-top
-    params = pretrained.load_params(path, model_cfg, shardings=shardings,
-                                    rng=jax.random.key(config.seed))
-    logging.info("init_from %s: loaded the base model's parameters.", config.init_from)
-    return params
-  source_params, source_meta = ckpt_lib.restore_params_for_init(config.init_from)
-  source_vocab = source_meta.get("model", {}).get("vocab_size")
-  if source_vocab != model_cfg.vocab_size:
-    raise ckpt_lib.IncompatibleCheckpointError(
-        f"init_from={config.init_from!r} has vocab_size {source_vocab}, this model "
-        f"{model_cfg.vocab_size}.")
-  params, copied, kept = merge_init_params(fresh, source_params)
-  logging.info("init_from %s: copied %d parameters; fresh: %s", config.init_from, len(copied),
-               kept)
-  return params
+  return LoadedRun(config=config, model_cfg=model_cfg, params=params, step=step, data=data, protocol=protocol(config))

@@ -63,7 +63,11 @@ def _is_console_handler(handler: logging.Handler) -> bool:
   if isinstance(handler, logging.FileHandler):
     return False
   return isinstance(handler, logging.StreamHandler) and handler.stream in (
-      sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    sys.stderr,
+    sys.stdout,
+    sys.__stderr__,
+    sys.__stdout__,
+  )
 
 
 def log_path_for(workdir: str, process_index: int = 0) -> str:

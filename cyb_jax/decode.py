@@ -37,7 +37,10 @@ from flax import linen as nn
 from flax import struct
 
 from cyb_jax import model as model_lib
-from cyb_jax.attention import KeyValues, LayerCache, Visibility, causal_segment_mask
+from cyb_jax.attention import KeyValues
+from cyb_jax.attention import LayerCache
+from cyb_jax.attention import Visibility
+from cyb_jax.attention import causal_segment_mask
 from cyb_jax.model import ModelConfig
 
 HALTING_POLICIES = ("threshold", "greedy", "sample", "max")
@@ -89,10 +92,10 @@ def _empty_state(cfg: ModelConfig, batch: int, cache_slots: int) -> _State:
   shape = (cfg.num_layers, batch, cache_slots, cfg.resolved_num_kv_heads, cfg.resolved_head_dim)
   zeros = jnp.zeros(shape, cfg.compute_dtype)
   return _State(
-      cache=_constrain_cache(KeyValues(zeros, zeros)),
-      valid_BxM=jnp.zeros((batch, cache_slots), bool),
-      position=jnp.asarray(-1, jnp.int32),
-      logits0_BxV1=jnp.zeros((batch, cfg.vocab_size + 1), jnp.float32),
+    cache=_constrain_cache(KeyValues(zeros, zeros)),
+    valid_BxM=jnp.zeros((batch, cache_slots), bool),
+    position=jnp.asarray(-1, jnp.int32),
+    logits0_BxV1=jnp.zeros((batch, cfg.vocab_size + 1), jnp.float32),
   )
 
 
@@ -106,23 +109,19 @@ def _prefill_private(cfg: ModelConfig, params, tokens_BxP, cache_slots: int) -> 
   visibility = Visibility(shared_mask=causal_segment_mask(jnp.ones((1, p), jnp.int32)))
   x_BxPxD = model_lib.embed_tokens(cfg, params, tokens_BxP)
   hidden_BxPxD, kv = model_lib.hidden_states(cfg, params, x_BxPxD, positions_BxP, None, visibility)
-  cache = jax.tree.map(
-      lambda buf, new: buf.at[:, :, :p].set(new.astype(buf.dtype)), state.cache, kv
-  )
+  cache = jax.tree.map(lambda buf, new: buf.at[:, :, :p].set(new.astype(buf.dtype)), state.cache, kv)
   return _State(
-      cache=_constrain_cache(cache),
-      valid_BxM=jnp.broadcast_to(jnp.arange(cache_slots) < p, (b, cache_slots)),
-      position=jnp.asarray(p - 1, jnp.int32),
-      logits0_BxV1=model_lib.logits_from_hidden(cfg, params, hidden_BxPxD[:, -1]),
+    cache=_constrain_cache(cache),
+    valid_BxM=jnp.broadcast_to(jnp.arange(cache_slots) < p, (b, cache_slots)),
+    position=jnp.asarray(p - 1, jnp.int32),
+    logits0_BxV1=model_lib.logits_from_hidden(cfg, params, hidden_BxPxD[:, -1]),
   )
 
 
 def _run_slot(cfg, params, x_BxD, position, cache: LayerCache, visibility: Visibility):
   """Runs one slot per sequence at rotary `position`: `-> (logits [B, V+1], written)`."""
   positions_Bx1 = jnp.full((x_BxD.shape[0], 1), position, jnp.int32)
-  hidden_Bx1xD, written = model_lib.hidden_states(
-      cfg, params, x_BxD[:, None], positions_Bx1, cache, visibility
-  )
+  hidden_Bx1xD, written = model_lib.hidden_states(cfg, params, x_BxD[:, None], positions_Bx1, cache, visibility)
   return model_lib.logits_from_hidden(cfg, params, hidden_Bx1xD[:, 0]), written
 
 
@@ -136,8 +135,9 @@ def _feed_token(cfg: ModelConfig, params, state: _State, token_B: jax.Array) -> 
   else:
     valid_BxM = state.valid_BxM | (slots_M == index)[None]
   x_BxD = model_lib.embed_tokens(cfg, params, token_B[:, None])[:, 0]
-  visibility = Visibility(shared_mask=valid_BxM[:, None], write_index=index,
-                          shared_positions=_cache_positions(cfg, valid_BxM.shape[1]))
+  visibility = Visibility(
+    shared_mask=valid_BxM[:, None], write_index=index, shared_positions=_cache_positions(cfg, valid_BxM.shape[1])
+  )
   logits0, cache = _run_slot(cfg, params, x_BxD, position, LayerCache(state.cache), visibility)
   return _State(_constrain_cache(cache), valid_BxM, position, logits0)
 
@@ -145,12 +145,14 @@ def _feed_token(cfg: ModelConfig, params, state: _State, token_B: jax.Array) -> 
 def _halts(cfg: ModelConfig, logits_BxV1, k, uniform_B, policy: _Policy) -> jax.Array:
   """Whether each sequence answers at step k (always at k = K): bool `[B]`."""
   log_dk_B = logits_BxV1[:, -1] - jax.nn.logsumexp(logits_BxV1, axis=-1)
-  halt_by_policy_PxB = jnp.stack([
+  halt_by_policy_PxB = jnp.stack(
+    [
       jnp.exp(log_dk_B) <= policy.threshold,  # threshold
       jnp.argmax(logits_BxV1, axis=-1) != cfg.vocab_size,  # greedy
       jnp.log(uniform_B) >= log_dk_B,  # sample: answer with probability 1 - d_k
       jnp.zeros(log_dk_B.shape, bool),  # max
-  ])
+    ]
+  )
   return halt_by_policy_PxB[policy.index] | (k >= cfg.max_pauses)
 
 
@@ -171,13 +173,13 @@ def _answer(cfg: ModelConfig, params, state: _State, uniform_BxK1, policy: _Poli
   k_max = cfg.max_pauses
   b = state.logits0_BxV1.shape[0]
   carry = dict(
-      k=jnp.asarray(0, jnp.int32),
-      done_B=_halts(cfg, state.logits0_BxV1, 0, uniform_BxK1[:, 0], policy),
-      answer_BxV1=state.logits0_BxV1,
-      pauses_B=jnp.zeros((b,), jnp.int32),
-      state=state,
-      scratch=None,
-      record_BxKxV1=None,
+    k=jnp.asarray(0, jnp.int32),
+    done_B=_halts(cfg, state.logits0_BxV1, 0, uniform_BxK1[:, 0], policy),
+    answer_BxV1=state.logits0_BxV1,
+    pauses_B=jnp.zeros((b,), jnp.int32),
+    state=state,
+    scratch=None,
+    record_BxKxV1=None,
   )
   if record:
     record_BxKxV1 = jnp.zeros((b, cfg.num_steps, cfg.vocab_size + 1), jnp.float32)
@@ -198,10 +200,10 @@ def _answer(cfg: ModelConfig, params, state: _State, uniform_BxK1, policy: _Poli
     if cfg.pause_layout == "private":
       scratch = nn.with_logical_constraint(c["scratch"], KeyValues(_SCRATCH_NAMES, _SCRATCH_NAMES))
       visibility = Visibility(
-          shared_mask=st.valid_BxM[:, None],
-          private_mask=(jnp.arange(k_max) < k)[None, None],
-          write_index=k - 1,
-          shared_positions=_cache_positions(cfg, st.valid_BxM.shape[1]),
+        shared_mask=st.valid_BxM[:, None],
+        private_mask=(jnp.arange(k_max) < k)[None, None],
+        write_index=k - 1,
+        shared_positions=_cache_positions(cfg, st.valid_BxM.shape[1]),
       )
       cache = LayerCache(st.cache, scratch)
       logits, c["scratch"] = _run_slot(cfg, params, x_BxD, st.position, cache, visibility)
@@ -209,8 +211,9 @@ def _answer(cfg: ModelConfig, params, state: _State, uniform_BxK1, policy: _Poli
       index = _slot_index(cfg, st.position, k)
       taken_BxM = (jnp.arange(st.valid_BxM.shape[1]) == index)[None] & ~c["done_B"][:, None]
       valid_BxM = st.valid_BxM | taken_BxM
-      visibility = Visibility(shared_mask=valid_BxM[:, None], write_index=index,
-                              shared_positions=_cache_positions(cfg, valid_BxM.shape[1]))
+      visibility = Visibility(
+        shared_mask=valid_BxM[:, None], write_index=index, shared_positions=_cache_positions(cfg, valid_BxM.shape[1])
+      )
       logits, cache = _run_slot(cfg, params, x_BxD, st.position, LayerCache(st.cache), visibility)
       c["state"] = st.replace(cache=_constrain_cache(cache), valid_BxM=valid_BxM)
     running_B = ~c["done_B"]
@@ -240,18 +243,19 @@ def _step(cfg: ModelConfig, params, policy: _Policy, record: bool, carry, xs):
   state = _feed_token(cfg, params, state, token_B)
   b = token_B.shape[0]
   uniform_BxU = jax.random.uniform(
-      rng, (b, cfg.num_steps + cfg.vocab_size), minval=jnp.finfo(jnp.float32).tiny, maxval=1.0
+    rng, (b, cfg.num_steps + cfg.vocab_size), minval=jnp.finfo(jnp.float32).tiny, maxval=1.0
   )
   answer_BxV1, pauses_B, loop_steps, state, record_BxKxV1 = _answer(
-      cfg, params, state, uniform_BxU[:, : cfg.num_steps], policy, record
+    cfg, params, state, uniform_BxU[:, : cfg.num_steps], policy, record
   )
   chosen_B = _choose_token(answer_BxV1, uniform_BxU[:, cfg.num_steps :], policy.temperature)
   next_B = jnp.where(use_forced, forced_next_B, chosen_B).astype(jnp.int32)
   return (state, next_B), (next_B, pauses_B, loop_steps, record_BxKxV1)
 
 
-def _run(cfg: ModelConfig, params, state: _State, first_B, forced_SxB, use_forced_S, rng,
-         policy: _Policy, record: bool):
+def _run(
+  cfg: ModelConfig, params, state: _State, first_B, forced_SxB, use_forced_S, rng, policy: _Policy, record: bool
+):
   """Scans `_step` over S steps starting by reading `first_B`."""
   steps = forced_SxB.shape[0]
   step = functools.partial(_step, cfg, params, policy, record)
@@ -275,16 +279,14 @@ def _generate(cfg: ModelConfig, params, prompt_BxP, rng, policy: _Policy, *, max
     use_forced_S = jnp.arange(p - 1 + t) < p - 1
   first_B = prompt_BxP[:, -1] if cfg.pause_layout == "private" else prompt_BxP[:, 0]
   tokens_SxB, pauses_SxB, loop_steps_S, _ = _run(
-      cfg, params, state, first_B, forced_SxB, use_forced_S, rng, policy, False
+    cfg, params, state, first_B, forced_SxB, use_forced_S, rng, policy, False
   )
   return tokens_SxB[-t:].T, pauses_SxB[-t:].T, loop_steps_S[-t:]
 
 
 def _check_tokens(name: str, tokens) -> None:
   if tokens.ndim != 2 or tokens.shape[1] < 1 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-    raise ValueError(
-        f"{name} must be an integer array [B, N] with N >= 1, got {tokens.dtype} {tokens.shape}"
-    )
+    raise ValueError(f"{name} must be an integer array [B, N] with N >= 1, got {tokens.dtype} {tokens.shape}")
 
 
 def _policy(halting: str, threshold, temperature) -> _Policy:
@@ -293,23 +295,23 @@ def _policy(halting: str, threshold, temperature) -> _Policy:
   if isinstance(temperature, (int, float)) and temperature < 0:
     raise ValueError(f"temperature must be >= 0, got {temperature}")
   return _Policy(
-      index=jnp.asarray(HALTING_POLICIES.index(halting), jnp.int32),
-      threshold=jnp.asarray(threshold, jnp.float32),
-      temperature=jnp.asarray(temperature, jnp.float32),
+    index=jnp.asarray(HALTING_POLICIES.index(halting), jnp.int32),
+    threshold=jnp.asarray(threshold, jnp.float32),
+    temperature=jnp.asarray(temperature, jnp.float32),
   )
 
 
 def generate(
-    cfg: ModelConfig,
-    params,
-    prompt: jax.Array,
-    rng: jax.Array,
-    *,
-    max_new_tokens: int,
-    halting: str = "threshold",
-    threshold: float | jax.Array = 0.5,
-    temperature: float | jax.Array = 0.0,
-    return_stats: bool = False,
+  cfg: ModelConfig,
+  params,
+  prompt: jax.Array,
+  rng: jax.Array,
+  *,
+  max_new_tokens: int,
+  halting: str = "threshold",
+  threshold: float | jax.Array = 0.5,
+  temperature: float | jax.Array = 0.0,
+  return_stats: bool = False,
 ):
   """Generates `max_new_tokens` tokens after `prompt` with adaptive pauses, as one jitted program.
 
@@ -336,9 +338,7 @@ def generate(
   if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
   policy = _policy(halting, threshold, temperature)
-  tokens, pauses, loop_steps = _generate(
-      cfg, params, prompt, rng, policy, max_new_tokens=max_new_tokens
-  )
+  tokens, pauses, loop_steps = _generate(cfg, params, prompt, rng, policy, max_new_tokens=max_new_tokens)
   return (tokens, pauses, {"pause_steps": loop_steps}) if return_stats else (tokens, pauses)
 
 
@@ -348,19 +348,19 @@ def _teacher_forced(cfg: ModelConfig, params, tokens_BxN, rng, policy: _Policy):
   state = _empty_state(cfg, b, _cache_slots(cfg, n))
   forced_NxB = jnp.concatenate([tokens_BxN[:, 1:], tokens_BxN[:, :1]], axis=1).T  # last one unused
   _, pauses_NxB, _, logits_NxBxKxV1 = _run(
-      cfg, params, state, tokens_BxN[:, 0], forced_NxB, jnp.ones((n,), bool), rng, policy, True
+    cfg, params, state, tokens_BxN[:, 0], forced_NxB, jnp.ones((n,), bool), rng, policy, True
   )
   return jnp.moveaxis(logits_NxBxKxV1, 0, 1), pauses_NxB.T
 
 
 def teacher_forced_step_logits(
-    cfg: ModelConfig,
-    params,
-    tokens_BxN: jax.Array,
-    *,
-    halting: str = "max",
-    threshold: float | jax.Array = 0.5,
-    rng: jax.Array | None = None,
+  cfg: ModelConfig,
+  params,
+  tokens_BxN: jax.Array,
+  *,
+  halting: str = "max",
+  threshold: float | jax.Array = 0.5,
+  rng: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """The decoder's step logits on given tokens, read one at a time with a KV cache (forced).
 

@@ -40,8 +40,7 @@ def tokens_to_reach(curve: Sequence[tuple[float, float]], target: float) -> floa
   return None
 
 
-def data_efficiency(curve_a: Sequence[tuple[float, float]],
-                    curve_b: Sequence[tuple[float, float]]) -> dict[str, Any]:
+def data_efficiency(curve_a: Sequence[tuple[float, float]], curve_b: Sequence[tuple[float, float]]) -> dict[str, Any]:
   """How many times more training tokens the worse of two models needs (docs/design.md section 5).
 
   Returns a dict with ``better`` ("a" or "b"), ``target_loss`` (the better model's final
@@ -59,9 +58,16 @@ def data_efficiency(curve_a: Sequence[tuple[float, float]],
   # The same comparison at the worse model's final loss, which the better one reaches.
   at_worse = tokens_to_reach(better, worse[-1][1])
   ratio_at_worse = worse[-1][0] / at_worse if at_worse else float("nan")
-  return {"better": name, "target_loss": target, "tokens_better": tokens_better,
-          "tokens_worse": tokens_worse, "ratio": ratio, "lower_bound": lower_bound,
-          "worse_final_loss": worse[-1][1], "ratio_at_worse_final": ratio_at_worse}
+  return {
+    "better": name,
+    "target_loss": target,
+    "tokens_better": tokens_better,
+    "tokens_worse": tokens_worse,
+    "ratio": ratio,
+    "lower_bound": lower_bound,
+    "worse_final_loss": worse[-1][1],
+    "ratio_at_worse_final": ratio_at_worse,
+  }
 
 
 def mean_curve(workdirs: Sequence[str], key: str = EVAL_LOSS) -> list[tuple[float, float]]:
@@ -71,5 +77,4 @@ def mean_curve(workdirs: Sequence[str], key: str = EVAL_LOSS) -> list[tuple[floa
     _, evals = metrics_writer.train_and_eval_rows(workdir)
     per_run.append({r["step"]: (r["train_tokens"], r[key]) for r in evals})
   steps = sorted(set.intersection(*(set(r) for r in per_run)))
-  return [(float(np.mean([r[s][0] for r in per_run])), float(np.mean([r[s][1] for r in per_run])))
-          for s in steps]
+  return [(float(np.mean([r[s][0] for r in per_run])), float(np.mean([r[s][1] for r in per_run]))) for s in steps]

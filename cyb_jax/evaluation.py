@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,8 +54,9 @@ def protocol_of(loss_name: str, num_steps: int, tau: float) -> Protocol:
   return Protocol(tau=tau, fixed_step=losses.get_spec(loss_name).readout_step(num_steps))
 
 
-def step_stats(model_cfg: ModelConfig, params: Any, batch: Batch, *,
-               vocab_chunk: int | None = None) -> losses.StepLogProbs:
+def step_stats(
+  model_cfg: ModelConfig, params: Any, batch: Batch, *, vocab_chunk: int | None = None
+) -> losses.StepLogProbs:
   """Per-step statistics ``[B, N, K+1]`` of a batch (pure).
 
   Args:
@@ -63,25 +66,30 @@ def step_stats(model_cfg: ModelConfig, params: Any, batch: Batch, *,
       computes the same statistics from hidden states in vocabulary chunks of that width
       (:func:`cyb_jax.losses.chunked_step_log_probs`), never materialising the logits.
   """
-  hidden_BxNxKxD = model_lib.step_hidden(model_cfg, params, batch["inputs"],
-                                         segment_ids=batch["segment_ids"],
-                                         positions=batch["positions"])
+  hidden_BxNxKxD = model_lib.step_hidden(
+    model_cfg, params, batch["inputs"], segment_ids=batch["segment_ids"], positions=batch["positions"]
+  )
   if vocab_chunk is not None:
     kernel_DxV, dk_D, dk_bias = model_lib.output_projection(model_cfg, params)
-    return losses.chunked_step_log_probs(hidden_BxNxKxD, kernel_DxV, dk_D, batch["targets"],
-                                         vocab_chunk=vocab_chunk, dk_bias=dk_bias,
-                                         logit_softcap=model_cfg.final_logit_softcap)
-  vocab_BxNxKxV, dk_BxNxK = model_lib.split_logits_from_hidden(model_cfg, params,
-                                                               hidden_BxNxKxD)
+    return losses.chunked_step_log_probs(
+      hidden_BxNxKxD,
+      kernel_DxV,
+      dk_D,
+      batch["targets"],
+      vocab_chunk=vocab_chunk,
+      dk_bias=dk_bias,
+      logit_softcap=model_cfg.final_logit_softcap,
+    )
+  vocab_BxNxKxV, dk_BxNxK = model_lib.split_logits_from_hidden(model_cfg, params, hidden_BxNxKxD)
   return losses.step_log_probs_from_parts(vocab_BxNxKxV, dk_BxNxK, batch["targets"])
 
 
-def eval_sums(params: Any, batch: Batch, *, model_cfg: ModelConfig, protocol: Protocol,
-              vocab_chunk: int | None = None) -> dict[str, jax.Array]:
+def eval_sums(
+  params: Any, batch: Batch, *, model_cfg: ModelConfig, protocol: Protocol, vocab_chunk: int | None = None
+) -> dict[str, jax.Array]:
   """:func:`cyb_jax.losses.protocol_sums` of one batch (pure; the trainer jits it)."""
   stats = step_stats(model_cfg, params, batch, vocab_chunk=vocab_chunk)
-  return losses.protocol_sums(losses.position_outcomes(stats, batch["weights"], protocol.tau,
-                                                       protocol.fixed_step))
+  return losses.protocol_sums(losses.position_outcomes(stats, batch["weights"], protocol.tau, protocol.fixed_step))
 
 
 def add_sums(a: Mapping[str, Any] | None, b: Mapping[str, Any]) -> dict[str, Any]:
@@ -104,8 +112,9 @@ def _position_stats(model_cfg: ModelConfig, params, batch, tau, *, fixed_step, v
   return losses.position_outcomes(stats, batch["weights"], tau, fixed_step)
 
 
-def position_stats(model_cfg: ModelConfig, params: Any, batch: Batch, protocol: Protocol, *,
-                   vocab_chunk: int | None = None) -> losses.PositionStats:
+def position_stats(
+  model_cfg: ModelConfig, params: Any, batch: Batch, protocol: Protocol, *, vocab_chunk: int | None = None
+) -> losses.PositionStats:
   """Runs the model on one batch and returns what the protocols did at each position (jitted).
 
   Args:
@@ -120,12 +129,10 @@ def position_stats(model_cfg: ModelConfig, params: Any, batch: Batch, protocol: 
   """
   missing = [k for k in ("inputs", "targets", "weights") if k not in batch]
   if missing:
-    raise ValueError(f"batch lacks {missing}; it has {sorted(batch)} and needs inputs, "
-                     "targets, weights.")
+    raise ValueError(f"batch lacks {missing}; it has {sorted(batch)} and needs inputs, targets, weights.")
   inputs = jnp.asarray(batch["inputs"])
   if inputs.ndim != 2 or not jnp.issubdtype(inputs.dtype, jnp.integer):
-    raise ValueError(f"batch['inputs'] must be an integer array [B, N], got {inputs.dtype} "
-                     f"{inputs.shape}.")
+    raise ValueError(f"batch['inputs'] must be an integer array [B, N], got {inputs.dtype} {inputs.shape}.")
   shape = inputs.shape
   arrays = {"inputs": inputs.astype(jnp.int32)}
   for key in ("targets", "weights", "segment_ids", "positions"):
@@ -139,11 +146,16 @@ def position_stats(model_cfg: ModelConfig, params: Any, batch: Batch, protocol: 
     arrays[key] = arrays[key].astype(jnp.int32)
   arrays["weights"] = arrays["weights"].astype(jnp.float32)
   losses.check_protocol(protocol.tau, protocol.fixed_step, model_cfg.num_steps)
-  if vocab_chunk is not None and (isinstance(vocab_chunk, bool)
-                                  or not isinstance(vocab_chunk, int) or vocab_chunk < 1):
+  if vocab_chunk is not None and (isinstance(vocab_chunk, bool) or not isinstance(vocab_chunk, int) or vocab_chunk < 1):
     raise ValueError(f"vocab_chunk={vocab_chunk!r} must be None or a positive int.")
-  return _position_stats(model_cfg, params, arrays, jnp.asarray(protocol.tau, jnp.float32),
-                         fixed_step=protocol.fixed_step, vocab_chunk=vocab_chunk)
+  return _position_stats(
+    model_cfg,
+    params,
+    arrays,
+    jnp.asarray(protocol.tau, jnp.float32),
+    fixed_step=protocol.fixed_step,
+    vocab_chunk=vocab_chunk,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,8 +175,14 @@ class EvalSetStats:
   difficulty: np.ndarray | None
 
 
-def eval_set_stats(model_cfg: ModelConfig, params: Any, eval_batches: Sequence[Batch],
-                   protocol: Protocol, *, vocab_chunk: int | None = None) -> EvalSetStats:
+def eval_set_stats(
+  model_cfg: ModelConfig,
+  params: Any,
+  eval_batches: Sequence[Batch],
+  protocol: Protocol,
+  *,
+  vocab_chunk: int | None = None,
+) -> EvalSetStats:
   """:func:`position_stats` over every batch of an eval set, stacked on the host.
 
   All batches should share one shape (one compilation). ``difficulty`` is kept only if every
@@ -174,16 +192,19 @@ def eval_set_stats(model_cfg: ModelConfig, params: Any, eval_batches: Sequence[B
     ValueError: if ``eval_batches`` is empty.
   """
   if not eval_batches:
-    raise ValueError("eval_batches is empty: there are no positions to analyse "
-                     "(data.eval_batches = 0?).")
-  parts = [jax.device_get(position_stats(model_cfg, params, b, protocol, vocab_chunk=vocab_chunk))
-           for b in eval_batches]
-  stats = losses.PositionStats(*(np.concatenate([np.asarray(p[i]) for p in parts])
-                                 for i in range(len(parts[0]))))
+    raise ValueError("eval_batches is empty: there are no positions to analyse (data.eval_batches = 0?).")
+  parts = [
+    jax.device_get(position_stats(model_cfg, params, b, protocol, vocab_chunk=vocab_chunk)) for b in eval_batches
+  ]
+  stats = losses.PositionStats(*(np.concatenate([np.asarray(p[i]) for p in parts]) for i in range(len(parts[0]))))
   column = lambda key: np.concatenate([np.asarray(b[key], np.int32) for b in eval_batches])
   has_difficulty = all("difficulty" in b for b in eval_batches)
-  return EvalSetStats(stats=stats, inputs=column("inputs"), targets=column("targets"),
-                      difficulty=column("difficulty") if has_difficulty else None)
+  return EvalSetStats(
+    stats=stats,
+    inputs=column("inputs"),
+    targets=column("targets"),
+    difficulty=column("difficulty") if has_difficulty else None,
+  )
 
 
 def summarize(stats: losses.PositionStats) -> dict[str, Any]:

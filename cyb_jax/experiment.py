@@ -24,8 +24,8 @@ from absl import logging
 from cyb_jax import checkpoint as ckpt_lib
 from cyb_jax import components
 from cyb_jax import experiment_plan as plan_lib
-from cyb_jax import files
 from cyb_jax import experiment_results as results_lib
+from cyb_jax import files
 from cyb_jax import metrics_writer
 from cyb_jax import train
 
@@ -36,8 +36,7 @@ def _is_finished(workdir: str, num_train_steps: int) -> bool:
   return bool(evals) and evals[-1]["step"] == num_train_steps
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, name: str,
-           timings: dict[str, float]) -> bool:
+def _train(config: ml_collections.ConfigDict, workdir: str, name: str, timings: dict[str, float]) -> bool:
   """Trains (or resumes) one run; records its seconds in ``timings`` unless it was finished.
 
   A resumed run records the seconds of this resumption only.
@@ -46,8 +45,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, name: str,
     False when SIGTERM stopped the run (it saved a checkpoint), True when it completed.
   """
   if (files.resolve(workdir) / ckpt_lib.CONFIG_FILE).exists():
-    plan_lib.check_same_run(components.upgrade_legacy_config(ckpt_lib.load_config(workdir)),
-                            config, workdir)
+    plan_lib.check_same_run(components.upgrade_legacy_config(ckpt_lib.load_config(workdir)), config, workdir)
   finished = _is_finished(workdir, config.num_train_steps)
   start = time.perf_counter()
   completed = train.train_and_evaluate(config, workdir)["stopped"] == "completed"
@@ -101,16 +99,13 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def _preempted(out_dir: str, timings: dict[str, float], name: str) -> dict[str, Any]:
   _save_timings(out_dir, timings)
-  logging.warning("SIGTERM stopped run %s (checkpoint saved); run the same command to resume.",
-                  name)
+  logging.warning("SIGTERM stopped run %s (checkpoint saved); run the same command to resume.", name)
   return {"stopped": "preempted", "run": name}
 
 
-def write_results(config, specs: Sequence[plan_lib.RunSpec], out_dir: str,
-                  timings: dict[str, float]) -> dict[str, Any]:
+def write_results(config, specs: Sequence[plan_lib.RunSpec], out_dir: str, timings: dict[str, float]) -> dict[str, Any]:
   """Summarises the finished runs into results.json / results.md / plots."""
-  done = [s for s in specs
-          if _is_finished(os.path.join(out_dir, "runs", s.name), config.run.num_train_steps)]
+  done = [s for s in specs if _is_finished(os.path.join(out_dir, "runs", s.name), config.run.num_train_steps)]
   missing = [s.name for s in specs if s not in done]
   if not done:
     raise ValueError(f"no finished run in {out_dir}/runs: nothing to summarise.")
@@ -133,7 +128,7 @@ def _read_timings(out_dir: str) -> dict[str, float]:
   to its newest checkpoint (an estimate that includes any pause between a stop and a resume)."""
   timings = {}
   runs = files.resolve(out_dir) / "runs"
-  for run in (sorted(runs.iterdir()) if runs.is_dir() else ()):
+  for run in sorted(runs.iterdir()) if runs.is_dir() else ():
     config_file = run / ckpt_lib.CONFIG_FILE
     checkpoints = ckpt_lib.checkpoint_dir(os.fspath(run))
     saved = list(checkpoints.iterdir()) if config_file.exists() and checkpoints.is_dir() else []

@@ -38,8 +38,7 @@ class RunSpec:
     warm-up of W steps, ``{loss}_w{W}_K{k}``."""
     if self.loss == "ce":
       return "ce"
-    return f"{self.loss}_w{self.warmup}_K{self.max_pauses}" if self.warmup else (
-        f"{self.loss}_K{self.max_pauses}")
+    return f"{self.loss}_w{self.warmup}_K{self.max_pauses}" if self.warmup else (f"{self.loss}_K{self.max_pauses}")
 
 
 def _fmt(value: Any) -> str:
@@ -57,8 +56,9 @@ def plan_runs(config: ml_collections.ConfigDict) -> list[RunSpec]:
     raise ValueError(f"pauses={tuple(config.pauses)} must all be >= 1 (ce is the K = 0 run).")
   warmups = tuple(config.pause_warmup)
   if not warmups or any(isinstance(w, bool) or not isinstance(w, int) or w < 0 for w in warmups):
-    raise ValueError(f"pause_warmup={warmups} must be a non-empty tuple of ints >= 0 "
-                     "(0: the CYB losses without a warm-up).")
+    raise ValueError(
+      f"pause_warmup={warmups} must be a non-empty tuple of ints >= 0 (0: the CYB losses without a warm-up)."
+    )
   runs = []
   for seed in config.seeds:
     if "ce" in config.losses:
@@ -67,20 +67,23 @@ def plan_runs(config: ml_collections.ConfigDict) -> list[RunSpec]:
       for loss in config.losses:
         if loss == "ce":
           continue
-        for w in (warmups if loss in CYB_LOSSES else (0,)):
-          spec = RunSpec("", loss, k, seed, (("loss.pause_warmup_steps", w),) if w else (),
-                         warmup=w)
+        for w in warmups if loss in CYB_LOSSES else (0,):
+          spec = RunSpec("", loss, k, seed, (("loss.pause_warmup_steps", w),) if w else (), warmup=w)
           runs.append(dataclasses.replace(spec, name=f"{spec.group}_s{seed}"))
   seed = config.seeds[0]
-  for field, values in (("loss.gamma", config.sweep.gamma),
-                        ("loss.prior_continuation", config.sweep.prior_continuation),
-                        ("loss.budget", config.sweep.budget)):
-    loss = {"loss.gamma": "cyb_ap", "loss.prior_continuation": "cyb_va",
-            "loss.budget": "cyb_dp"}[field]
+  for field, values in (
+    ("loss.gamma", config.sweep.gamma),
+    ("loss.prior_continuation", config.sweep.prior_continuation),
+    ("loss.budget", config.sweep.budget),
+  ):
+    loss = {"loss.gamma": "cyb_ap", "loss.prior_continuation": "cyb_va", "loss.budget": "cyb_dp"}[field]
     for value in values:
       for k in config.pauses:
-        runs.append(RunSpec(f"{loss}_K{k}_s{seed}_{field.split('.')[1]}{_fmt(value)}", loss, k,
-                            seed, ((field, value),), sweep=field))
+        runs.append(
+          RunSpec(
+            f"{loss}_K{k}_s{seed}_{field.split('.')[1]}{_fmt(value)}", loss, k, seed, ((field, value),), sweep=field
+          )
+        )
   return runs
 
 
@@ -114,15 +117,19 @@ def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return out
 
 
-def check_same_run(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
-                    workdir: str) -> None:
+def check_same_run(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict, workdir: str) -> None:
   """Raises ValueError if ``workdir`` holds a run of another config (it would be reused).
 
   Fields only one side has (added to the config since the run was made) are not compared.
   """
   old, new = _flat(saved), _flat(config)
-  diffs = [f"{k}: {old[k]!r} there, {new[k]!r} here" for k in sorted(set(old) & set(new))
-           if old[k] != new[k] and k not in _PRESENTATION_FIELDS]
+  diffs = [
+    f"{k}: {old[k]!r} there, {new[k]!r} here"
+    for k in sorted(set(old) & set(new))
+    if old[k] != new[k] and k not in _PRESENTATION_FIELDS
+  ]
   if diffs:
-    raise ValueError(f"{workdir} holds a run of another config ({'; '.join(diffs)}): "
-                     "use another out_dir, or delete that run to retrain it.")
+    raise ValueError(
+      f"{workdir} holds a run of another config ({'; '.join(diffs)}): "
+      "use another out_dir, or delete that run to retrain it."
+    )

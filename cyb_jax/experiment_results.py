@@ -15,14 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from cyb_jax import metrics_writer
 from cyb_jax import analysis
 from cyb_jax import components
 from cyb_jax import efficiency as efficiency_lib
 from cyb_jax import evaluation
-from cyb_jax import files
 from cyb_jax import experiment_plan as plan_lib
+from cyb_jax import experiment_plots
+from cyb_jax import files
 from cyb_jax import losses
+from cyb_jax import metrics_writer
 
 
 def _final(workdir: str) -> dict[str, Any]:
@@ -38,48 +39,56 @@ def _mean_known(values: Sequence[float]) -> float:
 
 def _summarise(values: Sequence[float]) -> dict[str, float]:
   arr = np.asarray(values, np.float64)
-  return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
-          "n": int(arr.size)}
+  return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0, "n": int(arr.size)}
 
 
 def _pause_analysis(workdir: str, tau: float) -> dict[str, Any]:
   """Per-difficulty (synthetic) or per-token (text) pause statistics of a run's eval set."""
   run = components.load_run(workdir)
   protocol = run.protocol._replace(tau=tau)
-  stats = evaluation.eval_set_stats(run.model_cfg, run.params, run.data.eval_batches, protocol,
-                                    vocab_chunk=components.vocab_chunk(run.config))
+  stats = evaluation.eval_set_stats(
+    run.model_cfg, run.params, run.data.eval_batches, protocol, vocab_chunk=components.vocab_chunk(run.config)
+  )
   out: dict[str, Any] = {"summary": evaluation.summarize(stats.stats)}
   if stats.difficulty is not None:
     diff = analysis.by_difficulty(stats.stats, stats.difficulty, run.data.info.difficulty_names)
     out["difficulty"] = {
-        "levels": [dataclasses.asdict(g) for g in diff.levels],
-        "spearman_levels": diff.spearman_levels,
-        "spearman_levels_expected": diff.spearman_levels_expected,
-        "spearman_positions": diff.spearman_positions,
+      "levels": [dataclasses.asdict(g) for g in diff.levels],
+      "spearman_levels": diff.spearman_levels,
+      "spearman_levels_expected": diff.spearman_levels_expected,
+      "spearman_positions": diff.spearman_positions,
     }
   else:
-    tok = analysis.by_token(stats.stats, stats.inputs, stats.targets, piece=run.data.info.piece,
-                            min_count=20, top=12)
-    out["tokens"] = {k: [dataclasses.asdict(g) for g in getattr(tok, k)]
-                     for k in ("most_after", "least_after", "most_before", "least_before",
-                               "ambiguous_after")}
+    tok = analysis.by_token(stats.stats, stats.inputs, stats.targets, piece=run.data.info.piece, min_count=20, top=12)
+    out["tokens"] = {
+      k: [dataclasses.asdict(g) for g in getattr(tok, k)]
+      for k in ("most_after", "least_after", "most_before", "least_before", "ambiguous_after")
+    }
     out["tokens"]["spearman_ambiguity"] = tok.spearman_ambiguity
   return out
 
 
-def _sweep_entry(config, spec: plan_lib.RunSpec, workdir: str, seconds: float | None,
-                 pauses: dict[str, Any] | None) -> dict[str, Any]:
+def _sweep_entry(
+  config, spec: plan_lib.RunSpec, workdir: str, seconds: float | None, pauses: dict[str, Any] | None
+) -> dict[str, Any]:
   """Final figures (and, on the synthetic task, pause placement) of one run of a sweep table.
 
   ``pauses`` is the run's ``_pause_analysis`` (None when pauses are not analysed).
   """
   f = _final(workdir)
   field = spec.sweep or ""
-  entry = {"name": spec.name, "loss": spec.loss, "K": spec.max_pauses, "field": field,
-           "value": spec.overrides[0][1] if spec.overrides else None,
-           "nll_mix": f[efficiency_lib.EVAL_LOSS], "expected_pauses": f["eval/expected_pauses"],
-           "threshold_accuracy": f["eval/threshold_accuracy"],
-           "threshold_pauses": f["eval/threshold_pauses"], "seconds": seconds}
+  entry = {
+    "name": spec.name,
+    "loss": spec.loss,
+    "K": spec.max_pauses,
+    "field": field,
+    "value": spec.overrides[0][1] if spec.overrides else None,
+    "nll_mix": f[efficiency_lib.EVAL_LOSS],
+    "expected_pauses": f["eval/expected_pauses"],
+    "threshold_accuracy": f["eval/threshold_accuracy"],
+    "threshold_pauses": f["eval/threshold_pauses"],
+    "seconds": seconds,
+  }
   difficulty = (pauses or {}).get("difficulty")
   if difficulty:
     entry["spearman_levels"] = difficulty["spearman_levels"]
@@ -87,8 +96,9 @@ def _sweep_entry(config, spec: plan_lib.RunSpec, workdir: str, seconds: float | 
   return entry
 
 
-def summarise_runs(config, specs: Sequence[plan_lib.RunSpec], out_dir: str,
-                   timings: dict[str, float]) -> dict[str, Any]:
+def summarise_runs(
+  config, specs: Sequence[plan_lib.RunSpec], out_dir: str, timings: dict[str, float]
+) -> dict[str, Any]:
   """Final figures per (loss, K) over seeds, data-efficiency ratios, pause analyses."""
   workdir = lambda spec: os.path.join(out_dir, "runs", spec.name)
   main = [s for s in specs if not s.sweep]
@@ -99,14 +109,24 @@ def summarise_runs(config, specs: Sequence[plan_lib.RunSpec], out_dir: str,
   for key, members in groups.items():
     finals = [_final(workdir(s)) for s in members]
     rows[key] = {
-        "loss": members[0].loss, "K": members[0].max_pauses,
-        "seeds": [s.seed for s in members],
-        "train_tokens": float(np.mean([f["train_tokens"] for f in finals])),
-        "seconds": _mean_known([timings.get(s.name, float("nan")) for s in members]),
-        **{name: _summarise([f[f"eval/{name}"] for f in finals])
-           for name in ("nll_mix", "expected_pauses", "compute_mix", "threshold_nll",
-                        "threshold_accuracy", "threshold_pauses", "compute_threshold")},
-        "curve": efficiency_lib.mean_curve([workdir(s) for s in members]),
+      "loss": members[0].loss,
+      "K": members[0].max_pauses,
+      "seeds": [s.seed for s in members],
+      "train_tokens": float(np.mean([f["train_tokens"] for f in finals])),
+      "seconds": _mean_known([timings.get(s.name, float("nan")) for s in members]),
+      **{
+        name: _summarise([f[f"eval/{name}"] for f in finals])
+        for name in (
+          "nll_mix",
+          "expected_pauses",
+          "compute_mix",
+          "threshold_nll",
+          "threshold_accuracy",
+          "threshold_pauses",
+          "compute_threshold",
+        )
+      },
+      "curve": efficiency_lib.mean_curve([workdir(s) for s in members]),
     }
   efficiency = {}
   for key, row in rows.items():
@@ -126,8 +146,7 @@ def summarise_runs(config, specs: Sequence[plan_lib.RunSpec], out_dir: str,
       analysed[spec.name] = _pause_analysis(workdir(spec), config.run.eval.tau)
     return analysed[spec.name]
 
-  pauses = ({key: pause_analysis(members[0]) for key, members in groups.items()}
-            if config.analyse_pauses else {})
+  pauses = {key: pause_analysis(members[0]) for key, members in groups.items()} if config.analyse_pauses else {}
   sweeps = []
   if any(s.sweep for s in specs):
     # Each swept (loss, K) is listed beside its main run of the same seed (the default
@@ -135,13 +154,23 @@ def summarise_runs(config, specs: Sequence[plan_lib.RunSpec], out_dir: str,
     seed = config.seeds[0]
     swept = {(s.loss, s.max_pauses) for s in specs if s.sweep}
     swept_k = {k for _, k in swept}
-    listed = [s for s in main if s.seed == seed and (
-        s.loss == "ce" or (s.loss == "pause_ce" and s.max_pauses in swept_k) or
-        (s.loss, s.max_pauses) in swept)] + [s for s in specs if s.sweep]
-    order = lambda s: (s.max_pauses, list(losses.LOSSES).index(s.loss), bool(s.sweep),
-                       s.overrides[0][1] if s.overrides else 0)
-    baselines = {(s.loss, s.max_pauses): efficiency_lib.mean_curve([workdir(s)]) for s in listed
-                 if s.loss in ("ce", "pause_ce") and not s.sweep}
+    listed = [
+      s
+      for s in main
+      if s.seed == seed
+      and (s.loss == "ce" or (s.loss == "pause_ce" and s.max_pauses in swept_k) or (s.loss, s.max_pauses) in swept)
+    ] + [s for s in specs if s.sweep]
+    order = lambda s: (
+      s.max_pauses,
+      list(losses.LOSSES).index(s.loss),
+      bool(s.sweep),
+      s.overrides[0][1] if s.overrides else 0,
+    )
+    baselines = {
+      (s.loss, s.max_pauses): efficiency_lib.mean_curve([workdir(s)])
+      for s in listed
+      if s.loss in ("ce", "pause_ce") and not s.sweep
+    }
     for s in sorted(listed, key=order):
       entry = _sweep_entry(config, s, workdir(s), timings.get(s.name), pause_analysis(s))
       if s.loss in plan_lib.CYB_LOSSES:
@@ -151,12 +180,19 @@ def summarise_runs(config, specs: Sequence[plan_lib.RunSpec], out_dir: str,
         for base, key in (("ce", ("ce", 0)), ("pause_ce", ("pause_ce", s.max_pauses))):
           if key in baselines:
             eff = efficiency_lib.data_efficiency(curve, baselines[key])
-            entry[f"vs_{base}"] = (eff["ratio_at_worse_final"] if eff["better"] == "a"
-                                   else 1.0 / eff["ratio_at_worse_final"])
+            entry[f"vs_{base}"] = (
+              eff["ratio_at_worse_final"] if eff["better"] == "a" else 1.0 / eff["ratio_at_worse_final"]
+            )
       sweeps.append(entry)
-  return {"preset": config.name, "data": config.run.data.source,
-          "from_ce": bool(config.from_ce), "rows": rows, "efficiency": efficiency,
-          "pauses": pauses, "sweeps": sweeps}
+  return {
+    "preset": config.name,
+    "data": config.run.data.source,
+    "from_ce": bool(config.from_ce),
+    "rows": rows,
+    "efficiency": efficiency,
+    "pauses": pauses,
+    "sweeps": sweeps,
+  }
 
 
 # ------------------------------------------------------------------------------------
@@ -176,154 +212,126 @@ def _pm(stat: dict[str, float], digits: int = 3) -> str:
 
 def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
   """``results.md`` with the tables and ``plots/*.png``; returns its path."""
-  plots = write_plots(results, out_dir)
-  lines = [f"# CYB comparison ({results['preset']})", "",
-           f"Data: `{results['data']}`; "
-           f"{'fine-tuned from a shared ce checkpoint' if results['from_ce'] else 'from scratch'};"
-           f" eval: mix protocol (`nll_mix`; step 0 for ce, step K for pause_ce) and "
-           f"threshold(tau={config.run.eval.tau}). Mean ± std over seeds.", "",
-           "| run | seeds | eval nll_mix | E[pauses] | compute/token | threshold nll | "
-           "threshold acc | threshold pauses | train tokens | s/run |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+  plots = experiment_plots.write_plots(results, out_dir)
+  lines = [
+    f"# CYB comparison ({results['preset']})",
+    "",
+    f"Data: `{results['data']}`; "
+    f"{'fine-tuned from a shared ce checkpoint' if results['from_ce'] else 'from scratch'};"
+    f" eval: mix protocol (`nll_mix`; step 0 for ce, step K for pause_ce) and "
+    f"threshold(tau={config.run.eval.tau}). Mean ± std over seeds.",
+    "",
+    "| run | seeds | eval nll_mix | E[pauses] | compute/token | threshold nll | "
+    "threshold acc | threshold pauses | train tokens | s/run |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for key, r in results["rows"].items():
     lines.append(
-        f"| {key} | {len(r['seeds'])} | {_pm(r['nll_mix'])} | {_pm(r['expected_pauses'], 2)} | "
-        f"{_pm(r['compute_mix'], 2)} | {_pm(r['threshold_nll'])} | "
-        f"{_pm(r['threshold_accuracy'])} | {_pm(r['threshold_pauses'], 2)} | "
-        f"{r['train_tokens']:,.0f} | "
-        f"{'n/a' if math.isnan(r['seconds']) else format(r['seconds'], '.0f')} |")
-  lines += ["", "## Data efficiency", "",
-            "Tokens the worse model needs to reach the better model's final eval loss, divided "
-            "by the better model's tokens (seed-averaged curves; `>=` when it never got there, "
-            "a lower bound at equal budgets). The last column makes the same comparison at the "
-            "worse model's final loss, which the better one reaches.",
-            "", "| pair | better | better's final loss | ratio | worse's final loss | ratio there |",
-            "|---|---|---|---|---|---|"]
+      f"| {key} | {len(r['seeds'])} | {_pm(r['nll_mix'])} | {_pm(r['expected_pauses'], 2)} | "
+      f"{_pm(r['compute_mix'], 2)} | {_pm(r['threshold_nll'])} | "
+      f"{_pm(r['threshold_accuracy'])} | {_pm(r['threshold_pauses'], 2)} | "
+      f"{r['train_tokens']:,.0f} | "
+      f"{'n/a' if math.isnan(r['seconds']) else format(r['seconds'], '.0f')} |"
+    )
+  lines += [
+    "",
+    "## Data efficiency",
+    "",
+    "Tokens the worse model needs to reach the better model's final eval loss, divided "
+    "by the better model's tokens (seed-averaged curves; `>=` when it never got there, "
+    "a lower bound at equal budgets). The last column makes the same comparison at the "
+    "worse model's final loss, which the better one reaches.",
+    "",
+    "| pair | better | better's final loss | ratio | worse's final loss | ratio there |",
+    "|---|---|---|---|---|---|",
+  ]
   for pair, e in results["efficiency"].items():
     ratio = f"{'>= ' if e['lower_bound'] else ''}{e['ratio']:.2f}"
-    lines.append(f"| {pair} | {e['better']} | {e['target_loss']:.4f} | {ratio} | "
-                 f"{e['worse_final_loss']:.4f} | {e['ratio_at_worse_final']:.2f} |")
+    lines.append(
+      f"| {pair} | {e['better']} | {e['target_loss']:.4f} | {ratio} | "
+      f"{e['worse_final_loss']:.4f} | {e['ratio_at_worse_final']:.2f} |"
+    )
   for key, p in results["pauses"].items():
     if "difficulty" in p:
       d = p["difficulty"]
-      lines += ["", f"### Pauses by difficulty: {key}", "",
-                f"Spearman(level, mean pauses) = {d['spearman_levels']:.2f}; "
-                f"with E[pauses]: {d['spearman_levels_expected']:.2f}.", "",
-                "| level | count | mean pauses | E[pauses] | acc step 0 | acc | gain |",
-                "|---|---|---|---|---|---|---|"]
+      lines += [
+        "",
+        f"### Pauses by difficulty: {key}",
+        "",
+        f"Spearman(level, mean pauses) = {d['spearman_levels']:.2f}; "
+        f"with E[pauses]: {d['spearman_levels_expected']:.2f}.",
+        "",
+        "| level | count | mean pauses | E[pauses] | acc step 0 | acc | gain |",
+        "|---|---|---|---|---|---|---|",
+      ]
       for g in d["levels"]:
-        lines.append(f"| {g['name']} | {g['count']} | {g['mean_pauses']:.2f} | "
-                     f"{g['mean_expected_pauses']:.2f} | {g['accuracy_step0']:.3f} | "
-                     f"{g['accuracy']:.3f} | {g['gain']:+.3f} |")
+        lines.append(
+          f"| {g['name']} | {g['count']} | {g['mean_pauses']:.2f} | "
+          f"{g['mean_expected_pauses']:.2f} | {g['accuracy_step0']:.3f} | "
+          f"{g['accuracy']:.3f} | {g['gain']:+.3f} |"
+        )
     elif "tokens" in p:
-      lines += ["", f"### Tokens that pause most / least (after reading them): {key}", "",
-                "| most | mean pauses | std | count | least | mean pauses | std | count |",
-                "|---|---|---|---|---|---|---|---|"]
+      lines += [
+        "",
+        f"### Tokens that pause most / least (after reading them): {key}",
+        "",
+        "| most | mean pauses | std | count | least | mean pauses | std | count |",
+        "|---|---|---|---|---|---|---|---|",
+      ]
       for a, b in zip(p["tokens"]["most_after"], p["tokens"]["least_after"]):
-        lines.append(f"| `{a['name']}` | {a['mean_pauses']:.2f} | {a['std_pauses']:.2f} | "
-                     f"{a['count']} | `{b['name']}` | {b['mean_pauses']:.2f} | "
-                     f"{b['std_pauses']:.2f} | {b['count']} |")
+        lines.append(
+          f"| `{a['name']}` | {a['mean_pauses']:.2f} | {a['std_pauses']:.2f} | "
+          f"{a['count']} | `{b['name']}` | {b['mean_pauses']:.2f} | "
+          f"{b['std_pauses']:.2f} | {b['count']} |"
+        )
       if p["tokens"].get("ambiguous_after"):
-        lines += ["", f"Most ambiguous contexts of {key} (highest step-0 NLL of the next "
-                  f"token); Spearman(step-0 NLL, mean pauses) over frequent tokens = "
-                  f"{_two_digits(p['tokens']['spearman_ambiguity'])}.", "",
-                  "| after | step-0 NLL | mean pauses | std | count | accuracy gain |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+          "",
+          f"Most ambiguous contexts of {key} (highest step-0 NLL of the next "
+          f"token); Spearman(step-0 NLL, mean pauses) over frequent tokens = "
+          f"{_two_digits(p['tokens']['spearman_ambiguity'])}.",
+          "",
+          "| after | step-0 NLL | mean pauses | std | count | accuracy gain |",
+          "|---|---|---|---|---|---|",
+        ]
         for g in p["tokens"]["ambiguous_after"]:
-          lines.append(f"| `{g['name']}` | {g['nll_step0']:.2f} | {g['mean_pauses']:.2f} | "
-                       f"{g['std_pauses']:.2f} | {g['count']} | {g['gain']:+.3f} |")
+          lines.append(
+            f"| `{g['name']}` | {g['nll_step0']:.2f} | {g['mean_pauses']:.2f} | "
+            f"{g['std_pauses']:.2f} | {g['count']} | {g['gain']:+.3f} |"
+          )
   if results["sweeps"]:
-    levels = next((list(e["mean_pauses_by_level"]) for e in results["sweeps"]
-                   if "mean_pauses_by_level" in e), [])
-    lines += ["", "## Sweeps (one seed)", "",
-              "Each swept run beside the main runs of the same seed (value `default`: the "
-              "run config's own). Threshold pauses k* by level" +
-              (f" ({' / '.join(levels)})" if levels else "") + ". Tokens ratio: the "
-              "baseline's tokens over the CYB run's, each to reach the worse one's final "
-              "loss (> 1: the CYB run needs fewer tokens).", "",
-              "| run | field | value | eval nll_mix | E[pauses] | threshold acc | k* | "
-              "Spearman(level, k*) | k* by level | tokens ratio vs ce | vs pause_ce |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    levels = next((list(e["mean_pauses_by_level"]) for e in results["sweeps"] if "mean_pauses_by_level" in e), [])
+    lines += [
+      "",
+      "## Sweeps (one seed)",
+      "",
+      "Each swept run beside the main runs of the same seed (value `default`: the "
+      "run config's own). Threshold pauses k* by level"
+      + (f" ({' / '.join(levels)})" if levels else "")
+      + ". Tokens ratio: the "
+      "baseline's tokens over the CYB run's, each to reach the worse one's final "
+      "loss (> 1: the CYB run needs fewer tokens).",
+      "",
+      "| run | field | value | eval nll_mix | E[pauses] | threshold acc | k* | "
+      "Spearman(level, k*) | k* by level | tokens ratio vs ce | vs pause_ce |",
+      "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for e in results["sweeps"]:
       by_level = " / ".join(f"{v:.2f}" for v in e.get("mean_pauses_by_level", {}).values())
       lines.append(
-          f"| {e['name']} | {e['field'] or '-'} | "
-          f"{'default' if e['value'] is None else e['value']} | {e['nll_mix']:.4f} | "
-          f"{e['expected_pauses']:.2f} | {e['threshold_accuracy']:.3f} | "
-          f"{e['threshold_pauses']:.2f} | "
-          f"{_two_digits(e.get('spearman_levels'))} | "
-          f"{by_level or 'n/a'} | {_two_digits(e.get('vs_ce'))} | {_two_digits(e.get('vs_pause_ce'))} |")
+        f"| {e['name']} | {e['field'] or '-'} | "
+        f"{'default' if e['value'] is None else e['value']} | {e['nll_mix']:.4f} | "
+        f"{e['expected_pauses']:.2f} | {e['threshold_accuracy']:.3f} | "
+        f"{e['threshold_pauses']:.2f} | "
+        f"{_two_digits(e.get('spearman_levels'))} | "
+        f"{by_level or 'n/a'} | {_two_digits(e.get('vs_ce'))} | {_two_digits(e.get('vs_pause_ce'))} |"
+      )
   if results.get("missing_runs"):
-    lines += ["", "Runs not finished (left out of every table): " +
-              ", ".join(f"`{n}`" for n in results["missing_runs"]) + "."]
-  lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})"
-                                   for p in plots]
+    lines += [
+      "",
+      "Runs not finished (left out of every table): " + ", ".join(f"`{n}`" for n in results["missing_runs"]) + ".",
+    ]
+  lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in plots]
   path = os.path.join(out_dir, "results.md")
   files.write_text(path, "\n".join(lines) + "\n")
   return path
-
-
-def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  plot_dir = os.path.join(out_dir, "plots")
-  paths = []
-
-  def finish(fig, ax, name, *, xlabel, ylabel, title):
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    paths.append(os.path.join(plot_dir, name))
-    fig.tight_layout()
-    files.save_figure(fig, paths[-1], dpi=120)
-    plt.close(fig)
-
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for key, r in results["rows"].items():
-    tokens, loss = zip(*r["curve"])
-    ax.plot(tokens, loss, marker="o", markersize=3, label=key,
-            linestyle="--" if r["loss"] in plan_lib.BASELINES else "-")
-  finish(fig, ax, "eval_loss_vs_tokens.png", xlabel="training tokens",
-         ylabel="eval loss (nll_mix)", title="Eval loss against training tokens (mean over seeds)")
-
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  for key, r in results["rows"].items():
-    ax.errorbar(r["compute_mix"]["mean"], r["nll_mix"]["mean"], yerr=r["nll_mix"]["std"],
-                marker="o", capsize=3, label=key)
-  finish(fig, ax, "loss_vs_compute.png", xlabel="compute per token (1 + mean pauses)",
-         ylabel="final eval loss (nll_mix)", title="Loss against compute")
-
-  with_levels = {k: p["difficulty"] for k, p in results["pauses"].items() if "difficulty" in p}
-  if with_levels:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    width = 0.8 / len(with_levels)
-    for i, (key, d) in enumerate(with_levels.items()):
-      names = [g["name"] for g in d["levels"]]
-      values = [g["mean_expected_pauses"] for g in d["levels"]]
-      ax.bar(np.arange(len(names)) + i * width, values, width, label=key)
-    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
-    finish(fig, ax, "pauses_by_difficulty.png", xlabel="difficulty level",
-           ylabel="mean E[pauses]", title="Pauses by difficulty level")
-
-  with_tokens = {k: p["tokens"] for k, p in results["pauses"].items()
-                 if "tokens" in p and results["rows"][k]["loss"] in plan_lib.CYB_LOSSES}
-  if with_tokens:
-    fig, axes = plt.subplots(1, len(with_tokens), figsize=(3.2 * len(with_tokens) + 1, 4.5),
-                             squeeze=False)
-    for ax, (key, t) in zip(axes[0], with_tokens.items()):
-      groups = t["most_after"][::-1]
-      ax.barh(np.arange(len(groups)), [g["mean_pauses"] for g in groups],
-              xerr=[g["std_pauses"] for g in groups], capsize=2)
-      ax.set_yticks(np.arange(len(groups)), [repr(g["name"]) for g in groups], fontsize=7)
-      ax.set_title(key, fontsize=9)
-      ax.set_xlabel("mean pauses k* (bar: std)")
-      ax.grid(alpha=0.3)
-    fig.suptitle("Tokens after which each CYB model pauses most")
-    paths.append(os.path.join(plot_dir, "pauses_by_token.png"))
-    fig.tight_layout()
-    files.save_figure(fig, paths[-1], dpi=120)
-    plt.close(fig)
-  return paths

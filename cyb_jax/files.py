@@ -61,7 +61,7 @@ def relative(path: PathLike, start: PathLike) -> str:
     prefix = start.rstrip("/") + "/"
     if not path.startswith(prefix):
       raise ValueError(f"{path} is not inside {start}.")
-    return path[len(prefix):]
+    return path[len(prefix) :]
   return os.path.relpath(path, start)
 
 

@@ -51,6 +51,7 @@ class Preemption:
       return True
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
       return multihost_utils.reached_preemption_sync_point(step)
     return False
 
@@ -67,18 +68,18 @@ def gather_data_states(state: dict) -> dict:
   if jax.process_count() == 1:
     return {"0": state}
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   encoded = json.dumps(state).encode()
   if len(encoded) > _DATA_STATE_BYTES:
-    raise ValueError(f"data iterator state is {len(encoded)} bytes; at most "
-                     f"{_DATA_STATE_BYTES} can be gathered.")
+    raise ValueError(f"data iterator state is {len(encoded)} bytes; at most {_DATA_STATE_BYTES} can be gathered.")
   buffer = np.zeros((_DATA_STATE_BYTES + 4,), np.uint8)
   buffer[:4] = np.frombuffer(np.uint32(len(encoded)).tobytes(), np.uint8)
-  buffer[4:4 + len(encoded)] = np.frombuffer(encoded, np.uint8)
+  buffer[4 : 4 + len(encoded)] = np.frombuffer(encoded, np.uint8)
   gathered = np.asarray(multihost_utils.process_allgather(buffer))
   states = {}
   for index, row in enumerate(gathered):
     size = int(np.frombuffer(row[:4].tobytes(), np.uint32)[0])
-    states[str(index)] = json.loads(row[4:4 + size].tobytes().decode())
+    states[str(index)] = json.loads(row[4 : 4 + size].tobytes().decode())
   return states
 
 
@@ -87,6 +88,7 @@ def own_data_state(states: dict) -> dict:
   key = str(jax.process_index())
   if key not in states:
     raise ckpt_lib.IncompatibleCheckpointError(
-        f"the checkpoint holds data states of processes {sorted(states)}, not of process "
-        f"{key}: resume with the same number of processes ({len(states)}).")
+      f"the checkpoint holds data states of processes {sorted(states)}, not of process "
+      f"{key}: resume with the same number of processes ({len(states)})."
+    )
   return states[key]

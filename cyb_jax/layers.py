@@ -24,13 +24,9 @@ from flax import linen as nn
 Dtype = jnp.dtype
 
 
-def fan_in_init(
-    in_axis: int | Sequence[int], out_axis: int | Sequence[int]
-) -> nn.initializers.Initializer:
+def fan_in_init(in_axis: int | Sequence[int], out_axis: int | Sequence[int]) -> nn.initializers.Initializer:
   """LeCun truncated normal (variance 1 / fan_in) for kernels with several in or out axes."""
-  return nn.initializers.variance_scaling(
-      1.0, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis
-  )
+  return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis)
 
 
 class RMSNorm(nn.Module):
@@ -59,8 +55,8 @@ class RMSNorm(nn.Module):
 
 
 _GATE_ACTIVATIONS = {
-    "silu": jax.nn.silu,  # SwiGLU
-    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),  # GeGLU, tanh GELU
+  "silu": jax.nn.silu,  # SwiGLU
+  "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),  # GeGLU, tanh GELU
 }
 
 
@@ -87,8 +83,8 @@ class GatedMLP(nn.Module):
     gate_BxSxF = jnp.einsum("bsd,df->bsf", x, gate_DxF.astype(self.dtype))
     up_BxSxF = jnp.einsum("bsd,df->bsf", x, up_DxF.astype(self.dtype))
     h_BxSxF = nn.with_logical_constraint(
-        _GATE_ACTIVATIONS[self.activation](gate_BxSxF) * up_BxSxF,
-        ("act_batch", "act_length", "act_mlp"),
+      _GATE_ACTIVATIONS[self.activation](gate_BxSxF) * up_BxSxF,
+      ("act_batch", "act_length", "act_mlp"),
     )
     return jnp.einsum("bsf,fd->bsd", h_BxSxF, down_FxD.astype(self.dtype))
 
@@ -120,8 +116,9 @@ def rope_inv_freq(head_dim: int, base: float, scaling: tuple | None = None) -> j
   return jnp.where(medium_P, smoothed_P, scaled_P)
 
 
-def apply_rotary(x_BxSxHxE: jax.Array, positions_BxS: jax.Array, base: float | None = None,
-                 *, inv_freq_P: jax.Array | None = None) -> jax.Array:
+def apply_rotary(
+  x_BxSxHxE: jax.Array, positions_BxS: jax.Array, base: float | None = None, *, inv_freq_P: jax.Array | None = None
+) -> jax.Array:
   """Rotary position embedding (rotate-half form) at integer positions.
 
   With E = 2P, frequencies w_p (`inv_freq_P`, default base^(-p / P)), angles a = position * w_p,

@@ -83,6 +83,7 @@ def _summary_writer(logdir: epath.Path):
   """A tensorboardX SummaryWriter on `logdir`, with an event file name no other writer takes."""
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+
   if is_object_store(logdir):
     record_writer.register_writer_factory(str(logdir).split("://", 1)[0], _ObjectRecordWriterFactory())
   # tensorboardX names files by the second and the host: two writers in one second would share one.
@@ -129,8 +130,11 @@ class MetricsWriter:
       return
     if not self._path.exists():
       return
-    rows = [line for line in self._path.read_text().splitlines(keepends=True)
-            if line.strip() and json.loads(line)["step"] <= step]
+    rows = [
+      line
+      for line in self._path.read_text().splitlines(keepends=True)
+      if line.strip() and json.loads(line)["step"] <= step
+    ]
     tmp = self._path.parent / (self._path.name + ".tmp")
     tmp.write_text("".join(rows))
     tmp.replace(self._path)

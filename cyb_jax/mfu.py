@@ -28,17 +28,23 @@ from absl import logging
 # Dense (no sparsity) bf16 peak FLOP/s of one JAX device, by exact device_kind (one TPU
 # chip: on v4 and v5p the two TensorCores form one megacore device).
 TPU_PEAKS: Mapping[str, float] = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12, "TPU v5e": 197e12,
-    "TPU v5": 459e12, "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5e": 197e12,
+  "TPU v5": 459e12,
+  "TPU v5p": 459e12,
+  "TPU v6 lite": 918e12,
+  "TPU v6e": 918e12,
 }
 # NVIDIA GPUs by substring of device_kind (e.g. "NVIDIA H100 80GB HBM3"); first match wins,
 # so the PCIe / NVL variants come before the SXM figure of the same chip.
 GPU_PEAKS: tuple[tuple[str, float], ...] = (
-    ("A100", 312e12),
-    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
-    ("H200 NVL", 835e12), ("H200", 989e12),
+  ("A100", 312e12),
+  ("H100 PCIe", 756e12),
+  ("H100 NVL", 835e12),
+  ("H100", 989e12),
+  ("H200 NVL", 835e12),
+  ("H200", 989e12),
 )
 
 
@@ -78,10 +84,13 @@ def measured_matmul_peak(size: int = 1024, dtype: str = "float32", seconds: floa
 
 def check_configured_peak(configured: Any) -> None:
   """Raises ValueError unless ``configured`` is None, 0 or a positive number of FLOP/s."""
-  if configured is not None and (isinstance(configured, bool) or not isinstance(
-      configured, (int, float)) or configured < 0):
-    raise ValueError(f"peak_flops_per_device={configured!r} must be None (table or measured), "
-                     "0 (no MFU) or a positive number of FLOP/s.")
+  if configured is not None and (
+    isinstance(configured, bool) or not isinstance(configured, (int, float)) or configured < 0
+  ):
+    raise ValueError(
+      f"peak_flops_per_device={configured!r} must be None (table or measured), "
+      "0 (no MFU) or a positive number of FLOP/s."
+    )
 
 
 def peak_flops_per_device(configured: float | None = None, device: Any = None) -> float | None:
@@ -103,8 +112,9 @@ def peak_flops_per_device(configured: float | None = None, device: Any = None) -
     peak = measured_matmul_peak()
     logging.info("MFU: measured a float32 matmul peak of %.3g FLOP/s on CPU.", peak)
   elif peak is None:
-    logging.warning("MFU: no peak known for device kind %r; set config.peak_flops_per_device "
-                    "to log train/mfu.", device.device_kind)
+    logging.warning(
+      "MFU: no peak known for device kind %r; set config.peak_flops_per_device to log train/mfu.", device.device_kind
+    )
   return peak
 
 
@@ -142,8 +152,9 @@ def mfu(flops_per_step: float, steps: int, seconds: float, peak: float) -> float
   if not seconds > 0 or not peak > 0:
     raise ValueError(f"mfu needs seconds > 0 and peak > 0, got seconds={seconds}, peak={peak}.")
   if steps < 0 or flops_per_step < 0:
-    raise ValueError(f"mfu needs steps >= 0 and flops_per_step >= 0, got steps={steps}, "
-                     f"flops_per_step={flops_per_step}.")
+    raise ValueError(
+      f"mfu needs steps >= 0 and flops_per_step >= 0, got steps={steps}, flops_per_step={flops_per_step}."
+    )
   return steps * flops_per_step / (seconds * peak)
 
 
@@ -156,10 +167,14 @@ def check_profile_steps(profile_steps: Any) -> tuple[int, int] | None:
   if profile_steps is None or len(profile_steps) == 0:
     return None
   steps = tuple(profile_steps)
-  if (len(steps) != 2 or any(isinstance(s, bool) or not isinstance(s, int) for s in steps)
-      or not 1 <= steps[0] <= steps[1]):
-    raise ValueError(f"profile_steps={profile_steps!r} must be empty (off) or two ints "
-                     "(start, stop) with 1 <= start <= stop.")
+  if (
+    len(steps) != 2
+    or any(isinstance(s, bool) or not isinstance(s, int) for s in steps)
+    or not 1 <= steps[0] <= steps[1]
+  ):
+    raise ValueError(
+      f"profile_steps={profile_steps!r} must be empty (off) or two ints (start, stop) with 1 <= start <= stop."
+    )
   return steps
 
 
@@ -196,4 +211,3 @@ class ProfileWindow:
     if self._active:
       self._active = False
       jax.profiler.stop_trace()
-

@@ -31,20 +31,50 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cyb_jax.attention import KeyValues, LayerCache, Visibility, causal_segment_mask, slot_mask
-from cyb_jax.model_config import (
-    DTYPES, LAYER_TYPES, MLP_ACTIVATIONS, PAUSE_LAYOUTS, REMAT_POLICIES, ROPE_SCALINGS,
-    RUNTIME_FIELDS, ModelConfig)
-from cyb_jax.transformer import (
-    Block, Decoder, Transformer, _project, _project_parts, cap_vocab_logits)
+from cyb_jax.attention import KeyValues
+from cyb_jax.attention import LayerCache
+from cyb_jax.attention import Visibility
+from cyb_jax.attention import causal_segment_mask
+from cyb_jax.attention import slot_mask
+from cyb_jax.model_config import DTYPES
+from cyb_jax.model_config import LAYER_TYPES
+from cyb_jax.model_config import MLP_ACTIVATIONS
+from cyb_jax.model_config import PAUSE_LAYOUTS
+from cyb_jax.model_config import REMAT_POLICIES
+from cyb_jax.model_config import ROPE_SCALINGS
+from cyb_jax.model_config import RUNTIME_FIELDS
+from cyb_jax.model_config import ModelConfig
+from cyb_jax.transformer import Block
+from cyb_jax.transformer import Decoder
+from cyb_jax.transformer import Transformer
+from cyb_jax.transformer import _project
+from cyb_jax.transformer import _project_parts
+from cyb_jax.transformer import cap_vocab_logits
 
 __all__ = [  # ModelConfig (cyb_jax.model_config) and the modules (cyb_jax.transformer) re-exported.
-    "DTYPES", "LAYER_TYPES", "MLP_ACTIVATIONS", "PAUSE_LAYOUTS", "REMAT_POLICIES", "ROPE_SCALINGS",
-    "RUNTIME_FIELDS", "ModelConfig", "Block", "Decoder", "Transformer", "cap_vocab_logits",
-    "embed_pause",
-    "embed_tokens", "hidden_states", "init_params", "logits_from_hidden", "output_projection",
-    "param_logical_axes", "split_logits_from_hidden", "step_hidden", "step_hidden_flat",
-    "step_logits",
+  "DTYPES",
+  "LAYER_TYPES",
+  "MLP_ACTIVATIONS",
+  "PAUSE_LAYOUTS",
+  "REMAT_POLICIES",
+  "ROPE_SCALINGS",
+  "RUNTIME_FIELDS",
+  "ModelConfig",
+  "Block",
+  "Decoder",
+  "Transformer",
+  "cap_vocab_logits",
+  "embed_pause",
+  "embed_tokens",
+  "hidden_states",
+  "init_params",
+  "logits_from_hidden",
+  "output_projection",
+  "param_logical_axes",
+  "split_logits_from_hidden",
+  "step_hidden",
+  "step_hidden_flat",
+  "step_logits",
 ]
 
 
@@ -79,9 +109,9 @@ def output_projection(cfg: ModelConfig, params) -> tuple[jax.Array, jax.Array, j
   Only the first V of `padded_vocab_size` entries are returned: padding never becomes a logit.
   """
   if cfg.tie_embeddings:
-    output_kernel_DxV = params["token_embed"][:cfg.vocab_size].T
+    output_kernel_DxV = params["token_embed"][: cfg.vocab_size].T
   else:
-    output_kernel_DxV = params["vocab_head"]["kernel"][:, :cfg.vocab_size]
+    output_kernel_DxV = params["vocab_head"]["kernel"][:, : cfg.vocab_size]
   return output_kernel_DxV, params["dk_head"]["kernel"], params["dk_head"]["bias"]
 
 
@@ -93,8 +123,7 @@ def logits_from_hidden(cfg: ModelConfig, params, hidden_xD: jax.Array) -> jax.Ar
   return _project(cfg, *output_projection(cfg, params), hidden_xD)
 
 
-def split_logits_from_hidden(cfg: ModelConfig, params, hidden_xD: jax.Array
-                             ) -> tuple[jax.Array, jax.Array]:
+def split_logits_from_hidden(cfg: ModelConfig, params, hidden_xD: jax.Array) -> tuple[jax.Array, jax.Array]:
   """`logits_from_hidden` as its two parts: vocabulary logits `[..., V]` and the DK logit `[...]`.
 
   For `losses.step_log_probs_from_parts`: joining the parts only to slice them apart again
@@ -124,12 +153,12 @@ def embed_pause(cfg: ModelConfig, params, k: jax.Array) -> jax.Array:
 
 
 def hidden_states(
-    cfg: ModelConfig,
-    params,
-    x_BxSxD: jax.Array,
-    positions_BxS: jax.Array,
-    cache: LayerCache | None,
-    visibility: Visibility,
+  cfg: ModelConfig,
+  params,
+  x_BxSxD: jax.Array,
+  positions_BxS: jax.Array,
+  cache: LayerCache | None,
+  visibility: Visibility,
 ) -> tuple[jax.Array, KeyValues]:
   """All blocks and the final norm on input slots `x [B, S, D]`.
 
@@ -146,9 +175,7 @@ def hidden_states(
 
 def _default_ids(tokens_BxN, segment_ids, positions):
   if tokens_BxN.ndim != 2 or not jnp.issubdtype(tokens_BxN.dtype, jnp.integer):
-    raise ValueError(
-        f"tokens must be an integer array [B, N], got {tokens_BxN.dtype} {tokens_BxN.shape}"
-    )
+    raise ValueError(f"tokens must be an integer array [B, N], got {tokens_BxN.dtype} {tokens_BxN.shape}")
   b, n = tokens_BxN.shape
   if segment_ids is None:
     segment_ids = jnp.ones((b, n), jnp.int32)
@@ -166,9 +193,7 @@ def _private_step_hidden(cfg: ModelConfig, params, tokens_BxN, segment_ids_BxN, 
   k_max = cfg.max_pauses
   real_mask_BxNxN = causal_segment_mask(segment_ids_BxN)
   x_BxNxD = embed_tokens(cfg, params, tokens_BxN)
-  hidden0_BxNxD, real = hidden_states(
-      cfg, params, x_BxNxD, positions_BxN, None, Visibility(real_mask_BxNxN)
-  )
+  hidden0_BxNxD, real = hidden_states(cfg, params, x_BxNxD, positions_BxN, None, Visibility(real_mask_BxNxN))
   if k_max == 0:
     return hidden0_BxNxD[:, :, None]
   real_names = (None, "act_batch", "act_length", "act_kv_heads", None)
@@ -183,24 +208,20 @@ def _private_step_hidden(cfg: ModelConfig, params, tokens_BxN, segment_ids_BxN, 
     pauses = nn.with_logical_constraint(pauses, KeyValues(buffer_names, buffer_names))
     x_BxNxD = jnp.broadcast_to(embed_pause(cfg, params, k), (b, n, cfg.d_model))
     visibility = Visibility(
-        shared_mask=real_mask_BxNxN,
-        private_mask=(jnp.arange(k_max) < k)[None, None, :],
-        write_index=k - 1,
-        shared_positions=positions_BxN,
+      shared_mask=real_mask_BxNxN,
+      private_mask=(jnp.arange(k_max) < k)[None, None, :],
+      write_index=k - 1,
+      shared_positions=positions_BxN,
     )
-    hidden_BxNxD, pauses = hidden_states(
-        cfg, params, x_BxNxD, positions_BxN, LayerCache(real, pauses), visibility
-    )
+    hidden_BxNxD, pauses = hidden_states(cfg, params, x_BxNxD, positions_BxN, LayerCache(real, pauses), visibility)
     return pauses, hidden_BxNxD
 
-  _, hidden_KxBxNxD = jax.lax.scan(
-      pause_step, pauses_init, jnp.arange(1, k_max + 1), unroll=cfg.unroll_pause_scan or 1
-  )
+  _, hidden_KxBxNxD = jax.lax.scan(pause_step, pauses_init, jnp.arange(1, k_max + 1), unroll=cfg.unroll_pause_scan or 1)
   return jnp.concatenate([hidden0_BxNxD[:, :, None], jnp.moveaxis(hidden_KxBxNxD, 0, 2)], axis=2)
 
 
 def step_hidden_flat(
-    cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, positions=None, taken_pauses=None
+  cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, positions=None, taken_pauses=None
 ) -> jax.Array:
   """Final hidden states `[B, N, K+1, D]` of either layout, computed on the flattened grid.
 
@@ -225,17 +246,13 @@ def step_hidden_flat(
   x_BxSxD = x_BxNxKxD.reshape(b, n * steps, cfg.d_model)
   positions_BxS = jnp.repeat(positions, steps, axis=1)
   if taken_pauses is not None and taken_pauses.shape != tokens_BxN.shape:
-    raise ValueError(
-        f"taken_pauses must have the tokens' shape {tokens_BxN.shape}, got {taken_pauses.shape}"
-    )
+    raise ValueError(f"taken_pauses must have the tokens' shape {tokens_BxN.shape}, got {taken_pauses.shape}")
   mask_BxSxS = slot_mask(segment_ids, steps, cfg.pause_layout, taken_pauses)
   hidden_BxSxD, _ = hidden_states(cfg, params, x_BxSxD, positions_BxS, None, Visibility(mask_BxSxS))
   return hidden_BxSxD.reshape(b, n, steps, cfg.d_model)
 
 
-def step_hidden(
-    cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, positions=None
-) -> jax.Array:
+def step_hidden(cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, positions=None) -> jax.Array:
   """Final hidden states (after the last RMSNorm, compute dtype) `[B, N, K+1, D]` of every slot.
 
   Args:
@@ -250,14 +267,10 @@ def step_hidden(
   return step_hidden_flat(cfg, params, tokens_BxN, segment_ids=segment_ids, positions=positions)
 
 
-def step_logits(
-    cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, positions=None
-) -> jax.Array:
+def step_logits(cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, positions=None) -> jax.Array:
   """float32 step logits `[B, N, K+1, V+1]`: slot (n, k)'s prediction of x_{n+1}, DK last.
 
   Equals `logits_from_hidden(cfg, params, step_hidden(...))`; see `step_hidden` for the args.
   """
-  hidden_BxNxKxD = step_hidden(
-      cfg, params, tokens_BxN, segment_ids=segment_ids, positions=positions
-  )
+  hidden_BxNxKxD = step_hidden(cfg, params, tokens_BxN, segment_ids=segment_ids, positions=positions)
   return logits_from_hidden(cfg, params, hidden_BxNxKxD)

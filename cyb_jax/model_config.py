@@ -18,12 +18,12 @@ import jax.numpy as jnp
 PAUSE_LAYOUTS = ("private", "visible")
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = (
-    "none",  # no rematerialisation
-    "full",  # save nothing, recompute the whole block
-    "dots_saveable",
-    "dots_with_no_batch_dims_saveable",
-    "nothing_saveable",
-    "everything_saveable",
+  "none",  # no rematerialisation
+  "full",  # save nothing, recompute the whole block
+  "dots_saveable",
+  "dots_with_no_batch_dims_saveable",
+  "nothing_saveable",
+  "everything_saveable",
 )
 MLP_ACTIVATIONS = ("silu", "gelu_tanh")  # SwiGLU (Llama), GeGLU with tanh GELU (Gemma)
 ROPE_SCALINGS = (None, "linear", "llama3")
@@ -146,16 +146,24 @@ class ModelConfig:
   def __post_init__(self):
     if self.layer_types is not None and not isinstance(self.layer_types, tuple):
       if isinstance(self.layer_types, str):
-        raise ValueError(
-            f"layer_types must be a sequence of {LAYER_TYPES}, got {self.layer_types!r}")
+        raise ValueError(f"layer_types must be a sequence of {LAYER_TYPES}, got {self.layer_types!r}")
       object.__setattr__(self, "layer_types", tuple(self.layer_types))  # lists from JSON/configs
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "mlp_dim"):
       _check_int(name, getattr(self, name), minimum=1)
     _check_int("max_pauses", self.max_pauses, minimum=0)
     _check_int("vocab_pad_multiple", self.vocab_pad_multiple, minimum=1)
-    for name in ("tie_embeddings", "shared_pause_embed", "scan_layers", "unroll_pause_scan",
-                 "norm_plus_one", "scale_embeddings", "qkv_bias", "out_bias", "qk_norm",
-                 "post_norms"):
+    for name in (
+      "tie_embeddings",
+      "shared_pause_embed",
+      "scan_layers",
+      "unroll_pause_scan",
+      "norm_plus_one",
+      "scale_embeddings",
+      "qkv_bias",
+      "out_bias",
+      "qk_norm",
+      "post_norms",
+    ):
       if not isinstance(getattr(self, name), bool):
         raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
     if self.num_kv_heads is not None:
@@ -170,29 +178,27 @@ class ModelConfig:
     _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
     if self.attention_impl != "xla" and self.attn_logit_softcap is not None:
       raise ValueError(
-          f"attention_impl={self.attention_impl!r} does not support attn_logit_softcap="
-          f"{self.attn_logit_softcap!r} (the fused kernels have no soft cap): use "
-          "attention_impl='xla'")
+        f"attention_impl={self.attention_impl!r} does not support attn_logit_softcap="
+        f"{self.attn_logit_softcap!r} (the fused kernels have no soft cap): use "
+        "attention_impl='xla'"
+      )
     if self.head_dim is None and self.d_model % self.num_heads:
       raise ValueError(
-          f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
-          "change one of them or set head_dim explicitly"
+        f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
+        "change one of them or set head_dim explicitly"
       )
     if self.num_heads % self.resolved_num_kv_heads:
-      raise ValueError(
-          f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}"
-      )
+      raise ValueError(f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}")
     if self.resolved_head_dim % 2:
       raise ValueError(
-          "head dimension (head_dim or d_model // num_heads) must be even for rotary positions, "
-          f"got {self.resolved_head_dim}"
+        "head dimension (head_dim or d_model // num_heads) must be even for rotary positions, "
+        f"got {self.resolved_head_dim}"
       )
     if not math.isfinite(self.dk_bias_init):
       raise ValueError(f"dk_bias_init must be finite, got {self.dk_bias_init}")
     _check_positive("rope_base", self.rope_base)
     _check_positive("rms_norm_eps", self.rms_norm_eps)
-    for name in ("query_pre_attn_scalar", "attn_logit_softcap", "final_logit_softcap",
-                 "rope_local_base"):
+    for name in ("query_pre_attn_scalar", "attn_logit_softcap", "final_logit_softcap", "rope_local_base"):
       if getattr(self, name) is not None:
         _check_positive(name, getattr(self, name))
     self._check_rope_scaling()
@@ -200,16 +206,16 @@ class ModelConfig:
 
   def _check_rope_scaling(self):
     _check_choice("rope_scaling", self.rope_scaling, ROPE_SCALINGS)
-    needed = {None: (), "linear": ("rope_scaling_factor",),
-              "llama3": ("rope_scaling_factor",) + _LLAMA3_FIELDS}[self.rope_scaling]
+    needed = {None: (), "linear": ("rope_scaling_factor",), "llama3": ("rope_scaling_factor",) + _LLAMA3_FIELDS}[
+      self.rope_scaling
+    ]
     for name in ("rope_scaling_factor",) + _LLAMA3_FIELDS:
       value = getattr(self, name)
       if name in needed and value is None:
         raise ValueError(f"rope_scaling={self.rope_scaling!r} needs {name}, got None")
       if name not in needed and value is not None:
         raise ValueError(
-            f"{name}={value!r} must be None with rope_scaling={self.rope_scaling!r}, "
-            "which does not use it"
+          f"{name}={value!r} must be None with rope_scaling={self.rope_scaling!r}, which does not use it"
         )
     if self.rope_scaling_factor is not None:
       _check_positive("rope_scaling_factor", self.rope_scaling_factor)
@@ -219,16 +225,14 @@ class ModelConfig:
       _check_int("rope_original_max_positions", self.rope_original_max_positions, minimum=1)
       if not self.rope_high_freq_factor > self.rope_low_freq_factor:
         raise ValueError(
-            f"rope_high_freq_factor={self.rope_high_freq_factor} must exceed "
-            f"rope_low_freq_factor={self.rope_low_freq_factor}"
+          f"rope_high_freq_factor={self.rope_high_freq_factor} must exceed "
+          f"rope_low_freq_factor={self.rope_low_freq_factor}"
         )
 
   def _check_layer_types(self):
     if self.layer_types is not None:
       if len(self.layer_types) != self.num_layers:
-        raise ValueError(
-            f"layer_types has {len(self.layer_types)} entries, num_layers={self.num_layers}"
-        )
+        raise ValueError(f"layer_types has {len(self.layer_types)} entries, num_layers={self.num_layers}")
       for kind in self.layer_types:
         _check_choice("layer_types entry", kind, LAYER_TYPES)
     has_sliding = "sliding" in self.resolved_layer_types
@@ -236,8 +240,8 @@ class ModelConfig:
       _check_int("sliding_window", self.sliding_window, minimum=1)
     elif self.sliding_window is not None:
       raise ValueError(
-          f"sliding_window={self.sliding_window!r} needs some layer_types entry 'sliding'; "
-          "set layer_types or leave sliding_window None"
+        f"sliding_window={self.sliding_window!r} needs some layer_types entry 'sliding'; "
+        "set layer_types or leave sliding_window None"
       )
     if self.rope_local_base is not None and not has_sliding:
       raise ValueError(f"rope_local_base={self.rope_local_base!r} needs some 'sliding' layer")
@@ -289,8 +293,13 @@ class ModelConfig:
       return None
     if self.rope_scaling == "linear":
       return ("linear", float(self.rope_scaling_factor))
-    return ("llama3", float(self.rope_scaling_factor), float(self.rope_low_freq_factor),
-            float(self.rope_high_freq_factor), int(self.rope_original_max_positions))
+    return (
+      "llama3",
+      float(self.rope_scaling_factor),
+      float(self.rope_low_freq_factor),
+      float(self.rope_high_freq_factor),
+      int(self.rope_original_max_positions),
+    )
 
 
 def _check_int(name: str, value, *, minimum: int) -> None:
@@ -299,8 +308,7 @@ def _check_int(name: str, value, *, minimum: int) -> None:
 
 
 def _check_positive(name: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-      math.isfinite(value) and value > 0):
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
     raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 

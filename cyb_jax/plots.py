@@ -6,7 +6,8 @@ state, no display needed).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,9 +17,8 @@ from matplotlib.patches import Patch
 
 from cyb_jax import analysis
 from cyb_jax import files
-from cyb_jax.evaluation import Protocol
 from cyb_jax import report_tables as tables
-
+from cyb_jax.evaluation import Protocol
 
 # --------------------------------------------------------------------------------------------
 # Plots (matplotlib object API on an Agg canvas).
@@ -36,8 +36,9 @@ def save(fig: Figure, path: str) -> str:
   return path
 
 
-def plot_curves(path: str, train_rows: Sequence[Mapping[str, Any]],
-                eval_rows: Sequence[Mapping[str, Any]]) -> str | None:
+def plot_curves(
+  path: str, train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[Mapping[str, Any]]
+) -> str | None:
   """Loss and pauses against training tokens; None (no file) when there are no rows at all."""
   if not train_rows and not eval_rows:
     return None
@@ -45,26 +46,41 @@ def plot_curves(path: str, train_rows: Sequence[Mapping[str, Any]],
   ax_loss, ax_pause = fig.subplots(1, 2)
 
   def series(rows, key):
-    pts = [(r["train_tokens"], r[key]) for r in rows
-           if key in r and r.get("train_tokens") is not None and r[key] is not None]
+    pts = [
+      (r["train_tokens"], r[key]) for r in rows if key in r and r.get("train_tokens") is not None and r[key] is not None
+    ]
     return ([p[0] for p in pts], [p[1] for p in pts]) if pts else None
 
   train_style = dict(color="0.6", lw=1)
   mix_style = dict(color="C0", marker="o", ms=3)
   threshold_style = dict(color="C1", marker="s", ms=3, ls="--")
   for ax, curves in (
-      (ax_loss, ((train_rows, "train/nll_mix", train_style, "train mix NLL"),
-                 (eval_rows, "eval/nll_mix", mix_style, "eval mix NLL"),
-                 (eval_rows, "eval/threshold_nll", threshold_style, "eval threshold NLL"))),
-      (ax_pause, ((train_rows, "train/expected_pauses", train_style, "train E[pauses]"),
-                  (eval_rows, "eval/expected_pauses", mix_style, "eval E[pauses]"),
-                  (eval_rows, "eval/threshold_pauses", threshold_style, "eval threshold pauses")))):
+    (
+      ax_loss,
+      (
+        (train_rows, "train/nll_mix", train_style, "train mix NLL"),
+        (eval_rows, "eval/nll_mix", mix_style, "eval mix NLL"),
+        (eval_rows, "eval/threshold_nll", threshold_style, "eval threshold NLL"),
+      ),
+    ),
+    (
+      ax_pause,
+      (
+        (train_rows, "train/expected_pauses", train_style, "train E[pauses]"),
+        (eval_rows, "eval/expected_pauses", mix_style, "eval E[pauses]"),
+        (eval_rows, "eval/threshold_pauses", threshold_style, "eval threshold pauses"),
+      ),
+    ),
+  ):
     for rows, key, style, label in curves:
       s = series(rows, key)
       if s:
         ax.plot(*s, label=label, **style)
-  ax_loss.set(xlabel="training tokens", ylabel="NLL (nats/token)",
-              title="Loss" if eval_rows else "Loss (no eval rows: training only)")
+  ax_loss.set(
+    xlabel="training tokens",
+    ylabel="NLL (nats/token)",
+    title="Loss" if eval_rows else "Loss (no eval rows: training only)",
+  )
   ax_pause.set(xlabel="training tokens", ylabel="pauses per token", title="Pauses")
   ax_pause.set_ylim(bottom=0)
   for ax in (ax_loss, ax_pause):
@@ -83,8 +99,12 @@ def plot_halting(path: str, summary: Mapping[str, Any], protocol: Protocol) -> s
   if protocol.fixed_step is None:
     width = 0.4
     ax_halt.bar(k_S - width / 2, summary["halt_probs"], width, label="own halting: mean P(halt at k)")
-    ax_halt.bar(k_S + width / 2, summary["threshold_step_probs"], width,
-                label=f"threshold tau={protocol.tau:g}: share answering at k")
+    ax_halt.bar(
+      k_S + width / 2,
+      summary["threshold_step_probs"],
+      width,
+      label=f"threshold tau={protocol.tau:g}: share answering at k",
+    )
     ax_halt.legend(fontsize=8, loc="upper right")
     title = "Halting distribution"
   else:
@@ -108,12 +128,23 @@ def plot_difficulty(path: str, stats: analysis.DifficultyStats) -> str:
   fig = new_figure(11, 4)
   ax_p, ax_a = fig.subplots(1, 2)
   width = 0.4
-  ax_p.bar(x - width / 2, [g.mean_pauses for g in levels], width,
-           yerr=[g.std_pauses for g in levels], capsize=3, label="threshold pauses k* (± std)")
+  ax_p.bar(
+    x - width / 2,
+    [g.mean_pauses for g in levels],
+    width,
+    yerr=[g.std_pauses for g in levels],
+    capsize=3,
+    label="threshold pauses k* (± std)",
+  )
   ax_p.bar(x + width / 2, [g.mean_expected_pauses for g in levels], width, label="E[pauses], own halting")
-  ax_p.set(ylabel="pauses per token", xticks=x,
-           title=(f"Pauses by difficulty (Spearman with level: k* {tables.num(stats.spearman_levels, 2)}, "
-                  f"E[pauses] {tables.num(stats.spearman_levels_expected, 2)})"))
+  ax_p.set(
+    ylabel="pauses per token",
+    xticks=x,
+    title=(
+      f"Pauses by difficulty (Spearman with level: k* {tables.num(stats.spearman_levels, 2)}, "
+      f"E[pauses] {tables.num(stats.spearman_levels_expected, 2)})"
+    ),
+  )
   ax_p.set_xticklabels(names, fontsize=8)
   tops = [max(g.mean_pauses + g.std_pauses, g.mean_expected_pauses) for g in levels if g.count]
   ax_p.set_ylim(0, 1.35 * max(tops) if tops and max(tops) > 0 else 1.0)  # headroom for the legend
@@ -131,13 +162,22 @@ def plot_difficulty(path: str, stats: analysis.DifficultyStats) -> str:
 def plot_tokens(path: str, stats: analysis.TokenStats) -> str:
   """Horizontal bars: the most pausing tokens after reading them and before predicting them."""
   fig = new_figure(11, max(3.0, 0.28 * max(len(stats.most_after), len(stats.most_before), 1) + 1.2))
-  for ax, groups, title in zip(fig.subplots(1, 2), (stats.most_after, stats.most_before),
-                               ("Most pausing after reading", "Most pausing before predicting")):
+  for ax, groups, title in zip(
+    fig.subplots(1, 2),
+    (stats.most_after, stats.most_before),
+    ("Most pausing after reading", "Most pausing before predicting"),
+  ):
     groups = list(reversed(groups))  # largest on top
     y = np.arange(len(groups))
     height = 0.4
-    ax.barh(y + height / 2, [g.mean_pauses for g in groups], height, xerr=[g.std_pauses for g in groups],
-            capsize=2, color="C0")
+    ax.barh(
+      y + height / 2,
+      [g.mean_pauses for g in groups],
+      height,
+      xerr=[g.std_pauses for g in groups],
+      capsize=2,
+      color="C0",
+    )
     ax.barh(y - height / 2, [g.mean_expected_pauses for g in groups], height, color="C1")
     ax.set_yticks(y, [f"{g.name!r} (n={g.count})" for g in groups], fontsize=8)
     ax.set(xlabel="pauses per token", title=f"{title} (n ≥ {stats.min_count})")
@@ -146,8 +186,7 @@ def plot_tokens(path: str, stats: analysis.TokenStats) -> str:
     if not groups:
       ax.text(0.5, 0.5, "no token frequent enough", ha="center", va="center", transform=ax.transAxes)
     elif max(max(g.mean_pauses, g.mean_expected_pauses) for g in groups) < 1e-3:
-      ax.text(0.5, 0.5, "(almost) no pauses at any of these tokens", ha="center", va="center",
-              transform=ax.transAxes)
+      ax.text(0.5, 0.5, "(almost) no pauses at any of these tokens", ha="center", va="center", transform=ax.transAxes)
   legend = [Patch(color="C0", label="threshold pauses k* (± std)"), Patch(color="C1", label="E[pauses], own halting")]
   fig.legend(handles=legend, loc="outside lower center", ncols=2, fontsize=8)
   return save(fig, path)

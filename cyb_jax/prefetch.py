@@ -20,8 +20,11 @@ from __future__ import annotations
 import copy
 import queue
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+from typing import Generic
+from typing import TypeVar
 
 import jax
 from jax.sharding import Mesh
@@ -49,8 +52,7 @@ class Prefetcher(Generic[T]):
 
   def __init__(self, produce: Callable[[], T], count: int, depth: int = 2):
     if depth < 1 or count < 0:
-      raise ValueError(f"Prefetcher needs depth >= 1 and count >= 0, got depth={depth}, "
-                       f"count={count}.")
+      raise ValueError(f"Prefetcher needs depth >= 1 and count >= 0, got depth={depth}, count={count}.")
     self._produce, self._count = produce, count
     self._queue: queue.Queue = queue.Queue(maxsize=depth)
     self._stop = threading.Event()
@@ -112,8 +114,7 @@ class Prefetcher(Generic[T]):
     self.close()
 
 
-def train_batches(iterator: Any, mesh: Mesh, keys: Sequence[str]
-                  ) -> Callable[[], tuple[dict, dict]]:
+def train_batches(iterator: Any, mesh: Mesh, keys: Sequence[str]) -> Callable[[], tuple[dict, dict]]:
   """The trainer's producer: ``() -> (global batch, iterator state after that batch)``.
 
   Args:

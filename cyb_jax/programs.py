@@ -23,7 +23,10 @@ from cyb_jax import losses
 from cyb_jax import mfu
 from cyb_jax import model as model_lib
 from cyb_jax import sharding
-from cyb_jax.steps import Batch, TrainState, init_state, train_step
+from cyb_jax.steps import Batch
+from cyb_jax.steps import TrainState
+from cyb_jax.steps import init_state
+from cyb_jax.steps import train_step
 
 
 def state_shardings(model_cfg, tx, mesh: Mesh, rules) -> TrainState:
@@ -33,10 +36,14 @@ def state_shardings(model_cfg, tx, mesh: Mesh, rules) -> TrainState:
   param_shardings = sharding.logical_shardings(param_specs, mesh, rules, abstract_params)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   opt_shardings = optax.tree_map_params(
-      tx, lambda _, s: s, abstract_opt, param_shardings,
-      transform_non_params=lambda _: sharding.replicated(mesh))
-  return TrainState(step=sharding.replicated(mesh), params=param_shardings,
-                    opt_state=opt_shardings, multiplier=sharding.replicated(mesh))
+    tx, lambda _, s: s, abstract_opt, param_shardings, transform_non_params=lambda _: sharding.replicated(mesh)
+  )
+  return TrainState(
+    step=sharding.replicated(mesh),
+    params=param_shardings,
+    opt_state=opt_shardings,
+    multiplier=sharding.replicated(mesh),
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,12 +71,19 @@ class Programs:
 
     Call it under ``sharding.mesh_context``: tracing meets the activation constraints.
     """
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        jax.eval_shape(self.init, rng), self.shardings)
+    return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), jax.eval_shape(self.init, rng), self.shardings
+    )
 
 
-def make_programs(config: ml_collections.ConfigDict, model_cfg: model_lib.ModelConfig,
-                  mesh: Mesh, rules, *, loss: losses.Loss | None = None) -> Programs:
+def make_programs(
+  config: ml_collections.ConfigDict,
+  model_cfg: model_lib.ModelConfig,
+  mesh: Mesh,
+  rules,
+  *,
+  loss: losses.Loss | None = None,
+) -> Programs:
   """Jits init, train and eval steps of ``config`` with explicit shardings on ``mesh``.
 
   Nothing is compiled until first called (or lowered); nothing runs on ``mesh``'s
@@ -82,29 +96,40 @@ def make_programs(config: ml_collections.ConfigDict, model_cfg: model_lib.ModelC
   """
   accum = config.optimizer.grad_accum_steps
   sharding.check_batch_divisible(
-      config.data.batch_size // accum, mesh,
-      name="data.batch_size" if accum == 1 else f"data.batch_size / grad_accum_steps {accum}")
+    config.data.batch_size // accum,
+    mesh,
+    name="data.batch_size" if accum == 1 else f"data.batch_size / grad_accum_steps {accum}",
+  )
   loss = loss or components.make_loss(config)
   tx, schedule = components.make_optimizer(config)
   vocab_chunk = components.vocab_chunk(config)
   shardings = state_shardings(model_cfg, tx, mesh, rules)
   batch_sharding = sharding.batch_sharding(mesh)
-  init = jax.jit(functools.partial(init_state, model_cfg=model_cfg, tx=tx,
-                                   loss_state=loss.init_state()),
-                 out_shardings=shardings)
+  init = jax.jit(
+    functools.partial(init_state, model_cfg=model_cfg, tx=tx, loss_state=loss.init_state()), out_shardings=shardings
+  )
   step = jax.jit(
-      functools.partial(train_step, model_cfg=model_cfg, loss=loss, tx=tx,
-                        schedule=schedule, accum_steps=config.optimizer.grad_accum_steps,
-                        vocab_chunk=vocab_chunk),
-      in_shardings=(shardings, batch_sharding),
-      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+    functools.partial(
+      train_step,
+      model_cfg=model_cfg,
+      loss=loss,
+      tx=tx,
+      schedule=schedule,
+      accum_steps=config.optimizer.grad_accum_steps,
+      vocab_chunk=vocab_chunk,
+    ),
+    in_shardings=(shardings, batch_sharding),
+    out_shardings=(shardings, sharding.replicated(mesh)),
+    donate_argnums=(0,),
+  )
   evaluate = jax.jit(
-      functools.partial(evaluation.eval_sums, model_cfg=model_cfg,
-                        protocol=components.protocol(config), vocab_chunk=vocab_chunk),
-      in_shardings=(shardings.params, batch_sharding),
-      out_shardings=sharding.replicated(mesh))
-  return Programs(tx=tx, shardings=shardings, init=init, train_step=step, eval_step=evaluate,
-                  loss=loss)
+    functools.partial(
+      evaluation.eval_sums, model_cfg=model_cfg, protocol=components.protocol(config), vocab_chunk=vocab_chunk
+    ),
+    in_shardings=(shardings.params, batch_sharding),
+    out_shardings=sharding.replicated(mesh),
+  )
+  return Programs(tx=tx, shardings=shardings, init=init, train_step=step, eval_step=evaluate, loss=loss)
 
 
 def model_flops_per_device(config, model_cfg, loss, batch: Batch) -> float:
@@ -116,11 +141,11 @@ def model_flops_per_device(config, model_cfg, loss, batch: Batch) -> float:
   a loop body once, so the compiled program's own count would miss K - 1 pause steps;
   remat and chunking are hardware FLOPs, not model FLOPs. Divided by the device count.
   """
-  twin = dataclasses.replace(model_cfg, unroll_pause_scan=True, scan_layers=False,
-                             remat_policy="none")
+  twin = dataclasses.replace(model_cfg, unroll_pause_scan=True, scan_layers=False, remat_policy="none")
   tx, schedule = components.make_optimizer(config)
-  state = jax.eval_shape(functools.partial(init_state, model_cfg=twin, tx=tx,
-                                           loss_state=loss.init_state()), jax.random.key(0))
+  state = jax.eval_shape(
+    functools.partial(init_state, model_cfg=twin, tx=tx, loss_state=loss.init_state()), jax.random.key(0)
+  )
   step = functools.partial(train_step, model_cfg=twin, loss=loss, tx=tx, schedule=schedule)
   shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
   return mfu.lowered_flops(jax.jit(step).lower(state, shapes)) / jax.device_count()

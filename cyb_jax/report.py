@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -61,8 +62,7 @@ class PauseAnalysis:
   tokens: analysis.TokenStats
 
 
-def analyze(evaluated: evaluation.EvalSetStats, info, *, min_count: int = 20,
-            top: int = 10) -> PauseAnalysis:
+def analyze(evaluated: evaluation.EvalSetStats, info, *, min_count: int = 20, top: int = 10) -> PauseAnalysis:
   """An eval set's per-position outcomes reduced to protocol figures, levels and tokens.
 
   Args:
@@ -74,8 +74,9 @@ def analyze(evaluated: evaluation.EvalSetStats, info, *, min_count: int = 20,
   difficulty = None
   if evaluated.difficulty is not None and info.difficulty_names:
     difficulty = analysis.by_difficulty(evaluated.stats, evaluated.difficulty, info.difficulty_names)
-  tokens = analysis.by_token(evaluated.stats, evaluated.inputs, evaluated.targets, piece=info.piece,
-                             min_count=min_count, top=top)
+  tokens = analysis.by_token(
+    evaluated.stats, evaluated.inputs, evaluated.targets, piece=info.piece, min_count=min_count, top=top
+  )
   return PauseAnalysis(summary=evaluation.summarize(evaluated.stats), difficulty=difficulty, tokens=tokens)
 
 
@@ -83,9 +84,20 @@ def _num_params(params) -> int:
   return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))
 
 
-def write_report(workdir: str, *, model_cfg: ModelConfig, params, eval_batches: Sequence[Mapping[str, Any]],
-                 info, loss_name: str, protocol: evaluation.Protocol, step: int | None = None,
-                 vocab_chunk: int | None = None, min_count: int = 20, top: int = 10) -> str:
+def write_report(
+  workdir: str,
+  *,
+  model_cfg: ModelConfig,
+  params,
+  eval_batches: Sequence[Mapping[str, Any]],
+  info,
+  loss_name: str,
+  protocol: evaluation.Protocol,
+  step: int | None = None,
+  vocab_chunk: int | None = None,
+  min_count: int = 20,
+  top: int = 10,
+) -> str:
   """Writes ``<workdir>/report.md`` and ``<workdir>/plots/*.png``; returns the report's path.
 
   Args:
@@ -106,30 +118,39 @@ def write_report(workdir: str, *, model_cfg: ModelConfig, params, eval_batches: 
   train_rows, eval_rows = metrics_writer.train_and_eval_rows(workdir)
   if step is None:
     step = max((r["step"] for r in train_rows + eval_rows), default=None)
-  tokens_seen = max((r["train_tokens"] for r in train_rows + eval_rows if r.get("train_tokens") is not None),
-                    default=None)
+  tokens_seen = max(
+    (r["train_tokens"] for r in train_rows + eval_rows if r.get("train_tokens") is not None), default=None
+  )
   workdir = os.fspath(files.resolve(workdir))
   plots_dir = os.path.join(workdir, PLOTS_DIR)
   result = None
   if eval_batches:
-    evaluated = evaluation.eval_set_stats(model_cfg, params, eval_batches, protocol,
-                                          vocab_chunk=vocab_chunk)
+    evaluated = evaluation.eval_set_stats(model_cfg, params, eval_batches, protocol, vocab_chunk=vocab_chunk)
     result = analyze(evaluated, info, min_count=min_count, top=top)
 
   k_max = model_cfg.max_pauses
   md = [f"# Run report: `{files.resolve(workdir).name}`", ""]
   run_rows = [
-      ["loss", tables.loss_description(loss_name, protocol)],
-      ["max pauses K", str(k_max)],
-      ["pause layout", f"`{model_cfg.pause_layout}`" + ("" if k_max else " (unused: K = 0)")],
-      ["model", f"{model_cfg.num_layers} layers, d_model {model_cfg.d_model}, {model_cfg.num_heads} heads, "
-                f"mlp {model_cfg.mlp_dim}, V = {model_cfg.vocab_size} (+ DK), {tables.count(_num_params(params))} "
-                "parameters"],
-      ["training steps", "n/a" if step is None else str(step)],
-      ["training tokens seen", tables.count(tokens_seen)],
-      ["eval set", (f"{len(eval_batches)} batches, {result.summary['num_positions']} scored positions"
-                    if eval_batches else "none (data.eval_batches = 0)")],
-      ["threshold tau", f"{protocol.tau:g}"],
+    ["loss", tables.loss_description(loss_name, protocol)],
+    ["max pauses K", str(k_max)],
+    ["pause layout", f"`{model_cfg.pause_layout}`" + ("" if k_max else " (unused: K = 0)")],
+    [
+      "model",
+      f"{model_cfg.num_layers} layers, d_model {model_cfg.d_model}, {model_cfg.num_heads} heads, "
+      f"mlp {model_cfg.mlp_dim}, V = {model_cfg.vocab_size} (+ DK), {tables.count(_num_params(params))} "
+      "parameters",
+    ],
+    ["training steps", "n/a" if step is None else str(step)],
+    ["training tokens seen", tables.count(tokens_seen)],
+    [
+      "eval set",
+      (
+        f"{len(eval_batches)} batches, {result.summary['num_positions']} scored positions"
+        if eval_batches
+        else "none (data.eval_batches = 0)"
+      ),
+    ],
+    ["threshold tau", f"{protocol.tau:g}"],
   ]
   md += [tables.md_table(["", ""], run_rows), ""]
 
@@ -137,11 +158,16 @@ def write_report(workdir: str, *, model_cfg: ModelConfig, params, eval_batches: 
   if result is None:
     md += ["_No eval set (data.eval_batches = 0): nothing to evaluate._", ""]
   else:
-    md += ["Protocols of docs/design.md section 5, recomputed from the final parameters on the "
-           "eval set. Compute per token = 1 + pauses.", "",
-           tables.protocol_table_md(result.summary, protocol), "",
-           f"Accuracy gained by pausing (threshold halting vs step 0): "
-           f"**{tables.signed(result.summary['accuracy_gain'])}**.", ""]
+    md += [
+      "Protocols of docs/design.md section 5, recomputed from the final parameters on the "
+      "eval set. Compute per token = 1 + pauses.",
+      "",
+      tables.protocol_table_md(result.summary, protocol),
+      "",
+      f"Accuracy gained by pausing (threshold halting vs step 0): "
+      f"**{tables.signed(result.summary['accuracy_gain'])}**.",
+      "",
+    ]
     md += ["### Per step", "", tables.per_step_table_md(result.summary), ""]
     halting = plots.plot_halting(os.path.join(plots_dir, "halting.png"), result.summary, protocol)
     md += [f"![halting distribution]({files.relative(halting, workdir)})", ""]
@@ -155,16 +181,26 @@ def write_report(workdir: str, *, model_cfg: ModelConfig, params, eval_batches: 
     md += [tables.curve_table_md(eval_rows) if eval_rows else f"_{METRICS_FILE} has no eval rows._", ""]
 
   if result is not None and result.difficulty is not None:
-    md += ["## Pauses by difficulty", "",
-           "Threshold pauses k* per difficulty level of the predicted token; a model that pauses "
-           "where it helps pauses more on harder levels and gains accuracy there.", "",
-           tables.difficulty_table_md(result.difficulty), ""]
+    md += [
+      "## Pauses by difficulty",
+      "",
+      "Threshold pauses k* per difficulty level of the predicted token; a model that pauses "
+      "where it helps pauses more on harder levels and gains accuracy there.",
+      "",
+      tables.difficulty_table_md(result.difficulty),
+      "",
+    ]
     plot = plots.plot_difficulty(os.path.join(plots_dir, "pauses_by_difficulty.png"), result.difficulty)
     md += [f"![pauses by difficulty]({files.relative(plot, workdir)})", ""]
   elif result is not None:
-    md += ["## Pauses by token", "",
-           "Threshold pauses k* grouped by the token just read (\"pause after X\") and by the token "
-           "being predicted.", "", tables.token_tables_md(result.tokens), ""]
+    md += [
+      "## Pauses by token",
+      "",
+      'Threshold pauses k* grouped by the token just read ("pause after X") and by the token being predicted.',
+      "",
+      tables.token_tables_md(result.tokens),
+      "",
+    ]
     plot = plots.plot_tokens(os.path.join(plots_dir, "pauses_by_token.png"), result.tokens)
     md += [f"![pauses by token]({files.relative(plot, workdir)})", ""]
 
@@ -179,9 +215,16 @@ def write_report(workdir: str, *, model_cfg: ModelConfig, params, eval_batches: 
 # --------------------------------------------------------------------------------------------
 
 
-def write_analysis(out_dir: str, *, evaluated: evaluation.EvalSetStats, info,
-                   protocol: evaluation.Protocol, min_count: int = 20, top: int = 20,
-                   run: Mapping[str, Any] | None = None) -> str:
+def write_analysis(
+  out_dir: str,
+  *,
+  evaluated: evaluation.EvalSetStats,
+  info,
+  protocol: evaluation.Protocol,
+  min_count: int = 20,
+  top: int = 20,
+  run: Mapping[str, Any] | None = None,
+) -> str:
   """Pause statistics of a model over its eval set (``evaluated``), written to ``out_dir``.
 
   Writes ``pause_stats.json`` (the summary, the per-level table for labelled data and the
@@ -201,14 +244,19 @@ def write_analysis(out_dir: str, *, evaluated: evaluation.EvalSetStats, info,
   result = analyze(evaluated, info, min_count=min_count, top=top)
   out_dir = os.fspath(files.resolve(out_dir))
   plots_dir = os.path.join(out_dir, PLOTS_DIR)
-  record = {"run": dict(run or {}), "tau": protocol.tau, "fixed_step": protocol.fixed_step, "summary": result.summary,
-            "by_difficulty": result.difficulty, "by_token": result.tokens}
+  record = {
+    "run": dict(run or {}),
+    "tau": protocol.tau,
+    "fixed_step": protocol.fixed_step,
+    "summary": result.summary,
+    "by_difficulty": result.difficulty,
+    "by_token": result.tokens,
+  }
   files.write_json(os.path.join(out_dir, STATS_JSON), tables.jsonable(record), indent=1)
   md = ["# Pause statistics", ""]
   if run:
     md += [", ".join(f"{k}: {v}" for k, v in run.items()), ""]
-  md += [tables.protocol_table_md(result.summary, protocol), "",
-         tables.per_step_table_md(result.summary), ""]
+  md += [tables.protocol_table_md(result.summary, protocol), "", tables.per_step_table_md(result.summary), ""]
   plots.plot_halting(os.path.join(plots_dir, "halting.png"), result.summary, protocol)
   if result.difficulty is not None:
     md += ["## By difficulty", "", tables.difficulty_table_md(result.difficulty), ""]

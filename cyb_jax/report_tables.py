@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -114,75 +115,142 @@ def protocol_table_md(summary: Mapping[str, Any], protocol: Protocol) -> str:
     step = protocol.fixed_step
     mix_name, thr_name = f"mix (fixed step {step})", f"threshold (fixed step {step})"
   rows = [
-      [mix_name, num(summary["nll_mix"]), "–", num(summary["expected_pauses"]),
-       num(summary["compute_mix"])],
-      [thr_name, num(summary["threshold_nll"]), num(summary["threshold_accuracy"]),
-       num(summary["threshold_pauses"]), num(summary["compute_threshold"])],
-      ["step 0 (never pause)", num(nll_S[0]), num(acc_S[0]), "0", "1"],
+    [mix_name, num(summary["nll_mix"]), "–", num(summary["expected_pauses"]), num(summary["compute_mix"])],
+    [
+      thr_name,
+      num(summary["threshold_nll"]),
+      num(summary["threshold_accuracy"]),
+      num(summary["threshold_pauses"]),
+      num(summary["compute_threshold"]),
+    ],
+    ["step 0 (never pause)", num(nll_S[0]), num(acc_S[0]), "0", "1"],
   ]
   if k_max > 0:
-    rows.append([f"step K (always {k_max} pauses)", num(nll_S[-1]), num(acc_S[-1]), str(k_max),
-                 str(k_max + 1)])
+    rows.append([f"step K (always {k_max} pauses)", num(nll_S[-1]), num(acc_S[-1]), str(k_max), str(k_max + 1)])
   return md_table(["protocol", "NLL (nats/token)", "accuracy", "pauses/token", "compute/token"], rows)
 
 
 def per_step_table_md(summary: Mapping[str, Any]) -> str:
   """Per step k: mean halting probability, share of threshold answers, accuracy and NLL at k."""
-  rows = [[str(k), num(summary["halt_probs"][k]), num(summary["threshold_step_probs"][k]),
-           num(summary["accuracy_per_step"][k]), num(summary["nll_per_step"][k])]
-          for k in range(len(summary["halt_probs"]))]
-  return md_table(["step k", "P(halt at k), own halting", "share answering at k, threshold",
-                 "accuracy at k", "NLL at k"], rows)
+  rows = [
+    [
+      str(k),
+      num(summary["halt_probs"][k]),
+      num(summary["threshold_step_probs"][k]),
+      num(summary["accuracy_per_step"][k]),
+      num(summary["nll_per_step"][k]),
+    ]
+    for k in range(len(summary["halt_probs"]))
+  ]
+  return md_table(
+    ["step k", "P(halt at k), own halting", "share answering at k, threshold", "accuracy at k", "NLL at k"], rows
+  )
 
 
 def difficulty_table_md(stats: analysis.DifficultyStats) -> str:
   """One row per difficulty level, then the rank correlations."""
-  rows = [[str(g.key), g.name, str(g.count), num(g.mean_pauses), num(g.pause_rate), num(g.std_pauses),
-           num(g.mean_expected_pauses), num(g.accuracy_step0), num(g.accuracy), signed(g.gain)]
-          for g in stats.levels]
-  table = md_table(["level", "name", "positions", "mean pauses k*", "pause rate", "std k*", "E[pauses]",
-                  "accuracy step 0", "accuracy at k*", "gain"], rows)
-  undefined = "; n/a = undefined, the pauses are the same everywhere" if any(
-      math.isnan(x) for x in (stats.spearman_levels, stats.spearman_levels_expected,
-                              stats.spearman_positions)) else ""
-  return (f"{table}\n\nSpearman rank correlation with the level, over levels: mean k* "
-          f"**{num(stats.spearman_levels)}**, mean E[pauses] {num(stats.spearman_levels_expected)}; "
-          f"over single positions, k*: {num(stats.spearman_positions)}{undefined}.")
+  rows = [
+    [
+      str(g.key),
+      g.name,
+      str(g.count),
+      num(g.mean_pauses),
+      num(g.pause_rate),
+      num(g.std_pauses),
+      num(g.mean_expected_pauses),
+      num(g.accuracy_step0),
+      num(g.accuracy),
+      signed(g.gain),
+    ]
+    for g in stats.levels
+  ]
+  table = md_table(
+    [
+      "level",
+      "name",
+      "positions",
+      "mean pauses k*",
+      "pause rate",
+      "std k*",
+      "E[pauses]",
+      "accuracy step 0",
+      "accuracy at k*",
+      "gain",
+    ],
+    rows,
+  )
+  undefined = (
+    "; n/a = undefined, the pauses are the same everywhere"
+    if any(math.isnan(x) for x in (stats.spearman_levels, stats.spearman_levels_expected, stats.spearman_positions))
+    else ""
+  )
+  return (
+    f"{table}\n\nSpearman rank correlation with the level, over levels: mean k* "
+    f"**{num(stats.spearman_levels)}**, mean E[pauses] {num(stats.spearman_levels_expected)}; "
+    f"over single positions, k*: {num(stats.spearman_positions)}{undefined}."
+  )
 
 
 def _token_rows(groups: Sequence[analysis.GroupStats]) -> list[list[str]]:
-  return [[md_code(g.name), str(g.key), str(g.count), num(g.mean_pauses), num(g.pause_rate),
-           num(g.std_pauses), num(g.mean_expected_pauses), signed(g.gain)] for g in groups]
+  return [
+    [
+      md_code(g.name),
+      str(g.key),
+      str(g.count),
+      num(g.mean_pauses),
+      num(g.pause_rate),
+      num(g.std_pauses),
+      num(g.mean_expected_pauses),
+      signed(g.gain),
+    ]
+    for g in groups
+  ]
 
 
 def token_tables_md(stats: analysis.TokenStats) -> str:
   """Most/least pausing tokens, keyed by the token read and by the token predicted."""
   header = ["token", "id", "positions", "mean pauses k*", "pause rate", "std k*", "E[pauses]", "accuracy gain"]
   parts = []
-  for title, groups in (("Most pausing after reading the token", stats.most_after),
-                        ("Least pausing after reading the token", stats.least_after),
-                        ("Most pausing before predicting the token", stats.most_before),
-                        ("Least pausing before predicting the token", stats.least_before)):
-    body = md_table(header, _token_rows(groups)) if groups else (
-        f"_No token occurs at {stats.min_count} or more positions._")
+  for title, groups in (
+    ("Most pausing after reading the token", stats.most_after),
+    ("Least pausing after reading the token", stats.least_after),
+    ("Most pausing before predicting the token", stats.most_before),
+    ("Least pausing before predicting the token", stats.least_before),
+  ):
+    body = (
+      md_table(header, _token_rows(groups))
+      if groups
+      else (f"_No token occurs at {stats.min_count} or more positions._")
+    )
     parts.append(f"**{title}** (tokens with at least {stats.min_count} positions)\n\n{body}")
   if stats.ambiguous_after:
     parts.append(
-        f"**Most ambiguous contexts**: tokens after which the next token is hardest to "
-        f"predict at step 0 (mean -log c_0); std k* shows whether the model pauses after "
-        f"them in some contexts and not others. Spearman(step-0 NLL, mean k*) over tokens "
-        f"with at least {stats.min_count} positions: {num(stats.spearman_ambiguity)}.\n\n" +
-        md_table(header + ["step-0 NLL"],
-               [row + [num(g.nll_step0)] for row, g in
-                zip(_token_rows(stats.ambiguous_after), stats.ambiguous_after)]))
+      f"**Most ambiguous contexts**: tokens after which the next token is hardest to "
+      f"predict at step 0 (mean -log c_0); std k* shows whether the model pauses after "
+      f"them in some contexts and not others. Spearman(step-0 NLL, mean k*) over tokens "
+      f"with at least {stats.min_count} positions: {num(stats.spearman_ambiguity)}.\n\n"
+      + md_table(
+        header + ["step-0 NLL"],
+        [row + [num(g.nll_step0)] for row, g in zip(_token_rows(stats.ambiguous_after), stats.ambiguous_after)],
+      )
+    )
   return "\n\n".join(parts)
 
 
 def curve_table_md(eval_rows: Sequence[Mapping[str, Any]]) -> str:
   """The eval curve (thinned to a dozen rows)."""
-  rows = [[str(r["step"]), count(r.get("train_tokens")), num(r.get("eval/nll_mix")),
-           num(r.get("eval/expected_pauses")), num(r.get("eval/threshold_nll")),
-           num(r.get("eval/accuracy")), num(r.get("eval/threshold_pauses"))]
-          for r in _thin(eval_rows, _MAX_CURVE_ROWS)]
-  return md_table(["step", "train tokens", "mix NLL", "E[pauses]", "threshold NLL", "accuracy",
-                 "threshold pauses"], rows)
+  rows = [
+    [
+      str(r["step"]),
+      count(r.get("train_tokens")),
+      num(r.get("eval/nll_mix")),
+      num(r.get("eval/expected_pauses")),
+      num(r.get("eval/threshold_nll")),
+      num(r.get("eval/accuracy")),
+      num(r.get("eval/threshold_pauses")),
+    ]
+    for r in _thin(eval_rows, _MAX_CURVE_ROWS)
+  ]
+  return md_table(
+    ["step", "train tokens", "mix NLL", "E[pauses]", "threshold NLL", "accuracy", "threshold pauses"], rows
+  )

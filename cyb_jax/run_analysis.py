@@ -15,31 +15,52 @@ from cyb_jax import word_report
 from cyb_jax.data import config as data_config_lib
 
 
-def analyze_run(workdir: str, *, step: int | None = None, tau: float | None = None,
-                out: str | None = None, min_count: int = 20, top: int = 20,
-                tagged_text: str | None = None) -> str:
+def analyze_run(
+  workdir: str,
+  *,
+  step: int | None = None,
+  tau: float | None = None,
+  out: str | None = None,
+  min_count: int = 20,
+  top: int = 20,
+  tagged_text: str | None = None,
+) -> str:
   """Loads a run and writes its pause statistics (and, for text runs, the word view); returns the markdown."""
   run = components.load_run(workdir, step)
   is_text = data_config_lib.parse_source(run.config.data.source).kind == "text"
   if tagged_text is not None and not is_text:
-    raise ValueError(f"--tagged_text={tagged_text!r} needs a text run; {workdir!r} has "
-                     f"data.source={run.config.data.source!r}.")
+    raise ValueError(
+      f"--tagged_text={tagged_text!r} needs a text run; {workdir!r} has data.source={run.config.data.source!r}."
+    )
   if is_text and run.data.eval_batches:  # reads (and checks) the tagged copy before evaluating
     docs, tagged_docs = word_report.eval_documents(run.config.data, tagged_text)
   protocol = run.protocol if tau is None else run.protocol._replace(tau=tau)
   out = out or os.path.join(workdir, "analysis", f"step_{run.step}")
-  facts = {"workdir": os.fspath(files.resolve(workdir)), "step": run.step, "loss": run.config.loss.name,
-           "max_pauses": run.model_cfg.max_pauses, "pause_layout": run.model_cfg.pause_layout}
-  evaluated = evaluation.eval_set_stats(run.model_cfg, run.params, run.data.eval_batches, protocol,
-                                        vocab_chunk=components.vocab_chunk(run.config))
+  facts = {
+    "workdir": os.fspath(files.resolve(workdir)),
+    "step": run.step,
+    "loss": run.config.loss.name,
+    "max_pauses": run.model_cfg.max_pauses,
+    "pause_layout": run.model_cfg.pause_layout,
+  }
+  evaluated = evaluation.eval_set_stats(
+    run.model_cfg, run.params, run.data.eval_batches, protocol, vocab_chunk=components.vocab_chunk(run.config)
+  )
   text = report.write_analysis(
-      out, evaluated=evaluated, info=run.data.info, protocol=protocol,
-      min_count=min_count, top=top, run=facts)
+    out, evaluated=evaluated, info=run.data.info, protocol=protocol, min_count=min_count, top=top, run=facts
+  )
   written = f"{out}/pause_stats.json, {out}/pause_stats.md and {out}/plots/"
   if is_text and run.data.eval_batches:
     words = word_report.run_position_words(run.data.info, docs, tagged_docs, evaluated.inputs)
     text += "\n\n" + word_report.write_word_analysis(
-        out, evaluated.stats, words, run.data.info.piece, min_count=min_count, top=top,
-        tagged=tagged_text is not None, run={**facts, "tagged_text": tagged_text})
+      out,
+      evaluated.stats,
+      words,
+      run.data.info.piece,
+      min_count=min_count,
+      top=top,
+      tagged=tagged_text is not None,
+      run={**facts, "tagged_text": tagged_text},
+    )
     written = f"{out}/pause_stats.json, {out}/pause_stats.md, {out}/words.json, {out}/words.md and {out}/plots/"
   return f"{text}\n\nWrote {written}."

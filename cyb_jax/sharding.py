@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -23,7 +24,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import linen as nn
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -31,24 +34,24 @@ BATCH_AXES = ("data", "fsdp")
 LogicalRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
 DEFAULT_LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
-    # Parameters.
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("mlp", "tensor"),
-    ("head_dim", None),
-    ("pauses", None),
-    ("layers", None),
-    ("norm", None),
-    # Activations.
-    ("act_batch", BATCH_AXES),
-    ("act_length", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_kv_heads", "tensor"),
-    ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
+  # Parameters.
+  ("vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("mlp", "tensor"),
+  ("head_dim", None),
+  ("pauses", None),
+  ("layers", None),
+  ("norm", None),
+  # Activations.
+  ("act_batch", BATCH_AXES),
+  ("act_length", None),
+  ("act_embed", None),
+  ("act_heads", "tensor"),
+  ("act_kv_heads", "tensor"),
+  ("act_mlp", "tensor"),
+  ("act_vocab", "tensor"),
 )
 
 
@@ -73,17 +76,19 @@ def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, int, int]:
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if num_devices % known:
-      raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} cannot fill {num_devices} devices:"
-                       f" {num_devices} is not divisible by {known}.")
+      raise ValueError(
+        f"mesh {dict(zip(MESH_AXES, shape))} cannot fill {num_devices} devices:"
+        f" {num_devices} is not divisible by {known}."
+      )
     shape[shape.index(-1)] = num_devices // known
   if math.prod(shape) != num_devices:
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} has {math.prod(shape)} devices, "
-                     f"but {num_devices} are in use.")
+    raise ValueError(
+      f"mesh {dict(zip(MESH_AXES, shape))} has {math.prod(shape)} devices, but {num_devices} are in use."
+    )
   return tuple(shape)
 
 
-def make_mesh(mesh_config: ml_collections.ConfigDict | dict,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(mesh_config: ml_collections.ConfigDict | dict, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A ``(data, fsdp, tensor)`` mesh with Auto axis types (GSPMD propagation).
 
   Args:
@@ -118,6 +123,7 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | dict,
   if shape[0] % dcn_data:
     raise ValueError(f"mesh.data={shape[0]} must be divisible by mesh.dcn_data={dcn_data}.")
   from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+
   ici = (shape[0] // dcn_data, shape[1], shape[2])
   grid = mesh_utils.create_hybrid_device_mesh(ici, (dcn_data, 1, 1), devices)
   return Mesh(grid, MESH_AXES, axis_types=axis_types)
@@ -138,8 +144,7 @@ def mesh_context(mesh: Mesh, rules: LogicalRules) -> Iterator[None]:
     yield
 
 
-def logical_shardings(logical_specs: Any, mesh: Mesh, rules: LogicalRules,
-                      shapes: Any = None) -> Any:
+def logical_shardings(logical_specs: Any, mesh: Mesh, rules: LogicalRules, shapes: Any = None) -> Any:
   """NamedShardings for a pytree of logical ``PartitionSpec``s.
 
   With ``shapes`` (a matching pytree of arrays or ``ShapeDtypeStruct``s), a dimension whose
@@ -159,9 +164,14 @@ def logical_shardings(logical_specs: Any, mesh: Mesh, rules: LogicalRules,
       names = axes if isinstance(axes, tuple) else (axes,)
       ways = math.prod(mesh.shape[a] for a in names)
       if leaf.shape[dim] % ways:
-        logging.warning("%s: dimension %d of shape %s does not split over mesh axes %s (%d "
-                        "ways): kept whole there.", jax.tree_util.keystr(path), dim,
-                        tuple(leaf.shape), names, ways)
+        logging.warning(
+          "%s: dimension %d of shape %s does not split over mesh axes %s (%d ways): kept whole there.",
+          jax.tree_util.keystr(path),
+          dim,
+          tuple(leaf.shape),
+          names,
+          ways,
+        )
         spec[dim] = None
     return NamedSharding(mesh, P(*spec))
 
@@ -197,8 +207,9 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   for name, value in local_batch.items():
     value = np.asarray(value)
     if value.ndim == 0:
-      raise ValueError(f"batch[{name!r}] is a scalar; every batch array needs a leading "
-                       "row axis [B / process_count, ...].")
+      raise ValueError(
+        f"batch[{name!r}] is a scalar; every batch array needs a leading row axis [B / process_count, ...]."
+      )
     global_shape = (value.shape[0] * processes,) + value.shape[1:]
     out[name] = jax.make_array_from_process_local_data(sharding, value, global_shape)
   return out
@@ -217,13 +228,11 @@ def bytes_per_device(tree: Any) -> dict[jax.Device, int]:
   return totals
 
 
-def check_batch_divisible(global_batch_size: int, mesh: Mesh, *,
-                          name: str = "data.batch_size") -> None:
+def check_batch_divisible(global_batch_size: int, mesh: Mesh, *, name: str = "data.batch_size") -> None:
   """Raises ValueError unless the global batch splits evenly over ``data * fsdp``.
 
   ``name`` is what the message calls the size.
   """
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if global_batch_size % shards:
-    raise ValueError(f"{name}={global_batch_size} must be divisible by "
-                     f"mesh.data * mesh.fsdp = {shards}.")
+    raise ValueError(f"{name}={global_batch_size} must be divisible by mesh.data * mesh.fsdp = {shards}.")

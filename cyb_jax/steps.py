@@ -40,9 +40,17 @@ class TrainState:
   multiplier: jax.Array
 
 
-def train_step(state: TrainState, batch: Batch, *, model_cfg: model_lib.ModelConfig,
-               loss: losses.Loss, tx: optax.GradientTransformation, schedule: optax.Schedule,
-               accum_steps: int = 1, vocab_chunk: int | None = None) -> tuple[TrainState, dict]:
+def train_step(
+  state: TrainState,
+  batch: Batch,
+  *,
+  model_cfg: model_lib.ModelConfig,
+  loss: losses.Loss,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  accum_steps: int = 1,
+  vocab_chunk: int | None = None,
+) -> tuple[TrainState, dict]:
   """One optimiser step on a global batch ``[B, N]``.
 
   With ``accum_steps > 1`` the batch is split into micro-batches whose gradients are
@@ -63,8 +71,7 @@ def train_step(state: TrainState, batch: Batch, *, model_cfg: model_lib.ModelCon
   if accum_steps == 1:
     (value, metrics), grads = grad_fn(state.params, batch)
   else:
-    micro_batches = jax.tree.map(
-        lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:]), batch)
+    micro_batches = jax.tree.map(lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:]), batch)
 
     def accumulate(carry, micro):
       (value, metrics), grads = grad_fn(state.params, micro)
@@ -73,8 +80,9 @@ def train_step(state: TrainState, batch: Batch, *, model_cfg: model_lib.ModelCon
       return jax.tree.map(jnp.add, carry, (scaled, w)), None
 
     first = jax.tree.map(lambda x: x[0], micro_batches)
-    shapes = jax.eval_shape(lambda: (lambda r: ((r[0][0], r[0][1], r[1]), r[0][1]["weight_sum"]))(
-        grad_fn(state.params, first)))
+    shapes = jax.eval_shape(
+      lambda: (lambda r: ((r[0][0], r[0][1], r[1]), r[0][1]["weight_sum"]))(grad_fn(state.params, first))
+    )
     zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
     (sums, total), _ = jax.lax.scan(accumulate, zeros, micro_batches)
     total = jnp.maximum(total, 1e-9)
@@ -84,10 +92,13 @@ def train_step(state: TrainState, batch: Batch, *, model_cfg: model_lib.ModelCon
   params = optax.apply_updates(state.params, updates)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
-  metrics = dict(metrics, loss=value, grad_norm=grad_norm, learning_rate=schedule(state.step),
-                 finite=finite)
-  new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                         multiplier=loss.update_state(state.multiplier, metrics, state.step))
+  metrics = dict(metrics, loss=value, grad_norm=grad_norm, learning_rate=schedule(state.step), finite=finite)
+  new_state = TrainState(
+    step=state.step + 1,
+    params=params,
+    opt_state=opt_state,
+    multiplier=loss.update_state(state.multiplier, metrics, state.step),
+  )
   # A non-finite loss or gradient refuses the update on device: the state comes back as it
   # went in, and the host stops at its next sync point (``metrics["finite"]`` False).
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
@@ -97,5 +108,9 @@ def train_step(state: TrainState, batch: Batch, *, model_cfg: model_lib.ModelCon
 def init_state(rng: jax.Array, *, model_cfg, tx, loss_state: jax.Array) -> TrainState:
   """A fresh train state: initial parameters, optimiser state and ``loss_state``."""
   params = model_lib.init_params(model_cfg, rng)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    multiplier=jnp.asarray(loss_state, jnp.float32))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    multiplier=jnp.asarray(loss_state, jnp.float32),
+  )

@@ -30,17 +30,34 @@ from cyb_jax import components
 from cyb_jax import evaluation
 from cyb_jax import files
 from cyb_jax import hosts
+from cyb_jax import init_from
 from cyb_jax import metrics_writer
 from cyb_jax import mfu
 from cyb_jax import prefetch
 from cyb_jax import sharding
-from cyb_jax.programs import Programs, make_programs, model_flops_per_device, state_shardings
-from cyb_jax.steps import Batch, TrainState, init_state, train_step
+from cyb_jax.programs import Programs
+from cyb_jax.programs import make_programs
+from cyb_jax.programs import model_flops_per_device
+from cyb_jax.programs import state_shardings
+from cyb_jax.steps import Batch
+from cyb_jax.steps import TrainState
+from cyb_jax.steps import init_state
+from cyb_jax.steps import train_step
 
 # The step functions and the programs, by the names the trainer has always offered.
-__all__ = ["BATCH_KEYS", "Batch", "NonFiniteLossError", "Programs", "TrainState", "init_state",
-           "make_programs", "model_flops_per_device", "state_shardings", "train_and_evaluate",
-           "train_step"]
+__all__ = [
+  "BATCH_KEYS",
+  "Batch",
+  "NonFiniteLossError",
+  "Programs",
+  "TrainState",
+  "init_state",
+  "make_programs",
+  "model_flops_per_device",
+  "state_shardings",
+  "train_and_evaluate",
+  "train_step",
+]
 
 BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
 PREFETCH_DEPTH = 2  # batches produced and placed on the devices ahead of the step
@@ -52,13 +69,17 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def _non_finite_message(step: int, m: dict, last_good: int | None, workdir: str) -> str:
-  what = (f"the training loss is {m['loss']} at step {step}" if not math.isfinite(m["loss"])
-          else f"the gradient of the training loss is {m['grad_norm']} at step {step} (the "
-          f"loss is {m['loss']})")
+  what = (
+    f"the training loss is {m['loss']} at step {step}"
+    if not math.isfinite(m["loss"])
+    else f"the gradient of the training loss is {m['grad_norm']} at step {step} (the loss is {m['loss']})"
+  )
   good = f"step {last_good}" if last_good is not None else "none"
-  return (f"{what}, the first non-finite step (its update was refused); "
-          f"stopped. The last good checkpoint is {good} in {ckpt_lib.checkpoint_dir(workdir)}. "
-          "Lower optimizer.learning_rate or check the data.")
+  return (
+    f"{what}, the first non-finite step (its update was refused); "
+    f"stopped. The last good checkpoint is {good} in {ckpt_lib.checkpoint_dir(workdir)}. "
+    "Lower optimizer.learning_rate or check the data."
+  )
 
 
 def _host(tree):
@@ -67,8 +88,8 @@ def _host(tree):
 
 def _progress(total: int, initial: int, enabled: bool):
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm(total=total, initial=initial, disable=not enabled, unit="step",
-              dynamic_ncols=True, mininterval=1.0)
+
+  return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, mininterval=1.0)
 
 
 def _restore_or_init(config, workdir, programs, checkpointer, data, meta, model_cfg, abstract_state):
@@ -82,18 +103,23 @@ def _restore_or_init(config, workdir, programs, checkpointer, data, meta, model_
     saved_meta = checkpointer.restore_meta(latest)
     ckpt_lib.check_compatible(saved_meta, meta, what=f"the checkpoint of step {latest} in {workdir}")
     for change in components.schedule_changes(saved_meta.get("schedule"), config):
-      logging.warning("Resuming step %d with a changed learning-rate schedule (%s); set "
-                      "optimizer.schedule_steps to the checkpoint's value to extend the run "
-                      "without changing the schedule.", latest, change)
+      logging.warning(
+        "Resuming step %d with a changed learning-rate schedule (%s); set "
+        "optimizer.schedule_steps to the checkpoint's value to extend the run "
+        "without changing the schedule.",
+        latest,
+        change,
+      )
     state, data_state, saved_meta = checkpointer.restore(latest, abstract_state)
     data.train.set_state(hosts.own_data_state(data_state))
     logging.info("Resumed from step %d.", latest)
     return state, latest, int(saved_meta.get("train_tokens", 0))
   state = programs.init(jax.random.key(config.seed))
   if config.init_from:
-    params = components.initial_params(config, model_cfg, state.params, programs.shardings.params)
-    state = state.replace(params=params, opt_state=jax.jit(
-        programs.tx.init, out_shardings=programs.shardings.opt_state)(params))
+    params = init_from.initial_params(config, model_cfg, state.params, programs.shardings.params)
+    state = state.replace(
+      params=params, opt_state=jax.jit(programs.tx.init, out_shardings=programs.shardings.opt_state)(params)
+    )
   return state, None, 0
 
 
@@ -130,12 +156,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     abstract_state = programs.abstract_state(jax.random.key(config.seed))
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
     writer = metrics_writer.MetricsWriter(workdir, enabled=is_main)
-    state, latest, train_tokens = _restore_or_init(config, workdir, programs, checkpointer, data,
-                                                   meta, model_cfg, abstract_state)
+    state, latest, train_tokens = _restore_or_init(
+      config, workdir, programs, checkpointer, data, meta, model_cfg, abstract_state
+    )
     if latest is not None:
       writer.truncate_after(latest)
-    eval_batches = [sharding.global_batch({k: b[k] for k in BATCH_KEYS}, mesh)
-                    for b in data.eval_batches]
+    eval_batches = [sharding.global_batch({k: b[k] for k in BATCH_KEYS}, mesh) for b in data.eval_batches]
 
     def evaluate_now(step: int) -> dict:
       if not eval_batches:
@@ -144,23 +170,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       for batch in eval_batches:
         sums = evaluation.add_sums(sums, programs.eval_step(state.params, batch))
       figures = evaluation.figures(sums)
-      row = {f"eval/{k}": v for k, v in figures.items()
-             if k not in ("weight_sum", "num_positions")}
+      row = {f"eval/{k}": v for k, v in figures.items() if k not in ("weight_sum", "num_positions")}
       row["eval/accuracy"] = figures["threshold_accuracy"]
       row["train_tokens"] = train_tokens
       writer.write(step, row)
       return figures
 
     def save(step: int, data_state: dict) -> None:
-      checkpointer.save(step, state, hosts.gather_data_states(data_state),
-                        dict(meta, train_tokens=train_tokens, step=step))
+      checkpointer.save(
+        step, state, hosts.gather_data_states(data_state), dict(meta, train_tokens=train_tokens, step=step)
+      )
 
     start = step = int(state.step)
     stopped, last_good, final = "completed", latest, {}
     tokens_per_step = config.data.batch_size * config.data.seq_len
     profiler = mfu.ProfileWindow(profile_window, os.fspath(files.resolve(workdir) / "profile"))
-    pending = prefetch.PendingSteps(("finite", "loss", "grad_norm", "weight_sum"),
-                                    MAX_STEPS_IN_FLIGHT)
+    pending = prefetch.PendingSteps(("finite", "loss", "grad_norm", "weight_sum"), MAX_STEPS_IN_FLIGHT)
 
     def sync() -> None:
       """Reads the finite flags of the steps since the last sync and counts their tokens."""
@@ -171,9 +196,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_tokens += int(round(float(m["weight_sum"])))  # global target tokens
 
     data_state = data.train.get_state()  # as of the last consumed batch
-    batches = prefetch.Prefetcher(prefetch.train_batches(data.train, mesh, BATCH_KEYS),
-                                  count=max(config.num_train_steps - start, 0),
-                                  depth=PREFETCH_DEPTH)
+    batches = prefetch.Prefetcher(
+      prefetch.train_batches(data.train, mesh, BATCH_KEYS),
+      count=max(config.num_train_steps - start, 0),
+      depth=PREFETCH_DEPTH,
+    )
     bar = _progress(config.num_train_steps, start, config.progress_bar and is_main)
     step_fn, flops, t_last, steps_since = None, None, time.perf_counter(), 0
     try:
@@ -190,20 +217,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           pending.add(step, metrics)
           profiler.after(step, state)
           last = step == config.num_train_steps
-          is_log, is_eval, is_save = (last or step % every == 0 for every in (
-              config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps))
+          is_log, is_eval, is_save = (
+            last or step % every == 0
+            for every in (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps)
+          )
           if is_log or is_eval or is_save:
             sync()  # before any row or checkpoint: every step since the last one was finite
           if is_log:
             now = time.perf_counter()
             host = _host(metrics)
-            row = {f"train/{k}": v for k, v in host.items() if k != "finite" and (
-                np.ndim(v) == 0 or k in ("halt_probs", "accuracy_per_step"))}
-            row.update({"train_tokens": train_tokens,
-                        "train/tokens_per_sec": steps_since * tokens_per_step / (now - t_last)})
-            postfix = dict(loss=f"{float(host['loss']):.4f}",
-                           pauses=f"{float(host['expected_pauses']):.2f}",
-                           tok_s=f"{row['train/tokens_per_sec']:,.0f}")
+            row = {
+              f"train/{k}": v
+              for k, v in host.items()
+              if k != "finite" and (np.ndim(v) == 0 or k in ("halt_probs", "accuracy_per_step"))
+            }
+            row.update(
+              {"train_tokens": train_tokens, "train/tokens_per_sec": steps_since * tokens_per_step / (now - t_last)}
+            )
+            postfix = dict(
+              loss=f"{float(host['loss']):.4f}",
+              pauses=f"{float(host['expected_pauses']):.2f}",
+              tok_s=f"{row['train/tokens_per_sec']:,.0f}",
+            )
             if flops is not None:
               row["train/mfu"] = mfu.mfu(flops, steps_since, now - t_last, peak)
               postfix["mfu"] = f"{row['train/mfu']:.1%}"
@@ -242,10 +277,18 @@ def _write_report(config, workdir, model_cfg, params, data, is_main) -> None:
   """report.md of the finished run (every process takes part; process 0 writes alone)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     params = multihost_utils.process_allgather(params)
   if is_main:
     from cyb_jax import report  # pylint: disable=g-import-not-at-top
-    report.write_report(workdir, model_cfg=model_cfg, params=params,
-                        eval_batches=data.eval_batches, info=data.info,
-                        loss_name=config.loss.name, protocol=components.protocol(config),
-                        vocab_chunk=components.vocab_chunk(config))
+
+    report.write_report(
+      workdir,
+      model_cfg=model_cfg,
+      params=params,
+      eval_batches=data.eval_batches,
+      info=data.info,
+      loss_name=config.loss.name,
+      protocol=components.protocol(config),
+      vocab_chunk=components.vocab_chunk(config),
+    )

@@ -14,8 +14,13 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cyb_jax.attention import Attention, LayerCache, Visibility, causal_segment_mask
-from cyb_jax.layers import GatedMLP, RMSNorm, fan_in_init
+from cyb_jax.attention import Attention
+from cyb_jax.attention import LayerCache
+from cyb_jax.attention import Visibility
+from cyb_jax.attention import causal_segment_mask
+from cyb_jax.layers import GatedMLP
+from cyb_jax.layers import RMSNorm
+from cyb_jax.layers import fan_in_init
 from cyb_jax.model_config import ModelConfig
 
 
@@ -26,8 +31,13 @@ def _remat_policy(name: str):
 
 
 def _norm(cfg: ModelConfig, name: str | None = None) -> RMSNorm:
-  return RMSNorm(dtype=cfg.compute_dtype, param_dtype=jnp.dtype(cfg.param_dtype),
-                 eps=cfg.rms_norm_eps, plus_one=cfg.norm_plus_one, name=name)
+  return RMSNorm(
+    dtype=cfg.compute_dtype,
+    param_dtype=jnp.dtype(cfg.param_dtype),
+    eps=cfg.rms_norm_eps,
+    plus_one=cfg.norm_plus_one,
+    name=name,
+  )
 
 
 class Block(nn.Module):
@@ -42,8 +52,7 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxSxD, positions_BxS, cache: LayerCache | None, visibility: Visibility,
-               sliding=False):
+  def __call__(self, x_BxSxD, positions_BxS, cache: LayerCache | None, visibility: Visibility, sliding=False):
     cfg = self.cfg
     types = set(cfg.resolved_layer_types)
     if len(types) == 1:  # the same for every layer: a constant
@@ -51,23 +60,23 @@ class Block(nn.Module):
     dtypes = dict(dtype=cfg.compute_dtype, param_dtype=jnp.dtype(cfg.param_dtype))
     h_BxSxD = _norm(cfg, "attention_norm")(x_BxSxD)
     attn_BxSxD, written = Attention(
-        num_heads=cfg.num_heads,
-        num_kv_heads=cfg.resolved_num_kv_heads,
-        head_dim=cfg.resolved_head_dim,
-        rope_base=cfg.rope_base,
-        qkv_bias=cfg.qkv_bias,
-        out_bias=cfg.out_bias,
-        qk_norm=cfg.qk_norm,
-        norm_eps=cfg.rms_norm_eps,
-        norm_plus_one=cfg.norm_plus_one,
-        scale=cfg.attention_scale,
-        softcap=cfg.attn_logit_softcap,
-        rope_scaling=cfg.rope_scaling_params,
-        window=cfg.sliding_window,
-        local_rope_base=cfg.rope_local_base,
-        impl=cfg.attention_impl,
-        name="attention",
-        **dtypes,
+      num_heads=cfg.num_heads,
+      num_kv_heads=cfg.resolved_num_kv_heads,
+      head_dim=cfg.resolved_head_dim,
+      rope_base=cfg.rope_base,
+      qkv_bias=cfg.qkv_bias,
+      out_bias=cfg.out_bias,
+      qk_norm=cfg.qk_norm,
+      norm_eps=cfg.rms_norm_eps,
+      norm_plus_one=cfg.norm_plus_one,
+      scale=cfg.attention_scale,
+      softcap=cfg.attn_logit_softcap,
+      rope_scaling=cfg.rope_scaling_params,
+      window=cfg.sliding_window,
+      local_rope_base=cfg.rope_local_base,
+      impl=cfg.attention_impl,
+      name="attention",
+      **dtypes,
     )(h_BxSxD, positions_BxS, cache, visibility, sliding)
     if cfg.post_norms:
       attn_BxSxD = _norm(cfg, "post_attention_norm")(attn_BxSxD)
@@ -95,17 +104,15 @@ class Decoder(nn.Module):
     cfg = self.cfg
     block = Block
     if cfg.remat_policy != "none":
-      block = nn.remat(
-          block, policy=_remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers
-      )
+      block = nn.remat(block, policy=_remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       stack = nn.scan(
-          block,
-          variable_axes={"params": 0},
-          split_rngs={"params": True},
-          in_axes=(nn.broadcast, 0, nn.broadcast, 0),
-          length=cfg.num_layers,
-          metadata_params={nn.PARTITION_NAME: "layers"},
+        block,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast, 0, nn.broadcast, 0),
+        length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
       )
       sliding_L = jnp.asarray([kind == "sliding" for kind in cfg.resolved_layer_types])
       return stack(cfg, name="layers")(x_BxSxD, positions_BxS, cache, visibility, sliding_L)
@@ -134,16 +141,18 @@ class Transformer(nn.Module):
     pdt = jnp.dtype(cfg.param_dtype)
     embed_init = nn.initializers.normal(stddev=cfg.d_model**-0.5)
     self.token_embed = self.param(
-        "token_embed",
-        nn.with_logical_partitioning(padded_init(embed_init, cfg.vocab_size, axis=0),
-                                     ("vocab", "embed")),
-        (cfg.padded_vocab_size, cfg.d_model), pdt,
+      "token_embed",
+      nn.with_logical_partitioning(padded_init(embed_init, cfg.vocab_size, axis=0), ("vocab", "embed")),
+      (cfg.padded_vocab_size, cfg.d_model),
+      pdt,
     )
     if cfg.max_pauses > 0:
       num_pause_embeddings = 1 if cfg.shared_pause_embed else cfg.max_pauses
       self.pause_embed = self.param(
-          "pause_embed", nn.with_logical_partitioning(embed_init, ("pauses", "embed")),
-          (num_pause_embeddings, cfg.d_model), pdt,
+        "pause_embed",
+        nn.with_logical_partitioning(embed_init, ("pauses", "embed")),
+        (num_pause_embeddings, cfg.d_model),
+        pdt,
       )
     self.decoder = Decoder(cfg)
     self.final_norm = _norm(cfg)
@@ -177,8 +186,7 @@ class Transformer(nn.Module):
   def output_projection(self):
     """`(output_kernel [D, V], dk_kernel [D], dk_bias [])`, see the function `output_projection`."""
     v = self.cfg.vocab_size  # the padded entries never become logits
-    output_kernel_DxV = (self.token_embed[:v].T if self.vocab_head is None
-                         else self.vocab_head()[:, :v])
+    output_kernel_DxV = self.token_embed[:v].T if self.vocab_head is None else self.vocab_head()[:, :v]
     return (output_kernel_DxV, *self.dk_head())
 
   def __call__(self, tokens_BxN: jax.Array) -> jax.Array:
@@ -200,10 +208,10 @@ class _VocabHead(nn.Module):
   def __call__(self):
     cfg = self.cfg
     return self.param(
-        "kernel",
-        nn.with_logical_partitioning(padded_init(fan_in_init(0, 1), cfg.vocab_size, axis=1),
-                                     ("embed", "vocab")),
-        (cfg.d_model, cfg.padded_vocab_size), jnp.dtype(cfg.param_dtype),
+      "kernel",
+      nn.with_logical_partitioning(padded_init(fan_in_init(0, 1), cfg.vocab_size, axis=1), ("embed", "vocab")),
+      (cfg.d_model, cfg.padded_vocab_size),
+      jnp.dtype(cfg.param_dtype),
     )
 
 

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable
+from collections.abc import Collection
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -40,8 +42,13 @@ _TAG_AFFIXES = (("-tl", "-hl", "-nc"), ("fw-",))  # Brown: title, headline, cita
 
 # Position kinds, by the input token's place in its word.
 WHOLE, END, START, MIDDLE, NO_WORD = range(5)
-KIND_NAMES = ("whole word (1 piece)", "last piece of a longer word", "first piece of a longer word",
-              "middle piece of a longer word", "no word (BOS, EOS, newline, space)")
+KIND_NAMES = (
+  "whole word (1 piece)",
+  "last piece of a longer word",
+  "first piece of a longer word",
+  "middle piece of a longer word",
+  "no word (BOS, EOS, newline, space)",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +120,9 @@ def parse_tagged_line(line: str, where: str) -> list[tuple[str, str]]:
   for token in line.split():
     word, slash, tag = token.rpartition("/")
     if not slash or not word or not tag:
-      raise ValueError(f"{where}: {token!r} is not word/tag (the tagged copy must write every word "
-                       "as word/tag, e.g. dogs/nns).")
+      raise ValueError(
+        f"{where}: {token!r} is not word/tag (the tagged copy must write every word as word/tag, e.g. dogs/nns)."
+      )
     out.append((word, tag))
   return out
 
@@ -155,7 +163,7 @@ def base_tag(tag: str) -> str:
     tag = tag[:-3]
   for p in prefixes:
     if tag.startswith(p) and len(tag) > len(p):
-      tag = tag[len(p):]
+      tag = tag[len(p) :]
   return tag
 
 
@@ -189,10 +197,14 @@ class PositionWords:
   skipped_docs: tuple[int, ...]
 
 
-def position_words(doc_ids: Sequence[np.ndarray], num_positions: int, piece: Callable[[int], str],
-                   special_ids: Collection[int],
-                   tagged_docs: Sequence[Sequence[tuple[str, str]]] | None = None,
-                   tag_of: Callable[[str], str] = base_tag) -> PositionWords:
+def position_words(
+  doc_ids: Sequence[np.ndarray],
+  num_positions: int,
+  piece: Callable[[int], str],
+  special_ids: Collection[int],
+  tagged_docs: Sequence[Sequence[tuple[str, str]]] | None = None,
+  tag_of: Callable[[str], str] = base_tag,
+) -> PositionWords:
   """Words and tags of the positions of a stream of documents read in order.
 
   Position ``m`` reads token ``m`` of the concatenated documents (the layout of a text run's
@@ -231,11 +243,19 @@ def position_words(doc_ids: Sequence[np.ndarray], num_positions: int, piece: Cal
         skipped.append(d)
     start += ids.size
   words = tuple(word_index)
-  apostrophe = np.asarray([any(a in w for a in APOSTROPHES) and any(c.isalnum() for c in w)
-                          for w in words] + [False])
-  return PositionWords(word_M=word_M, kind_M=kind_M, apostrophe_M=apostrophe[word_M], tag_M=tag_M,
-                       piece_M=piece_M, words=words, tags=tuple(tag_index), num_docs=num_docs,
-                       aligned_docs=aligned, skipped_docs=tuple(skipped))
+  apostrophe = np.asarray([any(a in w for a in APOSTROPHES) and any(c.isalnum() for c in w) for w in words] + [False])
+  return PositionWords(
+    word_M=word_M,
+    kind_M=kind_M,
+    apostrophe_M=apostrophe[word_M],
+    tag_M=tag_M,
+    piece_M=piece_M,
+    words=words,
+    tags=tuple(tag_index),
+    num_docs=num_docs,
+    aligned_docs=aligned,
+    skipped_docs=tuple(skipped),
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,9 +320,16 @@ def _rows(keys_M: np.ndarray, s: PositionStats, names: Sequence[str]) -> tuple[a
   return tuple(analysis.group_positions(keys_M, s, len(names), lambda i: names[i]))
 
 
-def word_stats(stats: PositionStats, words: PositionWords, piece: Callable[[int], str], *,
-               min_count: int = 20, min_side: int = 2, top: int = 20,
-               tagged: bool | None = None) -> WordStats:
+def word_stats(
+  stats: PositionStats,
+  words: PositionWords,
+  piece: Callable[[int], str],
+  *,
+  min_count: int = 20,
+  min_side: int = 2,
+  top: int = 20,
+  tagged: bool | None = None,
+) -> WordStats:
   """Groups the positions of ``stats`` by word, word position, tag and ambiguous piece.
 
   Args:
@@ -325,16 +352,19 @@ def word_stats(stats: PositionStats, words: PositionWords, piece: Callable[[int]
   first_of_longer = kind == START
   nt = np.asarray([w.lower().endswith(("n't", "n\u2019t")) for w in words.words] + [False])[word]
   one = lambda mask, name: _rows(np.where(mask, 0, -1), s, [name])[0]
-  contractions = (one(first_of_longer & words.apostrophe_M, "first piece of a word with an apostrophe"),
-                  one(first_of_longer & nt, "  of which: words ending in n't"),
-                  one(first_of_longer & ~words.apostrophe_M, "first piece of another multi-piece word"),
-                  one(kind == WHOLE, "whole word"))
+  contractions = (
+    one(first_of_longer & words.apostrophe_M, "first piece of a word with an apostrophe"),
+    one(first_of_longer & nt, "  of which: words ending in n't"),
+    one(first_of_longer & ~words.apostrophe_M, "first piece of another multi-piece word"),
+    one(kind == WHOLE, "whole word"),
+  )
   after_words = [g for g in _rows(np.where(final, word, -1), s, words.words) if g.count > 0]
   ranked = lambda most: analysis.ranked(after_words, min_count=min_count, top=top, most=most)
   tags = [g for g in _rows(np.where(final, words.tag_M, -1), s, words.tags) if g.count > 0]
   names = [""] * (int(words.piece_M.max(initial=-1)) + 1)
-  by_piece = [_rows(np.where(mask, words.piece_M, -1), s, names)
-              for mask in (kind != NO_WORD, kind == WHOLE, first_of_longer)]
+  by_piece = [
+    _rows(np.where(mask, words.piece_M, -1), s, names) for mask in (kind != NO_WORD, kind == WHOLE, first_of_longer)
+  ]
   ambiguous, other = [], []
   for overall, whole, begin in zip(*by_piece):
     if overall.count < min_count:
@@ -347,14 +377,25 @@ def word_stats(stats: PositionStats, words: PositionWords, piece: Callable[[int]
   ambiguous.sort(key=lambda a: (-a.overall.std_pauses, -a.overall.count, a.overall.key))
   mean_std = lambda gs: float(np.mean([g.std_pauses for g in gs])) if gs else float("nan")
   return WordStats(
-      kinds=_rows(kind, s, KIND_NAMES),
-      final_vs_internal=(one(final, "word-final piece"), one(~final & (kind != NO_WORD), "word-internal piece"),
-                         one(kind == NO_WORD, "no word")),
-      contractions=contractions, after_words=tuple(after_words),
-      most_words=ranked(True), least_words=ranked(False),
-      by_tag=tuple(sorted(tags, key=lambda g: (-g.count, g.name))),
-      ambiguous=tuple(ambiguous), mean_std_ambiguous=mean_std([a.overall for a in ambiguous]),
-      mean_std_other=mean_std(other), num_docs=words.num_docs, aligned_docs=words.aligned_docs,
-      skipped_docs=words.skipped_docs,
-      tagged=bool(words.aligned_docs or words.skipped_docs) if tagged is None else tagged,
-      min_count=min_count, min_side=min_side, top=top)
+    kinds=_rows(kind, s, KIND_NAMES),
+    final_vs_internal=(
+      one(final, "word-final piece"),
+      one(~final & (kind != NO_WORD), "word-internal piece"),
+      one(kind == NO_WORD, "no word"),
+    ),
+    contractions=contractions,
+    after_words=tuple(after_words),
+    most_words=ranked(True),
+    least_words=ranked(False),
+    by_tag=tuple(sorted(tags, key=lambda g: (-g.count, g.name))),
+    ambiguous=tuple(ambiguous),
+    mean_std_ambiguous=mean_std([a.overall for a in ambiguous]),
+    mean_std_other=mean_std(other),
+    num_docs=words.num_docs,
+    aligned_docs=words.aligned_docs,
+    skipped_docs=words.skipped_docs,
+    tagged=bool(words.aligned_docs or words.skipped_docs) if tagged is None else tagged,
+    min_count=min_count,
+    min_side=min_side,
+    top=top,
+  )

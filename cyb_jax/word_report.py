@@ -11,7 +11,8 @@ Used by ``cyb-analyze --tagged_text=PATH`` (``cyb_jax/cli/analyze.py``).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -31,8 +32,7 @@ TAG_PLOT = os.path.join("plots", "pauses_by_tag.png")
 _TAGS_PLOTTED = 20
 
 
-def eval_documents(data_cfg, tagged_text: str | None = None
-                   ) -> tuple[list[str], list[list[tuple[str, str]]] | None]:
+def eval_documents(data_cfg, tagged_text: str | None = None) -> tuple[list[str], list[list[tuple[str, str]]] | None]:
   """A text run's eval documents (text) and, with ``tagged_text``, their ``(word, tag)`` pairs.
 
   Args:
@@ -46,8 +46,7 @@ def eval_documents(data_cfg, tagged_text: str | None = None
   """
   spec = data_config_lib.parse_source(data_cfg.source)
   if spec.kind != "text":
-    raise ValueError(f"data.source={data_cfg.source!r} is not a text source: the word view needs "
-                     "text:PATH_OR_GLOB.")
+    raise ValueError(f"data.source={data_cfg.source!r} is not a text source: the word view needs text:PATH_OR_GLOB.")
   docs = text.read_documents(text.find_text_files(spec.path), data_cfg.doc_per)
   _, eval_idx = text.split_train_eval(len(docs), data_cfg.eval_fraction if data_cfg.eval_batches else 0.0)
   tagged_docs = None
@@ -55,8 +54,10 @@ def eval_documents(data_cfg, tagged_text: str | None = None
     tagged_files = text.find_text_files(tagged_text)
     all_tagged = wa.read_tagged_documents(tagged_files, data_cfg.doc_per)
     if len(all_tagged) != len(docs):
-      raise ValueError(f"The tagged copy {tagged_files} has {len(all_tagged)} documents "
-                       f"(data.doc_per={data_cfg.doc_per!r}) but the text {spec.path!r} has {len(docs)}.")
+      raise ValueError(
+        f"The tagged copy {tagged_files} has {len(all_tagged)} documents "
+        f"(data.doc_per={data_cfg.doc_per!r}) but the text {spec.path!r} has {len(docs)}."
+      )
     tagged_docs = [all_tagged[i] for i in eval_idx]
   return [docs[i] for i in eval_idx], tagged_docs
 
@@ -79,66 +80,144 @@ def run_position_words(info, docs: Sequence[str], tagged_docs, inputs: np.ndarra
   n = min(inputs_M.size, stream_T.size)
   if not np.array_equal(inputs_M[:n], stream_T[:n]):
     bad = int(np.flatnonzero(inputs_M[:n] != stream_T[:n])[0])
-    raise ValueError(f"The eval batches are not the run's eval documents read in order (first "
-                     f"difference at position {bad}); was the run trained on other files, or on "
-                     "several processes?")
+    raise ValueError(
+      f"The eval batches are not the run's eval documents read in order (first "
+      f"difference at position {bad}); was the run trained on other files, or on "
+      "several processes?"
+    )
   special = {i for i in (tok.bos_id, tok.eos_id, tok.newline_id, tok.pad_id) if i is not None}
   return wa.position_words(doc_ids, inputs_M.size, tok.piece, special, tagged_docs)
 
 
 def _rows(groups: Sequence[Any], first: str = "name") -> list[list[str]]:
-  return [[tables.md_code(g.name) if first == "code" else g.name, str(g.count),
-           tables.num(g.mean_pauses), tables.num(g.pause_rate), tables.num(g.std_pauses),
-           tables.num(g.mean_expected_pauses), tables.num(g.accuracy_step0), tables.num(g.accuracy),
-           tables.signed(g.gain)] for g in groups]
+  return [
+    [
+      tables.md_code(g.name) if first == "code" else g.name,
+      str(g.count),
+      tables.num(g.mean_pauses),
+      tables.num(g.pause_rate),
+      tables.num(g.std_pauses),
+      tables.num(g.mean_expected_pauses),
+      tables.num(g.accuracy_step0),
+      tables.num(g.accuracy),
+      tables.signed(g.gain),
+    ]
+    for g in groups
+  ]
 
 
-_HEADER = ["positions", "mean pauses k*", "pause rate", "std k*", "E[pauses]", "accuracy step 0",
-           "accuracy at k*", "gain"]
+_HEADER = [
+  "positions",
+  "mean pauses k*",
+  "pause rate",
+  "std k*",
+  "E[pauses]",
+  "accuracy step 0",
+  "accuracy at k*",
+  "gain",
+]
 
 
 def words_md(ws: wa.WordStats) -> str:
   """The word view as markdown: position kinds, contractions, words, tags, ambiguous pieces."""
-  md = ["Pauses at a position are taken after reading its input piece, before predicting the next "
-        "piece: \"after word w\" = at the last piece of w.", ""]
-  md += ["### Word-final vs word-internal pieces", "",
-         tables.md_table(["input piece"] + _HEADER, _rows(ws.final_vs_internal)), "",
-         "By the piece's place in its word:", "",
-         tables.md_table(["input piece"] + _HEADER, _rows(ws.kinds)), ""]
-  md += ["### Contractions", "", "After the first piece of a word split into several pieces (e.g. "
-         "`▁was` of wasn't), by whether the word has an apostrophe, vs after whole words (the paper "
-         "reports no pauses after the first piece of contractions).", "",
-         tables.md_table(["input piece"] + _HEADER, _rows(ws.contractions)), ""]
-  for title, groups in (("Words after which the model pauses most", ws.most_words),
-                        ("Words after which the model pauses least", ws.least_words)):
-    body = (tables.md_table(["word"] + _HEADER, _rows(groups, "code")) if groups
-            else f"_No word occurs at {ws.min_count} or more positions._")
+  md = [
+    "Pauses at a position are taken after reading its input piece, before predicting the next "
+    'piece: "after word w" = at the last piece of w.',
+    "",
+  ]
+  md += [
+    "### Word-final vs word-internal pieces",
+    "",
+    tables.md_table(["input piece"] + _HEADER, _rows(ws.final_vs_internal)),
+    "",
+    "By the piece's place in its word:",
+    "",
+    tables.md_table(["input piece"] + _HEADER, _rows(ws.kinds)),
+    "",
+  ]
+  md += [
+    "### Contractions",
+    "",
+    "After the first piece of a word split into several pieces (e.g. "
+    "`▁was` of wasn't), by whether the word has an apostrophe, vs after whole words (the paper "
+    "reports no pauses after the first piece of contractions).",
+    "",
+    tables.md_table(["input piece"] + _HEADER, _rows(ws.contractions)),
+    "",
+  ]
+  for title, groups in (
+    ("Words after which the model pauses most", ws.most_words),
+    ("Words after which the model pauses least", ws.least_words),
+  ):
+    body = (
+      tables.md_table(["word"] + _HEADER, _rows(groups, "code"))
+      if groups
+      else f"_No word occurs at {ws.min_count} or more positions._"
+    )
     md += [f"### {title} (at least {ws.min_count} positions)", "", body, ""]
   md += ["### By part-of-speech tag", ""]
   if not ws.tagged:
     md += ["_No tagged copy (`--tagged_text`)._", ""]
   else:
-    md += [f"{ws.aligned_docs} of {ws.num_docs} eval documents aligned with the tagged copy; "
-           f"{len(ws.skipped_docs)} skipped (their words differ from the tagged words).", ""]
+    md += [
+      f"{ws.aligned_docs} of {ws.num_docs} eval documents aligned with the tagged copy; "
+      f"{len(ws.skipped_docs)} skipped (their words differ from the tagged words).",
+      "",
+    ]
     pair = [g for g in (ws.tag("nns"), ws.tag("nn")) if g is not None]
     if pair:
-      md += ["**After plural (`nns`) vs singular (`nn`) nouns:**", "",
-             tables.md_table(["tag"] + _HEADER, _rows(pair, "code")), ""]
+      md += [
+        "**After plural (`nns`) vs singular (`nn`) nouns:**",
+        "",
+        tables.md_table(["tag"] + _HEADER, _rows(pair, "code")),
+        "",
+      ]
     frequent = [g for g in ws.by_tag if g.count >= ws.min_count]
-    md += [f"All tags with at least {ws.min_count} positions, by count (tags as grouped: Brown "
-           "`-tl`/`-hl`/`-nc` suffixes and `fw-` dropped):", "",
-           tables.md_table(["tag"] + _HEADER, _rows(frequent, "code")) if frequent else "_none_", ""]
-  md += [f"### Ambiguous pieces (whole word and word start, each at least {ws.min_side} times)", "",
-         f"Mean std of k* over these pieces: **{tables.num(ws.mean_std_ambiguous)}**; over the other "
-         f"pieces with at least {ws.min_count} positions: {tables.num(ws.mean_std_other)}.", ""]
+    md += [
+      f"All tags with at least {ws.min_count} positions, by count (tags as grouped: Brown "
+      "`-tl`/`-hl`/`-nc` suffixes and `fw-` dropped):",
+      "",
+      tables.md_table(["tag"] + _HEADER, _rows(frequent, "code")) if frequent else "_none_",
+      "",
+    ]
+  md += [
+    f"### Ambiguous pieces (whole word and word start, each at least {ws.min_side} times)",
+    "",
+    f"Mean std of k* over these pieces: **{tables.num(ws.mean_std_ambiguous)}**; over the other "
+    f"pieces with at least {ws.min_count} positions: {tables.num(ws.mean_std_other)}.",
+    "",
+  ]
   if ws.ambiguous:
-    md += [tables.md_table(
-        ["piece", "positions", "std k*", "mean k*", "E[pauses]", "as whole word: n", "pause rate",
-         "as word start: n", "pause rate"],
-        [[tables.md_code(a.overall.name), str(a.overall.count), tables.num(a.overall.std_pauses),
-          tables.num(a.overall.mean_pauses), tables.num(a.overall.mean_expected_pauses),
-          str(a.as_whole.count), tables.num(a.as_whole.pause_rate), str(a.as_start.count),
-          tables.num(a.as_start.pause_rate)] for a in ws.ambiguous[:ws.top]]), ""]
+    md += [
+      tables.md_table(
+        [
+          "piece",
+          "positions",
+          "std k*",
+          "mean k*",
+          "E[pauses]",
+          "as whole word: n",
+          "pause rate",
+          "as word start: n",
+          "pause rate",
+        ],
+        [
+          [
+            tables.md_code(a.overall.name),
+            str(a.overall.count),
+            tables.num(a.overall.std_pauses),
+            tables.num(a.overall.mean_pauses),
+            tables.num(a.overall.mean_expected_pauses),
+            str(a.as_whole.count),
+            tables.num(a.as_whole.pause_rate),
+            str(a.as_start.count),
+            tables.num(a.as_start.pause_rate),
+          ]
+          for a in ws.ambiguous[: ws.top]
+        ],
+      ),
+      "",
+    ]
   return "\n".join(md)
 
 
@@ -149,13 +228,21 @@ def plot_tags(path: str, ws: wa.WordStats) -> str:
   ax = fig.subplots()
   x = np.arange(len(groups))
   width = 0.27
-  ax.bar(x - width, [g.mean_pauses for g in groups], width, yerr=[g.std_pauses for g in groups],
-         capsize=2, label="mean pauses k* (± std)")
+  ax.bar(
+    x - width,
+    [g.mean_pauses for g in groups],
+    width,
+    yerr=[g.std_pauses for g in groups],
+    capsize=2,
+    label="mean pauses k* (± std)",
+  )
   ax.bar(x, [g.mean_expected_pauses for g in groups], width, label="E[pauses], own halting")
   ax.bar(x + width, [g.pause_rate for g in groups], width, label="pause rate (k* > 0)")
   ax.set_xticks(x, [f"{g.name}\n{g.count}" for g in groups], fontsize=7)
-  ax.set(ylabel="after the word's last piece",
-         title=f"Pauses after words by tag (tags with n ≥ {ws.min_count}, most frequent first)")
+  ax.set(
+    ylabel="after the word's last piece",
+    title=f"Pauses after words by tag (tags with n ≥ {ws.min_count}, most frequent first)",
+  )
   ax.set_ylim(bottom=0)
   ax.grid(axis="y", alpha=0.3)
   ax.legend(fontsize=8)
@@ -164,8 +251,17 @@ def plot_tags(path: str, ws: wa.WordStats) -> str:
   return plots.save(fig, path)
 
 
-def write_word_analysis(out_dir: str, stats, words: wa.PositionWords, piece, *, min_count: int = 20,
-                        top: int = 20, tagged: bool = False, run: Mapping[str, Any] | None = None) -> str:
+def write_word_analysis(
+  out_dir: str,
+  stats,
+  words: wa.PositionWords,
+  piece,
+  *,
+  min_count: int = 20,
+  top: int = 20,
+  tagged: bool = False,
+  run: Mapping[str, Any] | None = None,
+) -> str:
   """Writes ``words.json``, ``words.md`` and, with a tagged copy, ``plots/pauses_by_tag.png``.
 
   Args:

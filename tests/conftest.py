@@ -8,12 +8,13 @@ import os
 
 import jax
 
-_CACHE = os.environ.get("CYB_JAX_TEST_CACHE",
-                        os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache",
-                                     "jax_test_compilation"))
+_CACHE = os.environ.get(
+  "CYB_JAX_TEST_CACHE", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache", "jax_test_compilation")
+)
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 # The gcs_emulator / gcs_bucket fixtures (a local fake-gcs-server) for every test module.
-from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: E402,F401
+from tests.gcs_emulator import gcs_bucket  # noqa: E402,F401
+from tests.gcs_emulator import gcs_emulator  # noqa: E402,F401

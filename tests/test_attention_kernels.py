@@ -13,15 +13,25 @@ from cyb_jax import attention
 from cyb_jax import attention_kernels
 from cyb_jax import decode
 from cyb_jax import model as model_lib
-from cyb_jax.model_config import RUNTIME_FIELDS, ModelConfig
+from cyb_jax.model_config import RUNTIME_FIELDS
+from cyb_jax.model_config import ModelConfig
 
 B, N, V, K, W = 2, 12, 50, 2, 3
 TOL = dict(rtol=1e-5, atol=1e-5)
 GRAD_TOL = dict(rtol=2e-5)  # of each gradient array's largest entry (sums that cancel)
 # GQA (4 query heads on 2 key/value heads) and a sliding-window / full layer mix.
-CFG = ModelConfig(vocab_size=V, num_layers=3, d_model=32, num_heads=4, mlp_dim=64, max_pauses=K,
-                  num_kv_heads=2, dk_bias_init=-1.0, layer_types=("sliding", "full", "sliding"),
-                  sliding_window=W)
+CFG = ModelConfig(
+  vocab_size=V,
+  num_layers=3,
+  d_model=32,
+  num_heads=4,
+  mlp_dim=64,
+  max_pauses=K,
+  num_kv_heads=2,
+  dk_bias_init=-1.0,
+  layer_types=("sliding", "full", "sliding"),
+  sliding_window=W,
+)
 FUSED = dataclasses.replace(CFG, attention_impl="dot_product")
 
 
@@ -45,10 +55,12 @@ def _tokens(seed=1):
 @functools.partial(jax.jit, static_argnums=0)
 def _logits_and_grads(cfg, params, tokens, segment_ids, positions):
   """step_logits, and the gradient of a scalar function of all of them w.r.t. the parameters."""
+
   def f(p):
     logits = model_lib.step_logits(cfg, p, tokens, segment_ids=segment_ids, positions=positions)
     weights = jnp.sin(jnp.arange(logits.size, dtype=jnp.float32)).reshape(logits.shape)
     return (weights * logits).sum(), logits
+
   (_, logits), grads = jax.value_and_grad(f, has_aux=True)(params)
   return logits, grads
 
@@ -57,8 +69,7 @@ def _assert_trees_close(a, b, *, rtol):
   """Every leaf x of `a` is within rtol * max|y| of the same leaf y of `b` (normwise)."""
   assert jax.tree.structure(a) == jax.tree.structure(b)
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=0, atol=rtol * float(np.abs(y).max()),
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(x, y, rtol=0, atol=rtol * float(np.abs(y).max()), err_msg=jax.tree_util.keystr(path))
 
 
 # ------------------------------------------------------------------------------------------
@@ -68,10 +79,10 @@ def _assert_trees_close(a, b, *, rtol):
 def _random_qkv(b=2, s=7, m=7, h=4, g=2, e=8, j=3, seed=0):
   keys = jax.random.split(jax.random.key(seed), 5)
   q = jax.random.normal(keys[0], (b, s, h, e))
-  shared = attention.KeyValues(jax.random.normal(keys[1], (b, m, g, e)),
-                               jax.random.normal(keys[2], (b, m, g, e)))
-  private = attention.KeyValues(jax.random.normal(keys[3], (b, s, j, g, e)),
-                                jax.random.normal(keys[4], (b, s, j, g, e)))
+  shared = attention.KeyValues(jax.random.normal(keys[1], (b, m, g, e)), jax.random.normal(keys[2], (b, m, g, e)))
+  private = attention.KeyValues(
+    jax.random.normal(keys[3], (b, s, j, g, e)), jax.random.normal(keys[4], (b, s, j, g, e))
+  )
   return q, shared, private
 
 
@@ -97,9 +108,9 @@ def test_fused_shared_attention_equals_attend():
   q, shared, _ = _random_qkv()
   mask = _mask_BxSxM()
   _check_equal_with_grads(
-      lambda q, kv: attention.attend(q, kv, mask, scale=0.3),
-      lambda q, kv: attention_kernels.fused_attend(q, kv, mask, scale=0.3),
-      (q, shared),
+    lambda q, kv: attention.attend(q, kv, mask, scale=0.3),
+    lambda q, kv: attention_kernels.fused_attend(q, kv, mask, scale=0.3),
+    (q, shared),
   )
 
 
@@ -111,9 +122,9 @@ def test_fused_shared_plus_private_attention_equals_attend(visible_j):
   mask = _mask_BxSxM()
   private_mask = (jnp.arange(3) < visible_j)[None, None]
   _check_equal_with_grads(
-      lambda q, kv, pkv: attention.attend(q, kv, mask, pkv, private_mask),
-      lambda q, kv, pkv: attention_kernels.fused_attend(q, kv, mask, pkv, private_mask),
-      (q, shared, private),
+    lambda q, kv, pkv: attention.attend(q, kv, mask, pkv, private_mask),
+    lambda q, kv, pkv: attention_kernels.fused_attend(q, kv, mask, pkv, private_mask),
+    (q, shared, private),
   )
 
 
@@ -136,11 +147,12 @@ def test_bfloat16_merge_splits_the_log_normaliser():
   mask, private_mask = _mask_BxSxM(), jnp.ones((1, 1, 3), bool)
   bf = lambda t: jax.tree.map(lambda x: x.astype(jnp.bfloat16), t)  # noqa: E731
   exact = attention.attend(q, shared, mask, private, private_mask)
-  dense_err = np.abs(attention.attend(*bf((q, shared)), mask, bf(private), private_mask)
-                     .astype(jnp.float32) - exact).max()
-  fused_err = np.abs(attention_kernels.fused_attend(*bf((q, shared)), mask, bf(private),
-                                                    private_mask).astype(jnp.float32)
-                     - exact).max()
+  dense_err = np.abs(
+    attention.attend(*bf((q, shared)), mask, bf(private), private_mask).astype(jnp.float32) - exact
+  ).max()
+  fused_err = np.abs(
+    attention_kernels.fused_attend(*bf((q, shared)), mask, bf(private), private_mask).astype(jnp.float32) - exact
+  ).max()
   assert fused_err <= 2 * dense_err + 1e-3, (fused_err, dense_err)
 
 
@@ -148,8 +160,7 @@ def test_bfloat16_merge_splits_the_log_normaliser():
 # The whole model.
 
 
-@pytest.mark.parametrize("cfg", [CFG, dataclasses.replace(CFG, pause_layout="visible")],
-                         ids=["private", "visible"])
+@pytest.mark.parametrize("cfg", [CFG, dataclasses.replace(CFG, pause_layout="visible")], ids=["private", "visible"])
 def test_fused_step_logits_and_gradients_equal_dense(cfg):
   """K = 2 with packed segments, GQA and sliding/full layers: the private pause scan (real
   prefill + fused pause steps) and the flat visible grid give the dense path's logits and
@@ -171,8 +182,10 @@ def test_fused_scanned_layers_equal_dense():
   step = jax.jit(model_lib.step_logits, static_argnums=0)
   fused = dataclasses.replace(cfg, attention_impl="dot_product")
   np.testing.assert_allclose(
-      step(fused, params, tokens, segment_ids=segment_ids, positions=positions),
-      step(cfg, params, tokens, segment_ids=segment_ids, positions=positions), **TOL)
+    step(fused, params, tokens, segment_ids=segment_ids, positions=positions),
+    step(cfg, params, tokens, segment_ids=segment_ids, positions=positions),
+    **TOL,
+  )
 
 
 @pytest.mark.parametrize("layout", ["private", "visible"])
@@ -183,8 +196,7 @@ def test_fused_decoder_equals_training_forward(layout):
   params, tokens = _params(), _tokens(4)
   logits, pauses = decode.teacher_forced_step_logits(cfg, params, tokens)
   np.testing.assert_array_equal(pauses, K)
-  np.testing.assert_allclose(logits, model_lib.step_logits(cfg, params, tokens),
-                             rtol=1e-5, atol=2e-5)
+  np.testing.assert_allclose(logits, model_lib.step_logits(cfg, params, tokens), rtol=1e-5, atol=2e-5)
 
 
 # ------------------------------------------------------------------------------------------
@@ -205,8 +217,7 @@ def test_bad_attention_impls_are_refused():
 
 
 def test_attention_module_refuses_a_soft_cap_with_the_fused_kernel():
-  module = attention.Attention(num_heads=2, num_kv_heads=1, head_dim=8, rope_base=1e4,
-                               softcap=5.0, impl="dot_product")
+  module = attention.Attention(num_heads=2, num_kv_heads=1, head_dim=8, rope_base=1e4, softcap=5.0, impl="dot_product")
   x, positions = jnp.ones((1, 3, 16)), jnp.arange(3)[None]
   visibility = attention.Visibility(attention.causal_segment_mask(jnp.ones((1, 3), jnp.int32)))
   with pytest.raises(ValueError, match="not supported"):

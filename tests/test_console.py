@@ -45,8 +45,13 @@ def _run(workdir: str, *, absl_app: bool, verbose: bool) -> tuple[str, str, str]
   """Runs the script; returns (log path printed, stderr, log file text)."""
   env = dict(os.environ, PYTHONPATH=_REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   proc = subprocess.run(
-      [sys.executable, "-c", _SCRIPT.format(absl_app=absl_app, verbose=verbose), workdir],
-      capture_output=True, text=True, env=env, timeout=60, check=False)
+    [sys.executable, "-c", _SCRIPT.format(absl_app=absl_app, verbose=verbose), workdir],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=60,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr
   path = proc.stdout.strip()
   with open(path, encoding="utf-8") as f:
@@ -82,15 +87,14 @@ def test_a_second_call_moves_the_file_and_installs_nothing_twice(tmp_path):
   script = textwrap.dedent(f"""
       import logging, sys
       from cyb_jax import console
-      console.setup_logging({str(tmp_path / 'a')!r})
-      console.setup_logging({str(tmp_path / 'b')!r})
+      console.setup_logging({str(tmp_path / "a")!r})
+      console.setup_logging({str(tmp_path / "b")!r})
       logging.getLogger("orbax").info("second-info")
       logging.getLogger("orbax").warning("second-warning")
       print(len(logging.getLogger().handlers))
       """)
   env = dict(os.environ, PYTHONPATH=_REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                        env=env, timeout=60, check=True)
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60, check=True)
   assert proc.stdout.strip() == "2"  # one file handler, one stderr handler
   assert proc.stderr.count("second-warning") == 1
   assert "second-info" not in proc.stderr

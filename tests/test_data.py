@@ -7,20 +7,19 @@ import numpy as np
 import pytest
 
 from cyb_jax.data import config as config_lib
+from cyb_jax.data import default_data_config
 from cyb_jax.data import flat_stream
 from cyb_jax.data import make_data
 from cyb_jax.data import packing
 from cyb_jax.data import streaming
 from cyb_jax.data import synthetic
-from cyb_jax.data import default_data_config
 from tests import tiny
 
 SEQ_LEN = 48
 BATCH = 4
 
 
-_synthetic_config = functools.partial(tiny.data_config, seq_len=SEQ_LEN, batch_size=BATCH,
-                                      eval_batches=2)
+_synthetic_config = functools.partial(tiny.data_config, seq_len=SEQ_LEN, batch_size=BATCH, eval_batches=2)
 
 
 # ----------------------------------------------------------------------------- config
@@ -28,16 +27,31 @@ _synthetic_config = functools.partial(tiny.data_config, seq_len=SEQ_LEN, batch_s
 
 def test_default_config_has_every_field_and_is_locked():
   cfg = default_data_config()
-  for field in ("source", "seq_len", "batch_size", "eval_batches", "doc_per", "eval_fraction", "tfds_train_split",
-                "tfds_eval_split", "tfds_text_key", "tfds_data_dir", "tokenizer", "spm_vocab_size",
-                "spm_max_sentences", "synthetic"):
+  for field in (
+    "source",
+    "seq_len",
+    "batch_size",
+    "eval_batches",
+    "doc_per",
+    "eval_fraction",
+    "tfds_train_split",
+    "tfds_eval_split",
+    "tfds_text_key",
+    "tfds_data_dir",
+    "tokenizer",
+    "spm_vocab_size",
+    "spm_max_sentences",
+    "synthetic",
+  ):
     assert field in cfg, field
   assert config_lib.validate_data_config(cfg).kind == "synthetic"
   with pytest.raises(AttributeError):
     cfg.seqlen = 3  # a typo must not be silently added
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     ({"source": "parquet:/x"}, "Unknown data.source='parquet:/x'"),
     ({"source": "text:"}, "names no path"),
     ({"source": "tfds:bad name!"}, "is not a TFDS dataset"),
@@ -46,7 +60,8 @@ def test_default_config_has_every_field_and_is_locked():
     ({"batch_size": 0}, "data.batch_size=0 is out of range"),
     ({"doc_per": "sentence"}, "data.doc_per='sentence' is not one of"),
     ({"eval_fraction": 1.0}, "data.eval_fraction=1.0 must be a number in [0, 1)"),
-])
+  ],
+)
 def test_bad_config_fails_fast_and_writes_nothing(tmp_path, overrides, message):
   workdir = tmp_path / "run"
   cfg = _synthetic_config(**overrides)
@@ -87,8 +102,12 @@ def test_pack_windows_hand_example():
   np.testing.assert_array_equal(b["segment_ids"], [[1, 1, 1, 1, 2], [1, 1, 0, 0, 0]])
   np.testing.assert_array_equal(b["positions"], [[0, 1, 2, 3, 0], [0, 1, 0, 0, 0]])
   assert {k: v.dtype for k, v in b.items()} == {
-      "inputs": np.int32, "targets": np.int32, "weights": np.float32, "segment_ids": np.int32,
-      "positions": np.int32}
+    "inputs": np.int32,
+    "targets": np.int32,
+    "weights": np.float32,
+    "segment_ids": np.int32,
+    "positions": np.int32,
+  }
 
 
 def _random_corpus(rng, num_docs, max_len):
@@ -185,38 +204,56 @@ def test_stream_packer_matches_the_flat_stream_and_resumes():
 def _encode(a, b, is_mul, max_digits=4):
   a, b = np.array([a], np.int64), np.array([b], np.int64)
   r = a * b if is_mul else a + b
-  p = {"a": a, "b": b, "result": r, "la": np.array([len(str(a[0]))]), "lb": np.array([len(str(b[0]))]),
-       "lr": np.array([len(str(r[0]))]), "is_mul": np.array([is_mul])}
+  p = {
+    "a": a,
+    "b": b,
+    "result": r,
+    "la": np.array([len(str(a[0]))]),
+    "lb": np.array([len(str(b[0]))]),
+    "lr": np.array([len(str(r[0]))]),
+    "is_mul": np.array([is_mul]),
+  }
   tok, cat, length = synthetic.encode_problems(p, max_digits)
   n = int(length[0])
-  return synthetic.decode(tok[0, :n]), [synthetic.CATEGORY_NAMES[c] for c in cat[0, :n]], \
-      synthetic.LEVEL_OF_CATEGORY[cat[0, :n]].tolist()
+  return (
+    synthetic.decode(tok[0, :n]),
+    [synthetic.CATEGORY_NAMES[c] for c in cat[0, :n]],
+    synthetic.LEVEL_OF_CATEGORY[cat[0, :n]].tolist(),
+  )
 
 
-@pytest.mark.parametrize("a, b, is_mul, text, answer_categories, answer_levels", [
+@pytest.mark.parametrize(
+  "a, b, is_mul, text, answer_categories, answer_levels",
+  [
     # 57*68 = 3876: column 0 is one product (a lookup), column 1 sums two products, column 2 adds
     # a carry of 8 from column 1 to 5*6, then the leading digit and the closing ";".
     (57, 68, True, "57*68=6783;", ["mul_first", "mul_column", "mul_column", "mul_last", "mul_end"], [1, 4, 4, 2, 1]),
     # 7*345 = 2415: a product by a one-digit number (a carry chain).
-    (7, 345, True, "7*345=5142;", ["mul_first", "mul_by_digit", "mul_by_digit", "mul_last", "mul_end"],
-     [1, 3, 3, 2, 1]),
+    (
+      7,
+      345,
+      True,
+      "7*345=5142;",
+      ["mul_first", "mul_by_digit", "mul_by_digit", "mul_last", "mul_end"],
+      [1, 3, 3, 2, 1],
+    ),
     (0, 5, True, "0*5=0;", ["mul_first", "mul_end"], [1, 1]),
     # 95+7 = 102: 5+7 = 12 (no carry in), 9 + carry, the carry-out digit.
     (95, 7, False, "95+7=201;", ["add_digits", "add_carry", "add_final", "add_end"], [2, 2, 1, 1]),
     # 123+45 = 168: the hundreds digit copies the 1 of 123.
     (123, 45, False, "123+45=861;", ["add_digits", "add_digits", "add_copy", "add_end"], [2, 2, 1, 1]),
     # 999+1 = 1000: the carry runs through digits where only 999 has a digit.
-    (999, 1, False, "999+1=0001;", ["add_digits", "add_carry", "add_carry", "add_final", "add_end"],
-     [2, 2, 2, 1, 1]),
-])
+    (999, 1, False, "999+1=0001;", ["add_digits", "add_carry", "add_carry", "add_final", "add_end"], [2, 2, 2, 1, 1]),
+  ],
+)
 def test_synthetic_categories_hand_checked(a, b, is_mul, text, answer_categories, answer_levels):
   got_text, categories, levels = _encode(a, b, is_mul)
   assert got_text == text
   eq = text.index("=")
-  assert categories[:eq + 1] == ["operand"] * len(str(a)) + ["operator"] + ["operand"] * len(str(b)) + ["equals"]
-  assert levels[:eq + 1] == [0] * (eq + 1)
-  assert categories[eq + 1:] == answer_categories
-  assert levels[eq + 1:] == answer_levels
+  assert categories[: eq + 1] == ["operand"] * len(str(a)) + ["operator"] + ["operand"] * len(str(b)) + ["equals"]
+  assert levels[: eq + 1] == [0] * (eq + 1)
+  assert categories[eq + 1 :] == answer_categories
+  assert levels[eq + 1 :] == answer_levels
 
 
 def test_synthetic_rows_are_correct_arithmetic_and_labels_align():

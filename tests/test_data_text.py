@@ -13,8 +13,10 @@ from cyb_jax.data import text
 from cyb_jax.data import tokenizer as tokenizer_lib
 from tests import tiny
 
-_WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hex "
-          "jovial zebras and big sphinx of quartz judge my vow").split()
+_WORDS = (
+  "the quick brown fox jumps over a lazy dog while seven wizards quietly hex "
+  "jovial zebras and big sphinx of quartz judge my vow"
+).split()
 
 
 def write_corpus(folder, num_files=2, lines_per_file=120, seed=0):
@@ -31,9 +33,18 @@ def write_corpus(folder, num_files=2, lines_per_file=120, seed=0):
 
 
 def text_config(pattern, **overrides):
-  return tiny.data_config(**{"source": f"text:{pattern}", "seq_len": 32, "batch_size": 4,
-                             "eval_batches": 2, "eval_fraction": 0.1, "spm_vocab_size": 320,
-                             "spm_max_sentences": 500, **overrides})
+  return tiny.data_config(
+    **{
+      "source": f"text:{pattern}",
+      "seq_len": 32,
+      "batch_size": 4,
+      "eval_batches": 2,
+      "eval_fraction": 0.1,
+      "spm_vocab_size": 320,
+      "spm_max_sentences": 500,
+      **overrides,
+    }
+  )
 
 
 def test_documents_per_line_paragraph_and_file():
@@ -171,10 +182,34 @@ def test_bad_text_configs_fail_fast_and_write_nothing(tmp_path):
 
 
 # Files and folders whose names start with "." are hidden from wildcards, as in `glob`.
-GLOB_TREE = ("a.txt", "b.md", ".hidden.txt", "sub/c.txt", "sub/deep/d.txt", "sub/deep/e.md", ".cache/f.txt",
-             "sub/.git/g.txt", "other/h.txt", "other/[x].txt")
-GLOB_PATTERNS = ("*.txt", "*", "sub/*.txt", "**/*.txt", "**", "sub/**/*.txt", "*/deep/*", "**/deep/*.md",
-                 "[ab].*", "?.txt", ".*", "sub/deep/d.txt", "other/[[]x].txt", "no/*.txt")
+GLOB_TREE = (
+  "a.txt",
+  "b.md",
+  ".hidden.txt",
+  "sub/c.txt",
+  "sub/deep/d.txt",
+  "sub/deep/e.md",
+  ".cache/f.txt",
+  "sub/.git/g.txt",
+  "other/h.txt",
+  "other/[x].txt",
+)
+GLOB_PATTERNS = (
+  "*.txt",
+  "*",
+  "sub/*.txt",
+  "**/*.txt",
+  "**",
+  "sub/**/*.txt",
+  "*/deep/*",
+  "**/deep/*.md",
+  "[ab].*",
+  "?.txt",
+  ".*",
+  "sub/deep/d.txt",
+  "other/[[]x].txt",
+  "no/*.txt",
+)
 
 
 def write_glob_tree(root) -> None:
@@ -197,7 +232,8 @@ def test_find_text_files_follows_glob(tmp_path):
       assert text.find_text_files(full) == want, pattern
   # A folder is every file under it, hidden ones excepted; a plain file path is that file.
   assert text.find_text_files(str(tmp_path)) == sorted(
-      str(tmp_path / rel) for rel in GLOB_TREE if not any(part.startswith(".") for part in rel.split("/")))
+    str(tmp_path / rel) for rel in GLOB_TREE if not any(part.startswith(".") for part in rel.split("/"))
+  )
   assert text.find_text_files(str(tmp_path / ".hidden.txt")) == [str(tmp_path / ".hidden.txt")]
 
 

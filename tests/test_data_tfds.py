@@ -27,8 +27,15 @@ def mocked_tfds():
     yield
 
 
-_tfds_config = functools.partial(tiny.data_config, source="tfds:lm1b", seq_len=16, batch_size=4,
-                                 eval_batches=2, spm_vocab_size=320, spm_max_sentences=100)
+_tfds_config = functools.partial(
+  tiny.data_config,
+  source="tfds:lm1b",
+  seq_len=16,
+  batch_size=4,
+  eval_batches=2,
+  spm_vocab_size=320,
+  spm_max_sentences=100,
+)
 
 
 def test_tfds_batches_are_packed_text(mocked_tfds, tmp_path):
@@ -84,9 +91,11 @@ def test_sharded_order_partitions_each_epoch():
 
 def test_bad_tfds_configs_fail_fast_and_write_nothing(mocked_tfds, tmp_path):
   workdir = tmp_path / "run"
-  with pytest.raises(ValueError, match="data.tfds_text_key='content' is not a feature of the records; they have \\['text'\\]"):
+  with pytest.raises(
+    ValueError, match="data.tfds_text_key='content' is not a feature of the records; they have \\['text'\\]"
+  ):
     make_data(_tfds_config(tfds_text_key="content"), seed=0, workdir=str(workdir))
-  with pytest.raises(ValueError, match="TFDS cannot open data.source=\"tfds:no_such_dataset\""):
+  with pytest.raises(ValueError, match='TFDS cannot open data.source="tfds:no_such_dataset"'):
     make_data(_tfds_config(source="tfds:no_such_dataset"), seed=0, workdir=str(workdir))
   with pytest.raises(ValueError, match="tfds_eval_split is empty but data.eval_batches=2"):
     make_data(_tfds_config(tfds_eval_split=""), seed=0, workdir=str(workdir))
@@ -138,8 +147,11 @@ def test_prepare_data_builds_array_record_without_tensorflow(tmp_path, capsys):
   run_prepare_data("--dataset=tiny_text_lines", f"--data_dir={data_dir}")
   variant = data_dir / "tiny_text_lines" / "1.0.0"
   assert sorted(p.name for p in variant.iterdir()) == [
-      "dataset_info.json", "features.json", "tiny_text_lines-test.array_record-00000-of-00001",
-      "tiny_text_lines-train.array_record-00000-of-00001"]
+    "dataset_info.json",
+    "features.json",
+    "tiny_text_lines-test.array_record-00000-of-00001",
+    "tiny_text_lines-train.array_record-00000-of-00001",
+  ]
   assert f"Prepared tiny_text_lines in {variant}" in capsys.readouterr().out
   for split in ("train", "test"):
     source = tfds_source.open_split("tiny_text_lines", split, str(data_dir))
@@ -172,9 +184,10 @@ def test_unprepared_dataset_fails_fast_naming_the_command(tmp_path):
     make_data(_tfds_config(source="tfds:lm1b", tfds_data_dir=str(data_dir)), seed=0, workdir=str(tmp_path / "run"))
   elapsed = time.monotonic() - start
   assert str(raised.value) == (
-      f"TFDS dataset \"lm1b\" (data.source=\"tfds:lm1b\") is not prepared in data_dir '{data_dir}', and a run "
-      "never downloads it. Prepare it once, as ArrayRecord files, with:\n"
-      f"  python -m cyb_jax.cli.prepare_data --dataset=lm1b --data_dir={data_dir}")
+    f'TFDS dataset "lm1b" (data.source="tfds:lm1b") is not prepared in data_dir \'{data_dir}\', and a run '
+    "never downloads it. Prepare it once, as ArrayRecord files, with:\n"
+    f"  python -m cyb_jax.cli.prepare_data --dataset=lm1b --data_dir={data_dir}"
+  )
   assert elapsed < 5.0, f"took {elapsed:.1f} s"
   assert not any(data_dir.iterdir()) and not (tmp_path / "run").exists()
 
@@ -189,8 +202,9 @@ def test_a_dataset_prepared_as_tfrecord_is_named_with_the_fix(tmp_path):
   with pytest.raises(ValueError) as raised:
     tfds_source.open_split("tiny_text_lines", "train", str(data_dir))
   assert str(raised.value) == (
-      f"TFDS dataset \"tiny_text_lines\" is prepared in data_dir '{data_dir}' as tfrecord files, but "
-      f"tfds.data_source reads ArrayRecord only. Remove {info_path.parent} and prepare it as ArrayRecord with:\n"
-      f"  python -m cyb_jax.cli.prepare_data --dataset=tiny_text_lines --data_dir={data_dir}")
+    f"TFDS dataset \"tiny_text_lines\" is prepared in data_dir '{data_dir}' as tfrecord files, but "
+    f"tfds.data_source reads ArrayRecord only. Remove {info_path.parent} and prepare it as ArrayRecord with:\n"
+    f"  python -m cyb_jax.cli.prepare_data --dataset=tiny_text_lines --data_dir={data_dir}"
+  )
   with pytest.raises(ValueError, match="already prepared in .* as tfrecord files; training reads ArrayRecord only"):
     prepare_data.prepare("tiny_text_lines", str(data_dir))

@@ -11,7 +11,16 @@ from cyb_jax import decode
 from cyb_jax import model as model_lib
 
 # The model tests' configs, sizes and jitted forward, so that both files share compilations.
-from tests.test_model import CFG, GEMMA_LIKE, VISIBLE, B, K, N, V, W, _random_params, step_logits
+from tests.test_model import CFG
+from tests.test_model import GEMMA_LIKE
+from tests.test_model import VISIBLE
+from tests.test_model import B
+from tests.test_model import K
+from tests.test_model import N
+from tests.test_model import V
+from tests.test_model import W
+from tests.test_model import _random_params
+from tests.test_model import step_logits
 
 P = 4
 T = N - P  # prompt + generated tokens have the model tests' length
@@ -31,8 +40,9 @@ def _prompt():
 
 
 def _generate(cfg, params, halting, **kwargs):
-  return decode.generate(cfg, params, _prompt(), jax.random.key(3), max_new_tokens=T,
-                         halting=halting, return_stats=True, **kwargs)
+  return decode.generate(
+    cfg, params, _prompt(), jax.random.key(3), max_new_tokens=T, halting=halting, return_stats=True, **kwargs
+  )
 
 
 def _step_logits_of_generated(cfg, params, tokens_BxT):
@@ -88,13 +98,9 @@ def test_visible_adaptive_decoding_keeps_only_taken_pauses_in_context():
   """Teacher-forced visible decoding with early answers equals the flat visible forward in which
   each position's untaken pause slots are hidden from later positions."""
   params, tokens = _params(), jax.random.randint(jax.random.key(4), (B, N), 0, V)
-  logits, pauses = decode.teacher_forced_step_logits(
-      VISIBLE, params, tokens, halting="threshold", threshold=0.5
-  )
+  logits, pauses = decode.teacher_forced_step_logits(VISIBLE, params, tokens, halting="threshold", threshold=0.5)
   assert 0 < pauses.mean() < K
-  hidden = jax.jit(model_lib.step_hidden_flat, static_argnums=0)(
-      VISIBLE, params, tokens, taken_pauses=pauses
-  )
+  hidden = jax.jit(model_lib.step_hidden_flat, static_argnums=0)(VISIBLE, params, tokens, taken_pauses=pauses)
   expected = np.asarray(model_lib.logits_from_hidden(VISIBLE, params, hidden))
   taken_BxNxK = np.arange(K + 1) <= np.asarray(pauses)[..., None]
   np.testing.assert_allclose(np.asarray(logits)[taken_BxNxK], expected[taken_BxNxK], **TOL)

@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from cyb_jax.configs import experiment as experiment_config
 from cyb_jax import efficiency
 from cyb_jax import experiment
 from cyb_jax import experiment_plan
+from cyb_jax.configs import experiment as experiment_config
 
 
 def test_tokens_to_reach_interpolates_the_first_crossing():
@@ -40,8 +40,12 @@ def test_plan_covers_the_grid_and_the_sweeps():
   assert names.count("ce_s0") == 1 and "cyb_dp_K3_s2" in names and "pause_ce_K1_s1" in names
   assert len([r for r in runs if not r.sweep]) == 3 * (1 + 4 * 2)
   sweep = [r for r in runs if r.sweep]
-  assert {r.name for r in sweep} == {"cyb_ap_K1_s0_gamma0.5", "cyb_ap_K3_s0_gamma0.5",
-                                     "cyb_ap_K1_s0_gamma0.99", "cyb_ap_K3_s0_gamma0.99"}
+  assert {r.name for r in sweep} == {
+    "cyb_ap_K1_s0_gamma0.5",
+    "cyb_ap_K3_s0_gamma0.5",
+    "cyb_ap_K1_s0_gamma0.99",
+    "cyb_ap_K3_s0_gamma0.99",
+  }
   assert experiment_plan.run_config(c, sweep[0]).loss.gamma == 0.5
   c.losses = ("ce", "hinge")
   with pytest.raises(ValueError, match=r"losses \['hinge'\] are unknown"):

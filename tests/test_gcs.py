@@ -20,10 +20,9 @@ from cyb_jax import metrics_writer
 from cyb_jax.data import make_data
 from cyb_jax.data import text
 from cyb_jax.data import tfds_source
-from tests import test_data_tfds
 from tests import test_data_text
+from tests import test_data_tfds
 from tests import tiny
-
 
 
 def test_the_fixture_points_clients_at_a_fresh_bucket(gcs_bucket, gcs_emulator):
@@ -43,13 +42,14 @@ def test_the_fixture_points_clients_at_a_fresh_bucket(gcs_bucket, gcs_emulator):
 def _events(folder: epath.Path) -> list[tuple[str, int, float]]:
   """(tag, step, value) of every scalar in every TensorBoard event file under `folder`, sorted."""
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+
   out = []
   for path in folder.iterdir():
     data = path.read_bytes()
     i = 0
     while i < len(data):
-      (length,) = struct.unpack("<Q", data[i:i + 8])
-      event = event_pb2.Event.FromString(data[i + 12:i + 12 + length])
+      (length,) = struct.unpack("<Q", data[i : i + 8])
+      event = event_pb2.Event.FromString(data[i + 12 : i + 12 + length])
       out.extend((v.tag, event.step, v.simple_value) for v in event.summary.value)
       i += 12 + length + 4
   return sorted(out)
@@ -76,10 +76,12 @@ def test_metrics_and_events_on_gcs_match_a_local_run(gcs_bucket, tmp_path):
   remote = epath.Path(workdir) / "metrics.jsonl"
   assert remote.read_bytes() == (tmp_path / "metrics.jsonl").read_bytes()
   rows = metrics_writer.read_metrics(workdir)
-  assert rows == [{"step": 1, "train/loss": 1.0, "eval/halt_probs": [0.5, 0.25]},
-                  {"step": 2, "train/loss": 0.5, "eval/halt_probs": [0.5, 0.5]},
-                  {"step": 3, "train/loss": 0.5 / 3, "eval/halt_probs": [0.75, 0.125]},
-                  {"step": 4, "train/loss": 0.125, "eval/halt_probs": [0.75, 0.125]}]
+  assert rows == [
+    {"step": 1, "train/loss": 1.0, "eval/halt_probs": [0.5, 0.25]},
+    {"step": 2, "train/loss": 0.5, "eval/halt_probs": [0.5, 0.5]},
+    {"step": 3, "train/loss": 0.5 / 3, "eval/halt_probs": [0.75, 0.125]},
+    {"step": 4, "train/loss": 0.125, "eval/halt_probs": [0.75, 0.125]},
+  ]
   assert rows == metrics_writer.read_metrics(str(tmp_path))
   # TensorBoard: one event file per writer session, every scalar written (step 3 twice: TensorBoard
   # shows the newest), exactly as locally.
@@ -141,8 +143,9 @@ def test_text_run_on_gcs_matches_a_local_run(gcs_bucket, tmp_path):
     tiny.assert_equal_batches(next(remote.train), next(local.train))
   for a, b in zip(remote.eval_batches, local.eval_batches):
     tiny.assert_equal_batches(a, b)
-  given = make_data(test_data_text.text_config(f"{gcs_bucket}/corpus", tokenizer=str(model)), seed=1,
-                    workdir=f"{gcs_bucket}/other")
+  given = make_data(
+    test_data_text.text_config(f"{gcs_bucket}/corpus", tokenizer=str(model)), seed=1, workdir=f"{gcs_bucket}/other"
+  )
   assert given.info.tokenizer_path == str(model) and not epath.Path(f"{gcs_bucket}/other").exists()
 
 
@@ -151,9 +154,12 @@ def test_text_run_on_gcs_matches_a_local_run(gcs_bucket, tmp_path):
 
 def test_orbax_checkpoint_manager_saves_and_restores_on_gcs(gcs_bucket):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   directory = epath.Path(gcs_bucket) / "run" / "checkpoints"
-  tree = {"params": {"w": jnp.arange(12.0, dtype=jnp.float32).reshape(3, 4), "b": jnp.array([1, -2], jnp.int32)},
-          "step": jnp.array(0, jnp.int32)}
+  tree = {
+    "params": {"w": jnp.arange(12.0, dtype=jnp.float32).reshape(3, 4), "b": jnp.array([1, -2], jnp.int32)},
+    "step": jnp.array(0, jnp.int32),
+  }
   options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
   with ocp.CheckpointManager(directory, options=options) as manager:
     for step in (3, 6, 9):
@@ -175,16 +181,26 @@ def test_prepare_data_uploads_and_runs_read_tfds_from_gcs(gcs_bucket, tmp_path):
   test_data_tfds.run_prepare_data("--dataset=tiny_text_lines", f"--data_dir={data_dir}")
   variant = epath.Path(data_dir) / "tiny_text_lines" / "1.0.0"
   assert sorted(p.name for p in variant.iterdir()) == [
-      "dataset_info.json", "features.json", "tiny_text_lines-test.array_record-00000-of-00001",
-      "tiny_text_lines-train.array_record-00000-of-00001"]
+    "dataset_info.json",
+    "features.json",
+    "tiny_text_lines-test.array_record-00000-of-00001",
+    "tiny_text_lines-train.array_record-00000-of-00001",
+  ]
   for split in ("train", "test"):
     source = tfds_source.open_split("tiny_text_lines", split, data_dir)
     assert sorted(tfds_source.record_text(r, "text") for r in source) == test_data_tfds.expected_tiny_texts(split)
   # A run reading from gs:// sees what a run reading a local copy sees.
   local_dir = tmp_path / "tfds"
   test_data_tfds.run_prepare_data("--dataset=tiny_text_lines", f"--data_dir={local_dir}")
-  cfg = lambda d: tiny.data_config(source="tfds:tiny_text_lines", tfds_data_dir=d, seq_len=16, batch_size=4,  # noqa: E731
-                                   eval_batches=1, spm_vocab_size=320, spm_max_sentences=100)
+  cfg = lambda d: tiny.data_config(
+    source="tfds:tiny_text_lines",
+    tfds_data_dir=d,
+    seq_len=16,
+    batch_size=4,  # noqa: E731
+    eval_batches=1,
+    spm_vocab_size=320,
+    spm_max_sentences=100,
+  )
   remote = make_data(cfg(data_dir), seed=2, workdir=f"{gcs_bucket}/run")
   local = make_data(cfg(str(local_dir)), seed=2, workdir=str(tmp_path / "run"))
   for _ in range(3):
@@ -199,8 +215,9 @@ def test_an_interrupted_upload_is_not_a_prepared_dataset(gcs_bucket, tmp_path):
   (variant / "tiny_text_lines-train.array_record-00000-of-00003").write_bytes(b"partial")
   with pytest.raises(ValueError, match="is not prepared in data_dir"):
     tfds_source.open_split("tiny_text_lines", "train", data_dir)
-  test_data_tfds.run_prepare_data("--dataset=tiny_text_lines", f"--data_dir={data_dir}",
-                                  f"--staging_dir={tmp_path / 'staging'}")
+  test_data_tfds.run_prepare_data(
+    "--dataset=tiny_text_lines", f"--data_dir={data_dir}", f"--staging_dir={tmp_path / 'staging'}"
+  )
   assert "tiny_text_lines-train.array_record-00000-of-00003" not in [p.name for p in variant.iterdir()]
   assert (tmp_path / "staging" / "tiny_text_lines" / "1.0.0" / "dataset_info.json").exists()  # kept
   assert len(tfds_source.open_split("tiny_text_lines", "train", data_dir)) == 30
@@ -213,8 +230,9 @@ def test_unprepared_dataset_on_gcs_fails_fast_naming_the_command(gcs_bucket):
     tfds_source.open_split("lm1b", "train", data_dir)
   elapsed = time.monotonic() - start
   assert str(raised.value) == (
-      f"TFDS dataset \"lm1b\" (data.source=\"tfds:lm1b\") is not prepared in data_dir '{data_dir}', and a run "
-      "never downloads it. Prepare it once, as ArrayRecord files, with:\n"
-      f"  python -m cyb_jax.cli.prepare_data --dataset=lm1b --data_dir={data_dir}")
+    f'TFDS dataset "lm1b" (data.source="tfds:lm1b") is not prepared in data_dir \'{data_dir}\', and a run '
+    "never downloads it. Prepare it once, as ArrayRecord files, with:\n"
+    f"  python -m cyb_jax.cli.prepare_data --dataset=lm1b --data_dir={data_dir}"
+  )
   assert elapsed < 5.0, f"took {elapsed:.1f} s"
   assert list(epath.Path(gcs_bucket).iterdir()) == []

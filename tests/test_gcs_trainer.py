@@ -27,8 +27,7 @@ def test_a_gcs_run_resumes_exactly_fine_tunes_and_reads_back(gcs_bucket, tmp_pat
   train.train_and_evaluate(config, local)  # 6 steps in one go, on the local disk
 
   run = f"{gcs_bucket}/run"
-  first = train.train_and_evaluate(tiny_config(**{"optimizer.schedule_steps": 6,
-                                                  "num_train_steps": 3}), run)
+  first = train.train_and_evaluate(tiny_config(**{"optimizer.schedule_steps": 6, "num_train_steps": 3}), run)
   assert first["step"] == 3 and not (epath.Path(run) / "gs:").exists()
   assert sorted(p.name for p in (epath.Path(run) / "checkpoints").iterdir()) == ["3"]
   resumed = train.train_and_evaluate(config, run)  # a new process would do the same
@@ -45,7 +44,8 @@ def test_a_gcs_run_resumes_exactly_fine_tunes_and_reads_back(gcs_bucket, tmp_pat
   train.train_and_evaluate(tiny_config(**{"num_train_steps": 1, "init_from": run}), tuned)
   start = components.load_run(tuned)
   # One step of fine-tuning from the copied parameters moves them only a little.
-  diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
-             zip(jax.tree.leaves(start.params), jax.tree.leaves(loaded.params)))
+  diff = max(
+    float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+    for a, b in zip(jax.tree.leaves(start.params), jax.tree.leaves(loaded.params))
+  )
   assert 0 < diff < 0.1
-

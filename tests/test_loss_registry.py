@@ -9,11 +9,11 @@ from cyb_jax import losses
 
 K = 2
 _DIRECT = {  # each loss called directly with the registry's default hyper-parameters
-    "ce": lambda s, w, mu: losses.cross_entropy_loss(s, w),
-    "pause_ce": lambda s, w, mu: losses.pause_cross_entropy_loss(s, w),
-    "cyb_ap": lambda s, w, mu: losses.cyb_ap_loss(s, w, gamma=0.9, omega=0.0),
-    "cyb_va": lambda s, w, mu: losses.cyb_va_loss(s, w, prior=losses.geometric_prior(K + 1, 0.5)),
-    "cyb_dp": lambda s, w, mu: losses.cyb_dp_loss(s, w, budget=1.0, multiplier=mu),
+  "ce": lambda s, w, mu: losses.cross_entropy_loss(s, w),
+  "pause_ce": lambda s, w, mu: losses.pause_cross_entropy_loss(s, w),
+  "cyb_ap": lambda s, w, mu: losses.cyb_ap_loss(s, w, gamma=0.9, omega=0.0),
+  "cyb_va": lambda s, w, mu: losses.cyb_va_loss(s, w, prior=losses.geometric_prior(K + 1, 0.5)),
+  "cyb_dp": lambda s, w, mu: losses.cyb_dp_loss(s, w, budget=1.0, multiplier=mu),
 }
 
 
@@ -48,7 +48,12 @@ def test_make_loss_equals_the_loss_function_values_and_gradients(name):
 
 def test_readout_steps_and_dual_ascent_are_properties_of_the_spec():
   assert {n: s.readout_step(K + 1) for n, s in losses.SPECS.items()} == {
-      "ce": 0, "pause_ce": K, "cyb_ap": None, "cyb_va": None, "cyb_dp": None}
+    "ce": 0,
+    "pause_ce": K,
+    "cyb_ap": None,
+    "cyb_va": None,
+    "cyb_dp": None,
+  }
   assert [n for n, s in losses.SPECS.items() if s.dual_ascent] == ["cyb_dp"]
   logits, targets, weights = _batch()
   stats = losses.step_log_probs(logits, targets)
@@ -67,9 +72,11 @@ def test_pause_warmup_switches_at_the_configured_step(name):
   warm = losses.make_loss(name, pause_warmup_steps=3)
   step_loss = jax.jit(lambda s: warm(stats, weights, 0.2, s)[0])  # the step is traced
   all_steps = losses.all_steps_loss(stats, weights)[0]
-  np.testing.assert_allclose(all_steps, np.mean(
-      np.sum(np.asarray(weights)[..., None] * -np.asarray(stats.log_target), (0, 1))
-      / np.asarray(weights).sum()), rtol=1e-6)
+  np.testing.assert_allclose(
+    all_steps,
+    np.mean(np.sum(np.asarray(weights)[..., None] * -np.asarray(stats.log_target), (0, 1)) / np.asarray(weights).sum()),
+    rtol=1e-6,
+  )
   for step in (0, 2):  # jitted against eager: float32 rounding of the fused program
     np.testing.assert_allclose(step_loss(step), all_steps, rtol=1e-6)
   for step in (3, 100):
@@ -104,25 +111,31 @@ def test_pause_warmup_trains_no_dk_logit_and_freezes_the_multiplier():
   assert float(dp(stats, weights, 0.4, 5)[2]) != pytest.approx(0.4)
 
 
-@pytest.mark.parametrize("call, match", [
+@pytest.mark.parametrize(
+  "call, match",
+  [
     (lambda: losses.make_loss("hinge"), r"loss.name='hinge' is unknown"),
     (lambda: losses.make_loss("cyb_ap", budget=1.0), r"takes no hyper-parameter \['budget'\]"),
     (lambda: losses.make_loss("cyb_ap", gamma=0.0), r"gamma=0.0"),
     (lambda: losses.make_loss("cyb_va", prior="zipf"), r"prior='zipf' is unknown"),
-    (lambda: losses.make_loss("cyb_va", prior="explicit", prior_values=(0.5, 0.6)),
-     r"prior must sum to 1"),
+    (lambda: losses.make_loss("cyb_va", prior="explicit", prior_values=(0.5, 0.6)), r"prior must sum to 1"),
     (lambda: losses.make_loss("cyb_dp", multiplier_rate=-1.0), r"rate=-1.0"),
     (lambda: losses.make_loss("ce", pause_warmup_steps=10), r"trains no pauses"),
     (lambda: losses.make_loss("cyb_ap", pause_warmup_steps=-1), r"pause_warmup_steps=-1"),
     (lambda: losses.make_loss("cyb_ap", pause_warmup_loss="ce"), r"pause_warmup_loss='ce'"),
-    (lambda: losses.make_loss("cyb_ap", pause_warmup_steps=2)(
-        losses.step_log_probs(_batch()[0], _batch()[1]), _batch()[2], 0.0),
-     r"pass the optimiser step"),
+    (
+      lambda: losses.make_loss("cyb_ap", pause_warmup_steps=2)(
+        losses.step_log_probs(_batch()[0], _batch()[1]), _batch()[2], 0.0
+      ),
+      r"pass the optimiser step",
+    ),
     (lambda: losses.make_loss("ce").check_num_steps(K + 1), r"set model.max_pauses=0"),
-    (lambda: losses.make_loss("cyb_va", prior="explicit",
-                              prior_values=(0.5, 0.5)).check_num_steps(K + 1),
-     r"prior_values has 2 entries; the explicit prior needs K\+1 = 3"),
-])
+    (
+      lambda: losses.make_loss("cyb_va", prior="explicit", prior_values=(0.5, 0.5)).check_num_steps(K + 1),
+      r"prior_values has 2 entries; the explicit prior needs K\+1 = 3",
+    ),
+  ],
+)
 def test_bad_losses_are_refused_naming_the_value(call, match):
   with pytest.raises(ValueError, match=match):
     call()
@@ -147,8 +160,10 @@ def test_chunked_statistics_with_a_final_soft_cap_equal_the_capped_full_logits()
   value = lambda stats_fn: lambda h, w: losses.cyb_ap_loss(stats_fn(h, w), weights, gamma=0.9)[0]
   np.testing.assert_allclose(value(chunked)(hidden, kernel), value(full)(hidden, kernel), rtol=1e-6)
   assert float(jnp.max(jnp.abs(hidden @ kernel))) > 2 * cap  # the cap binds somewhere
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6),
-               jax.grad(value(chunked), argnums=(0, 1))(hidden, kernel),
-               jax.grad(value(full), argnums=(0, 1))(hidden, kernel))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6),
+    jax.grad(value(chunked), argnums=(0, 1))(hidden, kernel),
+    jax.grad(value(full), argnums=(0, 1))(hidden, kernel),
+  )
   with pytest.raises(ValueError, match="logit_softcap=0"):
     losses.chunked_step_log_probs(hidden, kernel, dk_kernel, targets, vocab_chunk=4, logit_softcap=0)

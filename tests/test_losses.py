@@ -3,7 +3,6 @@
 import functools
 
 import hypothesis
-import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
@@ -16,8 +15,7 @@ from scipy.special import logsumexp
 
 from cyb_jax import losses as L
 
-SETTINGS = hypothesis.settings(max_examples=10, deadline=None,
-                               suppress_health_check=[hypothesis.HealthCheck.too_slow])
+SETTINGS = hypothesis.settings(max_examples=10, deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow])
 
 
 def _random_logits(seed, batch=(2, 3), k=3, v=5, scale=2.0, dtype=np.float32):
@@ -31,26 +29,28 @@ def _random_logits(seed, batch=(2, 3), k=3, v=5, scale=2.0, dtype=np.float32):
 def _all_losses(num_steps):
   prior = L.geometric_prior(num_steps, 0.6)
   return {
-      "ce": L.cross_entropy_loss,
-      "pause_ce": L.pause_cross_entropy_loss,
-      "ap": functools.partial(L.cyb_ap_loss, gamma=0.9),
-      "ap_omega": functools.partial(L.cyb_ap_loss, gamma=0.8, omega=0.3),
-      "va_token": functools.partial(L.cyb_va_loss, prior=prior, beta=1.0),
-      "va_batch": functools.partial(L.cyb_va_loss, prior=prior, beta=0.5, kl="batch"),
-      "va_uniform": functools.partial(L.cyb_va_loss, prior=L.uniform_prior(num_steps)),
-      "dp": functools.partial(L.cyb_dp_loss, budget=0.5, multiplier=0.7),
-      "dp_act": functools.partial(L.cyb_dp_loss, budget=0.0, multiplier=0.01),
+    "ce": L.cross_entropy_loss,
+    "pause_ce": L.pause_cross_entropy_loss,
+    "ap": functools.partial(L.cyb_ap_loss, gamma=0.9),
+    "ap_omega": functools.partial(L.cyb_ap_loss, gamma=0.8, omega=0.3),
+    "va_token": functools.partial(L.cyb_va_loss, prior=prior, beta=1.0),
+    "va_batch": functools.partial(L.cyb_va_loss, prior=prior, beta=0.5, kl="batch"),
+    "va_uniform": functools.partial(L.cyb_va_loss, prior=L.uniform_prior(num_steps)),
+    "dp": functools.partial(L.cyb_dp_loss, budget=0.5, multiplier=0.7),
+    "dp_act": functools.partial(L.cyb_dp_loss, budget=0.0, multiplier=0.01),
   }
 
 
 def _loss_of_logits(loss_fn):
   """The scalar loss of (logits, targets, weights)."""
+
   def f(logits, targets, weights):
     return loss_fn(L.step_log_probs(logits, targets), weights)[0]
+
   return f
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_loss(name, num_steps):
   return jax.jit(_loss_of_logits(_all_losses(num_steps)[name]))
 
@@ -58,8 +58,10 @@ def _jitted_loss(name, num_steps):
 @jax.jit
 def _all_values_and_grads(logits, targets, weights):
   """{loss name: (value, d value / d logits)} for every loss, in one compilation."""
-  return {name: jax.value_and_grad(_loss_of_logits(fn))(logits, targets, weights)
-          for name, fn in _all_losses(logits.shape[-2]).items()}
+  return {
+    name: jax.value_and_grad(_loss_of_logits(fn))(logits, targets, weights)
+    for name, fn in _all_losses(logits.shape[-2]).items()
+  }
 
 
 # ------------------------------------------------------------------------ reference
@@ -79,8 +81,9 @@ def _numpy_reference(logits, targets):
 
 
 @SETTINGS
-@hypothesis.given(seed=st.integers(0, 2**31), k=st.integers(0, 4), v=st.integers(1, 6),
-                  scale=st.sampled_from([0.1, 1.0, 4.0]))
+@hypothesis.given(
+  seed=st.integers(0, 2**31), k=st.integers(0, 4), v=st.integers(1, 6), scale=st.sampled_from([0.1, 1.0, 4.0])
+)
 def test_statistics_match_probability_reference(seed, k, v, scale):
   logits, targets = _random_logits(seed, k=k, v=v, scale=scale)
   stats = L.step_log_probs(logits, targets)
@@ -88,8 +91,7 @@ def test_statistics_match_probability_reference(seed, k, v, scale):
   np.testing.assert_allclose(np.exp(stats.log_dk), d, atol=1e-6)
   np.testing.assert_allclose(np.exp(stats.log_target), c, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(np.exp(L.log_halting(stats)), pi, rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(L.expected_pauses(stats), s[..., 1:].sum(-1), rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(L.expected_pauses(stats), s[..., 1:].sum(-1), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(L.nll_mix(stats), -np.log((pi * c).sum(-1)), rtol=1e-5, atol=1e-6)
   pred = np.argmax(np.asarray(logits)[..., :v], -1)
   np.testing.assert_array_equal(stats.correct, pred == targets[..., None])
@@ -99,13 +101,11 @@ def test_ap_matches_reference_with_hazard():
   logits, targets = _random_logits(0, k=3)
   d, c, _, _ = _numpy_reference(logits, targets)
   gamma, omega = 0.8, 0.3
-  keep = np.concatenate([np.ones_like(d[..., :1]), np.cumprod(d[..., :-1] * (1 - omega), -1)],
-                        -1)
+  keep = np.concatenate([np.ones_like(d[..., :1]), np.cumprod(d[..., :-1] * (1 - omega), -1)], -1)
   stop = keep * (1 - d + d * omega)
   stop[..., -1] = keep[..., -1]
   expected = -np.log((stop * gamma ** np.arange(4) * c).sum(-1)).mean()
-  loss, metrics = L.cyb_ap_loss(L.step_log_probs(logits, targets), np.ones(targets.shape),
-                                gamma=gamma, omega=omega)
+  loss, metrics = L.cyb_ap_loss(L.step_log_probs(logits, targets), np.ones(targets.shape), gamma=gamma, omega=omega)
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   np.testing.assert_allclose(metrics["ap_stop_probs"], stop.reshape(-1, 4).mean(0), rtol=1e-5)
 
@@ -119,8 +119,7 @@ def test_k0_reduces_every_loss_to_cross_entropy(seed, v):
   logits, targets = _random_logits(seed, k=0, v=v)
   weights = np.random.default_rng(seed).uniform(size=targets.shape).astype(np.float32)
   # Plain cross-entropy over the vocabulary, DK ignored.
-  ce_ref = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits[..., 0, :v])),
-                               targets[..., None], -1)[..., 0]
+  ce_ref = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits[..., 0, :v])), targets[..., None], -1)[..., 0]
   ce_ref = (weights * ce_ref).sum() / weights.sum()
   results = _all_values_and_grads(logits, targets, weights)
   ce_grad = results["ce"][1]
@@ -143,8 +142,9 @@ def test_ap_without_discount_or_hazard_is_nll_mix(seed, k):
 
 
 @SETTINGS
-@hypothesis.given(seed=st.integers(0, 2**31), k=st.integers(0, 5),
-                  omega=st.floats(0.0, 0.99), scale=st.sampled_from([0.5, 5.0, 50.0]))
+@hypothesis.given(
+  seed=st.integers(0, 2**31), k=st.integers(0, 5), omega=st.floats(0.0, 0.99), scale=st.sampled_from([0.5, 5.0, 50.0])
+)
 def test_halting_and_ap_stopping_distributions_sum_to_one(seed, k, omega, scale):
   logits, targets = _random_logits(seed, k=k, scale=scale)
   stats = L.step_log_probs(logits, targets)
@@ -153,8 +153,7 @@ def test_halting_and_ap_stopping_distributions_sum_to_one(seed, k, omega, scale)
 
 
 @SETTINGS
-@hypothesis.given(seed=st.integers(0, 2**31), k=st.integers(0, 4),
-                  q=st.floats(0.05, 3.0))
+@hypothesis.given(seed=st.integers(0, 2**31), k=st.integers(0, 4), q=st.floats(0.05, 3.0))
 def test_va_token_is_an_upper_bound_of_the_prior_mixture_nll(seed, k, q):
   logits, targets = _random_logits(seed, k=k)
   stats = L.step_log_probs(logits, targets)
@@ -163,7 +162,7 @@ def test_va_token_is_an_upper_bound_of_the_prior_mixture_nll(seed, k, q):
   # Per position: the ELBO bound holds for each token, so test it unweighted per token.
   for i in range(targets.shape[0]):
     for j in range(targets.shape[1]):
-      one = jax.tree.map(lambda x: x[i:i + 1, j:j + 1], stats)
+      one = jax.tree.map(lambda x, i=i, j=j: x[i : i + 1, j : j + 1], stats)
       loss, _ = L.cyb_va_loss(one, np.ones((1, 1)), prior=prior, beta=1.0)
       bound = -np.log((np.asarray(prior) * c[i, j]).sum())
       assert float(loss) >= bound - 1e-5
@@ -184,8 +183,7 @@ def test_masked_positions_change_neither_loss_nor_gradients():
   weights[:, -1] = 0.0
   weights[1, 1] = 0.0
   garbage = logits.copy()
-  garbage[weights == 0] = 1e4 * np.sign(np.random.default_rng(2).normal(
-      size=garbage[weights == 0].shape))
+  garbage[weights == 0] = 1e4 * np.sign(np.random.default_rng(2).normal(size=garbage[weights == 0].shape))
   bad_targets = targets.copy()
   bad_targets[weights == 0] = 10**6  # out of range: NaN log_target, masked away
   clean = _all_values_and_grads(logits, targets, weights)
@@ -202,13 +200,11 @@ def test_jit_equals_eager():
 
   def everything(logits, targets, weights):
     stats = L.step_log_probs(logits, targets)
-    return ({name: fn(stats, weights) for name, fn in _all_losses(4).items()},
-            L.evaluate(stats, weights, 0.4))
+    return ({name: fn(stats, weights) for name, fn in _all_losses(4).items()}, L.evaluate(stats, weights, 0.4))
 
   eager = everything(logits, targets, weights)
   jitted = jax.jit(everything)(logits, targets, weights)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7),
-               eager, jitted)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7), eager, jitted)
 
 
 @pytest.mark.parametrize("vocab_chunk", [4, 16])
@@ -235,8 +231,7 @@ def test_chunked_equals_full_values_and_gradients(vocab_chunk):
     np.testing.assert_allclose(getattr(s_chunk, field), getattr(s_full, field), atol=2e-6)
   np.testing.assert_allclose(s_chunk.log_dk[..., :-1], s_full.log_dk[..., :-1], atol=2e-6)
   np.testing.assert_array_equal(s_chunk.correct, s_full.correct)
-  grads = [jax.grad(lambda *a, s=s: loss_fn(s(*a), weights)[0], argnums=(0, 1, 2, 3))(*args)
-           for s in (full, chunked)]
+  grads = [jax.grad(lambda *a, s=s: loss_fn(s(*a), weights)[0], argnums=(0, 1, 2, 3))(*args) for s in (full, chunked)]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), *grads)
 
 
@@ -249,17 +244,18 @@ def test_chunked_argmax_takes_the_first_maximum_like_jnp_argmax():
 
 def test_losses_are_shape_polymorphic():
   def f(logits, targets, weights):
-    return L.cyb_va_loss(L.step_log_probs(logits, targets), weights,
-                         prior=L.uniform_prior(4), kl="batch")[0]
+    return L.cyb_va_loss(L.step_log_probs(logits, targets), weights, prior=L.uniform_prior(4), kl="batch")[0]
+
   b, n = export.symbolic_shape("b, n")
   exp = export.export(jax.jit(f))(
-      jax.ShapeDtypeStruct((b, n, 4, 9), jnp.float32),
-      jax.ShapeDtypeStruct((b, n), jnp.int32), jax.ShapeDtypeStruct((b, n), jnp.float32))
+    jax.ShapeDtypeStruct((b, n, 4, 9), jnp.float32),
+    jax.ShapeDtypeStruct((b, n), jnp.int32),
+    jax.ShapeDtypeStruct((b, n), jnp.float32),
+  )
   for shape in [(1, 1), (3, 5)]:
     logits, targets = _random_logits(5, batch=shape, k=3, v=8)
     weights = np.ones(shape, np.float32)
-    np.testing.assert_allclose(exp.call(logits, targets, weights), f(logits, targets, weights),
-                               rtol=1e-6)
+    np.testing.assert_allclose(exp.call(logits, targets, weights), f(logits, targets, weights), rtol=1e-6)
 
 
 def test_any_leading_batch_shape():
@@ -293,8 +289,7 @@ def test_gradients_match_float64_finite_differences(name):
   with jax.enable_x64(True):
     loss = _jitted_loss(name, 3)
     f = lambda x: loss(x, targets, weights)
-    check_grads(f, (np.asarray(logits, np.float64),), order=1, modes=("rev",),
-                atol=1e-6, rtol=1e-6, eps=1e-5)
+    check_grads(f, (np.asarray(logits, np.float64),), order=1, modes=("rev",), atol=1e-6, rtol=1e-6, eps=1e-5)
 
 
 def test_dp_multiplier_has_zero_gradient_and_dual_ascent():
@@ -306,8 +301,7 @@ def test_dp_multiplier_has_zero_gradient_and_dual_ascent():
   _, metrics = L.cyb_dp_loss(stats, weights, budget=0.2, multiplier=0.5)
   excess = metrics["pause_excess"]
   np.testing.assert_allclose(excess, L.expected_pauses(stats).mean() - 0.2, rtol=1e-6)
-  np.testing.assert_allclose(L.update_multiplier(0.5, excess, rate=0.1), max(0, 0.5 + 0.1 * excess),
-                             rtol=1e-6)
+  np.testing.assert_allclose(L.update_multiplier(0.5, excess, rate=0.1), max(0, 0.5 + 0.1 * excess), rtol=1e-6)
   assert L.update_multiplier(0.0, -1.0, rate=1.0) == 0.0
   assert L.update_multiplier(0.3, 5.0, rate=0.0) == pytest.approx(0.3)
 
@@ -355,9 +349,10 @@ def _stats():
   return L.step_log_probs(logits, targets), np.ones(targets.shape)
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: L.step_log_probs(np.zeros((2, 3, 4)), np.zeros((2, 4), np.int32)),
-     r"targets shape \(2, 4\) must equal"),
+@pytest.mark.parametrize(
+  "call, match",
+  [
+    (lambda: L.step_log_probs(np.zeros((2, 3, 4)), np.zeros((2, 4), np.int32)), r"targets shape \(2, 4\) must equal"),
     (lambda: L.step_log_probs(np.zeros((2, 3, 1)), np.zeros((2,), np.int32)), ">= 2"),
     (lambda: L.step_log_probs(np.zeros((4,)), np.zeros((), np.int32)), "at least 2 axes"),
     (lambda: L.step_log_probs(np.zeros((2, 3, 4)), np.zeros((2,))), "integer"),
@@ -368,8 +363,10 @@ def _stats():
     (lambda: L.cyb_va_loss(*_stats(), prior=L.uniform_prior(4)), r"shape \[K\+1\] = \[3\]"),
     (lambda: L.cyb_va_loss(*_stats(), prior=np.array([0.5, 0.5, 0.0])), "> 0"),
     (lambda: L.cyb_va_loss(*_stats(), prior=np.array([0.5, 0.5, 0.5])), "sum to 1"),
-    (lambda: L.cyb_va_loss(*_stats(), prior=L.uniform_prior(3), kl="sequence"),
-     r"kl='sequence' is unknown; allowed: 'token', 'batch'"),
+    (
+      lambda: L.cyb_va_loss(*_stats(), prior=L.uniform_prior(3), kl="sequence"),
+      r"kl='sequence' is unknown; allowed: 'token', 'batch'",
+    ),
     (lambda: L.cyb_va_loss(*_stats(), prior=L.uniform_prior(3), beta=-1.0), "beta=-1.0"),
     (lambda: L.cyb_dp_loss(*_stats(), budget=-0.5, multiplier=1.0), "budget=-0.5"),
     (lambda: L.cyb_dp_loss(*_stats(), budget=0.5, multiplier=-1.0), "multiplier=-1.0"),
@@ -378,11 +375,20 @@ def _stats():
     (lambda: L.threshold_halting(_stats()[0], 1.5), r"tau=1.5"),
     (lambda: L.geometric_prior(0, 0.5), "num_steps=0"),
     (lambda: L.geometric_prior(3, 0.0), "continuation=0.0"),
-    (lambda: L.chunked_step_log_probs(np.zeros((2, 3, 4)), np.zeros((5, 7)), np.zeros(4),
-                                      np.zeros(2, np.int32), vocab_chunk=4), r"\[D=4, V\]"),
-    (lambda: L.chunked_step_log_probs(np.zeros((2, 3, 4)), np.zeros((4, 7)), np.zeros(4),
-                                      np.zeros(2, np.int32), vocab_chunk=0), "vocab_chunk=0"),
-])
+    (
+      lambda: L.chunked_step_log_probs(
+        np.zeros((2, 3, 4)), np.zeros((5, 7)), np.zeros(4), np.zeros(2, np.int32), vocab_chunk=4
+      ),
+      r"\[D=4, V\]",
+    ),
+    (
+      lambda: L.chunked_step_log_probs(
+        np.zeros((2, 3, 4)), np.zeros((4, 7)), np.zeros(4), np.zeros(2, np.int32), vocab_chunk=0
+      ),
+      "vocab_chunk=0",
+    ),
+  ],
+)
 def test_bad_input_raises_a_clear_error(call, match):
   with pytest.raises(ValueError, match=match):
     call()
@@ -391,11 +397,9 @@ def test_bad_input_raises_a_clear_error(call, match):
 def test_errors_are_raised_at_trace_time_under_jit():
   logits, targets = _random_logits(12, k=2)
   with pytest.raises(ValueError, match="gamma"):
-    jax.jit(lambda x: L.cyb_ap_loss(L.step_log_probs(x, targets), np.ones((2, 3)),
-                                    gamma=2.0))(logits)
+    jax.jit(lambda x: L.cyb_ap_loss(L.step_log_probs(x, targets), np.ones((2, 3)), gamma=2.0))(logits)
   # Traced hyper-parameters are accepted (and not checked).
-  loss = jax.jit(lambda g: L.cyb_ap_loss(L.step_log_probs(logits, targets), np.ones((2, 3)),
-                                         gamma=g)[0])(0.9)
+  loss = jax.jit(lambda g: L.cyb_ap_loss(L.step_log_probs(logits, targets), np.ones((2, 3)), gamma=g)[0])(0.9)
   assert np.isfinite(loss)
 
 
@@ -407,8 +411,7 @@ def test_from_parts_equals_joined_logits_values_and_gradients():
     return L.cyb_ap_loss(L.step_log_probs(z, targets), weights, gamma=0.8)[0]
 
   def parts(z):
-    return L.cyb_ap_loss(L.step_log_probs_from_parts(z[..., :-1], z[..., -1], targets), weights,
-                         gamma=0.8)[0]
+    return L.cyb_ap_loss(L.step_log_probs_from_parts(z[..., :-1], z[..., -1], targets), weights, gamma=0.8)[0]
 
   np.testing.assert_allclose(parts(logits), joined(logits), rtol=1e-6)
   np.testing.assert_allclose(jax.grad(parts)(logits), jax.grad(joined)(logits), atol=1e-7)

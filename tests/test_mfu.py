@@ -11,13 +11,23 @@ from cyb_jax import train
 from tests.tiny import tiny_config
 
 
-@pytest.mark.parametrize("kind, peak", [
-    ("TPU v4", 275e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12), ("TPU v5", 459e12),
-    ("TPU v5p", 459e12), ("TPU v6 lite", 918e12), ("TPU v6e", 918e12),
-    ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A100 80GB PCIe", 312e12),
-    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+@pytest.mark.parametrize(
+  "kind, peak",
+  [
+    ("TPU v4", 275e12),
+    ("TPU v5 lite", 197e12),
+    ("TPU v5e", 197e12),
+    ("TPU v5", 459e12),
+    ("TPU v5p", 459e12),
+    ("TPU v6 lite", 918e12),
+    ("TPU v6e", 918e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12),
+    ("NVIDIA A100 80GB PCIe", 312e12),
+    ("NVIDIA H100 80GB HBM3", 989e12),
+    ("NVIDIA H100 PCIe", 756e12),
     ("NVIDIA H200", 989e12),
-])
+  ],
+)
 def test_table_gives_the_dense_bf16_peak_of_each_known_device(kind, peak):
   assert mfu.table_peak(kind) == peak
 
@@ -67,15 +77,22 @@ def test_lowered_flops_counts_a_matmul_exactly_and_a_scan_body_once():
 def _step_flops(**overrides):
   config = tiny_config(**overrides)
   model_cfg = components.model_config(config, 32)
-  batch = {k: jnp.zeros((4, 16), jnp.float32 if k == "weights" else jnp.int32)
-           for k in train.BATCH_KEYS}
-  return train.model_flops_per_device(config, model_cfg, losses.make_loss_from_config(
-      config.loss), batch)
+  batch = {k: jnp.zeros((4, 16), jnp.float32 if k == "weights" else jnp.int32) for k in train.BATCH_KEYS}
+  return train.model_flops_per_device(config, model_cfg, losses.make_loss_from_config(config.loss), batch)
 
 
 def test_model_flops_do_not_depend_on_scans_remat_or_chunks():
-  assert _step_flops(**{"model.scan_layers": True, "model.remat_policy": "full",
-                        "loss.vocab_chunk": 8, "model.unroll_pause_scan": False}) == _step_flops()
+  assert (
+    _step_flops(
+      **{
+        "model.scan_layers": True,
+        "model.remat_policy": "full",
+        "loss.vocab_chunk": 8,
+        "model.unroll_pause_scan": False,
+      }
+    )
+    == _step_flops()
+  )
 
 
 def test_model_flops_grow_by_the_same_amount_with_each_private_pause_step():
@@ -84,8 +101,7 @@ def test_model_flops_grow_by_the_same_amount_with_each_private_pause_step():
   assert (k3 - k2) == pytest.approx(k2 - k1, rel=0.05)  # a scan counted once: k1 == k2
 
 
-@pytest.mark.parametrize("value, expected", [((), None), ([], None), ((2, 3), (2, 3)),
-                                             ((4, 4), (4, 4))])
+@pytest.mark.parametrize("value, expected", [((), None), ([], None), ((2, 3), (2, 3)), ((4, 4), (4, 4))])
 def test_profile_steps_is_empty_or_an_ordered_pair(value, expected):
   assert mfu.check_profile_steps(value) == expected
 

@@ -28,9 +28,7 @@ def _step_logits(cfg, params, tokens, segment_ids, positions):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _step_hidden_flat(cfg, params, tokens, segment_ids, positions):
-  return model_lib.step_hidden_flat(
-      cfg, params, tokens, segment_ids=segment_ids, positions=positions
-  )
+  return model_lib.step_hidden_flat(cfg, params, tokens, segment_ids=segment_ids, positions=positions)
 
 
 def _ids(tokens, segment_ids, positions):
@@ -75,9 +73,7 @@ def test_private_scan_equals_flattened_mask():
   params, tokens = _params(), _tokens()
   segment_ids, positions = _packed_ids()
   scan_logits = step_logits(CFG, params, tokens, segment_ids=segment_ids, positions=positions)
-  flat_hidden = step_hidden_flat(
-      CFG, params, tokens, segment_ids=segment_ids, positions=positions
-  )
+  flat_hidden = step_hidden_flat(CFG, params, tokens, segment_ids=segment_ids, positions=positions)
   assert scan_logits.shape == (B, N, K + 1, V + 1) and scan_logits.dtype == jnp.float32
   flat_logits = model_lib.logits_from_hidden(CFG, params, flat_hidden)
   np.testing.assert_allclose(scan_logits, flat_logits, **TOL)
@@ -158,17 +154,13 @@ def test_zero_pauses_is_an_ordinary_language_model():
 
 
 def test_layer_scan_remat_and_unrolled_pause_scan_match_the_default_forward():
-  scanned_cfg = dataclasses.replace(
-      CFG, scan_layers=True, remat_policy="dots_saveable", unroll_pause_scan=True
-  )
+  scanned_cfg = dataclasses.replace(CFG, scan_layers=True, remat_policy="dots_saveable", unroll_pause_scan=True)
   params, tokens = _params(), _tokens()
   layers = [params["decoder"][f"layer_{i}"] for i in range(CFG.num_layers)]
   scanned = {**params, "decoder": {"layers": jax.tree.map(lambda *a: jnp.stack(a), *layers)}}
   shapes = jax.eval_shape(lambda rng: model_lib.init_params(scanned_cfg, rng), jax.random.key(0))
   assert jax.tree.map(jnp.shape, scanned) == jax.tree.map(lambda s: s.shape, shapes)
-  np.testing.assert_allclose(
-      step_logits(scanned_cfg, scanned, tokens), step_logits(CFG, params, tokens), **TOL
-  )
+  np.testing.assert_allclose(step_logits(scanned_cfg, scanned, tokens), step_logits(CFG, params, tokens), **TOL)
 
 
 def test_grouped_kv_heads_equal_repeated_full_heads():
@@ -180,9 +172,7 @@ def test_grouped_kv_heads_equal_repeated_full_heads():
     attention = full["decoder"][f"layer_{i}"]["attention"]
     for name in ("k_kernel", "v_kernel"):
       attention[name] = jnp.repeat(attention[name], CFG.num_heads // CFG.num_kv_heads, axis=1)
-  np.testing.assert_allclose(
-      step_logits(full_cfg, full, tokens), step_logits(VISIBLE, params, tokens), **TOL
-  )
+  np.testing.assert_allclose(step_logits(full_cfg, full, tokens), step_logits(VISIBLE, params, tokens), **TOL)
 
 
 def test_output_projection_defines_the_logits():
@@ -227,17 +217,17 @@ def test_param_logical_axes_name_every_parameter_axis():
 
 
 @pytest.mark.parametrize(
-    "changes, message",
-    [
-        (dict(max_pauses=-1), "max_pauses must be an integer >= 0, got -1"),
-        (dict(pause_layout="shared"), "pause_layout must be one of"),
-        (dict(d_model=30), "d_model=30 is not divisible by num_heads=4"),
-        (dict(num_kv_heads=3), "num_heads=4 is not divisible by num_kv_heads=3"),
-        (dict(dtype="float16"), "dtype must be one of"),
-        (dict(remat_policy="sometimes"), "remat_policy must be one of"),
-        (dict(head_dim=7), "head_dim"),
-        (dict(num_layers=0), "num_layers must be an integer >= 1, got 0"),
-    ],
+  "changes, message",
+  [
+    (dict(max_pauses=-1), "max_pauses must be an integer >= 0, got -1"),
+    (dict(pause_layout="shared"), "pause_layout must be one of"),
+    (dict(d_model=30), "d_model=30 is not divisible by num_heads=4"),
+    (dict(num_kv_heads=3), "num_heads=4 is not divisible by num_kv_heads=3"),
+    (dict(dtype="float16"), "dtype must be one of"),
+    (dict(remat_policy="sometimes"), "remat_policy must be one of"),
+    (dict(head_dim=7), "head_dim"),
+    (dict(num_layers=0), "num_layers must be an integer >= 1, got 0"),
+  ],
 )
 def test_config_rejects_bad_values_with_clear_messages(changes, message):
   with pytest.raises(ValueError, match=message):
@@ -257,8 +247,7 @@ def test_step_hidden_rejects_mismatched_segment_ids():
 
 
 def test_split_logits_are_the_parts_of_step_logits():
-  cfg = ModelConfig(vocab_size=11, num_layers=1, d_model=16, num_heads=2, mlp_dim=32,
-                          max_pauses=2)
+  cfg = ModelConfig(vocab_size=11, num_layers=1, d_model=16, num_heads=2, mlp_dim=32, max_pauses=2)
   params = model_lib.init_params(cfg, jax.random.key(3))
   tokens = jnp.arange(10, dtype=jnp.int32).reshape(2, 5)
   hidden = model_lib.step_hidden(cfg, params, tokens)
@@ -273,23 +262,41 @@ def test_split_logits_are_the_parts_of_step_logits():
 
 W = 3
 WINDOWED = dataclasses.replace(
-    CFG, layer_types=("sliding", "full"), sliding_window=W, rope_local_base=100.0,
-    rope_scaling="llama3", rope_scaling_factor=4.0, rope_low_freq_factor=1.0,
-    rope_high_freq_factor=4.0, rope_original_max_positions=4)
+  CFG,
+  layer_types=("sliding", "full"),
+  sliding_window=W,
+  rope_local_base=100.0,
+  rope_scaling="llama3",
+  rope_scaling_factor=4.0,
+  rope_low_freq_factor=1.0,
+  rope_high_freq_factor=4.0,
+  rope_original_max_positions=4,
+)
 GEMMA_LIKE = dataclasses.replace(
-    WINDOWED, norm_plus_one=True, mlp_activation="gelu_tanh", scale_embeddings=True, qk_norm=True,
-    post_norms=True, query_pre_attn_scalar=12.0, attn_logit_softcap=3.0, final_logit_softcap=5.0,
-    qkv_bias=True, out_bias=True, rms_norm_eps=1e-5, rope_scaling="linear",
-    rope_low_freq_factor=None, rope_high_freq_factor=None, rope_original_max_positions=None)
+  WINDOWED,
+  norm_plus_one=True,
+  mlp_activation="gelu_tanh",
+  scale_embeddings=True,
+  qk_norm=True,
+  post_norms=True,
+  query_pre_attn_scalar=12.0,
+  attn_logit_softcap=3.0,
+  final_logit_softcap=5.0,
+  qkv_bias=True,
+  out_bias=True,
+  rms_norm_eps=1e-5,
+  rope_scaling="linear",
+  rope_low_freq_factor=None,
+  rope_high_freq_factor=None,
+  rope_original_max_positions=None,
+)
 
 
 def _random_params(cfg, seed=0):
   """Every parameter random (norm scales and biases too), so that each feature shows."""
   shapes = jax.eval_shape(lambda rng: model_lib.init_params(cfg, rng), jax.random.key(0))
   rng = np.random.default_rng(seed)
-  return jax.tree.map(
-      lambda s: jnp.asarray(rng.normal(scale=0.3, size=s.shape) + (s.ndim == 1) * 0.5, s.dtype),
-      shapes)
+  return jax.tree.map(lambda s: jnp.asarray(rng.normal(scale=0.3, size=s.shape) + (s.ndim == 1) * 0.5, s.dtype), shapes)
 
 
 def test_default_config_parameters_are_unchanged_by_the_architecture_fields():
@@ -314,8 +321,7 @@ def test_gemma_like_config_adds_its_parameters():
 @pytest.mark.parametrize("layout", ["private", "visible"])
 def test_one_sliding_layer_sees_exactly_the_window_by_derivatives(layout):
   """With one sliding layer, slot (n, k) depends on token m iff 0 <= n - m < W (both layouts)."""
-  cfg = dataclasses.replace(CFG, num_layers=1, layer_types=("sliding",), sliding_window=W,
-                            pause_layout=layout)
+  cfg = dataclasses.replace(CFG, num_layers=1, layer_types=("sliding",), sliding_window=W, pause_layout=layout)
   params = _random_params(cfg)
   tokens = jnp.arange(N)[None] + 7
   direction_D = jax.random.normal(jax.random.key(5), (cfg.d_model,))
@@ -341,8 +347,7 @@ def test_private_scan_equals_flattened_mask_with_windows(cfg):
   segment_ids, positions = _packed_ids()
   scan_logits = step_logits(cfg, params, tokens, segment_ids=segment_ids, positions=positions)
   flat_hidden = step_hidden_flat(cfg, params, tokens, segment_ids=segment_ids, positions=positions)
-  np.testing.assert_allclose(scan_logits, model_lib.logits_from_hidden(cfg, params, flat_hidden),
-                             **TOL)
+  np.testing.assert_allclose(scan_logits, model_lib.logits_from_hidden(cfg, params, flat_hidden), **TOL)
   full = dataclasses.replace(cfg, layer_types=None, sliding_window=None, rope_local_base=None)
   assert np.abs(step_logits(full, params, tokens) - step_logits(cfg, params, tokens)).max() > 1e-3
 
@@ -366,8 +371,7 @@ def test_final_logit_softcap_caps_vocabulary_logits_only():
   raw = model_lib.logits_from_hidden(uncapped, params, hidden)
   capped = model_lib.logits_from_hidden(GEMMA_LIKE, params, hidden)
   np.testing.assert_allclose(capped[..., :V], 5.0 * jnp.tanh(raw[..., :V] / 5.0), **TOL)
-  np.testing.assert_array_equal(model_lib.cap_vocab_logits(GEMMA_LIKE, raw[..., :V]),
-                                capped[..., :V])
+  np.testing.assert_array_equal(model_lib.cap_vocab_logits(GEMMA_LIKE, raw[..., :V]), capped[..., :V])
   np.testing.assert_array_equal(capped[..., V], raw[..., V])
   assert float(jnp.abs(raw[..., :V]).max()) > 5.0
 
@@ -375,6 +379,7 @@ def test_final_logit_softcap_caps_vocabulary_logits_only():
 def test_attention_softcap_and_scale_follow_their_formula():
   """attend == softmax(c tanh(q.k s / c)) v, computed directly."""
   from cyb_jax import attention
+
   rng = np.random.default_rng(0)
   q, k, v = (jnp.asarray(rng.normal(size=(1, 5, 2, 4)), jnp.float32) for _ in range(3))
   mask = jnp.tril(jnp.ones((5, 5), bool))[None]
@@ -385,19 +390,19 @@ def test_attention_softcap_and_scale_follow_their_formula():
 
 
 @pytest.mark.parametrize(
-    "changes, message",
-    [
-        (dict(layer_types=("sliding", "full")), "sliding_window must be an integer >= 1, got None"),
-        (dict(sliding_window=4), "sliding_window=4 needs some layer_types entry 'sliding'"),
-        (dict(layer_types=("full",)), "layer_types has 1 entries, num_layers=2"),
-        (dict(layer_types=("full", "local"), sliding_window=2), "layer_types entry must be one of"),
-        (dict(rope_scaling="yarn"), "rope_scaling must be one of"),
-        (dict(rope_scaling="linear"), "rope_scaling='linear' needs rope_scaling_factor"),
-        (dict(rope_scaling_factor=2.0), "rope_scaling_factor=2.0 must be None with rope_scaling"),
-        (dict(mlp_activation="relu"), "mlp_activation must be one of"),
-        (dict(final_logit_softcap=0.0), "final_logit_softcap must be a finite number > 0, got 0.0"),
-        (dict(rope_local_base=10.0), "rope_local_base=10.0 needs some 'sliding' layer"),
-    ],
+  "changes, message",
+  [
+    (dict(layer_types=("sliding", "full")), "sliding_window must be an integer >= 1, got None"),
+    (dict(sliding_window=4), "sliding_window=4 needs some layer_types entry 'sliding'"),
+    (dict(layer_types=("full",)), "layer_types has 1 entries, num_layers=2"),
+    (dict(layer_types=("full", "local"), sliding_window=2), "layer_types entry must be one of"),
+    (dict(rope_scaling="yarn"), "rope_scaling must be one of"),
+    (dict(rope_scaling="linear"), "rope_scaling='linear' needs rope_scaling_factor"),
+    (dict(rope_scaling_factor=2.0), "rope_scaling_factor=2.0 must be None with rope_scaling"),
+    (dict(mlp_activation="relu"), "mlp_activation must be one of"),
+    (dict(final_logit_softcap=0.0), "final_logit_softcap must be a finite number > 0, got 0.0"),
+    (dict(rope_local_base=10.0), "rope_local_base=10.0 needs some 'sliding' layer"),
+  ],
 )
 def test_config_rejects_bad_architecture_values(changes, message):
   with pytest.raises(ValueError, match=message):

@@ -28,24 +28,37 @@ with open(os.path.join(_REPO, "pyproject.toml"), "rb") as _f:
   _PYPROJECT = tomllib.load(_f)
 _VERSION = _PYPROJECT["project"]["version"]
 _SCRIPTS = {
-    "cyb-train": "cyb_jax.cli.train:run",
-    "cyb-experiment": "cyb_jax.cli.experiment:run",
-    "cyb-analyze": "cyb_jax.cli.analyze:run",
-    "cyb-generate": "cyb_jax.cli.generate:run",
-    "cyb-prepare-data": "cyb_jax.cli.prepare_data:run",
-    "cyb-export": "cyb_jax.cli.export:run",
+  "cyb-train": "cyb_jax.cli.train:run",
+  "cyb-experiment": "cyb_jax.cli.experiment:run",
+  "cyb-analyze": "cyb_jax.cli.analyze:run",
+  "cyb-generate": "cyb_jax.cli.generate:run",
+  "cyb-prepare-data": "cyb_jax.cli.prepare_data:run",
+  "cyb-export": "cyb_jax.cli.export:run",
 }
 _HEAVY = ("flax", "orbax", "tensorflow_datasets", "tensorflow")
 
 
-def _python(code: str, *, python: str = sys.executable, cwd: str | None = None,
-            pythonpath: str | None = None, timeout: float = 120) -> str:
+def _python(
+  code: str,
+  *,
+  python: str = sys.executable,
+  cwd: str | None = None,
+  pythonpath: str | None = None,
+  timeout: float = 120,
+) -> str:
   """Runs ``code`` in a fresh interpreter; returns its stdout (fails the test on an error)."""
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   if pythonpath is not None:
     env["PYTHONPATH"] = pythonpath
-  proc = subprocess.run([python, "-c", textwrap.dedent(code)], capture_output=True,
-                        text=True, env=env, cwd=cwd, timeout=timeout, check=False)
+  proc = subprocess.run(
+    [python, "-c", textwrap.dedent(code)],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=cwd,
+    timeout=timeout,
+    check=False,
+  )
   assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
   return proc.stdout
 
@@ -92,10 +105,13 @@ def test_import_is_lazy_and_losses_need_no_flax_orbax_or_tfds():
 def test_all_lists_exactly_the_public_submodules():
   """``__all__`` names every module and subpackage of cyb_jax but ``cli`` (entry points)."""
   import cyb_jax  # pylint: disable=import-outside-toplevel
-  on_disk = {name[:-3] if name.endswith(".py") else name
-             for name in os.listdir(os.path.join(_REPO, "cyb_jax"))
-             if (name.endswith(".py") and not name.startswith("_"))
-             or os.path.isfile(os.path.join(_REPO, "cyb_jax", name, "__init__.py"))}
+
+  on_disk = {
+    name[:-3] if name.endswith(".py") else name
+    for name in os.listdir(os.path.join(_REPO, "cyb_jax"))
+    if (name.endswith(".py") and not name.startswith("_"))
+    or os.path.isfile(os.path.join(_REPO, "cyb_jax", name, "__init__.py"))
+  }
   assert set(cyb_jax.__all__) == on_disk - {"cli"}
 
 
@@ -117,14 +133,27 @@ def wheel(tmp_path_factory) -> str:
   """Builds the wheel from a copy of the checkout; returns its path."""
   root = tmp_path_factory.mktemp("wheel")
   src = root / "src"
-  shutil.copytree(_REPO, src, ignore=shutil.ignore_patterns(
-      ".git", ".venv", ".cache", ".pytest_cache", ".hypothesis", "workdirs", "__pycache__",
-      "build", "dist", "*.egg-info", "tmp"))
+  shutil.copytree(
+    _REPO,
+    src,
+    ignore=shutil.ignore_patterns(
+      ".git",
+      ".venv",
+      ".cache",
+      ".pytest_cache",
+      ".hypothesis",
+      "workdirs",
+      "__pycache__",
+      "build",
+      "dist",
+      "*.egg-info",
+      "tmp",
+    ),
+  )
   cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(root / "dist")]
   if _has_modern_setuptools():
     cmd += ["--no-build-isolation", "--no-index"]
-  proc = subprocess.run(cmd + [str(src)], capture_output=True, text=True, timeout=300,
-                        check=False)
+  proc = subprocess.run(cmd + [str(src)], capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
   wheels = sorted((root / "dist").glob("cyb_jax-*.whl"))
   assert [w.name for w in wheels] == [f"cyb_jax-{_VERSION}-py3-none-any.whl"]
@@ -137,9 +166,13 @@ def test_wheel_holds_the_package_only_with_typing_marker_and_license(wheel):
     dist_info = f"cyb_jax-{_VERSION}.dist-info"
     assert {n.split("/")[0] for n in names} == {"cyb_jax", dist_info}  # no top-level configs/
     assert "cyb_jax/py.typed" in names
-    source = {os.path.relpath(os.path.join(d, f), _REPO).replace(os.sep, "/")
-              for d, _, files in os.walk(os.path.join(_REPO, "cyb_jax"))
-              if "__pycache__" not in d for f in files if f.endswith(".py")}
+    source = {
+      os.path.relpath(os.path.join(d, f), _REPO).replace(os.sep, "/")
+      for d, _, files in os.walk(os.path.join(_REPO, "cyb_jax"))
+      if "__pycache__" not in d
+      for f in files
+      if f.endswith(".py")
+    }
     assert source <= names, sorted(source - names)  # every subpackage was found
     with open(os.path.join(_REPO, "LICENSE"), "rb") as f:
       assert zf.read(f"{dist_info}/licenses/LICENSE") == f.read()
@@ -149,15 +182,15 @@ def test_wheel_holds_the_package_only_with_typing_marker_and_license(wheel):
   assert meta.get_all("License-File") == ["LICENSE"]
   assert meta["Requires-Python"] == ">=3.11"
   assert {"gcp", "tpu", "test"} <= set(meta.get_all("Provides-Extra"))
-  assert any(r.startswith("gcsfs") and 'extra == "gcp"' in r
-             for r in meta.get_all("Requires-Dist"))
-  scripts = dict(re.findall(r"^(\S+) = (\S+)$", entry_points.split("[console_scripts]")[1],
-                            re.M))
+  assert any(r.startswith("gcsfs") and 'extra == "gcp"' in r for r in meta.get_all("Requires-Dist"))
+  scripts = dict(re.findall(r"^(\S+) = (\S+)$", entry_points.split("[console_scripts]")[1], re.M))
   assert scripts == _SCRIPTS
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(_REPO, "cyb_jax", "configs")),
-                    reason="cyb_jax/configs/ does not exist yet (configs/ moves there)")
+@pytest.mark.skipif(
+  not os.path.isdir(os.path.join(_REPO, "cyb_jax", "configs")),
+  reason="cyb_jax/configs/ does not exist yet (configs/ moves there)",
+)
 def test_wheel_ships_the_configs(wheel):
   with zipfile.ZipFile(wheel) as zf:
     names = set(zf.namelist())
@@ -168,16 +201,28 @@ def test_wheel_ships_the_configs(wheel):
 def installed(wheel, tmp_path_factory) -> str:
   """A fresh venv with the wheel installed; returns its python."""
   venv = tmp_path_factory.mktemp("venv")
-  subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
-                 timeout=120)
+  subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
   python = str(venv / "bin" / "python")
   # pip of this environment installs into the new one; --ignore-installed: this
   # environment's own cyb_jax (seen on pip's path) is neither reused nor uninstalled.
-  subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q",
-                  "--no-deps", "--no-index", "--ignore-installed", wheel],
-                 check=True, timeout=300)
-  site = _python("import sysconfig; print(sysconfig.get_path('purelib'))",
-                 python=python).strip()
+  subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "pip",
+      "--python",
+      python,
+      "install",
+      "-q",
+      "--no-deps",
+      "--no-index",
+      "--ignore-installed",
+      wheel,
+    ],
+    check=True,
+    timeout=300,
+  )
+  site = _python("import sysconfig; print(sysconfig.get_path('purelib'))", python=python).strip()
   # The dependencies come from this environment, after the venv's own site-packages.
   with open(os.path.join(site, "_shared_deps.pth"), "w", encoding="utf-8") as f:
     f.write(sysconfig.get_path("purelib") + "\n")
@@ -185,13 +230,17 @@ def installed(wheel, tmp_path_factory) -> str:
 
 
 def test_installed_wheel_imports_from_the_venv_not_the_checkout(installed, tmp_path):
-  out = _python("""
+  out = _python(
+    """
       import importlib.util, sys, cyb_jax
       from cyb_jax import losses
       print(cyb_jax.__file__)
       print(cyb_jax.__version__)
       print(importlib.util.find_spec("configs"))
-      """, python=installed, cwd=str(tmp_path)).splitlines()
+      """,
+    python=installed,
+    cwd=str(tmp_path),
+  ).splitlines()
   venv = os.path.dirname(os.path.dirname(installed))
   assert out[0].startswith(venv + os.sep) and out[0].endswith(os.path.join("cyb_jax", "__init__.py"))
   assert out[1] == _VERSION
@@ -203,29 +252,50 @@ def test_installed_wheel_imports_from_the_venv_not_the_checkout(installed, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isfile(os.path.join(_REPO, "cyb_jax", "cli", "train.py")),
-                    reason="cyb_jax/cli/train.py does not exist yet (the launch scripts move "
-                           "into cyb_jax.cli)")
+@pytest.mark.skipif(
+  not os.path.isfile(os.path.join(_REPO, "cyb_jax", "cli", "train.py")),
+  reason="cyb_jax/cli/train.py does not exist yet (the launch scripts move into cyb_jax.cli)",
+)
 def test_installed_cyb_train_runs_outside_the_checkout(installed, tmp_path):
   venv = os.path.dirname(os.path.dirname(installed))
-  default = _python("import cyb_jax.configs.default as m; print(m.__file__)",
-                    python=installed, cwd=str(tmp_path)).strip()
+  default = _python(
+    "import cyb_jax.configs.default as m; print(m.__file__)", python=installed, cwd=str(tmp_path)
+  ).strip()
   assert default.startswith(venv + os.sep), default
   workdir = tmp_path / "run"
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   # The compilation cache of the other trainer tests (tests/conftest.py).
   env["JAX_COMPILATION_CACHE_DIR"] = os.environ.get(
-      "CYB_JAX_TEST_CACHE", os.path.join(_REPO, ".cache", "jax_test_compilation"))
+    "CYB_JAX_TEST_CACHE", os.path.join(_REPO, ".cache", "jax_test_compilation")
+  )
   env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
   proc = subprocess.run(
-      [os.path.join(venv, "bin", "cyb-train"), f"--config={default}", f"--workdir={workdir}",
-       "--config.num_train_steps=3", "--config.eval_every_steps=3",
-       "--config.checkpoint_every_steps=3", "--config.log_every_steps=1",
-       "--config.write_report=False", "--config.progress_bar=False",
-       "--config.model.num_layers=1", "--config.model.d_model=32",
-       "--config.model.num_heads=2", "--config.model.mlp_dim=64", "--config.model.max_pauses=1",
-       "--config.data.seq_len=16", "--config.data.batch_size=4", "--config.data.eval_batches=1"],
-      cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300, check=False)
+    [
+      os.path.join(venv, "bin", "cyb-train"),
+      f"--config={default}",
+      f"--workdir={workdir}",
+      "--config.num_train_steps=3",
+      "--config.eval_every_steps=3",
+      "--config.checkpoint_every_steps=3",
+      "--config.log_every_steps=1",
+      "--config.write_report=False",
+      "--config.progress_bar=False",
+      "--config.model.num_layers=1",
+      "--config.model.d_model=32",
+      "--config.model.num_heads=2",
+      "--config.model.mlp_dim=64",
+      "--config.model.max_pauses=1",
+      "--config.data.seq_len=16",
+      "--config.data.batch_size=4",
+      "--config.data.eval_batches=1",
+    ],
+    cwd=str(tmp_path),
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   rows = (workdir / "metrics.jsonl").read_text().splitlines()
   assert any('"step": 3' in row and "eval/nll_mix" in row for row in rows), rows

@@ -38,7 +38,8 @@ def test_refactored_trainer_reproduces_the_pinned_figures(tmp_path, loss_name):
     else:
       np.testing.assert_allclose(result[key], value, atol=_ATOL, rtol=0, err_msg=key)
   run = components.load_run(workdir)
-  summary = evaluation.summarize(evaluation.eval_set_stats(
-      run.model_cfg, run.params, run.data.eval_batches, run.protocol).stats)
+  summary = evaluation.summarize(
+    evaluation.eval_set_stats(run.model_cfg, run.params, run.data.eval_batches, run.protocol).stats
+  )
   for key, value in pinned["summary"].items():
     np.testing.assert_allclose(summary[key], value, atol=_ATOL, rtol=0, err_msg=key)

@@ -40,7 +40,9 @@ def test_produces_at_most_depth_items_ahead_plus_the_one_in_hand():
 
 
 def test_an_error_in_the_producer_is_raised_in_the_consumer_after_the_earlier_items():
-  def produce(state={"n": 0}):
+  state = {"n": 0}
+
+  def produce():
     state["n"] += 1
     if state["n"] == 3:
       raise RuntimeError("disk on fire")
@@ -70,6 +72,7 @@ def test_close_stops_a_thread_blocked_on_a_full_queue():
 
 def test_each_batch_carries_the_iterator_state_taken_right_after_it():
   """Restoring the state that came with batch i makes the iterator yield batch i + 1 next."""
+
   def batch_at(i):
     return {"inputs": np.full((2, 3), i, np.int32), "extra": np.zeros((2,), np.int32)}
 
@@ -95,6 +98,5 @@ def test_pending_steps_reads_every_step_since_the_last_read_in_order_then_forget
   pending = prefetch.PendingSteps(("a",), max_in_flight=1)
   for step in (1, 2, 3):
     pending.add(step, {"a": jax.numpy.asarray(step * 10), "b": jax.numpy.asarray(0)})
-  assert [(s, int(m["a"]), sorted(m)) for s, m in pending.read()] == [
-      (1, 10, ["a"]), (2, 20, ["a"]), (3, 30, ["a"])]
+  assert [(s, int(m["a"]), sorted(m)) for s, m in pending.read()] == [(1, 10, ["a"]), (2, 20, ["a"]), (3, 30, ["a"])]
   assert pending.read() == []

@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 import tokenizers
 
-from cyb_jax import decode, pretrained, sharding
+from cyb_jax import decode
 from cyb_jax import model as model_lib
+from cyb_jax import pretrained
+from cyb_jax import sharding
 from cyb_jax.data import tokenizer as tokenizer_lib
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf"
@@ -121,8 +123,9 @@ def test_imported_gemma_with_scanned_layers_equals_unrolled_layers():
   scanned_cfg, scanned = _load("gemma3_text", scan_layers=True)
   assert scanned["decoder"]["layers"]["attention"]["q_kernel"].shape[0] == cfg.num_layers
   tokens = jnp.asarray(_reference("gemma3_text")[0])
-  np.testing.assert_allclose(step_logits(scanned_cfg, scanned, tokens),
-                             step_logits(cfg, params, tokens), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    step_logits(scanned_cfg, scanned, tokens), step_logits(cfg, params, tokens), rtol=1e-5, atol=1e-5
+  )
 
 
 @pytest.mark.parametrize("layout", ["private", "visible"])
@@ -134,8 +137,7 @@ def test_imported_gemma_decoder_equals_training_forward_with_windows(layout):
   logits, pauses = decode.teacher_forced_step_logits(cfg, params, tokens)
   np.testing.assert_array_equal(pauses, K)
   np.testing.assert_allclose(logits, step_logits(cfg, params, tokens), rtol=1e-5, atol=2e-5)
-  new, new_pauses = decode.generate(cfg, params, tokens[:, :3], jax.random.key(0),
-                                    max_new_tokens=9, halting="max")
+  new, new_pauses = decode.generate(cfg, params, tokens[:, :3], jax.random.key(0), max_new_tokens=9, halting="max")
   sequence = jnp.concatenate([tokens[:, :3], new], axis=1)
   last_step = np.asarray(step_logits(cfg, params, sequence))[:, 2:11, K, :V]
   np.testing.assert_array_equal(new, last_step.argmax(-1))
@@ -157,14 +159,14 @@ def test_export_round_trip_gives_identical_logits(name, tmp_path):
   assert again_cfg == cfg
   jax.tree.map(np.testing.assert_array_equal, again, params)
   tokens = jnp.asarray(_reference(name)[0])
-  np.testing.assert_array_equal(step_logits(again_cfg, again, tokens),
-                                step_logits(cfg, params, tokens))
+  np.testing.assert_array_equal(step_logits(again_cfg, again, tokens), step_logits(cfg, params, tokens))
   assert (tmp_path / "generation_config.json").exists()
 
 
 def test_exporting_the_default_architecture_gives_a_llama_folder(tmp_path):
-  cfg = model_lib.ModelConfig(vocab_size=20, num_layers=1, d_model=16, num_heads=2, mlp_dim=32,
-                              max_pauses=1, scan_layers=True)
+  cfg = model_lib.ModelConfig(
+    vocab_size=20, num_layers=1, d_model=16, num_heads=2, mlp_dim=32, max_pauses=1, scan_layers=True
+  )
   params = model_lib.init_params(cfg, jax.random.key(0))
   pretrained.save(tmp_path, cfg, params)
   assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "llama"
@@ -176,11 +178,9 @@ def test_exporting_the_default_architecture_gives_a_llama_folder(tmp_path):
 def test_sharded_load_places_every_leaf_by_its_sharding():
   cfg, params = _load("llama3_gqa")
   mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
-  shardings = sharding.logical_shardings(
-      model_lib.param_logical_axes(cfg), mesh, sharding.DEFAULT_LOGICAL_RULES)
+  shardings = sharding.logical_shardings(model_lib.param_logical_axes(cfg), mesh, sharding.DEFAULT_LOGICAL_RULES)
   loaded = pretrained.load_params(FIXTURES / "llama3_gqa", cfg, shardings=shardings)
-  for leaf, want, expected in zip(jax.tree.leaves(loaded), jax.tree.leaves(shardings),
-                                  jax.tree.leaves(params)):
+  for leaf, want, expected in zip(jax.tree.leaves(loaded), jax.tree.leaves(shardings), jax.tree.leaves(params)):
     assert isinstance(leaf, jax.Array) and leaf.sharding == want
     np.testing.assert_array_equal(leaf, expected)
 
@@ -208,11 +208,20 @@ _EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_load_on_eight_devices_gives_each_device_its_block():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(pathlib.Path(__file__).parent.parent))
-  result = subprocess.run([sys.executable, "-c", _EIGHT_DEVICE_SCRIPT,
-                           str(FIXTURES / "llama3_gqa")], env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=str(pathlib.Path(__file__).parent.parent),
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", _EIGHT_DEVICE_SCRIPT, str(FIXTURES / "llama3_gqa")],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert len(report) == 15 and all(placed for placed, _, _ in report.values())
@@ -224,21 +233,23 @@ def test_sharded_load_on_eight_devices_gives_each_device_its_block():
   assert report["['decoder']['layers']['attention']['q_kernel']"][2] == [2, 8, 2, 12]
 
 
-HF_BASE = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2)
+HF_BASE = dict(
+  vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
 
 
-@pytest.mark.parametrize("changes, message", [
+@pytest.mark.parametrize(
+  "changes, message",
+  [
     (dict(model_type="bert"), "model_type='bert' is not supported"),
-    (dict(model_type="llama", rope_scaling={"rope_type": "yarn", "factor": 4.0}),
-     "rope_scaling type 'yarn'"),
-    (dict(model_type="llama", rope_parameters={"rope_type": "dynamic", "factor": 2.0}),
-     "rope_scaling type 'dynamic'"),
+    (dict(model_type="llama", rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope_scaling type 'yarn'"),
+    (dict(model_type="llama", rope_parameters={"rope_type": "dynamic", "factor": 2.0}), "rope_scaling type 'dynamic'"),
     (dict(model_type="llama", hidden_act="gelu"), "hidden_act='gelu'"),
     (dict(model_type="llama", mlp_bias=True), "mlp_bias=True"),
     (dict(model_type="gemma3_text", attn_logit_softcapping=50.0), "attn_logit_softcapping=50.0"),
     (dict(model_type="gemma3", text_config={}), "model_type='gemma3' is the multimodal"),
-])
+  ],
+)
 def test_unsupported_configs_are_refused_naming_the_value(changes, message):
   with pytest.raises(ValueError, match=message):
     pretrained.model_config_from_hf(HF_BASE | changes, max_pauses=1)
@@ -246,25 +257,49 @@ def test_unsupported_configs_are_refused_naming_the_value(changes, message):
 
 def test_hub_style_configs_map_to_the_documented_fields():
   """Configs written as the Hub's Llama 3.2 1B, Gemma 3 1B, Mistral and Qwen2.5 ones are."""
-  llama = pretrained.model_config_from_hf(HF_BASE | dict(
-      model_type="llama", rope_theta=500000.0, tie_word_embeddings=True, rope_scaling=dict(
-          factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
-          original_max_position_embeddings=8192, rope_type="llama3")), max_pauses=1)
+  llama = pretrained.model_config_from_hf(
+    HF_BASE
+    | dict(
+      model_type="llama",
+      rope_theta=500000.0,
+      tie_word_embeddings=True,
+      rope_scaling=dict(
+        factor=32.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=8192,
+        rope_type="llama3",
+      ),
+    ),
+    max_pauses=1,
+  )
   assert (llama.rope_base, llama.rope_scaling, llama.rope_scaling_factor) == (5e5, "llama3", 32.0)
   assert (llama.rope_original_max_positions, llama.tie_embeddings) == (8192, True)
-  gemma = pretrained.model_config_from_hf(HF_BASE | dict(
-      model_type="gemma3_text", num_hidden_layers=7, head_dim=16, query_pre_attn_scalar=256,
-      rope_theta=1000000.0, rope_local_base_freq=10000.0, sliding_window=512,
-      sliding_window_pattern=6, rope_scaling=None, final_logit_softcapping=None,
-      attn_logit_softcapping=None), max_pauses=1)
+  gemma = pretrained.model_config_from_hf(
+    HF_BASE
+    | dict(
+      model_type="gemma3_text",
+      num_hidden_layers=7,
+      head_dim=16,
+      query_pre_attn_scalar=256,
+      rope_theta=1000000.0,
+      rope_local_base_freq=10000.0,
+      sliding_window=512,
+      sliding_window_pattern=6,
+      rope_scaling=None,
+      final_logit_softcapping=None,
+      attn_logit_softcapping=None,
+    ),
+    max_pauses=1,
+  )
   assert gemma.layer_types == ("sliding",) * 5 + ("full", "sliding")
   assert (gemma.rope_base, gemma.rope_local_base, gemma.sliding_window) == (1e6, 1e4, 512)
   assert gemma.tie_embeddings and gemma.attention_scale == 256**-0.5
-  mistral = pretrained.model_config_from_hf(
-      HF_BASE | dict(model_type="mistral", sliding_window=16), max_pauses=1)
+  mistral = pretrained.model_config_from_hf(HF_BASE | dict(model_type="mistral", sliding_window=16), max_pauses=1)
   assert mistral.layer_types == ("sliding", "sliding") and mistral.rope_local_base is None
-  qwen = pretrained.model_config_from_hf(HF_BASE | dict(
-      model_type="qwen2", sliding_window=32, use_sliding_window=False), max_pauses=1)
+  qwen = pretrained.model_config_from_hf(
+    HF_BASE | dict(model_type="qwen2", sliding_window=32, use_sliding_window=False), max_pauses=1
+  )
   assert (qwen.qkv_bias, qwen.out_bias, qwen.sliding_window) == (True, False, None)
 
 
@@ -277,21 +312,23 @@ def test_pretrained_tokenizer_json_matches_transformers_and_adds_eos():
   assert ids.dtype == np.int32 and list(ids) == reference["input_ids"] + [0]
   assert tok.decode(ids) == reference["text"] and tok.piece(0) == "<|endoftext|>"
   via_pipeline = tokenizer_lib.load_or_train(  # data.tokenizer may name a pretrained folder
-      tokenizer_path=str(FIXTURES / "smollm2_tied"), workdir="/nonexistent", vocab_size=0,
-      model_type="bpe", training_lines=list, process_index=0)
+    tokenizer_path=str(FIXTURES / "smollm2_tied"),
+    workdir="/nonexistent",
+    vocab_size=0,
+    model_type="bpe",
+    training_lines=list,
+    process_index=0,
+  )
   assert list(via_pipeline.encode_documents([reference["text"]])[0]) == list(ids)
 
 
 def test_tokenizer_json_whose_post_processor_adds_bos_gets_exactly_one(tmp_path):
   words = ["<s>", "</s>", "a", "b", "\n"]
-  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)},
-                                                         unk_token="</s>"))
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="</s>"))
   tok.pre_tokenizer = tokenizers.pre_tokenizers.Split("\n", behavior="isolated")
-  tok.post_processor = tokenizers.processors.TemplateProcessing(
-      single="<s> $A", special_tokens=[("<s>", 0)])
+  tok.post_processor = tokenizers.processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
   tok.save(str(tmp_path / "tokenizer.json"))
-  (tmp_path / "tokenizer_config.json").write_text(json.dumps(
-      {"bos_token": "<s>", "eos_token": {"content": "</s>"}}))
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": {"content": "</s>"}}))
   loaded = tokenizer_lib.load_pretrained_tokenizer(tmp_path)
   assert (loaded.bos_id, loaded.eos_id, loaded.pad_id) == (0, 1, 1)
   ids = loaded.encode_documents(["a\nb", "b"], add_eos=False)
@@ -315,43 +352,56 @@ def test_sentencepiece_folder_loads_with_add_bos_token(tmp_path):
 
 def test_byte_range_reader_equals_safetensors_slices(tmp_path):
   """The reader used for non-local files (gs://) against safe_open, bfloat16 and scalars too."""
-  from cyb_jax.pretrained import hf_weights
   import ml_dtypes
   import safetensors.numpy
+
+  from cyb_jax.pretrained import hf_weights
+
   rng = np.random.default_rng(0)
-  tensors = {"a": rng.normal(size=(6, 4, 3)).astype(ml_dtypes.bfloat16),
-             "b": rng.normal(size=(5,)).astype(np.float32), "c": np.array([2.5], np.float32)}
+  tensors = {
+    "a": rng.normal(size=(6, 4, 3)).astype(ml_dtypes.bfloat16),
+    "b": rng.normal(size=(5,)).astype(np.float32),
+    "c": np.array([2.5], np.float32),
+  }
   (tmp_path / "model.safetensors").write_bytes(safetensors.numpy.save(tensors))
   ranged = hf_weights.SafetensorsFolder(tmp_path, memory_map=False)
   mapped = hf_weights.SafetensorsFolder(tmp_path)
   assert ranged.names() == mapped.names() == {"a", "b", "c"} and ranged.shape("a") == (6, 4, 3)
-  for name, index in [("a", (slice(1, 4), slice(2, 4))), ("a", ()), ("b", (slice(3, 5),)),
-                      ("c", ())]:
+  for name, index in [("a", (slice(1, 4), slice(2, 4))), ("a", ()), ("b", (slice(3, 5),)), ("c", ())]:
     got, want = ranged.read(name, index), mapped.read(name, index)
     assert got.dtype == want.dtype and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
   folder = FIXTURES / "llama3_gqa"
   ranged, mapped = (hf_weights.SafetensorsFolder(folder, memory_map=m) for m in (False, True))
   index = (slice(12, 36), slice(8, 16))
-  np.testing.assert_array_equal(ranged.read("model.layers.1.self_attn.q_proj.weight", index),
-                                mapped.read("model.layers.1.self_attn.q_proj.weight", index))
+  np.testing.assert_array_equal(
+    ranged.read("model.layers.1.self_attn.q_proj.weight", index),
+    mapped.read("model.layers.1.self_attn.q_proj.weight", index),
+  )
 
 
 def test_checkpoints_that_do_not_fit_the_config_are_refused_naming_the_tensor(tmp_path):
   import safetensors.numpy
+
   source = FIXTURES / "smollm2_tied"
   hf = json.loads((source / "config.json").read_text())
   tensors = safetensors.numpy.load((source / "model.safetensors").read_bytes())
   (tmp_path / "config.json").write_text(json.dumps(hf | {"num_key_value_heads": 4}))
   (tmp_path / "model.safetensors").write_bytes(safetensors.numpy.save(tensors))
-  with pytest.raises(ValueError, match=r"'model.layers.0.self_attn.k_proj.weight' has shape "
-                                       r"\(16, 32\), the config needs \(32, 32\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"'model.layers.0.self_attn.k_proj.weight' has shape "
+    r"\(16, 32\), the config needs \(32, 32\)",
+  ):
     pretrained.load(tmp_path, max_pauses=1)
   (tmp_path / "config.json").write_text(json.dumps(hf))
   extra = tensors | {"model.layers.0.mlp.up_proj.bias": np.zeros(64, np.float32)}
   (tmp_path / "model.safetensors").write_bytes(safetensors.numpy.save(extra))
-  with pytest.raises(ValueError, match="1 checkpoint tensors are not used by the config, e.g. "
-                                       r"\['model.layers.0.mlp.up_proj.bias'\]"):
+  with pytest.raises(
+    ValueError,
+    match="1 checkpoint tensors are not used by the config, e.g. "
+    r"\['model.layers.0.mlp.up_proj.bias'\]",
+  ):
     pretrained.load(tmp_path, max_pauses=1)
   del tensors["model.norm.weight"]
   (tmp_path / "model.safetensors").write_bytes(safetensors.numpy.save(tensors))

@@ -19,7 +19,8 @@ from cyb_jax import losses
 from cyb_jax import model as model_lib
 from cyb_jax import report
 from cyb_jax import samples
-from cyb_jax.data import default_data_config, make_data
+from cyb_jax.data import default_data_config
+from cyb_jax.data import make_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -27,8 +28,9 @@ FIXED_STEPS = (None, 0, -1)  # a self-halting model, ce (step 0), pause_ce (step
 
 
 def _cfg(max_pauses=2, **kw):
-  return model_lib.ModelConfig(vocab_size=15, num_layers=1, d_model=16, num_heads=2, mlp_dim=32,
-                               max_pauses=max_pauses, **kw)
+  return model_lib.ModelConfig(
+    vocab_size=15, num_layers=1, d_model=16, num_heads=2, mlp_dim=32, max_pauses=max_pauses, **kw
+  )
 
 
 def _params(cfg, seed=0):
@@ -48,9 +50,16 @@ def synthetic_data():
 def _stats(**fields):
   """Hand-made flat PositionStats; per-step fields are dummies (K = 0)."""
   n = len(fields["pauses"])
-  defaults = dict(expected_pauses=np.zeros(n), nll=np.zeros(n), nll_step0=np.zeros(n), nll_mix=np.zeros(n),
-                  halt_probs=np.ones((n, 1)), nll_per_step=np.zeros((n, 1)),
-                  correct_per_step=np.zeros((n, 1), bool), weights=np.ones(n))
+  defaults = dict(
+    expected_pauses=np.zeros(n),
+    nll=np.zeros(n),
+    nll_step0=np.zeros(n),
+    nll_mix=np.zeros(n),
+    halt_probs=np.ones((n, 1)),
+    nll_per_step=np.zeros((n, 1)),
+    correct_per_step=np.zeros((n, 1), bool),
+    weights=np.ones(n),
+  )
   defaults.update({k: np.asarray(v) for k, v in fields.items()})
   defaults["pauses"] = defaults["pauses"].astype(np.int32)
   defaults["correct"] = defaults["correct"].astype(bool)
@@ -66,11 +75,17 @@ def _stats(**fields):
 @functools.partial(jax.jit, static_argnums=0)
 def _reference(cfg, params, batch, tau):
   """The loss library's view of a batch: per-position halting and the evaluate() figures."""
-  logits = model_lib.step_logits(cfg, params, batch["inputs"], segment_ids=batch["segment_ids"],
-                                 positions=batch["positions"])
+  logits = model_lib.step_logits(
+    cfg, params, batch["inputs"], segment_ids=batch["segment_ids"], positions=batch["positions"]
+  )
   steps = losses.step_log_probs(logits, batch["targets"])
-  per_position = dict(halt=losses.threshold_halting(steps, tau), expected=losses.expected_pauses(steps),
-                      mix=losses.nll_mix(steps), nll0=-steps.log_target[..., 0], correct0=steps.correct[..., 0])
+  per_position = dict(
+    halt=losses.threshold_halting(steps, tau),
+    expected=losses.expected_pauses(steps),
+    mix=losses.nll_mix(steps),
+    nll0=-steps.log_target[..., 0],
+    correct0=steps.correct[..., 0],
+  )
   evaluated = [losses.evaluate(steps, batch["weights"], tau, fixed_step=fixed) for fixed in FIXED_STEPS]
   ours = [losses.position_outcomes(steps, batch["weights"], tau, fixed) for fixed in FIXED_STEPS]
   return per_position, evaluated, ours
@@ -149,23 +164,48 @@ def test_rank_correlation_with_ties():
 
 def test_by_difficulty_hand_checked():
   s = _stats(
-      pauses=[0, 0, 1, 2, 0, 2, 2, 3],
-      expected_pauses=[0.1, 0.3, 1.0, 1.5, 0.5, 2.0, 1.8, 9.0],
-      correct_step0=[1, 0, 0, 0, 1, 0, 0, 1],
-      correct=[1, 0, 1, 1, 1, 1, 0, 1],
-      weights=[1, 1, 1, 1, 1, 1, 1, 0])  # the last position (weight 0, level -1) counts nowhere
+    pauses=[0, 0, 1, 2, 0, 2, 2, 3],
+    expected_pauses=[0.1, 0.3, 1.0, 1.5, 0.5, 2.0, 1.8, 9.0],
+    correct_step0=[1, 0, 0, 0, 1, 0, 0, 1],
+    correct=[1, 0, 1, 1, 1, 1, 0, 1],
+    weights=[1, 1, 1, 1, 1, 1, 1, 0],
+  )  # the last position (weight 0, level -1) counts nowhere
   difficulty = np.array([0, 0, 1, 1, 1, 2, 2, -1])
   got = analysis.by_difficulty(s, difficulty, names=("easy", "mid", "hard", "unseen"))
   assert [g.name for g in got.levels] == ["easy", "mid", "hard", "unseen"]
   easy, mid, hard, unseen = got.levels
   expected = {
-      # level 1: pauses [1, 2, 0] -> mean 1, rate 2/3, std sqrt(2/3); accuracy 1/3 -> 1.
-      "easy": dict(count=2, mean_pauses=0, pause_rate=0, std_pauses=0, mean_expected_pauses=0.2,
-                   accuracy_step0=0.5, accuracy=0.5, gain=0),
-      "mid": dict(count=3, mean_pauses=1, pause_rate=2 / 3, std_pauses=math.sqrt(2 / 3),
-                  mean_expected_pauses=1.0, accuracy_step0=1 / 3, accuracy=1, gain=2 / 3),
-      "hard": dict(count=2, mean_pauses=2, pause_rate=1, std_pauses=0, mean_expected_pauses=1.9,
-                   accuracy_step0=0, accuracy=0.5, gain=0.5),
+    # level 1: pauses [1, 2, 0] -> mean 1, rate 2/3, std sqrt(2/3); accuracy 1/3 -> 1.
+    "easy": dict(
+      count=2,
+      mean_pauses=0,
+      pause_rate=0,
+      std_pauses=0,
+      mean_expected_pauses=0.2,
+      accuracy_step0=0.5,
+      accuracy=0.5,
+      gain=0,
+    ),
+    "mid": dict(
+      count=3,
+      mean_pauses=1,
+      pause_rate=2 / 3,
+      std_pauses=math.sqrt(2 / 3),
+      mean_expected_pauses=1.0,
+      accuracy_step0=1 / 3,
+      accuracy=1,
+      gain=2 / 3,
+    ),
+    "hard": dict(
+      count=2,
+      mean_pauses=2,
+      pause_rate=1,
+      std_pauses=0,
+      mean_expected_pauses=1.9,
+      accuracy_step0=0,
+      accuracy=0.5,
+      gain=0.5,
+    ),
   }
   for g in (easy, mid, hard):
     for key, value in expected[g.name].items():
@@ -182,12 +222,13 @@ def test_by_difficulty_hand_checked():
 
 def test_by_token_hand_checked():
   s = _stats(
-      pauses=[2, 0, 1, 1, 1, 0, 1],
-      expected_pauses=[1.5, 0.5, 1.2, 1.2, 1.2, 0.0, 1.0],
-      correct_step0=[0, 0, 1, 0, 0, 1, 0],
-      correct=[1, 0, 1, 1, 0, 1, 0],
-      nll_step0=[3.0, 1.0, 0.5, 0.5, 0.5, 9.0, 1.0],
-      weights=[1, 1, 1, 1, 1, 1, 2])  # the last position counts twice in every mean
+    pauses=[2, 0, 1, 1, 1, 0, 1],
+    expected_pauses=[1.5, 0.5, 1.2, 1.2, 1.2, 0.0, 1.0],
+    correct_step0=[0, 0, 1, 0, 0, 1, 0],
+    correct=[1, 0, 1, 1, 0, 1, 0],
+    nll_step0=[3.0, 1.0, 0.5, 0.5, 0.5, 9.0, 1.0],
+    weights=[1, 1, 1, 1, 1, 1, 2],
+  )  # the last position counts twice in every mean
   inputs = np.array([5, 5, 7, 7, 7, 9, 5])
   targets = np.array([7, 7, 9, 5, 9, 5, 9])
   got = analysis.by_token(s, inputs, targets, piece=lambda i: f"t{i}", min_count=2, top=2)
@@ -240,16 +281,42 @@ def _write_metrics(workdir, num_steps, *, with_eval=True):
   halt = [1.0 / num_steps] * num_steps
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
     for step in (10, 20, 30):
-      f.write(json.dumps({"step": step, "train_tokens": 100 * step, "train/loss": 3.0 - step / 20,
-                          "train/nll_mix": 3.0 - step / 20, "train/expected_pauses": 0.5,
-                          "train/learning_rate": 1e-3, "train/tokens_per_sec": 1e4}) + "\n")
+      f.write(
+        json.dumps(
+          {
+            "step": step,
+            "train_tokens": 100 * step,
+            "train/loss": 3.0 - step / 20,
+            "train/nll_mix": 3.0 - step / 20,
+            "train/expected_pauses": 0.5,
+            "train/learning_rate": 1e-3,
+            "train/tokens_per_sec": 1e4,
+          }
+        )
+        + "\n"
+      )
       if with_eval and step % 20 == 10:
-        f.write(json.dumps({
-            "step": step, "train_tokens": 100 * step, "eval/nll_mix": 2.5 - step / 30,
-            "eval/expected_pauses": 0.4, "eval/compute_mix": 1.4, "eval/threshold_nll": 2.6 - step / 30,
-            "eval/threshold_pauses": 0.3, "eval/compute_threshold": 1.3, "eval/accuracy": 0.2,
-            "eval/threshold_accuracy": 0.2, "eval/halt_probs": halt, "eval/threshold_step_probs": halt,
-            "eval/accuracy_per_step": [0.2] * num_steps, "eval/nll_per_step": [2.0] * num_steps}) + "\n")
+        f.write(
+          json.dumps(
+            {
+              "step": step,
+              "train_tokens": 100 * step,
+              "eval/nll_mix": 2.5 - step / 30,
+              "eval/expected_pauses": 0.4,
+              "eval/compute_mix": 1.4,
+              "eval/threshold_nll": 2.6 - step / 30,
+              "eval/threshold_pauses": 0.3,
+              "eval/compute_threshold": 1.3,
+              "eval/accuracy": 0.2,
+              "eval/threshold_accuracy": 0.2,
+              "eval/halt_probs": halt,
+              "eval/threshold_step_probs": halt,
+              "eval/accuracy_per_step": [0.2] * num_steps,
+              "eval/nll_per_step": [2.0] * num_steps,
+            }
+          )
+          + "\n"
+        )
     f.write('{"step": 40, "train_tok')  # a line cut short by a crash is skipped
 
 
@@ -262,23 +329,39 @@ def _assert_png(path):
 def test_write_report_synthetic(tmp_path, synthetic_data):
   cfg = _cfg()
   _write_metrics(tmp_path, cfg.num_steps)
-  path = report.write_report(str(tmp_path), model_cfg=cfg, params=_params(cfg),
-                             eval_batches=synthetic_data.eval_batches, info=synthetic_data.info,
-                             loss_name="cyb_ap", protocol=evaluation.Protocol(0.5, None))
+  path = report.write_report(
+    str(tmp_path),
+    model_cfg=cfg,
+    params=_params(cfg),
+    eval_batches=synthetic_data.eval_batches,
+    info=synthetic_data.info,
+    loss_name="cyb_ap",
+    protocol=evaluation.Protocol(0.5, None),
+  )
   assert path == os.path.join(tmp_path, "report.md")
   text = open(path).read()
-  for needle in ("| max pauses K | 2 |", "| training steps | 30 |", "| training tokens seen | 3k |",
-                 "## Final evaluation", "threshold (tau = 0.5)", "step K (always 2 pauses)", "### Per step",
-                 "## Training curve", "## Pauses by difficulty", synthetic_data.info.difficulty_names[-1],
-                 "Spearman"):
+  for needle in (
+    "| max pauses K | 2 |",
+    "| training steps | 30 |",
+    "| training tokens seen | 3k |",
+    "## Final evaluation",
+    "threshold (tau = 0.5)",
+    "step K (always 2 pauses)",
+    "### Per step",
+    "## Training curve",
+    "## Pauses by difficulty",
+    synthetic_data.info.difficulty_names[-1],
+    "Spearman",
+  ):
     assert needle in text, needle
   for plot in ("eval_curve", "halting", "pauses_by_difficulty"):
     assert f"(plots/{plot}.png)" in text
     _assert_png(tmp_path / "plots" / f"{plot}.png")
   # The final-evaluation table reports what evaluation.summarize computes.
-  summary = report.analyze(evaluation.eval_set_stats(cfg, _params(cfg), synthetic_data.eval_batches,
-                                                     evaluation.Protocol(0.5, None)),
-                           synthetic_data.info).summary
+  summary = report.analyze(
+    evaluation.eval_set_stats(cfg, _params(cfg), synthetic_data.eval_batches, evaluation.Protocol(0.5, None)),
+    synthetic_data.info,
+  ).summary
   assert f"| {summary['threshold_nll']:.3f} | {summary['threshold_accuracy']:.3f} |" in text
 
 
@@ -287,8 +370,16 @@ def test_write_report_k0_text_without_labels(tmp_path, synthetic_data):
   cfg = _cfg(max_pauses=0)
   info = dataclasses.replace(synthetic_data.info, difficulty_names=None)
   batches = [{k: v for k, v in b.items() if k != "difficulty"} for b in synthetic_data.eval_batches]
-  path = report.write_report(str(tmp_path), model_cfg=cfg, params=_params(cfg), eval_batches=batches, info=info,
-                             loss_name="ce", protocol=evaluation.Protocol(0.5, 0), min_count=3)
+  path = report.write_report(
+    str(tmp_path),
+    model_cfg=cfg,
+    params=_params(cfg),
+    eval_batches=batches,
+    info=info,
+    loss_name="ce",
+    protocol=evaluation.Protocol(0.5, 0),
+    min_count=3,
+  )
   text = open(path).read()
   assert "| max pauses K | 0 |" in text and "step K (always" not in text
   assert "## Pauses by token" in text and "## Pauses by difficulty" not in text
@@ -302,15 +393,33 @@ def test_write_report_without_eval_set(tmp_path):
   cfg = _cfg()
   info = make_data(default_data_config(), seed=0, workdir=str(tmp_path)).info
   _write_metrics(tmp_path, cfg.num_steps)
-  text = open(report.write_report(str(tmp_path), model_cfg=cfg, params=_params(cfg), eval_batches=[], info=info,
-                                  loss_name="cyb_va", protocol=evaluation.Protocol(0.5, None))).read()
+  text = open(
+    report.write_report(
+      str(tmp_path),
+      model_cfg=cfg,
+      params=_params(cfg),
+      eval_batches=[],
+      info=info,
+      loss_name="cyb_va",
+      protocol=evaluation.Protocol(0.5, None),
+    )
+  ).read()
   # One evaluation path: no eval set, no final evaluation (the curve is still drawn).
   assert "No eval set (data.eval_batches = 0): nothing to evaluate" in text
   assert "## Training curve" in text and "| 1.600 |" in text
   _assert_png(tmp_path / "plots" / "eval_curve.png")
   os.remove(tmp_path / "metrics.jsonl")  # nothing at all: still a report
-  text = open(report.write_report(str(tmp_path), model_cfg=cfg, params=_params(cfg), eval_batches=[], info=info,
-                                  loss_name="cyb_va", protocol=evaluation.Protocol(0.5, None))).read()
+  text = open(
+    report.write_report(
+      str(tmp_path),
+      model_cfg=cfg,
+      params=_params(cfg),
+      eval_batches=[],
+      info=info,
+      loss_name="cyb_va",
+      protocol=evaluation.Protocol(0.5, None),
+    )
+  ).read()
   assert "nothing to evaluate" in text
 
 
@@ -328,7 +437,8 @@ def test_render_with_pauses():
 
 @contextlib.contextmanager
 def _launch_module(name):
-  """Imports cyb_jax/cli/<name>.py afresh; afterwards removes its absl flags, so scripts sharing flag names load in turn."""
+  """Imports cyb_jax/cli/<name>.py afresh; afterwards removes its absl flags, so scripts sharing
+  flag names load in turn."""
   before = set(flags.FLAGS)
   spec = importlib.util.spec_from_file_location(f"cli_{name}", os.path.join(REPO, "cyb_jax", "cli", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
@@ -368,8 +478,9 @@ def test_launch_scripts_on_a_checkpoint(tmp_path, capsys):
     _assert_png(out / "plots" / f"{plot}.png")
 
   with _launch_module("generate") as generate:
-    flags.FLAGS(["generate", f"--workdir={workdir}", "--prompt=;12+34=", "--max_new_tokens=6",
-                 "--num_samples=2", "--halting=max"])
+    flags.FLAGS(
+      ["generate", f"--workdir={workdir}", "--prompt=;12+34=", "--max_new_tokens=6", "--num_samples=2", "--halting=max"]
+    )
     generate.main(["generate"])
   printed = capsys.readouterr().out
   assert printed.count("--- sample") == 2

@@ -31,10 +31,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from cyb_jax import checkpoint as ckpt_lib
+from cyb_jax import components
 from cyb_jax import metrics_writer
 from cyb_jax import model as model_lib
 from cyb_jax import sharding
-from cyb_jax import components
 from cyb_jax import train
 from tests.multidevice import harness
 
@@ -48,24 +48,30 @@ LOSS_RTOL = 1e-5
 # ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sizes, devices, expected", [
+@pytest.mark.parametrize(
+  "sizes, devices, expected",
+  [
     ({"data": -1, "fsdp": 1, "tensor": 1}, 8, (8, 1, 1)),
     ({"data": 2, "fsdp": -1, "tensor": 2}, 8, (2, 2, 2)),
     ({"data": 1, "fsdp": 4, "tensor": -1}, 8, (1, 4, 2)),
     ({"data": 2, "fsdp": 4, "tensor": 1}, 8, (2, 4, 1)),
     ({"data": -1, "fsdp": 16, "tensor": 1}, 64, (4, 16, 1)),
-])
+  ],
+)
 def test_mesh_shape_fills_in_the_minus_one_axis(sizes, devices, expected):
   assert sharding.mesh_shape(sizes, devices) == expected
 
 
-@pytest.mark.parametrize("sizes, devices, message", [
+@pytest.mark.parametrize(
+  "sizes, devices, message",
+  [
     ({"data": -1, "fsdp": -1, "tensor": 1}, 8, "at most one mesh axis may be -1"),
     ({"data": -1, "fsdp": 3, "tensor": 1}, 8, "8 is not divisible by 3"),
     ({"data": 2, "fsdp": 2, "tensor": 1}, 8, "has 4 devices, but 8 are in use"),
     ({"data": 0, "fsdp": 1, "tensor": 1}, 8, "mesh.data=0 must be a positive size or -1"),
     ({"data": 1, "fsdp": -2, "tensor": 1}, 8, "mesh.fsdp=-2 must be a positive size or -1"),
-])
+  ],
+)
 def test_mesh_shape_rejects_sizes_that_cannot_cover_the_devices(sizes, devices, message):
   with pytest.raises(ValueError, match=message):
     sharding.mesh_shape(sizes, devices)
@@ -80,10 +86,13 @@ def test_make_mesh_has_the_three_axes_with_auto_types():
   assert one.devices.size == 1
 
 
-@pytest.mark.parametrize("config, message", [
+@pytest.mark.parametrize(
+  "config, message",
+  [
     ({"data": -1, "fsdp": 1, "tensor": 1, "pipeline": 1}, r"unknown mesh axes \['pipeline'\]"),
     ({"data": -1, "fsdp": 1, "tensor": 1, "dcn_data": 0}, "mesh.dcn_data=0 must be >= 1"),
-])
+  ],
+)
 def test_make_mesh_rejects_bad_configs(config, message):
   with pytest.raises(ValueError, match=message):
     sharding.make_mesh(config)
@@ -97,11 +106,12 @@ def test_rules_survive_a_json_round_trip_of_the_config():
 
 def test_parameters_map_to_fsdp_and_tensor_by_the_default_rules():
   """Matrices shard `embed` over fsdp and heads/MLP/vocabulary over tensor; norms replicate."""
-  cfg = model_lib.ModelConfig(vocab_size=32, num_layers=1, d_model=32, num_heads=2, mlp_dim=64,
-                              max_pauses=2)
+  cfg = model_lib.ModelConfig(vocab_size=32, num_layers=1, d_model=32, num_heads=2, mlp_dim=64, max_pauses=2)
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
-  specs = jax.tree.map(lambda s: s.spec, sharding.logical_shardings(
-      model_lib.param_logical_axes(cfg), mesh, sharding.DEFAULT_LOGICAL_RULES))
+  specs = jax.tree.map(
+    lambda s: s.spec,
+    sharding.logical_shardings(model_lib.param_logical_axes(cfg), mesh, sharding.DEFAULT_LOGICAL_RULES),
+  )
   layer = specs["decoder"]["layer_0"]
   assert specs["token_embed"] == P("tensor", "fsdp")
   assert specs["vocab_head"]["kernel"] == P("fsdp", "tensor")
@@ -116,8 +126,7 @@ def test_parameters_map_to_fsdp_and_tensor_by_the_default_rules():
 def test_global_batch_places_the_rows_over_data_and_fsdp():
   mesh = sharding.make_mesh(sharding.default_mesh_config())
   rows = 2 * jax.device_count()
-  local = {"inputs": np.arange(rows * 3, dtype=np.int32).reshape(rows, 3),
-           "weights": np.ones((rows, 3), np.float32)}
+  local = {"inputs": np.arange(rows * 3, dtype=np.int32).reshape(rows, 3), "weights": np.ones((rows, 3), np.float32)}
   batch = sharding.global_batch(local, mesh)
   assert batch["inputs"].sharding == sharding.batch_sharding(mesh)
   assert batch["inputs"].sharding.spec == P(("data", "fsdp"))
@@ -138,8 +147,9 @@ def test_check_batch_divisible_names_the_sizes():
   # The trainer's programs check the micro-batch that each step actually shards.
   config = harness.tiny_config(**{"data.batch_size": 16, "optimizer.grad_accum_steps": 4})
   with pytest.raises(ValueError, match=r"data.batch_size / grad_accum_steps 4=4 .* = 8"):
-    train.make_programs(config, components.model_config(config, 32), mesh_2x4x1,
-                        sharding.rules_from_config(config.logical_axis_rules))
+    train.make_programs(
+      config, components.model_config(config, 32), mesh_2x4x1, sharding.rules_from_config(config.logical_axis_rules)
+    )
 
 
 # ------------------------------------------------------------------------------------
@@ -158,8 +168,13 @@ def _one_device_reference() -> tuple[list[float], dict[str, np.ndarray]]:
 
 def _spawn(module: str, args: list[str], num_devices: int, log_path: str) -> subprocess.Popen:
   log = open(log_path, "w")  # pylint: disable=consider-using-with
-  return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=log,
-                          stderr=subprocess.STDOUT, env=harness.subprocess_env(num_devices))
+  return subprocess.Popen(
+    [sys.executable, "-m", module, *args],
+    cwd=ROOT,
+    stdout=log,
+    stderr=subprocess.STDOUT,
+    env=harness.subprocess_env(num_devices),
+  )
 
 
 def _wait(processes: list[subprocess.Popen], logs: list[str]) -> None:
@@ -181,15 +196,26 @@ def _wait(processes: list[subprocess.Popen], logs: list[str]) -> None:
       pytest.fail(f"{' '.join(proc.args[2:4])} exited with {proc.returncode}:\n{tail}")
 
 
-def _spawn_two_processes(tmp_path, workdir: str, *args: str
-                         ) -> tuple[list[subprocess.Popen], list[str]]:
+def _spawn_two_processes(tmp_path, workdir: str, *args: str) -> tuple[list[subprocess.Popen], list[str]]:
   """Two `distributed_worker` processes x 4 CPU devices on mesh (2,2,2); their logs."""
   coordinator = f"127.0.0.1:{_free_port()}"
   logs = [str(tmp_path / f"process_{i}.log") for i in range(2)]
-  procs = [_spawn("tests.multidevice.distributed_worker",
-                  [f"--coordinator={coordinator}", "--num_processes=2", f"--process_id={i}",
-                   f"--workdir={workdir}", "--mesh=2,2,2", *args], 4, logs[i])
-           for i in range(2)]
+  procs = [
+    _spawn(
+      "tests.multidevice.distributed_worker",
+      [
+        f"--coordinator={coordinator}",
+        "--num_processes=2",
+        f"--process_id={i}",
+        f"--workdir={workdir}",
+        "--mesh=2,2,2",
+        *args,
+      ],
+      4,
+      logs[i],
+    )
+    for i in range(2)
+  ]
   return procs, logs
 
 
@@ -207,12 +233,14 @@ def _free_port() -> int:
 
 def _expected_shard(path: str, fsdp: int, tensor: int) -> list[int] | None:
   """Per-device shard shape of a few representative state arrays of the tiny model."""
-  for suffix, shape in (("['token_embed']", [32 // tensor, 32 // fsdp]),
-                        ("['vocab_head']['kernel']", [32 // fsdp, 32 // tensor]),
-                        ("['pause_embed']", [2, 32 // fsdp]),
-                        ("['attention']['q_kernel']", [32 // fsdp, 2 // tensor, 16]),
-                        ("['mlp']['down_kernel']", [64 // tensor, 32 // fsdp]),
-                        ("['final_norm']['scale']", [32])):
+  for suffix, shape in (
+    ("['token_embed']", [32 // tensor, 32 // fsdp]),
+    ("['vocab_head']['kernel']", [32 // fsdp, 32 // tensor]),
+    ("['pause_embed']", [2, 32 // fsdp]),
+    ("['attention']['q_kernel']", [32 // fsdp, 2 // tensor, 16]),
+    ("['mlp']['down_kernel']", [64 // tensor, 32 // fsdp]),
+    ("['final_norm']['scale']", [32]),
+  ):
     if path.endswith(suffix):
       return shape
   return None
@@ -222,19 +250,19 @@ def _expected_shard(path: str, fsdp: int, tensor: int) -> list[int] | None:
 @pytest.mark.slow
 def test_meshes_of_8_devices_match_one_device_and_checkpoints_move_between_them(tmp_path):
   out = str(tmp_path / "meshes.json")
-  proc = _spawn("tests.multidevice.mesh_runs", [f"--out={out}", f"--workdir={tmp_path}"], 8,
-                str(tmp_path / "mesh_runs.log"))
+  proc = _spawn(
+    "tests.multidevice.mesh_runs", [f"--out={out}", f"--workdir={tmp_path}"], 8, str(tmp_path / "mesh_runs.log")
+  )
   reference_losses, _ = _one_device_reference()  # computed while the child runs
   _wait([proc], [str(tmp_path / "mesh_runs.log")])
   with open(out) as f:
     results = json.load(f)
 
   total_bytes = results["8x1x1"]["state_bytes_per_device"][0]  # replicated: all of it
-  for (data, fsdp, tensor) in harness.MESHES:
+  for data, fsdp, tensor in harness.MESHES:
     name = f"{data}x{fsdp}x{tensor}"
     r = results[name]
-    np.testing.assert_allclose(r["losses"], reference_losses, rtol=LOSS_RTOL,
-                               err_msg=f"mesh {name}")
+    np.testing.assert_allclose(r["losses"], reference_losses, rtol=LOSS_RTOL, err_msg=f"mesh {name}")
     # The state is created sharded: parameters AND both Adam moments of each.
     checked = 0
     for path, (shape, shard) in r["shards"].items():
@@ -248,11 +276,20 @@ def test_meshes_of_8_devices_match_one_device_and_checkpoints_move_between_them(
     # A checkpoint of another mesh restores into this mesh's layout and continues exactly.
     assert r["restored_from"] != name
     assert r["restored_shards"] == r["shards"], f"mesh {name}: restored layout differs"
-    np.testing.assert_allclose(r["restored_loss"], reference_losses[-1], rtol=LOSS_RTOL,
-                               err_msg=f"mesh {name} restored from {r['restored_from']}")
+    np.testing.assert_allclose(
+      r["restored_loss"],
+      reference_losses[-1],
+      rtol=LOSS_RTOL,
+      err_msg=f"mesh {name} restored from {r['restored_from']}",
+    )
   # After the pause-step scan, hidden states and loss statistics stay split by rows.
   assert results["2x2x2"]["batch_sharded"] == {
-      "hidden": True, "log_dk": True, "log_answer": True, "log_target": True, "correct": True}
+    "hidden": True,
+    "log_dk": True,
+    "log_answer": True,
+    "log_target": True,
+    "correct": True,
+  }
 
 
 @pytest.mark.multidevice
@@ -264,8 +301,14 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
   reference_losses, reference_params = _one_device_reference()
   _wait(procs, logs)
   for i, log in enumerate(logs):
-    assert _worker_summary(log) == {"process_index": i, "process_count": 2, "local_devices": 4,
-                       "devices": 8, "step": harness.NUM_STEPS, "stopped": "completed"}
+    assert _worker_summary(log) == {
+      "process_index": i,
+      "process_count": 2,
+      "local_devices": 4,
+      "devices": 8,
+      "step": harness.NUM_STEPS,
+      "stopped": "completed",
+    }
 
   rows = [r for r in metrics_writer.read_metrics(workdir) if "train/loss" in r]
   assert [r["step"] for r in rows] == list(range(1, harness.NUM_STEPS + 1))  # process 0 only
@@ -319,8 +362,7 @@ def test_the_default_vocabulary_trains_on_every_mesh_with_the_one_device_losses(
   stay whole on the 8-way axis, and every mesh gives the losses of one device."""
   out = str(tmp_path / "any_vocab.json")
   log = str(tmp_path / "any_vocab.log")
-  _wait([_spawn("tests.multidevice.any_vocab", [f"--out={out}", f"--workdir={tmp_path}"], 8, log)],
-        [log])
+  _wait([_spawn("tests.multidevice.any_vocab", [f"--out={out}", f"--workdir={tmp_path}"], 8, log)], [log])
   with open(out) as f:
     results = json.load(f)
   assert (results["1x1x1 padded"], results["2x2x2 padded"], results["1x1x8 padded"]) == (15, 16, 16)

@@ -19,14 +19,36 @@ import pytest
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TPU = os.path.join(_REPO, "launch", "tpu")
-_SETTINGS = {"PROJECT": "proj", "ZONE": "us-west4-a", "ACCELERATOR": "v5litepod-16",
-             "RUNTIME_VERSION": "v2-alpha-tpuv5-lite", "BUCKET": "gs://bkt"}
-_CLEARED = ("PROJECT", "ZONE", "TPU_NAME", "ACCELERATOR", "RUNTIME_VERSION", "NUM_SLICES",
-            "BUCKET", "MOUNT", "REPO_DIR", "VENV", "PYTHON_VERSION", "DRY_RUN", "CAPACITY",
-            "VALID_UNTIL", "WORKER", "SLICE", "TPU_COMPILE_VENV", "PYTHON", "UV")
+_SETTINGS = {
+  "PROJECT": "proj",
+  "ZONE": "us-west4-a",
+  "ACCELERATOR": "v5litepod-16",
+  "RUNTIME_VERSION": "v2-alpha-tpuv5-lite",
+  "BUCKET": "gs://bkt",
+}
+_CLEARED = (
+  "PROJECT",
+  "ZONE",
+  "TPU_NAME",
+  "ACCELERATOR",
+  "RUNTIME_VERSION",
+  "NUM_SLICES",
+  "BUCKET",
+  "MOUNT",
+  "REPO_DIR",
+  "VENV",
+  "PYTHON_VERSION",
+  "DRY_RUN",
+  "CAPACITY",
+  "VALID_UNTIL",
+  "WORKER",
+  "SLICE",
+  "TPU_COMPILE_VENV",
+  "PYTHON",
+  "UV",
+)
 _WHERE = ["--project=proj", "--zone=us-west4-a"]
-_SCRIPTS = ("compile_check.sh", "create.sh", "delete.sh", "logs.sh", "setup.sh", "status.sh",
-            "stop.sh", "train.sh")
+_SCRIPTS = ("compile_check.sh", "create.sh", "delete.sh", "logs.sh", "setup.sh", "status.sh", "stop.sh", "train.sh")
 
 
 def _executable(path, text: str) -> str:
@@ -51,8 +73,15 @@ def run(tmp_path):
     env.update(overrides)
     for name in unset:
       env.pop(name, None)
-    proc = subprocess.run([os.path.join(_TPU, script), *args], capture_output=True, text=True,
-                          env=env, cwd=str(tmp_path), timeout=60, check=False)
+    proc = subprocess.run(
+      [os.path.join(_TPU, script), *args],
+      capture_output=True,
+      text=True,
+      env=env,
+      cwd=str(tmp_path),
+      timeout=60,
+      check=False,
+    )
     assert not record.exists(), f"a dry run called gcloud: {record.read_text()}"
     return proc
 
@@ -89,54 +118,89 @@ def _ok(proc) -> list[list[str]]:
 def _remote(argv: list[str]) -> str:
   """The --command script of a `gcloud compute tpus tpu-vm ssh` argv (syntax-checked)."""
   assert argv[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"], argv
-  (script,) = [a[len("--command="):] for a in argv if a.startswith("--command=")]
+  (script,) = [a[len("--command=") :] for a in argv if a.startswith("--command=")]
   check = subprocess.run(["bash", "-n", "-c", script], capture_output=True, text=True, check=False)
   assert check.returncode == 0, (check.stderr, script)
   return script
 
 
 def _ssh(node: str, worker: str, script: str) -> list[str]:
-  return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", node, *_WHERE, f"--worker={worker}",
-          f"--command={script}"]
+  return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", node, *_WHERE, f"--worker={worker}", f"--command={script}"]
 
 
 # ------------------------------------------------------------------------------------------
 # create.sh: queued resources, Spot / reserved, multislice.
 # ------------------------------------------------------------------------------------------
 
-_CREATE = ["gcloud", "compute", "tpus", "queued-resources", "create", "cyb-jax", *_WHERE,
-           "--accelerator-type=v5litepod-16", "--runtime-version=v2-alpha-tpuv5-lite"]
-_DESCRIBE = ["gcloud", "compute", "tpus", "queued-resources", "describe", "cyb-jax", *_WHERE,
-             "--format=value(state.state)"]
+_CREATE = [
+  "gcloud",
+  "compute",
+  "tpus",
+  "queued-resources",
+  "create",
+  "cyb-jax",
+  *_WHERE,
+  "--accelerator-type=v5litepod-16",
+  "--runtime-version=v2-alpha-tpuv5-lite",
+]
+_DESCRIBE = [
+  "gcloud",
+  "compute",
+  "tpus",
+  "queued-resources",
+  "describe",
+  "cyb-jax",
+  *_WHERE,
+  "--format=value(state.state)",
+]
 
 
-@pytest.mark.parametrize("args,env,capacity", [
+@pytest.mark.parametrize(
+  "args,env,capacity",
+  [
     ((), {}, []),
     (("--spot",), {}, ["--spot"]),
     (("--reserved",), {}, ["--reserved"]),
     ((), {"CAPACITY": "spot"}, ["--spot"]),
     (("--reserved",), {"CAPACITY": "spot"}, ["--reserved"]),  # the flag wins
-], ids=["on-demand", "spot", "reserved", "CAPACITY=spot", "flag-over-env"])
+  ],
+  ids=["on-demand", "spot", "reserved", "CAPACITY=spot", "flag-over-env"],
+)
 def test_create_one_slice_is_a_queued_resource_with_one_node(run, args, env, capacity):
   commands = _ok(run("create.sh", "--dry-run", *args, **env))
   assert commands == [_CREATE + ["--node-id=cyb-jax"] + capacity, _DESCRIBE]
 
 
 def test_create_multislice_asks_for_node_count_nodes_with_a_prefix(run):
-  commands = _ok(run("create.sh", "--dry-run", "--spot", "--no-wait", NUM_SLICES="4",
-                     TPU_NAME="exp", VALID_UNTIL="6h"))
-  assert commands == [[
-      "gcloud", "compute", "tpus", "queued-resources", "create", "exp", *_WHERE,
-      "--accelerator-type=v5litepod-16", "--runtime-version=v2-alpha-tpuv5-lite",
-      "--node-count=4", "--node-prefix=exp", "--spot", "--valid-until-duration=6h"]]
+  commands = _ok(run("create.sh", "--dry-run", "--spot", "--no-wait", NUM_SLICES="4", TPU_NAME="exp", VALID_UNTIL="6h"))
+  assert commands == [
+    [
+      "gcloud",
+      "compute",
+      "tpus",
+      "queued-resources",
+      "create",
+      "exp",
+      *_WHERE,
+      "--accelerator-type=v5litepod-16",
+      "--runtime-version=v2-alpha-tpuv5-lite",
+      "--node-count=4",
+      "--node-prefix=exp",
+      "--spot",
+      "--valid-until-duration=6h",
+    ]
+  ]
 
 
-@pytest.mark.parametrize("args,env,message", [
+@pytest.mark.parametrize(
+  "args,env,message",
+  [
     (("--spot", "--reserved"), {}, "--spot and --reserved exclude each other"),
     (("--preemptible",), {}, "unknown argument '--preemptible'"),
     ((), {"CAPACITY": "cheap"}, "CAPACITY=cheap is unknown; allowed: spot, reserved, on-demand"),
     ((), {"NUM_SLICES": "0"}, "NUM_SLICES=0 must be a positive integer"),
-])
+  ],
+)
 def test_create_rejects_bad_options(run, args, env, message):
   proc = run("create.sh", "--dry-run", *args, **env)
   assert proc.returncode in (1, 2) and proc.stdout == ""
@@ -148,18 +212,17 @@ def test_create_rejects_bad_options(run, args, env, message):
 # ------------------------------------------------------------------------------------------
 
 _REQUIRED = {
-    "create.sh": ((), ("PROJECT", "ZONE", "ACCELERATOR", "RUNTIME_VERSION")),
-    "delete.sh": ((), ("PROJECT", "ZONE")),
-    "status.sh": ((), ("PROJECT", "ZONE")),
-    "setup.sh": ((), ("PROJECT", "ZONE")),
-    "train.sh": (("r1", "--config=configs/default.py"), ("PROJECT", "ZONE", "BUCKET")),
-    "stop.sh": (("r1",), ("PROJECT", "ZONE")),
-    "logs.sh": (("r1",), ("PROJECT", "ZONE")),
+  "create.sh": ((), ("PROJECT", "ZONE", "ACCELERATOR", "RUNTIME_VERSION")),
+  "delete.sh": ((), ("PROJECT", "ZONE")),
+  "status.sh": ((), ("PROJECT", "ZONE")),
+  "setup.sh": ((), ("PROJECT", "ZONE")),
+  "train.sh": (("r1", "--config=configs/default.py"), ("PROJECT", "ZONE", "BUCKET")),
+  "stop.sh": (("r1",), ("PROJECT", "ZONE")),
+  "logs.sh": (("r1",), ("PROJECT", "ZONE")),
 }
 
 
-@pytest.mark.parametrize("script,name", [(s, n) for s, (_, names) in _REQUIRED.items()
-                                         for n in names])
+@pytest.mark.parametrize("script,name", [(s, n) for s, (_, names) in _REQUIRED.items() for n in names])
 def test_a_missing_setting_fails_with_its_name(run, script, name):
   args, _ = _REQUIRED[script]
   proc = run(script, "--dry-run", *args, unset=(name,))
@@ -197,10 +260,10 @@ def test_setup_copies_installs_and_mounts_on_every_host_of_every_slice(run):
   assert "uv venv --seed --python 3.11 --python-preference only-managed ~/venv-cyb" in lines
   # The one command that installs the project: the lock's versions, the tpu and gcp extras.
   assert [line for line in lines if "pip install" in line] == [
-      "command -v uv >/dev/null || python3 -m pip install --user --quiet uv "  # uv itself
-      "|| curl -LsSf https://astral.sh/uv/install.sh | sh",
-      "uv pip install --python ~/venv-cyb/bin/python --quiet -c requirements.lock "
-      "-e '.[tpu,gcp]'"]
+    "command -v uv >/dev/null || python3 -m pip install --user --quiet uv "  # uv itself
+    "|| curl -LsSf https://astral.sh/uv/install.sh | sh",
+    "uv pip install --python ~/venv-cyb/bin/python --quiet -c requirements.lock -e '.[tpu,gcp]'",
+  ]
   assert "jax[tpu]" not in install[0]
   assert "python3 -m venv" not in install[0]  # the image's python3 is 3.10
 
@@ -225,27 +288,46 @@ def test_setup_script_source_has_one_install_path():
 
 
 def test_train_starts_the_same_command_on_every_host(run):
-  commands = _ok(run("train.sh", "--dry-run", "lm1b", "--config=configs/tfds_lm.py",
-                     "--config.mesh.fsdp=-1", "--config.data.source=text:/d/*.txt",
-                     "--config.name=a b", NUM_SLICES="2"))
+  commands = _ok(
+    run(
+      "train.sh",
+      "--dry-run",
+      "lm1b",
+      "--config=configs/tfds_lm.py",
+      "--config.mesh.fsdp=-1",
+      "--config.data.source=text:/d/*.txt",
+      "--config.name=a b",
+      NUM_SLICES="2",
+    )
+  )
   assert len(commands) == 2
   scripts = [_remote(c) for c in commands]
   assert commands == [_ssh("cyb-jax-0", "all", scripts[0]), _ssh("cyb-jax-1", "all", scripts[1])]
   assert scripts[0] == scripts[1]
   (line,) = [l for l in scripts[0].splitlines() if l.startswith("nohup ")]
   argv = shlex.split(line.split(" > ")[0])
-  assert argv == ["nohup", "~/venv-cyb/bin/python", "launch/train.py", "--multihost",
-                  "--workdir=/mnt/gcs/runs/lm1b", "--config=configs/tfds_lm.py",
-                  "--config.mesh.fsdp=-1", "--config.data.source=text:/d/*.txt",
-                  "--config.name=a b"]
+  assert argv == [
+    "nohup",
+    "~/venv-cyb/bin/python",
+    "launch/train.py",
+    "--multihost",
+    "--workdir=/mnt/gcs/runs/lm1b",
+    "--config=configs/tfds_lm.py",
+    "--config.mesh.fsdp=-1",
+    "--config.data.source=text:/d/*.txt",
+    "--config.name=a b",
+  ]
   assert line.endswith("> ~/logs/lm1b.log 2>&1 < /dev/null &")
 
 
-@pytest.mark.parametrize("args,message", [
+@pytest.mark.parametrize(
+  "args,message",
+  [
     (("r1",), "give RUN_NAME and at least --config"),
     (("../r1", "--config=x.py"), "RUN_NAME='../r1' must be"),
     (("--spot", "r1", "--config=x.py"), "unknown option '--spot'"),
-])
+  ],
+)
 def test_train_usage_errors(run, args, message):
   proc = run("train.sh", "--dry-run", *args)
   assert proc.returncode == 2 and message in proc.stderr and "usage: " in proc.stderr
@@ -261,29 +343,28 @@ def test_stop_sends_sigterm_on_every_host(run):
 def test_no_script_or_doc_claims_that_multihost_sigterm_hangs():
   """Multi-host SIGTERM is handled (train._Preemption); the old warnings must be gone."""
   hangs = re.compile(r"\bhang(s|ing)?\b", re.I)
-  for path in [os.path.join(_TPU, n) for n in _SCRIPTS + ("env.sh",)] + [
-      os.path.join(_REPO, "docs", "tpu_pods.md")]:
+  for path in [os.path.join(_TPU, n) for n in _SCRIPTS + ("env.sh",)] + [os.path.join(_REPO, "docs", "tpu_pods.md")]:
     with open(path, encoding="utf-8") as f:
       assert not hangs.search(f.read()), path
 
 
 def test_logs_follows_one_worker(run):
-  assert _ok(run("logs.sh", "--dry-run", "lm1b")) == [
-      _ssh("cyb-jax", "0", "tail -n 100 -f ~/logs/lm1b.log")]
+  assert _ok(run("logs.sh", "--dry-run", "lm1b")) == [_ssh("cyb-jax", "0", "tail -n 100 -f ~/logs/lm1b.log")]
   assert _ok(run("logs.sh", "--dry-run", "lm1b", NUM_SLICES="3", SLICE="2", WORKER="1")) == [
-      _ssh("cyb-jax-2", "1", "tail -n 100 -f ~/logs/lm1b.log")]
+    _ssh("cyb-jax-2", "1", "tail -n 100 -f ~/logs/lm1b.log")
+  ]
   proc = run("logs.sh", "--dry-run", "lm1b", SLICE="1")
   assert proc.returncode == 1 and "SLICE=1 must be an integer in [0, NUM_SLICES=1)" in proc.stderr
 
 
 def test_delete_and_status(run):
   assert _ok(run("delete.sh", "--dry-run")) == [
-      ["gcloud", "compute", "tpus", "queued-resources", "delete", "cyb-jax", *_WHERE, "--force",
-       "--quiet"]]
+    ["gcloud", "compute", "tpus", "queued-resources", "delete", "cyb-jax", *_WHERE, "--force", "--quiet"]
+  ]
   fmt = "--format=value(name,acceleratorType,state,health)"
   assert _ok(run("status.sh", "--dry-run", NUM_SLICES="2")) == [_DESCRIBE] + [
-      ["gcloud", "compute", "tpus", "tpu-vm", "describe", f"cyb-jax-{i}", *_WHERE, fmt]
-      for i in range(2)]
+    ["gcloud", "compute", "tpus", "tpu-vm", "describe", f"cyb-jax-{i}", *_WHERE, fmt] for i in range(2)
+  ]
 
 
 def test_dry_run_from_the_environment(run):
@@ -297,14 +378,19 @@ def test_dry_run_from_the_environment(run):
 
 def test_compile_check_with_a_recent_python(run, tmp_path):
   venv = str(tmp_path / "no-venv-yet")
-  commands = _ok(run("compile_check.sh", "--dry-run", "--topology=v5e-16", "--mesh=1,-1,1",
-                     PYTHON=sys.executable))
+  commands = _ok(run("compile_check.sh", "--dry-run", "--topology=v5e-16", "--mesh=1,-1,1", PYTHON=sys.executable))
   assert commands == [
-      [sys.executable, "-m", "venv", venv],
-      [f"{venv}/bin/python", "-m", "pip", "install", "-q", "-c", "requirements.lock",
-       "-e", ".[tpu]"],
-      ["env", f"PYTHONPATH={_REPO}", f"{venv}/bin/python", "benchmarks/tpu_compile.py",
-       "--topology=v5e-16", "--mesh=1,-1,1"]]
+    [sys.executable, "-m", "venv", venv],
+    [f"{venv}/bin/python", "-m", "pip", "install", "-q", "-c", "requirements.lock", "-e", ".[tpu]"],
+    [
+      "env",
+      f"PYTHONPATH={_REPO}",
+      f"{venv}/bin/python",
+      "benchmarks/tpu_compile.py",
+      "--topology=v5e-16",
+      "--mesh=1,-1,1",
+    ],
+  ]
 
 
 def test_compile_check_with_an_old_python_uses_uv(run, tmp_path):
@@ -322,8 +408,7 @@ def test_compile_check_with_an_old_python_uses_uv(run, tmp_path):
 
 
 def test_every_script_is_tested_here():
-  assert sorted(n for n in os.listdir(_TPU) if n.endswith(".sh") and n != "env.sh") == list(
-      _SCRIPTS)
+  assert sorted(n for n in os.listdir(_TPU) if n.endswith(".sh") and n != "env.sh") == list(_SCRIPTS)
 
 
 @pytest.mark.parametrize("script", _SCRIPTS)
@@ -344,17 +429,21 @@ def test_without_dry_run_the_commands_run_and_project_comes_from_gcloud_config(t
   record = tmp_path / "calls"
   fake = tmp_path / "bin"
   fake.mkdir()
-  _executable(fake / "gcloud", textwrap.dedent(f"""\
+  _executable(
+    fake / "gcloud",
+    textwrap.dedent(f"""\
       #!/bin/sh
       printf '%s\\n' "$*" >> {shlex.quote(str(record))}
       if [ "$1 $2 $3" = "config get-value project" ]; then echo configured-proj; fi
-      """))
+      """),
+  )
   env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
   env.update(ZONE="us-west4-a", PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
-  proc = subprocess.run([os.path.join(_TPU, "delete.sh")], capture_output=True, text=True,
-                        env=env, timeout=60, check=False)
+  proc = subprocess.run(
+    [os.path.join(_TPU, "delete.sh")], capture_output=True, text=True, env=env, timeout=60, check=False
+  )
   assert proc.returncode == 0, proc.stderr
   assert record.read_text().splitlines() == [
-      "config get-value project",
-      "compute tpus queued-resources delete cyb-jax --project=configured-proj "
-      "--zone=us-west4-a --force --quiet"]
+    "config get-value project",
+    "compute tpus queued-resources delete cyb-jax --project=configured-proj --zone=us-west4-a --force --quiet",
+  ]

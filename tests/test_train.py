@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 from cyb_jax import checkpoint as ckpt_lib
 from cyb_jax import components
 from cyb_jax import evaluation
-from cyb_jax import losses
+from cyb_jax import init_from
 from cyb_jax import metrics_writer
 from cyb_jax import model as model_lib
 from cyb_jax import train
@@ -57,16 +57,18 @@ def test_trains_on_the_embedded_task_and_logs_what_the_tools_read(tmp_path):
   # The loaded parameters give the final eval figures again.
   sums = None
   for b in loaded.data.eval_batches:
-    sums = evaluation.add_sums(sums, evaluation.eval_sums(
-        loaded.params, {k: b[k] for k in train.BATCH_KEYS}, model_cfg=loaded.model_cfg,
-        protocol=loaded.protocol))
+    sums = evaluation.add_sums(
+      sums,
+      evaluation.eval_sums(
+        loaded.params, {k: b[k] for k in train.BATCH_KEYS}, model_cfg=loaded.model_cfg, protocol=loaded.protocol
+      ),
+    )
   np.testing.assert_allclose(evaluation.figures(sums)["nll_mix"], result["nll_mix"], rtol=1e-5)
 
 
 def test_resume_is_exact(tmp_path):
   """Stopped after step 3 and resumed, a run logs the losses of an uninterrupted run."""
-  config = tiny_config(**{"loss.name": "cyb_dp", "loss.multiplier_rate": 0.5,
-                          "loss.budget": 0.0})
+  config = tiny_config(**{"loss.name": "cyb_dp", "loss.multiplier_rate": 0.5, "loss.budget": 0.0})
   full = str(tmp_path / "full")
   train.train_and_evaluate(config, full)
   resumed = str(tmp_path / "resumed")
@@ -115,8 +117,7 @@ def test_finetune_from_a_ce_checkpoint_adds_fresh_pause_parameters(tmp_path):
   train.train_and_evaluate(tiny_config(**{"loss.name": "ce", "model.max_pauses": 0}), ce_dir)
   ce = components.load_run(ce_dir)
   assert "pause_embed" not in ce.params
-  config = tiny_config(**{"loss.name": "cyb_ap", "model.max_pauses": 2, "init_from": ce_dir,
-                          "num_train_steps": 1})
+  config = tiny_config(**{"loss.name": "cyb_ap", "model.max_pauses": 2, "init_from": ce_dir, "num_train_steps": 1})
   # With learning rate ~0 the fine-tuned model still has the ce model's step-0 outputs.
   config.optimizer.learning_rate = 1e-12
   workdir = str(tmp_path / "ft")
@@ -131,20 +132,18 @@ def test_finetune_from_a_ce_checkpoint_adds_fresh_pause_parameters(tmp_path):
 
 
 def test_merge_init_params_rejects_a_shape_mismatch():
-  small = model_lib.ModelConfig(vocab_size=10, num_layers=1, d_model=16, num_heads=2,
-                                mlp_dim=32, max_pauses=1)
-  big = model_lib.ModelConfig(vocab_size=10, num_layers=1, d_model=32, num_heads=2,
-                              mlp_dim=32, max_pauses=1)
+  small = model_lib.ModelConfig(vocab_size=10, num_layers=1, d_model=16, num_heads=2, mlp_dim=32, max_pauses=1)
+  big = model_lib.ModelConfig(vocab_size=10, num_layers=1, d_model=32, num_heads=2, mlp_dim=32, max_pauses=1)
   with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match=r"init_from: parameter .* has shape"):
-    components.merge_init_params(model_lib.init_params(big, jax.random.key(0)),
-                            model_lib.init_params(small, jax.random.key(0)))
+    init_from.merge_init_params(
+      model_lib.init_params(big, jax.random.key(0)), model_lib.init_params(small, jax.random.key(0))
+    )
 
 
 def test_resuming_with_another_model_shape_says_what_differs(tmp_path):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(tiny_config(num_train_steps=3), workdir)
-  with pytest.raises(ckpt_lib.IncompatibleCheckpointError,
-                     match=r"model.d_model: checkpoint 32 vs config 48"):
+  with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match=r"model.d_model: checkpoint 32 vs config 48"):
     train.train_and_evaluate(tiny_config(**{"model.d_model": 48}), workdir)
 
 
@@ -178,9 +177,11 @@ def test_a_non_finite_step_between_syncs_is_named_and_nothing_after_it_is_writte
   assert 1 < first_bad < 8
   workdir = str(tmp_path / "sparse")
   config = _nan_config(log_every_steps=8, checkpoint_every_steps=8, eval_every_steps=8)
-  with pytest.raises(train.NonFiniteLossError,
-                     match=rf"at step {first_bad}\b.*, the first non-finite step .* The last "
-                           r"good checkpoint is none"):
+  with pytest.raises(
+    train.NonFiniteLossError,
+    match=rf"at step {first_bad}\b.*, the first non-finite step .* The last "
+    r"good checkpoint is none",
+  ):
     train.train_and_evaluate(config, workdir)
   assert not _train_rows(workdir)
   assert not os.listdir(os.path.join(workdir, "checkpoints"))
@@ -191,12 +192,10 @@ def test_the_train_step_returns_its_input_state_when_the_loss_is_not_finite():
   model_cfg = components.model_config(config, 16)
   tx, schedule = components.make_optimizer(config)
   loss = components.make_loss(config)
-  state = train.init_state(jax.random.key(0), model_cfg=model_cfg, tx=tx,
-                           loss_state=loss.init_state())
+  state = train.init_state(jax.random.key(0), model_cfg=model_cfg, tx=tx, loss_state=loss.init_state())
   batch = {k: np.zeros((2, 8), np.int32) for k in train.BATCH_KEYS}
   batch["segment_ids"] = np.ones((2, 8), np.int32)
-  step = jax.jit(lambda s, b: train.train_step(s, b, model_cfg=model_cfg, loss=loss, tx=tx,
-                                               schedule=schedule))
+  step = jax.jit(lambda s, b: train.train_step(s, b, model_cfg=model_cfg, loss=loss, tx=tx, schedule=schedule))
   for weight, finite in ((1.0, True), (np.nan, False)):
     new_state, metrics = step(state, dict(batch, weights=np.full((2, 8), weight, np.float32)))
     assert bool(metrics["finite"]) == finite
@@ -211,7 +210,9 @@ def test_profile_steps_writes_a_trace_of_those_steps(tmp_path):
   assert len(traces) == 1 and traces[0].stat().st_size > 0
 
 
-@pytest.mark.parametrize("overrides, match", [
+@pytest.mark.parametrize(
+  "overrides, match",
+  [
     ({"profile_steps": (3, 1)}, r"profile_steps=\(3, 1\) must be empty"),
     ({"peak_flops_per_device": -1.0}, r"peak_flops_per_device=-1.0 must be None"),
     ({"loss.name": "hinge"}, r"loss.name='hinge' is unknown; allowed: \['ce', 'cyb_ap'"),
@@ -221,7 +222,8 @@ def test_profile_steps_writes_a_trace_of_those_steps(tmp_path):
     ({"loss.name": "cyb_va", "loss.kl": "sequence"}, r"kl='sequence'"),
     ({"loss.name": "ce"}, r"set model.max_pauses=0"),
     ({"num_train_steps": 0}, r"num_train_steps=0"),
-])
+  ],
+)
 def test_bad_configs_fail_fast_and_write_nothing(tmp_path, overrides, match):
   workdir = tmp_path / "run"
   with pytest.raises(ValueError, match=match):
@@ -234,8 +236,7 @@ def test_empty_text_files_fail_fast_and_write_nothing(tmp_path):
   (tmp_path / "b.txt").write_text("\n\n")
   workdir = tmp_path / "run"
   with pytest.raises(ValueError, match="empty"):
-    train.train_and_evaluate(tiny_config(**{"data.source": f"text:{tmp_path}/*.txt"}),
-                             str(workdir))
+    train.train_and_evaluate(tiny_config(**{"data.source": f"text:{tmp_path}/*.txt"}), str(workdir))
   assert not workdir.exists()
 
 
@@ -245,8 +246,7 @@ def test_trains_on_text_files_with_a_trained_tokenizer(tmp_path):
   words = ["the", "cat", "cats", "sat", "on", "mat", "mats", "dog", "dogs", "ran"]
   corpus.write_text("\n".join(" ".join(rng.choice(words, size=12)) for _ in range(300)))
   workdir = str(tmp_path / "run")
-  config = tiny_config(**{"data.source": f"text:{corpus}", "data.spm_vocab_size": 300,
-                          "write_report": True})
+  config = tiny_config(**{"data.source": f"text:{corpus}", "data.spm_vocab_size": 300, "write_report": True})
   result = train.train_and_evaluate(config, workdir)
   assert np.isfinite(result["nll_mix"])
   assert os.path.exists(os.path.join(workdir, "tokenizer.model"))
@@ -254,8 +254,9 @@ def test_trains_on_text_files_with_a_trained_tokenizer(tmp_path):
 
 
 def test_trains_on_tfds_under_mock_data(tmp_path):
-  config = tiny_config(**{"data.source": "tfds:lm1b", "data.spm_vocab_size": 320,
-                          "data.spm_max_sentences": 100, "num_train_steps": 3})
+  config = tiny_config(
+    **{"data.source": "tfds:lm1b", "data.spm_vocab_size": 320, "data.spm_max_sentences": 100, "num_train_steps": 3}
+  )
   with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
     result = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert np.isfinite(result["nll_mix"]) and result["step"] == 3
@@ -263,61 +264,60 @@ def test_trains_on_tfds_under_mock_data(tmp_path):
 
 def test_gradient_accumulation_matches_the_full_batch_step():
   config = tiny_config()
-  model_cfg = model_lib.ModelConfig(vocab_size=16, num_layers=1, d_model=32, num_heads=2,
-                                    mlp_dim=64, max_pauses=2)
+  model_cfg = model_lib.ModelConfig(vocab_size=16, num_layers=1, d_model=32, num_heads=2, mlp_dim=64, max_pauses=2)
   config.num_train_steps = 10
   tx, schedule = components.make_optimizer(config)
   loss = components.make_loss(config)
   rng = np.random.default_rng(0)
-  batch = {"inputs": rng.integers(0, 16, (4, 8)).astype(np.int32),
-           "targets": rng.integers(0, 16, (4, 8)).astype(np.int32),
-           "weights": (rng.uniform(size=(4, 8)) > 0.3).astype(np.float32),
-           "segment_ids": np.ones((4, 8), np.int32),
-           "positions": np.tile(np.arange(8, dtype=np.int32), (4, 1))}
-  state = train.init_state(jax.random.key(0), model_cfg=model_cfg, tx=tx,
-                           loss_state=loss.init_state())
-  outs = [jax.jit(lambda s, b, a=a: train.train_step(
-      s, b, model_cfg=model_cfg, loss=loss, tx=tx, schedule=schedule,
-      accum_steps=a))(state, batch) for a in (1, 4)]
+  batch = {
+    "inputs": rng.integers(0, 16, (4, 8)).astype(np.int32),
+    "targets": rng.integers(0, 16, (4, 8)).astype(np.int32),
+    "weights": (rng.uniform(size=(4, 8)) > 0.3).astype(np.float32),
+    "segment_ids": np.ones((4, 8), np.int32),
+    "positions": np.tile(np.arange(8, dtype=np.int32), (4, 1)),
+  }
+  state = train.init_state(jax.random.key(0), model_cfg=model_cfg, tx=tx, loss_state=loss.init_state())
+  outs = [
+    jax.jit(
+      lambda s, b, a=a: train.train_step(s, b, model_cfg=model_cfg, loss=loss, tx=tx, schedule=schedule, accum_steps=a)
+    )(state, batch)
+    for a in (1, 4)
+  ]
   for other in outs[1:]:
     np.testing.assert_allclose(other[1]["loss"], outs[0][1]["loss"], rtol=1e-5)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6),
-                 other[0].params, outs[0][0].params)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), other[0].params, outs[0][0].params)
 
 
 def test_chunked_loss_path_trains_like_the_full_path(tmp_path):
   a = train.train_and_evaluate(tiny_config(num_train_steps=2), str(tmp_path / "full"))
-  b = train.train_and_evaluate(tiny_config(**{"num_train_steps": 2, "loss.vocab_chunk": 5}),
-                               str(tmp_path / "chunked"))
+  b = train.train_and_evaluate(tiny_config(**{"num_train_steps": 2, "loss.vocab_chunk": 5}), str(tmp_path / "chunked"))
   np.testing.assert_allclose(b["nll_mix"], a["nll_mix"], rtol=1e-4)
   rows_a, rows_b = _train_rows(str(tmp_path / "full")), _train_rows(str(tmp_path / "chunked"))
-  np.testing.assert_allclose([r["train/loss"] for r in rows_b],
-                             [r["train/loss"] for r in rows_a], rtol=1e-4)
+  np.testing.assert_allclose([r["train/loss"] for r in rows_b], [r["train/loss"] for r in rows_a], rtol=1e-4)
 
 
 def test_compatibility_ignores_runtime_fields_and_fills_missing_ones_with_defaults():
-  cfg = model_lib.ModelConfig(vocab_size=10, num_layers=1, d_model=16, num_heads=2,
-                              mlp_dim=32, max_pauses=1)
+  cfg = model_lib.ModelConfig(vocab_size=10, num_layers=1, d_model=16, num_heads=2, mlp_dim=32, max_pauses=1)
   meta = {"model": dataclasses.asdict(cfg)}
   older = {"model": {k: v for k, v in meta["model"].items() if k != "unroll_pause_scan"}}
   ckpt_lib.check_compatible(older, meta, what="old")  # a field added since: its default
   other_runtime = dataclasses.replace(cfg, remat_policy="full", dk_bias_init=3.0)
   ckpt_lib.check_compatible(meta, {"model": dataclasses.asdict(other_runtime)}, what="x")
-  with pytest.raises(ckpt_lib.IncompatibleCheckpointError,
-                     match=r"model.shared_pause_embed: checkpoint False vs config True"):
+  with pytest.raises(
+    ckpt_lib.IncompatibleCheckpointError, match=r"model.shared_pause_embed: checkpoint False vs config True"
+  ):
     ckpt_lib.check_compatible(
-        older, {"model": dataclasses.asdict(dataclasses.replace(cfg, shared_pause_embed=True))},
-        what="old")
+      older, {"model": dataclasses.asdict(dataclasses.replace(cfg, shared_pause_embed=True))}, what="old"
+    )
 
 
-def test_the_cli_points_the_compilation_cache_at_its_flag_unless_the_environment_has_one(
-    monkeypatch, tmp_path):
+def test_the_cli_points_the_compilation_cache_at_its_flag_unless_the_environment_has_one(monkeypatch, tmp_path):
   from cyb_jax.cli import train as cli  # pylint: disable=g-import-not-at-top
+
   before = jax.config.jax_compilation_cache_dir
   try:
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
-    assert cli.setup_compilation_cache(str(tmp_path / "xla"), explicit=False) == str(
-        tmp_path / "xla")
+    assert cli.setup_compilation_cache(str(tmp_path / "xla"), explicit=False) == str(tmp_path / "xla")
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/elsewhere")
     assert cli.setup_compilation_cache("~/.cache/cyb_jax/xla", explicit=False) == "/elsewhere"
@@ -338,8 +338,9 @@ def test_pause_warmup_switches_at_its_step_and_resumes_exactly_across_the_switch
   shutil.copytree(full, resumed)
   shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))  # killed after step 3's checkpoint
   train.train_and_evaluate(config, resumed)
-  np.testing.assert_allclose([r["train/loss"] for r in _train_rows(resumed)],
-                             [r["train/loss"] for r in rows], rtol=1e-6)
+  np.testing.assert_allclose(
+    [r["train/loss"] for r in _train_rows(resumed)], [r["train/loss"] for r in rows], rtol=1e-6
+  )
   plain = str(tmp_path / "plain")
   train.train_and_evaluate(tiny_config(**{"loss.name": "cyb_ap"}), plain)
   assert _train_rows(plain)[0]["train/loss"] != rows[0]["train/loss"]  # the warm-up changed it

@@ -11,27 +11,37 @@ from cyb_jax import losses
 from cyb_jax import word_analysis as wa
 from cyb_jax import word_report
 from cyb_jax.data import text as text_lib
-
 from tests import tiny
 
 # A hand-made vocabulary: ids 0-3 are special (pad, BOS, EOS, newline).
-PIECES = ["<pad>", "<s>", "</s>", "\\n", "▁dogs", "▁dog", "▁was", "n", "'", "t", "▁won", "▁ran", "▁the", "▁.",
-          "▁'", "▁Atlanta"]
+PIECES = [
+  "<pad>",
+  "<s>",
+  "</s>",
+  "\\n",
+  "▁dogs",
+  "▁dog",
+  "▁was",
+  "n",
+  "'",
+  "t",
+  "▁won",
+  "▁ran",
+  "▁the",
+  "▁.",
+  "▁'",
+  "▁Atlanta",
+]
 ID = {p: i for i, p in enumerate(PIECES)}
 SPECIAL = {0, 1, 2, 3}
 DOCS = [  # the eval documents as pieces, and the tagged copy of each
-    (["<s>", "▁the", "▁dogs", "▁ran", "▁.", "</s>"], "the/at dogs/nns ran/vbd ./."),
-    (["<s>", "▁the", "▁dog", "▁was", "n", "'", "t", "▁won", "'", "t", "</s>"],
-     "the/at dog/nn wasn't/bedz* won't/md*"),
-    (["<s>", "▁the", "▁dog", "▁won", "</s>"], "the/AT dog/NN-TL won/vbd"),
-    (["<s>", "▁dogs", "▁ran", "</s>"], "cats/nns ran/vbd"),  # misaligned: its words are "dogs ran"
+  (["<s>", "▁the", "▁dogs", "▁ran", "▁.", "</s>"], "the/at dogs/nns ran/vbd ./."),
+  (["<s>", "▁the", "▁dog", "▁was", "n", "'", "t", "▁won", "'", "t", "</s>"], "the/at dog/nn wasn't/bedz* won't/md*"),
+  (["<s>", "▁the", "▁dog", "▁won", "</s>"], "the/AT dog/NN-TL won/vbd"),
+  (["<s>", "▁dogs", "▁ran", "</s>"], "cats/nns ran/vbd"),  # misaligned: its words are "dogs ran"
 ]
 # k* at each position of the concatenated documents, then 2 padding positions.
-PAUSES = [0, 0, 2, 0, 1, 0,
-          0, 0, 0, 0, 1, 0, 0, 0, 0, 3, 0,
-          0, 1, 1, 2, 0,
-          0, 3, 0, 0,
-          0, 0]
+PAUSES = [0, 0, 2, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 3, 0, 0, 1, 1, 2, 0, 0, 3, 0, 0, 0, 0]
 M = len(PAUSES)
 EOS_OR_PAD = [5, 16, 21, 25, 26, 27]  # weight 0: the target is in another document, or padding
 
@@ -50,10 +60,18 @@ def _stats():
   weights[EOS_OR_PAD] = 0
   pauses = np.where(weights > 0, pauses, 0)
   return losses.PositionStats(
-      pauses=pauses, expected_pauses=0.5 * pauses, nll=np.zeros(M), correct=pauses > 0,
-      nll_step0=np.zeros(M), correct_step0=np.zeros(M, bool), nll_mix=np.zeros(M),
-      halt_probs=np.ones((M, 1)), nll_per_step=np.zeros((M, 1)), correct_per_step=np.zeros((M, 1), bool),
-      weights=weights)
+    pauses=pauses,
+    expected_pauses=0.5 * pauses,
+    nll=np.zeros(M),
+    correct=pauses > 0,
+    nll_step0=np.zeros(M),
+    correct_step0=np.zeros(M, bool),
+    nll_mix=np.zeros(M),
+    halt_probs=np.ones((M, 1)),
+    nll_per_step=np.zeros((M, 1)),
+    correct_per_step=np.zeros((M, 1), bool),
+    weights=weights,
+  )
 
 
 def _words(**kw):
@@ -62,8 +80,14 @@ def _words(**kw):
 
 def _group_values(pauses):
   pauses = np.asarray(pauses, np.float64)
-  return dict(count=pauses.size, mean_pauses=pauses.mean(), pause_rate=(pauses > 0).mean(),
-              std_pauses=pauses.std(), mean_expected_pauses=0.5 * pauses.mean(), gain=(pauses > 0).mean())
+  return dict(
+    count=pauses.size,
+    mean_pauses=pauses.mean(),
+    pause_rate=(pauses > 0).mean(),
+    std_pauses=pauses.std(),
+    mean_expected_pauses=0.5 * pauses.mean(),
+    gain=(pauses > 0).mean(),
+  )
 
 
 def _assert_group(g, pauses):
@@ -77,8 +101,7 @@ def _assert_group(g, pauses):
 
 
 def test_group_pieces_words_kinds_bytes_and_specials():
-  pieces = ["<s>", "▁He", "▁was", "n", "'", "t", "▁", ",", "▁", "<0xC3>", "<0xA9>", "t", "\\n", "x", "▁", "▁go",
-            "</s>"]
+  pieces = ["<s>", "▁He", "▁was", "n", "'", "t", "▁", ",", "▁", "<0xC3>", "<0xA9>", "t", "\\n", "x", "▁", "▁go", "</s>"]
   special = [p in ("<s>", "</s>", "\\n") for p in pieces]
   g = wa.group_pieces(pieces, special)
   assert g.words == ("He", "wasn't", ",", "ét", "x", "go")
@@ -100,7 +123,10 @@ def test_group_pieces_rejects_unequal_lengths():
 
 def test_parse_tagged_line_splits_at_the_last_slash():
   assert wa.parse_tagged_line("1/2/cd dogs/nns wasn't/bedz*", "f:1") == [
-      ("1/2", "cd"), ("dogs", "nns"), ("wasn't", "bedz*")]
+    ("1/2", "cd"),
+    ("dogs", "nns"),
+    ("wasn't", "bedz*"),
+  ]
 
 
 @pytest.mark.parametrize("bad", ["dogs", "/nns", "dogs/"])
@@ -126,7 +152,13 @@ def test_tagged_documents_are_cut_as_the_plain_text(tmp_path):
 
 def test_base_tag_drops_brown_title_headline_and_foreign_marks():
   assert [wa.base_tag(t) for t in ("NNS-TL", "nn-hl", "fw-nn-tl", "nns$", "bedz*", "-tl")] == [
-      "nns", "nn", "nn", "nns$", "bedz*", "-tl"]
+    "nns",
+    "nn",
+    "nn",
+    "nns$",
+    "bedz*",
+    "-tl",
+  ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,7 +185,18 @@ def test_apostrophe_words_are_contractions_and_possessives_not_quote_marks():
   doc = np.array([ID[p] for p in ["<s>", "▁'", "'", "▁'", "▁Atlanta", "'", "t", "▁won", "'", "t", "</s>"]])
   w = wa.position_words([doc], doc.size, PIECES.__getitem__, SPECIAL)
   assert [w.words[i] if i >= 0 else None for i in w.word_M] == [
-      None, "''", "''", "'", "Atlanta't", "Atlanta't", "Atlanta't", "won't", "won't", "won't", None]
+    None,
+    "''",
+    "''",
+    "'",
+    "Atlanta't",
+    "Atlanta't",
+    "Atlanta't",
+    "won't",
+    "won't",
+    "won't",
+    None,
+  ]
   assert w.apostrophe_M.tolist() == [False] * 4 + [True] * 6 + [False]
 
 
@@ -176,7 +219,14 @@ def test_position_words_rejects_a_tagged_copy_of_other_length():
 def test_word_stats_by_tag_nns_vs_nn_by_hand():
   ws = wa.word_stats(_stats(), _words(), PIECES.__getitem__, min_count=2, min_side=1, top=4)
   assert ws.tagged and {g.name: g.count for g in ws.by_tag} == {
-      "at": 3, "nn": 2, "vbd": 2, "nns": 1, ".": 1, "bedz*": 1, "md*": 1}
+    "at": 3,
+    "nn": 2,
+    "vbd": 2,
+    "nns": 1,
+    ".": 1,
+    "bedz*": 1,
+    "md*": 1,
+  }
   assert [g.name for g in ws.by_tag][:3] == ["at", "nn", "vbd"]  # by count, then name
   _assert_group(ws.tag("nns"), [2])  # "dogs" in document 0; the skipped document's "dogs" (3) not counted
   _assert_group(ws.tag("nn"), [0, 1])
@@ -243,8 +293,20 @@ def test_word_tables_without_tagged_copy_say_so():
 # End to end: a tiny text run analysed by cyb-analyze with a tagged copy.
 # --------------------------------------------------------------------------------------------
 
-_LEXICON = [("the", "at"), ("dog", "nn"), ("dogs", "nns"), ("cat", "nn"), ("cats", "nns"), ("ran", "vbd"),
-            ("won", "vbd"), ("wasn't", "bedz*"), ("won't", "md*"), ("didn't", "dod*"), ("home", "nn"), (".", ".")]
+_LEXICON = [
+  ("the", "at"),
+  ("dog", "nn"),
+  ("dogs", "nns"),
+  ("cat", "nn"),
+  ("cats", "nns"),
+  ("ran", "vbd"),
+  ("won", "vbd"),
+  ("wasn't", "bedz*"),
+  ("won't", "md*"),
+  ("didn't", "dod*"),
+  ("home", "nn"),
+  (".", "."),
+]
 
 
 @pytest.fixture(scope="module")
@@ -252,23 +314,34 @@ def text_run(tmp_path_factory):
   train = pytest.importorskip("cyb_jax.train")
   root = tmp_path_factory.mktemp("words")
   rng = np.random.default_rng(0)
-  lines = [[_LEXICON[i] for i in rng.integers(0, len(_LEXICON) - 1, size=rng.integers(3, 8))] + [_LEXICON[-1]]
-           for _ in range(200)]
+  lines = [
+    [_LEXICON[i] for i in rng.integers(0, len(_LEXICON) - 1, size=rng.integers(3, 8))] + [_LEXICON[-1]]
+    for _ in range(200)
+  ]
   (root / "text.txt").write_text("\n".join(" ".join(w for w, _ in line) for line in lines) + "\n")
   (root / "tagged.txt").write_text("\n".join(" ".join(f"{w}/{t}" for w, t in line) for line in lines) + "\n")
-  config = tiny.tiny_config(**{"data.source": f"text:{root / 'text.txt'}", "data.doc_per": "line",
-                          "data.spm_vocab_size": 300, "num_train_steps": 2, "eval_every_steps": 2,
-                          "checkpoint_every_steps": 2})
+  config = tiny.tiny_config(
+    **{
+      "data.source": f"text:{root / 'text.txt'}",
+      "data.doc_per": "line",
+      "data.spm_vocab_size": 300,
+      "num_train_steps": 2,
+      "eval_every_steps": 2,
+      "checkpoint_every_steps": 2,
+    }
+  )
   train.train_and_evaluate(config, str(root / "run"))
   return root, lines
 
 
 def test_cli_analyze_writes_the_word_and_tag_view(text_run):
   from cyb_jax import run_analysis as analyze
+
   root, lines = text_run
   out = root / "out"
-  printed = analyze.analyze_run(str(root / "run"), out=str(out), min_count=1, top=3,
-                                tagged_text=str(root / "tagged.txt"))
+  printed = analyze.analyze_run(
+    str(root / "run"), out=str(out), min_count=1, top=3, tagged_text=str(root / "tagged.txt")
+  )
   assert "After plural (`nns`) vs singular (`nn`) nouns" in printed and "words.md" in printed
   saved = json.load(open(out / "words.json"))["words"]
   summary = json.load(open(out / "pause_stats.json"))["summary"]

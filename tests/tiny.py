@@ -16,7 +16,8 @@ def tiny_config(**overrides: Any) -> ml_collections.ConfigDict:
   are dotted paths, e.g. ``tiny_config(**{"model.d_model": 48})``.
   """
   c = default_config.get_config()
-  c.update_from_flattened_dict({
+  c.update_from_flattened_dict(
+    {
       "num_train_steps": 6,
       "eval_every_steps": 3,
       "checkpoint_every_steps": 3,
@@ -34,7 +35,8 @@ def tiny_config(**overrides: Any) -> ml_collections.ConfigDict:
       "data.eval_batches": 2,
       "data.synthetic.max_digits": 2,
       "optimizer.warmup_steps": 2,
-  })
+    }
+  )
   c.update_from_flattened_dict(overrides)
   return c
 

@@ -36,8 +36,15 @@ import transformers
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "hf"
 VOCAB = 96
-SIZES = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=64, torch_dtype="float32")
+SIZES = dict(
+  vocab_size=VOCAB,
+  hidden_size=32,
+  intermediate_size=64,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  max_position_embeddings=64,
+  torch_dtype="float32",
+)
 
 
 def _randomize(model: torch.nn.Module, *, norm_center: float, seed: int) -> None:
@@ -58,14 +65,24 @@ def _tiny_tokenizer(folder: pathlib.Path) -> None:
   tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = tokenizers.decoders.ByteLevel()
   trainer = tokenizers.trainers.BpeTrainer(
-      vocab_size=VOCAB - 8, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-      show_progress=False)  # the alphabet of the text only, so that every id is < VOCAB
+    vocab_size=VOCAB - 8, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], show_progress=False
+  )  # the alphabet of the text only, so that every id is < VOCAB
   text = ["the cat sat on the mat.", "a dog ran in the park.", "the end of the story."] * 20
   tok.train_from_iterator(text, trainer)
   tok.save(str(folder / "tokenizer.json"))
-  (folder / "tokenizer_config.json").write_text(json.dumps({
-      "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-      "pad_token": None, "add_bos_token": False, "tokenizer_class": "GPT2Tokenizer"}, indent=2))
+  (folder / "tokenizer_config.json").write_text(
+    json.dumps(
+      {
+        "bos_token": "<|endoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": None,
+        "add_bos_token": False,
+        "tokenizer_class": "GPT2Tokenizer",
+      },
+      indent=2,
+    )
+  )
 
 
 def _write(name: str, model: transformers.PreTrainedModel, *, shards: bool = False) -> None:
@@ -89,40 +106,66 @@ def main() -> None:
   eager = dict(attn_implementation="eager")
 
   llama = transformers.LlamaConfig(
-      **SIZES, num_hidden_layers=2, head_dim=12, rms_norm_eps=1e-5, tie_word_embeddings=False,
-      rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0,
-                           low_freq_factor=1.0, high_freq_factor=4.0,
-                           original_max_position_embeddings=8))
+    **SIZES,
+    num_hidden_layers=2,
+    head_dim=12,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+    rope_parameters=dict(
+      rope_type="llama3",
+      rope_theta=500000.0,
+      factor=8.0,
+      low_freq_factor=1.0,
+      high_freq_factor=4.0,
+      original_max_position_embeddings=8,
+    ),
+  )
   model = transformers.LlamaForCausalLM._from_config(llama, **eager)
   _randomize(model, norm_center=1.0, seed=1)
   _write("llama3_gqa", model, shards=True)
 
-  qwen = transformers.Qwen2Config(**SIZES, num_hidden_layers=2, rms_norm_eps=1e-6,
-                                  tie_word_embeddings=False, rope_parameters=dict(
-                                      rope_type="default", rope_theta=1000000.0))
+  qwen = transformers.Qwen2Config(
+    **SIZES,
+    num_hidden_layers=2,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+    rope_parameters=dict(rope_type="default", rope_theta=1000000.0),
+  )
   model = transformers.Qwen2ForCausalLM._from_config(qwen, **eager)
   _randomize(model, norm_center=1.0, seed=2)
   _write("qwen2_bias", model)
 
-  smol = transformers.LlamaConfig(**SIZES, num_hidden_layers=2, rms_norm_eps=1e-5,
-                                  tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
-                                  rope_parameters=dict(rope_type="default", rope_theta=100000.0))
+  smol = transformers.LlamaConfig(
+    **SIZES,
+    num_hidden_layers=2,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+    bos_token_id=0,
+    eos_token_id=0,
+    rope_parameters=dict(rope_type="default", rope_theta=100000.0),
+  )
   model = transformers.LlamaForCausalLM._from_config(smol, **eager)
   _randomize(model, norm_center=1.0, seed=3)
   _write("smollm2_tied", model)
   _tiny_tokenizer(OUT / "smollm2_tied")
   text = "the cat sat on the mat. the dog ran"
   ids = transformers.AutoTokenizer.from_pretrained(OUT / "smollm2_tied")(text).input_ids
-  (OUT / "smollm2_tied" / "tokenizer_reference.json").write_text(
-      json.dumps({"text": text, "input_ids": ids}))
+  (OUT / "smollm2_tied" / "tokenizer_reference.json").write_text(json.dumps({"text": text, "input_ids": ids}))
 
   gemma = transformers.Gemma3TextConfig(
-      **SIZES, num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
-      layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-      rope_parameters={
-          "sliding_attention": dict(rope_type="default", rope_theta=10000.0),
-          "full_attention": dict(rope_type="linear", rope_theta=1000000.0, factor=2.0)},
-      final_logit_softcapping=8.0, tie_word_embeddings=True)
+    **SIZES,
+    num_hidden_layers=3,
+    head_dim=16,
+    query_pre_attn_scalar=24,
+    sliding_window=4,
+    layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+    rope_parameters={
+      "sliding_attention": dict(rope_type="default", rope_theta=10000.0),
+      "full_attention": dict(rope_type="linear", rope_theta=1000000.0, factor=2.0),
+    },
+    final_logit_softcapping=8.0,
+    tie_word_embeddings=True,
+  )
   model = transformers.Gemma3ForCausalLM._from_config(gemma, **eager)
   _randomize(model, norm_center=0.0, seed=4)
   _write("gemma3_text", model)

@@ -24,15 +24,27 @@ _OUT = flags.DEFINE_string("out", None, "Output folder (default: <workdir>/analy
 _MIN_COUNT = flags.DEFINE_integer("min_count", 20, "Fewest positions for a token to be ranked.")
 _TOP = flags.DEFINE_integer("top", 20, "Tokens listed as most / least pausing.")
 _TAGGED_TEXT = flags.DEFINE_string(
-    "tagged_text", None, "Text runs: the tagged copy of the run's text files (path or glob; every "
-    "word as word/tag, line by line as the text), for pauses by part-of-speech tag.")
+  "tagged_text",
+  None,
+  "Text runs: the tagged copy of the run's text files (path or glob; every "
+  "word as word/tag, line by line as the text), for pauses by part-of-speech tag.",
+)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  print(analyze_run(_WORKDIR.value, step=_STEP.value, tau=_TAU.value, out=_OUT.value,
-                    min_count=_MIN_COUNT.value, top=_TOP.value, tagged_text=_TAGGED_TEXT.value))
+  print(
+    analyze_run(
+      _WORKDIR.value,
+      step=_STEP.value,
+      tau=_TAU.value,
+      out=_OUT.value,
+      min_count=_MIN_COUNT.value,
+      top=_TOP.value,
+      tagged_text=_TAGGED_TEXT.value,
+    )
+  )
 
 
 def run():

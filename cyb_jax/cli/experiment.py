@@ -13,14 +13,15 @@ from ml_collections import config_flags
 from cyb_jax.configs import config_path
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", config_path("experiment") + ":smoke", "Experiment config (file:preset).",
-    lock_config=True)
+  "config", config_path("experiment") + ":smoke", "Experiment config (file:preset).", lock_config=True
+)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from cyb_jax import experiment  # pylint: disable=g-import-not-at-top
+
   config = _CONFIG.value
   results = experiment.run_experiment(config)
   if results.get("stopped") == "preempted":

@@ -17,7 +17,7 @@ from cyb_jax.decode import HALTING_POLICIES
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (as given to cyb-train).", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
-_PROMPT = flags.DEFINE_string("prompt", "", "Prompt text (text data: \"\" starts a fresh document).")
+_PROMPT = flags.DEFINE_string("prompt", "", 'Prompt text (text data: "" starts a fresh document).')
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate.")
 _HALTING = flags.DEFINE_enum("halting", "threshold", HALTING_POLICIES, "When to stop pausing.")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.5, "threshold halting: answer once P(<don't know>) <= this.")
@@ -35,9 +35,19 @@ def generate_from_run(workdir: str, prompt: str, *, step: int | None = None, **s
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  print(generate_from_run(_WORKDIR.value, _PROMPT.value, step=_STEP.value, num_samples=_NUM_SAMPLES.value,
-                          max_new_tokens=_MAX_NEW_TOKENS.value, halting=_HALTING.value,
-                          threshold=_THRESHOLD.value, temperature=_TEMPERATURE.value, seed=_SEED.value))
+  print(
+    generate_from_run(
+      _WORKDIR.value,
+      _PROMPT.value,
+      step=_STEP.value,
+      num_samples=_NUM_SAMPLES.value,
+      max_new_tokens=_MAX_NEW_TOKENS.value,
+      halting=_HALTING.value,
+      threshold=_THRESHOLD.value,
+      temperature=_TEMPERATURE.value,
+      seed=_SEED.value,
+    )
+  )
 
 
 def run():

@@ -41,12 +41,19 @@ from etils import epath
 from cyb_jax.data import config as config_lib
 
 _DATASET = flags.DEFINE_string("dataset", None, "TFDS dataset NAME[/CONFIG][:VERSION], e.g. lm1b.", required=True)
-_DATA_DIR = flags.DEFINE_string("data_dir", "", "Where to prepare it, local or gs:// (\"\" = the TFDS default, "
-                                "~/tensorflow_datasets or $TFDS_DATA_DIR).")
-_STAGING_DIR = flags.DEFINE_string("staging_dir", "", "Local folder to build in before uploading to a gs:// "
-                                   "data_dir (\"\" = a temporary folder, removed afterwards).")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "Folder of manually downloaded files, for datasets that need "
-                                  "them (\"\" = TFDS default).")
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir",
+  "",
+  'Where to prepare it, local or gs:// ("" = the TFDS default, ~/tensorflow_datasets or $TFDS_DATA_DIR).',
+)
+_STAGING_DIR = flags.DEFINE_string(
+  "staging_dir",
+  "",
+  'Local folder to build in before uploading to a gs:// data_dir ("" = a temporary folder, removed afterwards).',
+)
+_MANUAL_DIR = flags.DEFINE_string(
+  "manual_dir", "", 'Folder of manually downloaded files, for datasets that need them ("" = TFDS default).'
+)
 
 # Written last, in this order: TFDS treats a variant folder holding both as prepared.
 _METADATA_LAST = ("features.json", "dataset_info.json")
@@ -60,9 +67,11 @@ def _is_uri(path: str) -> bool:
 def _check_array_record(builder: tfds.core.DatasetBuilder, name: str, data_dir: str) -> None:
   file_format = builder.info.file_format
   if file_format is not None and file_format != tfds.core.FileFormat.ARRAY_RECORD:
-    raise ValueError(f"TFDS dataset {name!r} is already prepared in {builder.data_dir!r} as {file_format.value} "
-                     f"files; training reads ArrayRecord only. Remove that folder or choose another data_dir "
-                     f"than {data_dir!r}.")
+    raise ValueError(
+      f"TFDS dataset {name!r} is already prepared in {builder.data_dir!r} as {file_format.value} "
+      f"files; training reads ArrayRecord only. Remove that folder or choose another data_dir "
+      f"than {data_dir!r}."
+    )
 
 
 def _upload_order(path: epath.Path) -> tuple[int, str]:
@@ -93,8 +102,9 @@ def prepare(name: str, data_dir: str = "", *, staging_dir: str = "", manual_dir:
   try:
     config_lib.parse_source(config_lib.TFDS_PREFIX + name)
   except ValueError:
-    raise ValueError(f"--dataset={name!r} is not a TFDS dataset; expected NAME[/CONFIG][:VERSION] such as "
-                     "lm1b or wiki40b/en:1.3.0.") from None
+    raise ValueError(
+      f"--dataset={name!r} is not a TFDS dataset; expected NAME[/CONFIG][:VERSION] such as lm1b or wiki40b/en:1.3.0."
+    ) from None
   data_dir = config_lib.expand_path(data_dir) if data_dir else ""
   target = tfds.builder(name, data_dir=data_dir or None)
   if target.is_prepared():
@@ -121,8 +131,10 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   path = prepare(_DATASET.value, _DATA_DIR.value, staging_dir=_STAGING_DIR.value, manual_dir=_MANUAL_DIR.value)
-  print(f"Prepared {_DATASET.value} in {path}; train with --config.data.source=tfds:{_DATASET.value}"
-        + (f" --config.data.tfds_data_dir={_DATA_DIR.value}" if _DATA_DIR.value else ""))
+  print(
+    f"Prepared {_DATASET.value} in {path}; train with --config.data.source=tfds:{_DATASET.value}"
+    + (f" --config.data.tfds_data_dir={_DATA_DIR.value}" if _DATA_DIR.value else "")
+  )
 
 
 def run() -> None:

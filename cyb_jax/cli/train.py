@@ -18,18 +18,20 @@ from ml_collections import config_flags
 
 from cyb_jax.configs import config_path
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", config_path("default"), "Training config file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", config_path("default"), "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: config.workdir).")
 _MULTIHOST = flags.DEFINE_bool(
-    "multihost", False, "Call jax.distributed.initialize() first (TPU pods, multi-host GPU).")
+  "multihost", False, "Call jax.distributed.initialize() first (TPU pods, multi-host GPU)."
+)
 _COMPILATION_CACHE = flags.DEFINE_string(
-    "compilation_cache", os.path.join("~", ".cache", "cyb_jax", "xla"),
-    "Persistent XLA compilation cache folder (local or gs://); '' turns it off. Unless given "
-    "explicitly, a set JAX_COMPILATION_CACHE_DIR takes precedence.")
+  "compilation_cache",
+  os.path.join("~", ".cache", "cyb_jax", "xla"),
+  "Persistent XLA compilation cache folder (local or gs://); '' turns it off. Unless given "
+  "explicitly, a set JAX_COMPILATION_CACHE_DIR takes precedence.",
+)
 _VERBOSE = flags.DEFINE_bool(
-    "verbose", False, "Show library INFO logging on the console (it always goes to "
-    "<workdir>/log.txt).")
+  "verbose", False, "Show library INFO logging on the console (it always goes to <workdir>/log.txt)."
+)
 
 
 def setup_compilation_cache(path: str, *, explicit: bool) -> str | None:
@@ -39,6 +41,7 @@ def setup_compilation_cache(path: str, *, explicit: bool) -> str | None:
   JAX reads itself, is kept.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   if not explicit and os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     return os.environ["JAX_COMPILATION_CACHE_DIR"]
   if not path:
@@ -55,27 +58,33 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   import jax  # pylint: disable=g-import-not-at-top
+
   if _MULTIHOST.value:
     jax.distributed.initialize()
-  cache = setup_compilation_cache(_COMPILATION_CACHE.value,
-                                  explicit=flags.FLAGS["compilation_cache"].present)
+  cache = setup_compilation_cache(_COMPILATION_CACHE.value, explicit=flags.FLAGS["compilation_cache"].present)
   from cyb_jax import console  # pylint: disable=g-import-not-at-top
   from cyb_jax import train  # pylint: disable=g-import-not-at-top
+
   config = _CONFIG.value
   workdir = _WORKDIR.value or config.workdir
   if not workdir:
     raise app.UsageError("Give --workdir (or set config.workdir).")
   console.setup_logging(workdir, verbose=_VERBOSE.value, process_index=jax.process_index())
-  logging.info("JAX process %d of %d, %d devices; compilation cache %s.", jax.process_index(),
-               jax.process_count(), jax.device_count(), cache or "off")
+  logging.info(
+    "JAX process %d of %d, %d devices; compilation cache %s.",
+    jax.process_index(),
+    jax.process_count(),
+    jax.device_count(),
+    cache or "off",
+  )
   result = train.train_and_evaluate(config, workdir)
   if jax.process_index() == 0:
     summary = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
-    print("Final:", ", ".join(f"{k}={v:.4g}" if not isinstance(v, str) else f"{k}={v}"
-                              for k, v in sorted(summary.items())))
+    print(
+      "Final:", ", ".join(f"{k}={v:.4g}" if not isinstance(v, str) else f"{k}={v}" for k, v in sorted(summary.items()))
+    )
     report = " and report.md" if config.write_report else ""
-    print(f"Wrote {workdir}: metrics.jsonl{report}, TensorBoard events in tensorboard/, "
-          "checkpoints in checkpoints/.")
+    print(f"Wrote {workdir}: metrics.jsonl{report}, TensorBoard events in tensorboard/, checkpoints in checkpoints/.")
 
 
 def run():

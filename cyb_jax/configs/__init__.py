@@ -13,7 +13,8 @@ def config_path(name: str) -> str:
   """The file of the shipped config ``name`` (e.g. ``"default"``), wherever the package is."""
   path = os.path.join(os.path.dirname(__file__), f"{name}.py")
   if not os.path.exists(path):
-    shipped = sorted(f[:-3] for f in os.listdir(os.path.dirname(__file__))
-                     if f.endswith(".py") and not f.startswith("_"))
+    shipped = sorted(
+      f[:-3] for f in os.listdir(os.path.dirname(__file__)) if f.endswith(".py") and not f.startswith("_")
+    )
     raise ValueError(f"no shipped config {name!r}; there are {shipped}.")
   return path

@@ -9,7 +9,8 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from cyb_jax.data import default_data_config
-from cyb_jax.sharding import DEFAULT_LOGICAL_RULES, default_mesh_config
+from cyb_jax.sharding import DEFAULT_LOGICAL_RULES
+from cyb_jax.sharding import default_mesh_config
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -31,8 +31,9 @@ def _one_layer_model(run: ml_collections.ConfigDict, *, steps: int) -> None:
   run.checkpoint_every_steps = steps
 
 
-def _gpu_model(run: ml_collections.ConfigDict, *, layers: int, width: int, steps: int,
-               batch: int, seq_len: int) -> None:
+def _gpu_model(
+  run: ml_collections.ConfigDict, *, layers: int, width: int, steps: int, batch: int, seq_len: int
+) -> None:
   """A bfloat16 model of ``layers`` x ``width`` (4 heads of 64 per 256 of width) on
   4-digit arithmetic, trained for ``steps`` on ``batch`` x ``seq_len``-token batches."""
   run.model.num_layers = layers
@@ -111,6 +112,5 @@ def get_config(preset: str = "main") -> ml_collections.ConfigDict:
     _gpu_model(c.run, layers=2, width=64, steps=4, batch=4, seq_len=32)
     c.run.data.eval_batches = 1
   else:
-    raise ValueError(f"preset={preset!r} is unknown; allowed: 'smoke', 'main', 'text', 'gpu', "
-                     "'gpu_smoke'.")
+    raise ValueError(f"preset={preset!r} is unknown; allowed: 'smoke', 'main', 'text', 'gpu', 'gpu_smoke'.")
   return c

@@ -23,8 +23,17 @@ def get_config():
   c.data.doc_per = "paragraph"
   c.data.seq_len = 256
   c.data.batch_size = 8
-  for field in ("vocab_size", "num_layers", "d_model", "num_heads", "mlp_dim", "num_kv_heads",
-                "head_dim", "tie_embeddings", "rope_base"):
+  for field in (
+    "vocab_size",
+    "num_layers",
+    "d_model",
+    "num_heads",
+    "mlp_dim",
+    "num_kv_heads",
+    "head_dim",
+    "tie_embeddings",
+    "rope_base",
+  ):
     c.model[field] = None  # The base model's.
   c.model.max_pauses = 1
   c.model.dtype = "bfloat16"  # Compute dtype; parameters stay float32 (model.param_dtype).

@@ -28,7 +28,9 @@ SPM_MODEL_TYPES = ("unigram", "bpe")
 MIN_SPM_VOCAB_SIZE = 300
 MAX_SYNTHETIC_DIGITS = 9  # products of two 9-digit numbers still fit in int64.
 
-_TFDS_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_]+)(/(?P<config>[A-Za-z0-9_.\-]+))?(:(?P<version>[0-9]+\.[0-9]+\.[0-9]+))?$")
+_TFDS_SPEC = re.compile(
+  r"^(?P<name>[A-Za-z0-9_]+)(/(?P<config>[A-Za-z0-9_.\-]+))?(:(?P<version>[0-9]+\.[0-9]+\.[0-9]+))?$"
+)
 
 
 def expand_path(path: str) -> str:
@@ -91,16 +93,17 @@ def parse_source(source: str) -> SourceSpec:
   if source == SYNTHETIC:
     return SourceSpec(kind="synthetic")
   if source.startswith(TEXT_PREFIX):
-    path = source[len(TEXT_PREFIX):].strip()
+    path = source[len(TEXT_PREFIX) :].strip()
     if not path:
-      raise ValueError(f"data.source={source!r} names no path; expected \"text:PATH_OR_GLOB\".")
+      raise ValueError(f'data.source={source!r} names no path; expected "text:PATH_OR_GLOB".')
     return SourceSpec(kind="text", path=expand_path(path))
   if source.startswith(TFDS_PREFIX):
-    name = source[len(TFDS_PREFIX):].strip()
+    name = source[len(TFDS_PREFIX) :].strip()
     if not _TFDS_SPEC.match(name):
       raise ValueError(
-          f"data.source={source!r} is not a TFDS dataset; expected \"tfds:NAME[/CONFIG][:VERSION]\" "
-          "such as \"tfds:lm1b\" or \"tfds:wiki40b/en:1.3.0\".")
+        f'data.source={source!r} is not a TFDS dataset; expected "tfds:NAME[/CONFIG][:VERSION]" '
+        'such as "tfds:lm1b" or "tfds:wiki40b/en:1.3.0".'
+      )
     return SourceSpec(kind="tfds", tfds_name=name)
   raise ValueError(f"Unknown data.source={source!r}; expected {allowed}.")
 
@@ -138,35 +141,41 @@ def validate_data_config(cfg: ml_collections.ConfigDict, *, process_count: int =
   _check_int("process_count (argument)", process_count, 1)
   if cfg.batch_size % process_count:
     raise ValueError(
-        f"data.batch_size={cfg.batch_size} is the GLOBAL batch and must be divisible by "
-        f"process_count={process_count}.")
+      f"data.batch_size={cfg.batch_size} is the GLOBAL batch and must be divisible by process_count={process_count}."
+    )
   if cfg.doc_per not in DOC_PER_CHOICES:
     raise ValueError(f"data.doc_per={cfg.doc_per!r} is not one of {DOC_PER_CHOICES}.")
-  if isinstance(cfg.eval_fraction, bool) or not isinstance(cfg.eval_fraction, (int, float)) or not (
-      0.0 <= cfg.eval_fraction < 1.0):
+  if (
+    isinstance(cfg.eval_fraction, bool)
+    or not isinstance(cfg.eval_fraction, (int, float))
+    or not (0.0 <= cfg.eval_fraction < 1.0)
+  ):
     raise ValueError(f"data.eval_fraction={cfg.eval_fraction!r} must be a number in [0, 1).")
-  for name in ("tfds_train_split", "tfds_eval_split", "tfds_text_key", "tfds_data_dir", "tokenizer",
-               "spm_model_type"):
+  for name in ("tfds_train_split", "tfds_eval_split", "tfds_text_key", "tfds_data_dir", "tokenizer", "spm_model_type"):
     _check_str(name, cfg[name])
   if spec.kind == "tfds":
     if not cfg.tfds_train_split:
-      raise ValueError("data.tfds_train_split is empty; name the TFDS split to train on, e.g. \"train\".")
+      raise ValueError('data.tfds_train_split is empty; name the TFDS split to train on, e.g. "train".')
     if cfg.eval_batches and not cfg.tfds_eval_split:
       raise ValueError(
-          f"data.tfds_eval_split is empty but data.eval_batches={cfg.eval_batches}; name an eval split "
-          "or set eval_batches=0.")
+        f"data.tfds_eval_split is empty but data.eval_batches={cfg.eval_batches}; name an eval split "
+        "or set eval_batches=0."
+      )
     if not cfg.tfds_text_key:
-      raise ValueError("data.tfds_text_key is empty; name the text feature of the dataset, e.g. \"text\".")
+      raise ValueError('data.tfds_text_key is empty; name the text feature of the dataset, e.g. "text".')
   if spec.kind == "text" and cfg.eval_batches and cfg.eval_fraction <= 0.0:
     raise ValueError(
-        f"data.eval_fraction={cfg.eval_fraction} holds out no documents but data.eval_batches="
-        f"{cfg.eval_batches}; use eval_fraction in (0, 1) or eval_batches=0.")
+      f"data.eval_fraction={cfg.eval_fraction} holds out no documents but data.eval_batches="
+      f"{cfg.eval_batches}; use eval_fraction in (0, 1) or eval_batches=0."
+    )
   if spec.kind in ("text", "tfds"):
     if cfg.tokenizer:
       if not epath.Path(expand_path(cfg.tokenizer)).exists():
-        raise ValueError(f"data.tokenizer={cfg.tokenizer!r} is not a file or folder; give a SentencePiece "
-                         ".model file, a pretrained model's folder (tokenizer.json or tokenizer.model), or "
-                         "\"\" to train one into the workdir.")
+        raise ValueError(
+          f"data.tokenizer={cfg.tokenizer!r} is not a file or folder; give a SentencePiece "
+          ".model file, a pretrained model's folder (tokenizer.json or tokenizer.model), or "
+          '"" to train one into the workdir.'
+        )
     else:
       _check_int("spm_vocab_size", cfg.spm_vocab_size, MIN_SPM_VOCAB_SIZE)
       _check_int("spm_max_sentences", cfg.spm_max_sentences, 1)
@@ -177,14 +186,17 @@ def validate_data_config(cfg: ml_collections.ConfigDict, *, process_count: int =
     _check_int("synthetic.min_digits", s.min_digits, 1, MAX_SYNTHETIC_DIGITS)
     _check_int("synthetic.max_digits", s.max_digits, 1, MAX_SYNTHETIC_DIGITS)
     if s.min_digits > s.max_digits:
-      raise ValueError(
-          f"data.synthetic.min_digits={s.min_digits} exceeds data.synthetic.max_digits={s.max_digits}.")
-    if isinstance(s.mul_fraction, bool) or not isinstance(s.mul_fraction, (int, float)) or not (
-        0.0 <= s.mul_fraction <= 1.0):
+      raise ValueError(f"data.synthetic.min_digits={s.min_digits} exceeds data.synthetic.max_digits={s.max_digits}.")
+    if (
+      isinstance(s.mul_fraction, bool)
+      or not isinstance(s.mul_fraction, (int, float))
+      or not (0.0 <= s.mul_fraction <= 1.0)
+    ):
       raise ValueError(f"data.synthetic.mul_fraction={s.mul_fraction!r} must be a number in [0, 1].")
     longest = synthetic.max_problem_len(s.max_digits)
     if cfg.seq_len < longest:
       raise ValueError(
-          f"data.seq_len={cfg.seq_len} is too short for the synthetic task: a problem with "
-          f"data.synthetic.max_digits={s.max_digits} takes up to {longest} tokens, so seq_len must be >= {longest}.")
+        f"data.seq_len={cfg.seq_len} is too short for the synthetic task: a problem with "
+        f"data.synthetic.max_digits={s.max_digits} takes up to {longest} tokens, so seq_len must be >= {longest}."
+      )
   return spec

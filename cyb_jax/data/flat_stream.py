@@ -46,7 +46,7 @@ class FlatCorpus:
     return int(self.starts_D1[-1])
 
   def document(self, d: int) -> np.ndarray:
-    return self.tokens_T[self.starts_D1[d]:self.starts_D1[d + 1]]
+    return self.tokens_T[self.starts_D1[d] : self.starts_D1[d + 1]]
 
 
 class ShuffledStream:

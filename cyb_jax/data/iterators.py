@@ -16,7 +16,8 @@ silently yielding different data.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
+from typing import Protocol
 
 from cyb_jax.data import packing
 from cyb_jax.data import streaming
@@ -95,14 +96,19 @@ class StreamIterator:
     return self._packer.batch_index
 
   def get_state(self) -> dict[str, Any]:
-    return {"kind": "stream", "process_index": self._process_index, **self._packer.get_state(),
-            "fingerprint": dict(self._fingerprint)}
+    return {
+      "kind": "stream",
+      "process_index": self._process_index,
+      **self._packer.get_state(),
+      "fingerprint": dict(self._fingerprint),
+    }
 
   def set_state(self, state: dict[str, Any]) -> None:
     _check_fingerprint("stream", state, self._fingerprint)
     if state.get("process_index") != self._process_index:
-      raise ValueError(f"Data iterator state belongs to process {state.get('process_index')!r}, "
-                       f"not to process {self._process_index}.")
+      raise ValueError(
+        f"Data iterator state belongs to process {state.get('process_index')!r}, not to process {self._process_index}."
+      )
     for key in ("doc", "offset", "batch_index"):
       value = state.get(key)
       if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -52,8 +52,10 @@ def pack_windows(tokens_RxW: np.ndarray, doc_RxW: np.ndarray, pad_id: int) -> Ba
   tokens_RxW = np.asarray(tokens_RxW)
   doc_RxW = np.asarray(doc_RxW)
   if tokens_RxW.ndim != 2 or tokens_RxW.shape != doc_RxW.shape or tokens_RxW.shape[1] < 2:
-    raise ValueError(f"Windows must be [rows, seq_len + 1] with matching document ids and seq_len >= 1; got "
-                     f"tokens {tokens_RxW.shape} and documents {doc_RxW.shape}.")
+    raise ValueError(
+      f"Windows must be [rows, seq_len + 1] with matching document ids and seq_len >= 1; got "
+      f"tokens {tokens_RxW.shape} and documents {doc_RxW.shape}."
+    )
   num_rows, width = tokens_RxW.shape
   seq_len = width - 1
   doc_in_RxN = doc_RxW[:, :-1]
@@ -73,11 +75,11 @@ def pack_windows(tokens_RxW: np.ndarray, doc_RxW: np.ndarray, pad_id: int) -> Ba
   positions_RxN = np.where(real_RxN, col_RxN - segment_start_RxN, 0)
 
   return {
-      "inputs": inputs_RxN.astype(np.int32),
-      "targets": targets_RxN.astype(np.int32),
-      "weights": same_doc_RxN.astype(np.float32),
-      "segment_ids": segment_ids_RxN.astype(np.int32),
-      "positions": positions_RxN.astype(np.int32),
+    "inputs": inputs_RxN.astype(np.int32),
+    "targets": targets_RxN.astype(np.int32),
+    "weights": same_doc_RxN.astype(np.float32),
+    "segment_ids": segment_ids_RxN.astype(np.int32),
+    "positions": positions_RxN.astype(np.int32),
   }
 
 

@@ -17,7 +17,8 @@ its own shard of the records); the eval set does not depend on the seed.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
@@ -71,8 +72,9 @@ class DataBundle:
   info: DataInfo
 
 
-def make_data(data_config: ml_collections.ConfigDict, *, seed: int, workdir: str, process_index: int = 0,
-              process_count: int = 1) -> DataBundle:
+def make_data(
+  data_config: ml_collections.ConfigDict, *, seed: int, workdir: str, process_index: int = 0, process_count: int = 1
+) -> DataBundle:
   """Builds the data of a run.
 
   Args:
@@ -98,8 +100,12 @@ def make_data(data_config: ml_collections.ConfigDict, *, seed: int, workdir: str
   seed = int(seed)
   local_rows = data_config.batch_size // process_count
   first_local_row = process_index * local_rows
-  fingerprint = {"source": data_config.source, "seed": seed, "seq_len": data_config.seq_len,
-                 "batch_size": data_config.batch_size}
+  fingerprint = {
+    "source": data_config.source,
+    "seed": seed,
+    "seq_len": data_config.seq_len,
+    "batch_size": data_config.batch_size,
+  }
   if spec.kind == "synthetic":
     return _synthetic(data_config, seed, first_local_row, local_rows, fingerprint)
   if spec.kind == "text":
@@ -107,8 +113,9 @@ def make_data(data_config: ml_collections.ConfigDict, *, seed: int, workdir: str
   return _tfds(data_config, spec, seed, workdir, process_index, process_count, fingerprint)
 
 
-def _eval_slices(global_eval: packing.Batch, cfg: ml_collections.ConfigDict, first_local_row: int,
-                 local_rows: int) -> list[packing.Batch]:
+def _eval_slices(
+  global_eval: packing.Batch, cfg: ml_collections.ConfigDict, first_local_row: int, local_rows: int
+) -> list[packing.Batch]:
   """Splits eval_batches * batch_size global rows into batches and keeps this process's rows."""
   out = []
   for j in range(cfg.eval_batches):
@@ -124,25 +131,46 @@ def _synthetic(cfg, seed, first_local_row, local_rows, fingerprint) -> DataBundl
 
   def batch_at(i: int) -> packing.Batch:
     first = i * cfg.batch_size + first_local_row
-    return synthetic.synthetic_batch(stream=seeding.SYNTHETIC_TRAIN, keys=(seed,),
-                                     rows=range(first, first + local_rows), **task)
+    return synthetic.synthetic_batch(
+      stream=seeding.SYNTHETIC_TRAIN, keys=(seed,), rows=range(first, first + local_rows), **task
+    )
 
   def eval_batch(j: int) -> packing.Batch:
     first = j * cfg.batch_size + first_local_row
-    return synthetic.synthetic_batch(stream=seeding.SYNTHETIC_EVAL, keys=(seeding.FIXED_KEY,),
-                                     rows=range(first, first + local_rows), **task)
+    return synthetic.synthetic_batch(
+      stream=seeding.SYNTHETIC_EVAL, keys=(seeding.FIXED_KEY,), rows=range(first, first + local_rows), **task
+    )
 
-  info = DataInfo(vocab_size=synthetic.VOCAB_SIZE, pad_id=synthetic.PAD_ID, bos_id=None, eos_id=None,
-                  decode=synthetic.decode, encode=synthetic.encode, piece=synthetic.piece,
-                  difficulty_names=synthetic.DIFFICULTY_NAMES, tokenizer_path=None)
-  return DataBundle(train=iterators.IndexedIterator(batch_at, fingerprint),
-                    eval_batches=[eval_batch(j) for j in range(cfg.eval_batches)], info=info)
+  info = DataInfo(
+    vocab_size=synthetic.VOCAB_SIZE,
+    pad_id=synthetic.PAD_ID,
+    bos_id=None,
+    eos_id=None,
+    decode=synthetic.decode,
+    encode=synthetic.encode,
+    piece=synthetic.piece,
+    difficulty_names=synthetic.DIFFICULTY_NAMES,
+    tokenizer_path=None,
+  )
+  return DataBundle(
+    train=iterators.IndexedIterator(batch_at, fingerprint),
+    eval_batches=[eval_batch(j) for j in range(cfg.eval_batches)],
+    info=info,
+  )
 
 
 def _text_info(tok: tokenizer_lib.Tokenizer) -> DataInfo:
-  return DataInfo(vocab_size=tok.vocab_size, pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id,
-                  decode=tok.decode, encode=lambda s: tok.encode_documents([s], add_eos=False)[0],
-                  piece=tok.piece, difficulty_names=None, tokenizer_path=tok.path)
+  return DataInfo(
+    vocab_size=tok.vocab_size,
+    pad_id=tok.pad_id,
+    bos_id=tok.bos_id,
+    eos_id=tok.eos_id,
+    decode=tok.decode,
+    encode=lambda s: tok.encode_documents([s], add_eos=False)[0],
+    piece=tok.piece,
+    difficulty_names=None,
+    tokenizer_path=tok.path,
+  )
 
 
 def _text(cfg, spec, seed, workdir, process_index, first_local_row, local_rows, fingerprint) -> DataBundle:
@@ -151,48 +179,76 @@ def _text(cfg, spec, seed, workdir, process_index, first_local_row, local_rows, 
   train_idx, eval_idx = text.split_train_eval(len(docs), cfg.eval_fraction if cfg.eval_batches else 0.0)
   train_docs = [docs[i] for i in train_idx]
   tok = tokenizer_lib.load_or_train(
-      tokenizer_path=cfg.tokenizer, workdir=workdir, vocab_size=cfg.spm_vocab_size,
-      model_type=cfg.spm_model_type, process_index=process_index,
-      training_lines=lambda: text.tokenizer_training_lines(train_docs, cfg.spm_max_sentences))
+    tokenizer_path=cfg.tokenizer,
+    workdir=workdir,
+    vocab_size=cfg.spm_vocab_size,
+    model_type=cfg.spm_model_type,
+    process_index=process_index,
+    training_lines=lambda: text.tokenizer_training_lines(train_docs, cfg.spm_max_sentences),
+  )
   train_corpus = flat_stream.FlatCorpus.from_documents(tok.encode_documents(train_docs))
   eval_corpus = flat_stream.FlatCorpus.from_documents(tok.encode_documents([docs[i] for i in eval_idx]))
-  logging.info("Text data: %d files, %d train documents (%d tokens), %d eval documents (%d tokens), V=%d.",
-               len(files), train_corpus.num_docs, train_corpus.num_tokens, eval_corpus.num_docs,
-               eval_corpus.num_tokens, tok.vocab_size)
+  logging.info(
+    "Text data: %d files, %d train documents (%d tokens), %d eval documents (%d tokens), V=%d.",
+    len(files),
+    train_corpus.num_docs,
+    train_corpus.num_tokens,
+    eval_corpus.num_docs,
+    eval_corpus.num_tokens,
+    tok.vocab_size,
+  )
   stream = flat_stream.ShuffledStream(train_corpus, seed)
 
   def batch_at(i: int) -> packing.Batch:
     return stream.rows(i * cfg.batch_size + first_local_row, local_rows, cfg.seq_len, tok.pad_id)
 
   global_eval = flat_stream.ordered_rows(eval_corpus, cfg.eval_batches * cfg.batch_size, cfg.seq_len, tok.pad_id)
-  fingerprint = {**fingerprint, "doc_per": cfg.doc_per, "eval_fraction": cfg.eval_fraction,
-                 "train_tokens": train_corpus.num_tokens}
-  return DataBundle(train=iterators.IndexedIterator(batch_at, fingerprint),
-                    eval_batches=_eval_slices(global_eval, cfg, first_local_row, local_rows), info=_text_info(tok))
+  fingerprint = {
+    **fingerprint,
+    "doc_per": cfg.doc_per,
+    "eval_fraction": cfg.eval_fraction,
+    "train_tokens": train_corpus.num_tokens,
+  }
+  return DataBundle(
+    train=iterators.IndexedIterator(batch_at, fingerprint),
+    eval_batches=_eval_slices(global_eval, cfg, first_local_row, local_rows),
+    info=_text_info(tok),
+  )
 
 
 def _tfds(cfg, spec, seed, workdir, process_index, process_count, fingerprint) -> DataBundle:
   train_source = tfds_source.open_split(spec.tfds_name, cfg.tfds_train_split, cfg.tfds_data_dir)
-  eval_source = (tfds_source.open_split(spec.tfds_name, cfg.tfds_eval_split, cfg.tfds_data_dir)
-                 if cfg.eval_batches else None)
+  eval_source = (
+    tfds_source.open_split(spec.tfds_name, cfg.tfds_eval_split, cfg.tfds_data_dir) if cfg.eval_batches else None
+  )
   key = cfg.tfds_text_key
   tfds_source.record_text(train_source[0], key)  # fail fast on a wrong key, before any training or writing
   order = tfds_source.ShardedOrder(len(train_source), seed, process_index, process_count)
   tok = tokenizer_lib.load_or_train(
-      tokenizer_path=cfg.tokenizer, workdir=workdir, vocab_size=cfg.spm_vocab_size,
-      model_type=cfg.spm_model_type, process_index=process_index,
-      training_lines=lambda: text.tokenizer_training_lines(
-          tfds_source.evenly_spaced_texts(train_source, key, cfg.spm_max_sentences), cfg.spm_max_sentences))
+    tokenizer_path=cfg.tokenizer,
+    workdir=workdir,
+    vocab_size=cfg.spm_vocab_size,
+    model_type=cfg.spm_model_type,
+    process_index=process_index,
+    training_lines=lambda: text.tokenizer_training_lines(
+      tfds_source.evenly_spaced_texts(train_source, key, cfg.spm_max_sentences), cfg.spm_max_sentences
+    ),
+  )
 
   def doc_at(q: int) -> np.ndarray:
     body = tfds_source.record_text(train_source[order.record(q)], key)
     return tok.encode_documents([body])[0] if body.strip() else np.zeros(0, np.int32)
 
   local_rows = cfg.batch_size // process_count
-  packer = streaming.StreamPacker(doc_at, num_rows=local_rows, seq_len=cfg.seq_len, pad_id=tok.pad_id,
-                                  max_empty_docs=order.per_epoch)
-  fingerprint = {**fingerprint, "process_count": process_count, "tfds_train_split": cfg.tfds_train_split,
-                 "tfds_text_key": key}
+  packer = streaming.StreamPacker(
+    doc_at, num_rows=local_rows, seq_len=cfg.seq_len, pad_id=tok.pad_id, max_empty_docs=order.per_epoch
+  )
+  fingerprint = {
+    **fingerprint,
+    "process_count": process_count,
+    "tfds_train_split": cfg.tfds_train_split,
+    "tfds_text_key": key,
+  }
   eval_batches = []
   if eval_source is not None:
     need = cfg.eval_batches * cfg.batch_size * cfg.seq_len + 1
@@ -203,8 +259,8 @@ def _tfds(cfg, spec, seed, workdir, process_index, process_count, fingerprint) -
       docs.extend(tok.encode_documents(texts))
       have = sum(len(d) for d in docs)
     eval_corpus = flat_stream.FlatCorpus.from_documents(docs)
-    global_eval = flat_stream.ordered_rows(eval_corpus, cfg.eval_batches * cfg.batch_size, cfg.seq_len,
-                                           tok.pad_id)
+    global_eval = flat_stream.ordered_rows(eval_corpus, cfg.eval_batches * cfg.batch_size, cfg.seq_len, tok.pad_id)
     eval_batches = _eval_slices(global_eval, cfg, process_index * local_rows, local_rows)
-  return DataBundle(train=iterators.StreamIterator(packer, fingerprint, process_index),
-                    eval_batches=eval_batches, info=_text_info(tok))
+  return DataBundle(
+    train=iterators.StreamIterator(packer, fingerprint, process_index), eval_batches=eval_batches, info=_text_info(tok)
+  )

@@ -22,8 +22,9 @@ from cyb_jax.data import packing
 class StreamPacker:
   """Yields batches of `num_rows` rows of `seq_len` tokens from the documents `doc_at(0), doc_at(1), ...`."""
 
-  def __init__(self, doc_at: Callable[[int], np.ndarray], *, num_rows: int, seq_len: int, pad_id: int,
-               max_empty_docs: int):
+  def __init__(
+    self, doc_at: Callable[[int], np.ndarray], *, num_rows: int, seq_len: int, pad_id: int, max_empty_docs: int
+  ):
     """`max_empty_docs`: this many consecutive empty documents mean the source has no text (an error)."""
     self._doc_at = doc_at
     self.num_rows, self.seq_len, self.pad_id = num_rows, seq_len, pad_id
@@ -40,8 +41,10 @@ class StreamPacker:
       while not len(tokens):
         empty += 1
         if empty >= self._max_empty:
-          raise ValueError(f"{empty} consecutive documents (from document {q - empty + 1}) have no tokens; "
-                           "the data source holds no text under the configured key.")
+          raise ValueError(
+            f"{empty} consecutive documents (from document {q - empty + 1}) have no tokens; "
+            "the data source holds no text under the configured key."
+          )
         q += 1
         tokens = np.asarray(self._doc_at(q), np.int32)
       self._buffer.append((q, tokens))
@@ -53,8 +56,8 @@ class StreamPacker:
     tokens, doc_ids, have, k = [], [], 0, 0
     while have < need:
       q, doc = self._document(k)
-      piece = doc[self.offset:] if k == 0 else doc
-      piece = piece[:need - have]
+      piece = doc[self.offset :] if k == 0 else doc
+      piece = piece[: need - have]
       tokens.append(piece)
       doc_ids.append(np.full(len(piece), q, np.int64))
       have += len(piece)

@@ -79,27 +79,35 @@ VOCAB_SIZE = 15
 _CHARS = ("", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "+", "*", "=", ";")
 
 CATEGORY_NAMES = (
-    "operand",      # 0  an operand digit
-    "operator",     # 1  "+" or "*"
-    "equals",       # 2  "="
-    "add_copy",     # 3  addition digit: one operand digit, no carry in (a copy)
-    "add_digits",   # 4  addition digit: two operand digits, no carry in
-    "add_carry",    # 5  addition digit with a carry in (one or two operand digits)
-    "add_final",    # 6  the carry-out digit "1" of an addition
-    "add_end",      # 7  ";" after an addition
-    "mul_first",    # 8  least significant product digit, a_0*b_0 mod 10
-    "mul_by_digit", # 9  an inner digit of a product by a 1-digit number
-    "mul_column",   # 10 an inner digit of a product of two multi-digit numbers
-    "mul_last",     # 11 most significant product digit (when the product has 2+ digits)
-    "mul_end",      # 12 ";" after a product
+  "operand",  # 0  an operand digit
+  "operator",  # 1  "+" or "*"
+  "equals",  # 2  "="
+  "add_copy",  # 3  addition digit: one operand digit, no carry in (a copy)
+  "add_digits",  # 4  addition digit: two operand digits, no carry in
+  "add_carry",  # 5  addition digit with a carry in (one or two operand digits)
+  "add_final",  # 6  the carry-out digit "1" of an addition
+  "add_end",  # 7  ";" after an addition
+  "mul_first",  # 8  least significant product digit, a_0*b_0 mod 10
+  "mul_by_digit",  # 9  an inner digit of a product by a 1-digit number
+  "mul_column",  # 10 an inner digit of a product of two multi-digit numbers
+  "mul_last",  # 11 most significant product digit (when the product has 2+ digits)
+  "mul_end",  # 12 ";" after a product
 )
 DIFFICULTY_NAMES = ("noise", "lookup", "local", "carry_chain", "multi_product")
 _LEVEL = {
-    "operand": 0, "operator": 0, "equals": 0,
-    "add_copy": 1, "add_final": 1, "add_end": 1, "mul_first": 1, "mul_end": 1,
-    "add_digits": 2, "add_carry": 2, "mul_last": 2,
-    "mul_by_digit": 3,
-    "mul_column": 4,
+  "operand": 0,
+  "operator": 0,
+  "equals": 0,
+  "add_copy": 1,
+  "add_final": 1,
+  "add_end": 1,
+  "mul_first": 1,
+  "mul_end": 1,
+  "add_digits": 2,
+  "add_carry": 2,
+  "mul_last": 2,
+  "mul_by_digit": 3,
+  "mul_column": 4,
 }
 LEVEL_OF_CATEGORY = np.array([_LEVEL[name] for name in CATEGORY_NAMES], dtype=np.int32)
 _CATEGORY = {name: i for i, name in enumerate(CATEGORY_NAMES)}
@@ -121,8 +129,9 @@ def _digit(x: np.ndarray, k: np.ndarray) -> np.ndarray:
   return (x // _POW10[np.clip(k, 0, 18)]) % 10
 
 
-def draw_problems(rng: np.random.Generator, num: int, *, min_digits: int, max_digits: int,
-                  mul_fraction: float) -> dict[str, np.ndarray]:
+def draw_problems(
+  rng: np.random.Generator, num: int, *, min_digits: int, max_digits: int, mul_fraction: float
+) -> dict[str, np.ndarray]:
   """Draws `num` problems; returns int64 arrays a, b, result, la, lb, lr and bool is_mul, all [num]."""
   la_M = rng.integers(min_digits, max_digits + 1, num)
   lb_M = rng.integers(min_digits, max_digits + 1, num)
@@ -134,8 +143,7 @@ def draw_problems(rng: np.random.Generator, num: int, *, min_digits: int, max_di
   a_M, b_M = operand(la_M), operand(lb_M)
   is_mul_M = rng.random(num) < mul_fraction
   r_M = np.where(is_mul_M, a_M * b_M, a_M + b_M)
-  return {"a": a_M, "b": b_M, "result": r_M, "la": la_M, "lb": lb_M, "lr": _num_digits(r_M),
-          "is_mul": is_mul_M}
+  return {"a": a_M, "b": b_M, "result": r_M, "la": la_M, "lb": lb_M, "lr": _num_digits(r_M), "is_mul": is_mul_M}
 
 
 def encode_problems(p: dict[str, np.ndarray], max_digits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -164,26 +172,37 @@ def encode_problems(p: dict[str, np.ndarray], max_digits: int) -> tuple[np.ndarr
   at_end = k == lr
 
   tokens = np.select(
-      [in_a, at_op, in_b, at_eq, in_r, at_end],
-      [DIGIT0_ID + _digit(a, la - 1 - j), np.where(is_mul, TIMES_ID, PLUS_ID),
-       DIGIT0_ID + _digit(b, eq_col - 1 - j), EQUALS_ID, DIGIT0_ID + _digit(r, k), SEP_ID],
-      PAD_ID)
+    [in_a, at_op, in_b, at_eq, in_r, at_end],
+    [
+      DIGIT0_ID + _digit(a, la - 1 - j),
+      np.where(is_mul, TIMES_ID, PLUS_ID),
+      DIGIT0_ID + _digit(b, eq_col - 1 - j),
+      EQUALS_ID,
+      DIGIT0_ID + _digit(r, k),
+      SEP_ID,
+    ],
+    PAD_ID,
+  )
 
   c = _CATEGORY
   # Addition: operand digits present in column k, and the carry into column k.
   n_add = (k < la).astype(np.int64) + (k < lb)
   low = _POW10[np.clip(k, 0, 18)]
   carry_in = (a % low + b % low) >= low
-  add_cat = np.select([n_add == 0, carry_in, n_add == 2],
-                      [c["add_final"], c["add_carry"], c["add_digits"]], c["add_copy"])
+  add_cat = np.select(
+    [n_add == 0, carry_in, n_add == 2], [c["add_final"], c["add_carry"], c["add_digits"]], c["add_copy"]
+  )
   # Multiplication: first, last, inner digit of a product by a 1-digit number, or of a wider product.
   by_digit = (la == 1) | (lb == 1)
-  mul_cat = np.select([k == 0, k == lr - 1, by_digit], [c["mul_first"], c["mul_last"], c["mul_by_digit"]],
-                      c["mul_column"])
+  mul_cat = np.select(
+    [k == 0, k == lr - 1, by_digit], [c["mul_first"], c["mul_last"], c["mul_by_digit"]], c["mul_column"]
+  )
 
   category = np.select(
-      [in_a | in_b, at_op, at_eq, in_r & ~is_mul, in_r & is_mul, at_end & ~is_mul, at_end & is_mul],
-      [c["operand"], c["operator"], c["equals"], add_cat, mul_cat, c["add_end"], c["mul_end"]], -1)
+    [in_a | in_b, at_op, at_eq, in_r & ~is_mul, in_r & is_mul, at_end & ~is_mul, at_end & is_mul],
+    [c["operand"], c["operator"], c["equals"], add_cat, mul_cat, c["add_end"], c["mul_end"]],
+    -1,
+  )
   length = (la + lb + lr + 3)[:, 0]
   return tokens.astype(np.int32), category.astype(np.int32), length
 
@@ -193,8 +212,9 @@ def problems_per_row(seq_len: int) -> int:
   return seq_len // 6 + 1
 
 
-def layout_rows(tok_RxMxP: np.ndarray, cat_RxMxP: np.ndarray, len_RxM: np.ndarray,
-                seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+def layout_rows(
+  tok_RxMxP: np.ndarray, cat_RxMxP: np.ndarray, len_RxM: np.ndarray, seq_len: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Row windows: ";" then each row's problems, in order, while they fit in seq_len + 1 tokens.
 
   Args:
@@ -221,20 +241,33 @@ def layout_rows(tok_RxMxP: np.ndarray, cat_RxMxP: np.ndarray, len_RxM: np.ndarra
   return tokens_RxW, category_RxW
 
 
-def _row_windows(stream: int, keys: tuple[int, ...], rows: range, seq_len: int, min_digits: int,
-                 max_digits: int, mul_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+def _row_windows(
+  stream: int, keys: tuple[int, ...], rows: range, seq_len: int, min_digits: int, max_digits: int, mul_fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
   """tokens_RxW and category_RxW of rows `rows`, row r drawn from keyed_rng(stream, *keys, r)."""
   num = problems_per_row(seq_len)
-  drawn = [draw_problems(seeding.keyed_rng(stream, *keys, r), num, min_digits=min_digits,
-                         max_digits=max_digits, mul_fraction=mul_fraction) for r in rows]
+  drawn = [
+    draw_problems(
+      seeding.keyed_rng(stream, *keys, r), num, min_digits=min_digits, max_digits=max_digits, mul_fraction=mul_fraction
+    )
+    for r in rows
+  ]
   problems = {k: np.concatenate([d[k] for d in drawn]) for k in drawn[0]}
   tok, cat, length = encode_problems(problems, max_digits)
   shape = (len(rows), num)
   return layout_rows(tok.reshape(*shape, -1), cat.reshape(*shape, -1), length.reshape(shape), seq_len)
 
 
-def synthetic_batch(*, stream: int, keys: tuple[int, ...], rows: range, seq_len: int, min_digits: int,
-                    max_digits: int, mul_fraction: float) -> packing.Batch:
+def synthetic_batch(
+  *,
+  stream: int,
+  keys: tuple[int, ...],
+  rows: range,
+  seq_len: int,
+  min_digits: int,
+  max_digits: int,
+  mul_fraction: float,
+) -> packing.Batch:
   """Rows `rows` of the batch keyed by `keys` in `stream` (see seeding.py).
 
   Row r is drawn from keyed_rng(stream, *keys, r), so any subset of rows of any batch is
@@ -252,8 +285,16 @@ def synthetic_batch(*, stream: int, keys: tuple[int, ...], rows: range, seq_len:
   return batch
 
 
-def target_categories(*, stream: int, keys: tuple[int, ...], rows: range, seq_len: int, min_digits: int,
-                      max_digits: int, mul_fraction: float) -> np.ndarray:
+def target_categories(
+  *,
+  stream: int,
+  keys: tuple[int, ...],
+  rows: range,
+  seq_len: int,
+  min_digits: int,
+  max_digits: int,
+  mul_fraction: float,
+) -> np.ndarray:
   """The CATEGORY_NAMES index of every target of `synthetic_batch` (same arguments), -1 where weight 0."""
   tokens_RxW, category_RxW = _row_windows(stream, keys, rows, seq_len, min_digits, max_digits, mul_fraction)
   return np.where(tokens_RxW[:, 1:] == PAD_ID, -1, category_RxW[:, 1:]).astype(np.int32)

@@ -69,13 +69,14 @@ def _matches(pattern: list[str], parts: tuple[str, ...]) -> bool:
     return not parts
   if pattern[0] == "**":
     return _matches(pattern[1:], parts) or (
-        bool(parts) and not parts[0].startswith(".") and _matches(pattern, parts[1:]))
+      bool(parts) and not parts[0].startswith(".") and _matches(pattern, parts[1:])
+    )
   return bool(parts) and _segment_matches(pattern[0], parts[0]) and _matches(pattern[1:], parts[1:])
 
 
 def _relative_parts(root: str, path: str) -> tuple[str, ...]:
   root = root.rstrip("/")
-  rel = path[len(root):] if root not in (".", "") else path
+  rel = path[len(root) :] if root not in (".", "") else path
   return tuple(p for p in rel.split("/") if p)
 
 
@@ -108,8 +109,11 @@ def find_text_files(pattern: str) -> list[str]:
     if "**" in rest:  # epath's glob refuses "**" (for gs://); list the folder once instead.
       files = [p for p in _files_under(epath.Path(root)) if _matches(rest, _relative_parts(root, p))]
     else:  # a glob may also match folders
-      files = [str(p) for p in epath.Path(root).glob("/".join(rest)) if _matches(rest, _relative_parts(root, str(p)))
-               and p.is_file()]
+      files = [
+        str(p)
+        for p in epath.Path(root).glob("/".join(rest))
+        if _matches(rest, _relative_parts(root, str(p))) and p.is_file()
+      ]
     files.sort()
   if not files:
     where = "" if _is_uri(pattern) else f" (checked from the current directory {os.getcwd()!r})"
@@ -174,8 +178,9 @@ def split_train_eval(num_docs: int, eval_fraction: float) -> tuple[np.ndarray, n
   num_eval = max(1, int(round(eval_fraction * num_docs)))
   if num_eval >= num_docs:
     raise ValueError(
-        f"data.eval_fraction={eval_fraction} of {num_docs} document(s) leaves none to train on; add text, "
-        "use a finer data.doc_per (\"line\" or \"paragraph\"), or set eval_batches=0 and eval_fraction=0.")
+      f"data.eval_fraction={eval_fraction} of {num_docs} document(s) leaves none to train on; add text, "
+      'use a finer data.doc_per ("line" or "paragraph"), or set eval_batches=0 and eval_fraction=0.'
+    )
   order = seeding.keyed_rng(seeding.TEXT_EVAL_SPLIT, seeding.FIXED_KEY).permutation(num_docs)
   return np.sort(order[num_eval:]), np.sort(order[:num_eval])
 
@@ -191,7 +196,7 @@ def tokenizer_training_lines(docs: list[str], max_sentences: int, max_chars: int
   for doc in docs:
     for line in doc.split("\n"):
       if line.strip():
-        lines.extend(line[i:i + max_chars] for i in range(0, len(line), max_chars))
+        lines.extend(line[i : i + max_chars] for i in range(0, len(line), max_chars))
   if len(lines) > max_sentences:
     keep = np.linspace(0, len(lines) - 1, max_sentences).round().astype(np.int64)
     lines = [lines[i] for i in keep]

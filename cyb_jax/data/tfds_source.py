@@ -42,18 +42,22 @@ def _open_error(name: str, split: str, data_dir: str, error: Exception) -> Value
     builder = None
   if builder is not None and not builder.is_prepared():
     return ValueError(
-        f"TFDS dataset \"{name}\" (data.source=\"tfds:{name}\") is not prepared in {_where(data_dir)}, and a "
-        f"run never downloads it. Prepare it once, as ArrayRecord files, with:\n  {prepare_command(name, data_dir)}")
+      f'TFDS dataset "{name}" (data.source="tfds:{name}") is not prepared in {_where(data_dir)}, and a '
+      f"run never downloads it. Prepare it once, as ArrayRecord files, with:\n  {prepare_command(name, data_dir)}"
+    )
   file_format = builder.info.file_format if builder is not None else None
   if file_format is not None and file_format != tfds.core.FileFormat.ARRAY_RECORD:
     return ValueError(
-        f"TFDS dataset \"{name}\" is prepared in {_where(data_dir)} as {file_format.value} files, but "
-        f"tfds.data_source reads ArrayRecord only. Remove {builder.data_dir} and prepare it as ArrayRecord "
-        f"with:\n  {prepare_command(name, data_dir)}")
+      f'TFDS dataset "{name}" is prepared in {_where(data_dir)} as {file_format.value} files, but '
+      f"tfds.data_source reads ArrayRecord only. Remove {builder.data_dir} and prepare it as ArrayRecord "
+      f"with:\n  {prepare_command(name, data_dir)}"
+    )
   # TFDS messages can be long (an unknown name lists every dataset): keep the first line.
   message = str(error).strip().split("\n")[0]
-  return ValueError(f"TFDS cannot open data.source=\"tfds:{name}\" split {split!r} in {_where(data_dir)}: "
-                    f"{type(error).__name__}: {message}")
+  return ValueError(
+    f'TFDS cannot open data.source="tfds:{name}" split {split!r} in {_where(data_dir)}: '
+    f"{type(error).__name__}: {message}"
+  )
 
 
 def open_split(name: str, split: str, data_dir: str) -> Sequence[Any]:
@@ -98,8 +102,10 @@ class ShardedOrder:
 
   def __init__(self, num_records: int, seed: int, process_index: int, process_count: int):
     if num_records < process_count:
-      raise ValueError(f"The TFDS train split has {num_records} records, fewer than the "
-                       f"{process_count} processes that each need a shard.")
+      raise ValueError(
+        f"The TFDS train split has {num_records} records, fewer than the "
+        f"{process_count} processes that each need a shard."
+      )
     self.num_records, self.seed = num_records, seed
     self.process_index, self.process_count = process_index, process_count
     # Records p, p + P, p + 2P, ... of each epoch's order.

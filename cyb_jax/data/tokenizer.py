@@ -22,12 +22,17 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from typing import Any
 
 import numpy as np
 import sentencepiece as spm
 from etils import epath
+
+if TYPE_CHECKING:  # imported where a tokenizer.json is loaded
+  import tokenizers
 from sentencepiece import sentencepiece_model_pb2
 
 TOKENIZER_FILENAME = "tokenizer.model"
@@ -107,14 +112,28 @@ def train_sentencepiece(lines: Sequence[str], *, vocab_size: int, model_type: st
   model = io.BytesIO()
   try:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, model_type=model_type,
-        pad_id=0, unk_id=1, bos_id=2, eos_id=3, user_defined_symbols=[NEWLINE], byte_fallback=True,
-        character_coverage=1.0, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        hard_vocab_limit=False, input_sentence_size=0,
-        num_threads=1, minloglevel=2)
+      sentence_iterator=iter(lines),
+      model_writer=model,
+      vocab_size=vocab_size,
+      model_type=model_type,
+      pad_id=0,
+      unk_id=1,
+      bos_id=2,
+      eos_id=3,
+      user_defined_symbols=[NEWLINE],
+      byte_fallback=True,
+      character_coverage=1.0,
+      normalization_rule_name="identity",
+      remove_extra_whitespaces=False,
+      hard_vocab_limit=False,
+      input_sentence_size=0,
+      num_threads=1,
+      minloglevel=2,
+    )
   except RuntimeError as e:
-    raise ValueError(f"SentencePiece training failed with data.spm_vocab_size={vocab_size}, "
-                     f"data.spm_model_type={model_type!r}: {e}") from None
+    raise ValueError(
+      f"SentencePiece training failed with data.spm_vocab_size={vocab_size}, data.spm_model_type={model_type!r}: {e}"
+    ) from None
   return model.getvalue()
 
 
@@ -124,8 +143,15 @@ def _trainer_spec(model_proto: bytes):
   return proto.trainer_spec
 
 
-def load_or_train(*, tokenizer_path: str, workdir: str, vocab_size: int, model_type: str,
-                  training_lines: Callable[[], Sequence[str]], process_index: int) -> Tokenizer:
+def load_or_train(
+  *,
+  tokenizer_path: str,
+  workdir: str,
+  vocab_size: int,
+  model_type: str,
+  training_lines: Callable[[], Sequence[str]],
+  process_index: int,
+) -> Tokenizer:
   """The tokenizer a run uses.
 
   - `tokenizer_path` given: that .model file, or a Hugging Face-format folder
@@ -151,9 +177,10 @@ def load_or_train(*, tokenizer_path: str, workdir: str, vocab_size: int, model_t
     # The trained size is at most the requested one (a soft limit on small corpora).
     if spec.vocab_size > vocab_size or model_types.get(spec.model_type) != model_type:
       raise ValueError(
-          f"{path} was trained with vocab_size={spec.vocab_size}, model_type="
-          f"{model_types.get(spec.model_type)!r}, but the config asks for data.spm_vocab_size={vocab_size}, "
-          f"data.spm_model_type={model_type!r}; use a fresh workdir or set data.tokenizer={str(path)!r}.")
+        f"{path} was trained with vocab_size={spec.vocab_size}, model_type="
+        f"{model_types.get(spec.model_type)!r}, but the config asks for data.spm_vocab_size={vocab_size}, "
+        f"data.spm_model_type={model_type!r}; use a fresh workdir or set data.tokenizer={str(path)!r}."
+      )
     return Tokenizer(proto, str(path))
   proto = train_sentencepiece(training_lines(), vocab_size=vocab_size, model_type=model_type)
   if process_index == 0:
@@ -184,8 +211,9 @@ class HFTokenizer:
   tokenizer's own post-processing, so BOS is added exactly once when `bos_id` is not None.
   """
 
-  def __init__(self, tokenizer: "tokenizers.Tokenizer", path: str | None, *, bos_id: int | None,
-               eos_id: int | None, pad_id: int):
+  def __init__(
+    self, tokenizer: tokenizers.Tokenizer, path: str | None, *, bos_id: int | None, eos_id: int | None, pad_id: int
+  ):
     self._tok = tokenizer
     self.path = path
     self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
@@ -227,8 +255,9 @@ def _token_text(value) -> str | None:
   return value
 
 
-def _special_ids(folder: epath.Path, token_to_id: Callable[[str], int | None]
-                 ) -> tuple[int | None, int | None, int | None]:
+def _special_ids(
+  folder: epath.Path, token_to_id: Callable[[str], int | None]
+) -> tuple[int | None, int | None, int | None]:
   """(bos, eos, pad) ids from tokenizer_config.json, then generation_config.json, config.json."""
   tok_cfg = _read_json(folder / "tokenizer_config.json")
   fallbacks = [_read_json(folder / "generation_config.json"), _read_json(folder / "config.json")]
@@ -262,13 +291,13 @@ def load_pretrained_tokenizer(folder: epath.PathLike) -> HFTokenizer | Tokenizer
   add_bos = tok_cfg.get("add_bos_token")
   if (folder / "tokenizer.json").exists():
     import tokenizers  # pylint: disable=g-import-not-at-top  (only pretrained folders need it)
+
     tok = tokenizers.Tokenizer.from_str((folder / "tokenizer.json").read_text())
     bos, eos, pad = _special_ids(folder, tok.token_to_id)
     if add_bos is None and bos is not None:
       add_bos = tok.encode("a", add_special_tokens=True).ids[:1] == [bos]
     pad = pad if pad is not None else (eos if eos is not None else 0)
-    return HFTokenizer(tok, str(folder / "tokenizer.json"), bos_id=bos if add_bos else None,
-                       eos_id=eos, pad_id=pad)
+    return HFTokenizer(tok, str(folder / "tokenizer.json"), bos_id=bos if add_bos else None, eos_id=eos, pad_id=pad)
   if (folder / TOKENIZER_FILENAME).exists():
     path = folder / TOKENIZER_FILENAME
     return Tokenizer(_read_model(path), str(path), add_bos=add_bos is not False)

@@ -28,27 +28,88 @@ Shape suffixes: ``S`` = K+1 steps, ``V`` = vocabulary (without DK), ``D`` = mode
 ``M`` = flattened positions times steps.
 """
 
-from cyb_jax.losses.objectives import (
-    KL_MODES, PRIOR_KINDS, all_steps_loss, ap_log_stop, cross_entropy_loss, cyb_ap_loss, cyb_dp_loss, cyb_va_loss,
-    geometric_prior, make_prior, pause_cross_entropy_loss, uniform_prior, update_multiplier)
-from cyb_jax.losses.protocols import (
-    HaltResult, PositionStats, check_protocol, evaluate, fixed_halting, position_outcomes, protocol_figures,
-    protocol_sums, threshold_halting)
-from cyb_jax.losses.quantities import (
-    expected_pauses, log_halting, log_reach, nll_mix, weighted_mean, weighted_sum)
-from cyb_jax.losses.registry import (
-    LOSSES, SPECS, WARMUP_LOSSES, Loss, LossSpec, get_spec, make_loss, make_loss_from_config)
-from cyb_jax.losses.stats import (
-    StepLogProbs, checked_step_log_probs, chunked_step_log_probs, step_log_probs,
-    step_log_probs_from_parts)
+from cyb_jax.losses.objectives import KL_MODES
+from cyb_jax.losses.objectives import PRIOR_KINDS
+from cyb_jax.losses.objectives import all_steps_loss
+from cyb_jax.losses.objectives import ap_log_stop
+from cyb_jax.losses.objectives import cross_entropy_loss
+from cyb_jax.losses.objectives import cyb_ap_loss
+from cyb_jax.losses.objectives import cyb_dp_loss
+from cyb_jax.losses.objectives import cyb_va_loss
+from cyb_jax.losses.objectives import geometric_prior
+from cyb_jax.losses.objectives import make_prior
+from cyb_jax.losses.objectives import pause_cross_entropy_loss
+from cyb_jax.losses.objectives import uniform_prior
+from cyb_jax.losses.objectives import update_multiplier
+from cyb_jax.losses.protocols import HaltResult
+from cyb_jax.losses.protocols import PositionStats
+from cyb_jax.losses.protocols import check_protocol
+from cyb_jax.losses.protocols import evaluate
+from cyb_jax.losses.protocols import fixed_halting
+from cyb_jax.losses.protocols import position_outcomes
+from cyb_jax.losses.protocols import protocol_figures
+from cyb_jax.losses.protocols import protocol_sums
+from cyb_jax.losses.protocols import threshold_halting
+from cyb_jax.losses.quantities import expected_pauses
+from cyb_jax.losses.quantities import log_halting
+from cyb_jax.losses.quantities import log_reach
+from cyb_jax.losses.quantities import nll_mix
+from cyb_jax.losses.quantities import weighted_mean
+from cyb_jax.losses.quantities import weighted_sum
+from cyb_jax.losses.registry import LOSSES
+from cyb_jax.losses.registry import SPECS
+from cyb_jax.losses.registry import WARMUP_LOSSES
+from cyb_jax.losses.registry import Loss
+from cyb_jax.losses.registry import LossSpec
+from cyb_jax.losses.registry import get_spec
+from cyb_jax.losses.registry import make_loss
+from cyb_jax.losses.registry import make_loss_from_config
+from cyb_jax.losses.stats import StepLogProbs
+from cyb_jax.losses.stats import checked_step_log_probs
+from cyb_jax.losses.stats import chunked_step_log_probs
+from cyb_jax.losses.stats import step_log_probs
+from cyb_jax.losses.stats import step_log_probs_from_parts
 
 __all__ = [
-    "KL_MODES", "LOSSES", "PRIOR_KINDS", "SPECS", "WARMUP_LOSSES", "HaltResult", "Loss", "LossSpec",
-    "PositionStats", "StepLogProbs", "all_steps_loss", "ap_log_stop", "check_protocol", "checked_step_log_probs",
-    "chunked_step_log_probs", "cross_entropy_loss", "cyb_ap_loss", "cyb_dp_loss",
-    "cyb_va_loss", "evaluate", "expected_pauses", "fixed_halting", "geometric_prior",
-    "get_spec", "log_halting", "log_reach", "make_loss", "make_loss_from_config", "make_prior",
-    "nll_mix", "pause_cross_entropy_loss", "position_outcomes", "protocol_figures",
-    "protocol_sums", "step_log_probs", "step_log_probs_from_parts", "threshold_halting",
-    "uniform_prior", "update_multiplier", "weighted_mean", "weighted_sum",
+  "KL_MODES",
+  "LOSSES",
+  "PRIOR_KINDS",
+  "SPECS",
+  "WARMUP_LOSSES",
+  "HaltResult",
+  "Loss",
+  "LossSpec",
+  "PositionStats",
+  "StepLogProbs",
+  "all_steps_loss",
+  "ap_log_stop",
+  "check_protocol",
+  "checked_step_log_probs",
+  "chunked_step_log_probs",
+  "cross_entropy_loss",
+  "cyb_ap_loss",
+  "cyb_dp_loss",
+  "cyb_va_loss",
+  "evaluate",
+  "expected_pauses",
+  "fixed_halting",
+  "geometric_prior",
+  "get_spec",
+  "log_halting",
+  "log_reach",
+  "make_loss",
+  "make_loss_from_config",
+  "make_prior",
+  "nll_mix",
+  "pause_cross_entropy_loss",
+  "position_outcomes",
+  "protocol_figures",
+  "protocol_sums",
+  "step_log_probs",
+  "step_log_probs_from_parts",
+  "threshold_halting",
+  "uniform_prior",
+  "update_multiplier",
+  "weighted_mean",
+  "weighted_sum",
 ]

@@ -25,13 +25,13 @@ def concrete(value: Any) -> np.ndarray | None:
   """``value`` as a NumPy array if it is known at trace time, else ``None``."""
   try:
     return np.asarray(value, dtype=np.float64)
-  except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
-          TypeError):
+  except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError, TypeError):
     return None
 
 
-def check_scalar(name: str, value: Any, *, low: float, high: float,
-                  low_open: bool = False, high_open: bool = False) -> None:
+def check_scalar(
+  name: str, value: Any, *, low: float, high: float, low_open: bool = False, high_open: bool = False
+) -> None:
   """Raises ``ValueError`` unless ``value`` lies in the given interval (if concrete)."""
   v = concrete(value)
   if v is None:
@@ -40,10 +40,8 @@ def check_scalar(name: str, value: Any, *, low: float, high: float,
     raise ValueError(f"{name} must be a scalar, got shape {v.shape}.")
   ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
   if not ok or np.isnan(v):
-    interval = (("(" if low_open else "[") + f"{low:g}, {high:g}" +
-                (")" if high_open else "]"))
+    interval = ("(" if low_open else "[") + f"{low:g}, {high:g}" + (")" if high_open else "]")
     raise ValueError(f"{name}={float(v)!r} is outside the allowed range {interval}.")
-
 
 
 def compute_dtype(dtype) -> jnp.dtype:

@@ -12,12 +12,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cyb_jax.losses._common import (
-    F32, NEG_INF, Array, ArrayLike, Metrics, check_scalar, concrete)
-from cyb_jax.losses.quantities import (
-    common_metrics, exclusive_cumsum, log_halting, prepare, weighted_mean)
+from cyb_jax.losses._common import F32
+from cyb_jax.losses._common import NEG_INF
+from cyb_jax.losses._common import Array
+from cyb_jax.losses._common import ArrayLike
+from cyb_jax.losses._common import Metrics
+from cyb_jax.losses._common import check_scalar
+from cyb_jax.losses._common import concrete
+from cyb_jax.losses.quantities import common_metrics
+from cyb_jax.losses.quantities import exclusive_cumsum
+from cyb_jax.losses.quantities import log_halting
+from cyb_jax.losses.quantities import prepare
+from cyb_jax.losses.quantities import weighted_mean
 from cyb_jax.losses.stats import StepLogProbs
-
 
 KL_MODES = ("token", "batch")
 PRIOR_KINDS = ("geometric", "uniform", "explicit")
@@ -48,8 +55,7 @@ def cross_entropy_loss(stats: StepLogProbs, weights: ArrayLike) -> tuple[Array, 
   return loss, common_metrics(stats, w, log_halting(stats))
 
 
-def pause_cross_entropy_loss(stats: StepLogProbs,
-                             weights: ArrayLike) -> tuple[Array, Metrics]:
+def pause_cross_entropy_loss(stats: StepLogProbs, weights: ArrayLike) -> tuple[Array, Metrics]:
   """Always take all K pauses and read out the last step: ``mean_w(-log c_K)``.
 
   The baseline of Goyal et al. (2023). Args as :func:`cross_entropy_loss`.
@@ -91,8 +97,9 @@ def ap_log_stop(stats: StepLogProbs, omega: ArrayLike = 0.0) -> Array:
   return log_prefix + jnp.logaddexp(stats.log_answer, interrupted_S)
 
 
-def cyb_ap_loss(stats: StepLogProbs, weights: ArrayLike, *, gamma: ArrayLike,
-                omega: ArrayLike = 0.0) -> tuple[Array, Metrics]:
+def cyb_ap_loss(
+  stats: StepLogProbs, weights: ArrayLike, *, gamma: ArrayLike, omega: ArrayLike = 0.0
+) -> tuple[Array, Metrics]:
   """CYB-AP, anytime prediction (docs/design.md section 4)::
 
       loss = mean_w( -logsumexp_k( log P_k + k * log gamma + log c_k ) )
@@ -114,8 +121,7 @@ def cyb_ap_loss(stats: StepLogProbs, weights: ArrayLike, *, gamma: ArrayLike,
   log_stop = ap_log_stop(stats, omega)
   steps_S = jnp.arange(stats.num_steps, dtype=F32)
   log_gamma = jnp.log(jnp.asarray(gamma, F32))
-  per_position = -jax.nn.logsumexp(log_stop + steps_S * log_gamma + stats.log_target,
-                                   axis=-1)
+  per_position = -jax.nn.logsumexp(log_stop + steps_S * log_gamma + stats.log_target, axis=-1)
   metrics = common_metrics(stats, w, log_halting(stats))
   metrics["ap_stop_probs"] = weighted_mean(jnp.exp(log_stop), w)
   return weighted_mean(per_position, w), metrics
@@ -132,8 +138,8 @@ def _check_prior(prior: ArrayLike, num_steps: int) -> Array:
   prior = jnp.asarray(prior)
   if prior.shape != (num_steps,):
     raise ValueError(
-        f"prior must have shape [K+1] = [{num_steps}] (one entry per stopping step), "
-        f"got shape {prior.shape}.")
+      f"prior must have shape [K+1] = [{num_steps}] (one entry per stopping step), got shape {prior.shape}."
+    )
   p = concrete(prior)
   if p is not None:
     if not np.all(p > 0):
@@ -143,8 +149,9 @@ def _check_prior(prior: ArrayLike, num_steps: int) -> Array:
   return prior.astype(F32)
 
 
-def cyb_va_loss(stats: StepLogProbs, weights: ArrayLike, *, prior: ArrayLike,
-                beta: ArrayLike = 1.0, kl: str = "token") -> tuple[Array, Metrics]:
+def cyb_va_loss(
+  stats: StepLogProbs, weights: ArrayLike, *, prior: ArrayLike, beta: ArrayLike = 1.0, kl: str = "token"
+) -> tuple[Array, Metrics]:
   """CYB-VA, variational halting with a prior ``rho`` over stopping steps::
 
       loss = mean_w( sum_k pi_k (-log c_k) ) + beta * KL
@@ -178,16 +185,16 @@ def cyb_va_loss(stats: StepLogProbs, weights: ArrayLike, *, prior: ArrayLike,
   else:
     pi_bar_S = weighted_mean(pi, w)
     safe_pi_bar = jnp.where(pi_bar_S > 0, pi_bar_S, 1.0)
-    kl_value = _kl_from_log(jnp.where(pi_bar_S > 0, jnp.log(safe_pi_bar), NEG_INF),
-                            log_rho_S)
+    kl_value = _kl_from_log(jnp.where(pi_bar_S > 0, jnp.log(safe_pi_bar), NEG_INF), log_rho_S)
   metrics = common_metrics(stats, w, log_pi)
   metrics["kl"] = kl_value
   metrics["expected_nll"] = expected_nll
   return expected_nll + jnp.asarray(beta, F32) * kl_value, metrics
 
 
-def cyb_dp_loss(stats: StepLogProbs, weights: ArrayLike, *, budget: ArrayLike,
-                multiplier: ArrayLike) -> tuple[Array, Metrics]:
+def cyb_dp_loss(
+  stats: StepLogProbs, weights: ArrayLike, *, budget: ArrayLike, multiplier: ArrayLike
+) -> tuple[Array, Metrics]:
   """CYB-DP, a compute budget enforced by a Lagrange multiplier::
 
       loss = mean_w(nll_mix) + mu * (mean_w(E[pauses]) - budget),  mu = stop_gradient(multiplier)
@@ -216,8 +223,7 @@ def cyb_dp_loss(stats: StepLogProbs, weights: ArrayLike, *, budget: ArrayLike,
   return metrics["nll_mix"] + mu * excess, metrics
 
 
-def update_multiplier(multiplier: ArrayLike, pause_excess: ArrayLike, *,
-                      rate: ArrayLike) -> Array:
+def update_multiplier(multiplier: ArrayLike, pause_excess: ArrayLike, *, rate: ArrayLike) -> Array:
   """Dual ascent on the CYB-DP multiplier: ``max(0, mu + rate * pause_excess)``.
 
   ``rate = 0`` keeps ``mu`` fixed. ``pause_excess`` is treated as data (no gradient).
@@ -226,7 +232,6 @@ def update_multiplier(multiplier: ArrayLike, pause_excess: ArrayLike, *,
   check_scalar("multiplier", multiplier, low=0.0, high=np.inf)
   excess = jax.lax.stop_gradient(jnp.asarray(pause_excess, F32))
   return jnp.maximum(0.0, jnp.asarray(multiplier, F32) + jnp.asarray(rate, F32) * excess)
-
 
 
 def geometric_prior(num_steps: int, continuation: float) -> Array:
@@ -247,9 +252,7 @@ def uniform_prior(num_steps: int) -> Array:
   return geometric_prior(num_steps, 1.0)
 
 
-
-def make_prior(kind: str, num_steps: int, *, continuation: float = 0.5,
-               values: tuple[float, ...] = ()) -> Array:
+def make_prior(kind: str, num_steps: int, *, continuation: float = 0.5, values: tuple[float, ...] = ()) -> Array:
   """The CYB-VA prior ``rho`` ``[num_steps]`` of a kind in :data:`PRIOR_KINDS`.
 
   ``geometric``: :func:`geometric_prior` with ``continuation``; ``uniform``:
@@ -262,7 +265,6 @@ def make_prior(kind: str, num_steps: int, *, continuation: float = 0.5,
   if kind == "explicit":
     values = np.asarray(values, np.float32)
     if values.shape != (num_steps,):
-      raise ValueError(f"prior_values has {values.size} entries; the explicit prior needs "
-                       f"K+1 = {num_steps}.")
+      raise ValueError(f"prior_values has {values.size} entries; the explicit prior needs K+1 = {num_steps}.")
     return _check_prior(values, num_steps)
   raise ValueError(f"prior={kind!r} is unknown; allowed: {', '.join(map(repr, PRIOR_KINDS))}.")

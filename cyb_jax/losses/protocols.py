@@ -14,15 +14,24 @@ batch.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cyb_jax.losses._common import F32, Array, ArrayLike, Metrics, check_scalar
-from cyb_jax.losses.quantities import (
-    expected_pauses, log_halting, nll_mix, prepare, safe_divide, weighted_sum)
+from cyb_jax.losses._common import F32
+from cyb_jax.losses._common import Array
+from cyb_jax.losses._common import ArrayLike
+from cyb_jax.losses._common import Metrics
+from cyb_jax.losses._common import check_scalar
+from cyb_jax.losses.quantities import expected_pauses
+from cyb_jax.losses.quantities import log_halting
+from cyb_jax.losses.quantities import nll_mix
+from cyb_jax.losses.quantities import prepare
+from cyb_jax.losses.quantities import safe_divide
+from cyb_jax.losses.quantities import weighted_sum
 from cyb_jax.losses.stats import StepLogProbs
 
 
@@ -38,7 +47,6 @@ class HaltResult(NamedTuple):
   step: Array
   nll: Array
   correct: Array
-
 
 
 def threshold_halting(stats: StepLogProbs, tau: ArrayLike) -> HaltResult:
@@ -66,8 +74,9 @@ def fixed_halting(stats: StepLogProbs, step: int) -> HaltResult:
     raise ValueError(f"step={step} is outside [0, K={num_steps - 1}].")
   step = step % num_steps
   shape = stats.log_dk.shape[:-1]
-  return HaltResult(step=jnp.full(shape, step, jnp.int32),
-                    nll=-stats.log_target[..., step], correct=stats.correct[..., step])
+  return HaltResult(
+    step=jnp.full(shape, step, jnp.int32), nll=-stats.log_target[..., step], correct=stats.correct[..., step]
+  )
 
 
 class PositionStats(NamedTuple):
@@ -113,15 +122,20 @@ def check_protocol(tau: ArrayLike, fixed_step: int | None, num_steps: int) -> No
   check_scalar("tau", tau, low=0.0, high=1.0)
   if fixed_step is None:
     return
-  if isinstance(fixed_step, bool) or not isinstance(fixed_step, (int, np.integer)) or not (
-      -num_steps <= fixed_step < num_steps):
+  if (
+    isinstance(fixed_step, bool)
+    or not isinstance(fixed_step, (int, np.integer))
+    or not (-num_steps <= fixed_step < num_steps)
+  ):
     raise ValueError(
-        f"fixed_step={fixed_step!r} must be None (the model halts itself) or an int step in "
-        f"[-{num_steps}, {num_steps - 1}] (K = {num_steps - 1}; 0 for ce, -1 for pause_ce).")
+      f"fixed_step={fixed_step!r} must be None (the model halts itself) or an int step in "
+      f"[-{num_steps}, {num_steps - 1}] (K = {num_steps - 1}; 0 for ce, -1 for pause_ce)."
+    )
 
 
-def position_outcomes(stats: StepLogProbs, weights: ArrayLike, tau: ArrayLike = 0.5,
-                      fixed_step: int | None = None) -> PositionStats:
+def position_outcomes(
+  stats: StepLogProbs, weights: ArrayLike, tau: ArrayLike = 0.5, fixed_step: int | None = None
+) -> PositionStats:
   """Per-position outcomes of both protocols (pure, jittable).
 
   Args:
@@ -154,17 +168,17 @@ def position_outcomes(stats: StepLogProbs, weights: ArrayLike, tau: ArrayLike = 
     return jnp.where(k, x, jnp.zeros((), x.dtype))
 
   return PositionStats(
-      pauses=masked(halt.step),
-      expected_pauses=masked(expected),
-      nll=masked(halt.nll),
-      correct=masked(halt.correct),
-      nll_step0=masked(-stats.log_target[..., 0]),
-      correct_step0=masked(stats.correct[..., 0]),
-      nll_mix=masked(mix),
-      halt_probs=masked(halt_probs_S),
-      nll_per_step=masked(-stats.log_target),
-      correct_per_step=masked(stats.correct),
-      weights=w,
+    pauses=masked(halt.step),
+    expected_pauses=masked(expected),
+    nll=masked(halt.nll),
+    correct=masked(halt.correct),
+    nll_step0=masked(-stats.log_target[..., 0]),
+    correct_step0=masked(stats.correct[..., 0]),
+    nll_mix=masked(mix),
+    halt_probs=masked(halt_probs_S),
+    nll_per_step=masked(-stats.log_target),
+    correct_per_step=masked(stats.correct),
+    weights=w,
   )
 
 
@@ -182,19 +196,19 @@ def protocol_sums(outcomes: PositionStats) -> Metrics:
   w = jnp.asarray(o.weights, F32)
   total = lambda x: weighted_sum(jnp.asarray(x, F32), w)
   return {
-      "nll_mix": total(o.nll_mix),
-      "expected_pauses": total(o.expected_pauses),
-      "threshold_nll": total(o.nll),
-      "threshold_accuracy": total(o.correct),
-      "threshold_pauses": total(o.pauses),
-      "step0_nll": total(o.nll_step0),
-      "step0_accuracy": total(o.correct_step0),
-      "halt_probs": total(o.halt_probs),
-      "threshold_step_probs": total(jax.nn.one_hot(o.pauses, o.num_steps, dtype=F32)),
-      "accuracy_per_step": total(o.correct_per_step),
-      "nll_per_step": total(o.nll_per_step),
-      "weight_sum": jnp.sum(w),
-      "num_positions": jnp.sum(w > 0).astype(jnp.int32),
+    "nll_mix": total(o.nll_mix),
+    "expected_pauses": total(o.expected_pauses),
+    "threshold_nll": total(o.nll),
+    "threshold_accuracy": total(o.correct),
+    "threshold_pauses": total(o.pauses),
+    "step0_nll": total(o.nll_step0),
+    "step0_accuracy": total(o.correct_step0),
+    "halt_probs": total(o.halt_probs),
+    "threshold_step_probs": total(jax.nn.one_hot(o.pauses, o.num_steps, dtype=F32)),
+    "accuracy_per_step": total(o.correct_per_step),
+    "nll_per_step": total(o.nll_per_step),
+    "weight_sum": jnp.sum(w),
+    "num_positions": jnp.sum(w > 0).astype(jnp.int32),
   }
 
 
@@ -208,8 +222,9 @@ def protocol_figures(sums: Metrics) -> Metrics:
     ``num_positions`` as given.
   """
   denom = jnp.asarray(sums["weight_sum"], F32)
-  out = {k: safe_divide(jnp.asarray(v, F32), denom) for k, v in sums.items()
-         if k not in ("weight_sum", "num_positions")}
+  out = {
+    k: safe_divide(jnp.asarray(v, F32), denom) for k, v in sums.items() if k not in ("weight_sum", "num_positions")
+  }
   out["compute_mix"] = 1.0 + out["expected_pauses"]
   out["compute_threshold"] = 1.0 + out["threshold_pauses"]
   out["accuracy_gain"] = out["threshold_accuracy"] - out["step0_accuracy"]
@@ -218,8 +233,9 @@ def protocol_figures(sums: Metrics) -> Metrics:
   return out
 
 
-def evaluate(stats: StepLogProbs, weights: ArrayLike, tau: ArrayLike = 0.5, *,
-             fixed_step: int | None = None) -> Metrics:
+def evaluate(
+  stats: StepLogProbs, weights: ArrayLike, tau: ArrayLike = 0.5, *, fixed_step: int | None = None
+) -> Metrics:
   """The evaluation protocols of docs/design.md section 5 on one batch, identical for every model.
 
   ``protocol_figures(protocol_sums(position_outcomes(stats, weights, tau, fixed_step)))``.

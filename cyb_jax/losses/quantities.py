@@ -11,7 +11,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cyb_jax.losses._common import F32, NEG_INF, Array, ArrayLike, Metrics
+from cyb_jax.losses._common import F32
+from cyb_jax.losses._common import NEG_INF
+from cyb_jax.losses._common import Array
+from cyb_jax.losses._common import ArrayLike
+from cyb_jax.losses._common import Metrics
 from cyb_jax.losses.stats import StepLogProbs
 
 
@@ -29,20 +33,20 @@ def prepare(stats: StepLogProbs, weights: ArrayLike) -> tuple[StepLogProbs, Arra
   batch_shape = stats.log_dk.shape[:-1]
   if tuple(weights.shape) != tuple(batch_shape):
     raise ValueError(
-        f"weights shape {weights.shape} must equal the positions' shape {batch_shape}"
-        f" (the statistics have shape {stats.log_dk.shape} = [..., K+1]).")
+      f"weights shape {weights.shape} must equal the positions' shape {batch_shape}"
+      f" (the statistics have shape {stats.log_dk.shape} = [..., K+1])."
+    )
   w = weights.astype(F32)
   keep = (w != 0)[..., None]
   final_S = jnp.arange(stats.num_steps) == stats.num_steps - 1
   neutral_dk = jnp.where(final_S, NEG_INF, jnp.log(0.5))
   stats = StepLogProbs(
-      log_dk=jnp.where(keep, stats.log_dk, neutral_dk),
-      log_answer=jnp.where(keep, stats.log_answer,
-                           jnp.where(final_S, 0.0, jnp.log(0.5))),
-      log_target=jnp.where(keep, stats.log_target, 0.0),
-      correct=stats.correct)
+    log_dk=jnp.where(keep, stats.log_dk, neutral_dk),
+    log_answer=jnp.where(keep, stats.log_answer, jnp.where(final_S, 0.0, jnp.log(0.5))),
+    log_target=jnp.where(keep, stats.log_target, 0.0),
+    correct=stats.correct,
+  )
   return stats, w
-
 
 
 def exclusive_cumsum(x_S: Array) -> Array:
@@ -71,7 +75,6 @@ def nll_mix(stats: StepLogProbs) -> Array:
   return -jax.nn.logsumexp(log_halting(stats) + stats.log_target, axis=-1)
 
 
-
 def weighted_sum(x: Array, w: Array) -> Array:
   """``sum(w * x)`` over all positions: ``x`` is ``[...]`` or ``[..., S]`` (then ``[S]``).
 
@@ -96,12 +99,11 @@ def common_metrics(stats: StepLogProbs, w: Array, log_pi: Array) -> Metrics:
   pauses = expected_pauses(stats)
   mean_pauses = weighted_mean(pauses, w)
   return {
-      "nll_mix": weighted_mean(nll_mix(stats), w),
-      "expected_pauses": mean_pauses,
-      "compute_per_token": 1.0 + mean_pauses,
-      "halt_probs": weighted_mean(jnp.exp(log_pi), w),
-      "accuracy_per_step": weighted_mean(stats.correct.astype(F32), w),
-      "nll_per_step": weighted_mean(-stats.log_target, w),
-      "weight_sum": jnp.sum(w),
+    "nll_mix": weighted_mean(nll_mix(stats), w),
+    "expected_pauses": mean_pauses,
+    "compute_per_token": 1.0 + mean_pauses,
+    "halt_probs": weighted_mean(jnp.exp(log_pi), w),
+    "accuracy_per_step": weighted_mean(stats.correct.astype(F32), w),
+    "nll_per_step": weighted_mean(-stats.log_target, w),
+    "weight_sum": jnp.sum(w),
   }
-

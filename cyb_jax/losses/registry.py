@@ -23,14 +23,19 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
 from cyb_jax.losses import objectives
-from cyb_jax.losses._common import F32, Array, ArrayLike, Metrics, check_scalar
+from cyb_jax.losses._common import F32
+from cyb_jax.losses._common import Array
+from cyb_jax.losses._common import ArrayLike
+from cyb_jax.losses._common import Metrics
+from cyb_jax.losses._common import check_scalar
 from cyb_jax.losses.stats import StepLogProbs
 
 # A loss function's keyword arguments from (hyper-parameters, K + 1).
@@ -55,19 +60,17 @@ def _check_va(hparams: Mapping[str, Any]) -> None:
   objectives.check_va_hparams(hparams["beta"], hparams["kl"])
   kind = hparams["prior"]
   if kind not in objectives.PRIOR_KINDS:
-    raise ValueError(f"prior={kind!r} is unknown; allowed: "
-                     f"{', '.join(map(repr, objectives.PRIOR_KINDS))}.")
+    raise ValueError(f"prior={kind!r} is unknown; allowed: {', '.join(map(repr, objectives.PRIOR_KINDS))}.")
   if kind == "geometric":
-    check_scalar("prior_continuation", hparams["prior_continuation"], low=0.0, high=np.inf,
-                 low_open=True)
+    check_scalar("prior_continuation", hparams["prior_continuation"], low=0.0, high=np.inf, low_open=True)
   if kind == "explicit":  # its length is checked against K + 1 when the loss is bound
     objectives.make_prior(kind, len(hparams["prior_values"]), values=hparams["prior_values"])
 
 
 def _bind_va(hparams: Mapping[str, Any], num_steps: int) -> dict[str, Any]:
-  prior = objectives.make_prior(hparams["prior"], num_steps,
-                                continuation=hparams["prior_continuation"],
-                                values=tuple(hparams["prior_values"]))
+  prior = objectives.make_prior(
+    hparams["prior"], num_steps, continuation=hparams["prior_continuation"], values=tuple(hparams["prior_values"])
+  )
   return {"prior": prior, "beta": hparams["beta"], "kl": hparams["kl"]}
 
 
@@ -115,31 +118,52 @@ class LossSpec:
   def check_max_pauses(self, max_pauses: int) -> None:
     """Raises ``ValueError`` if the loss cannot train a model with K = ``max_pauses``."""
     if self.max_pauses is not None and max_pauses > self.max_pauses:
-      raise ValueError(f"loss.name={self.name!r} trains no pauses: set model.max_pauses="
-                       f"{self.max_pauses} (got max_pauses={max_pauses}).")
+      raise ValueError(
+        f"loss.name={self.name!r} trains no pauses: set model.max_pauses="
+        f"{self.max_pauses} (got max_pauses={max_pauses})."
+      )
 
 
 def _spec(**fields) -> LossSpec:
   return LossSpec(**dict(fields, hparams=types.MappingProxyType(fields.get("hparams", {}))))
 
 
-SPECS: Mapping[str, LossSpec] = types.MappingProxyType({s.name: s for s in (
-    _spec(name="ce", function=objectives.cross_entropy_loss, fixed_step=0, max_pauses=0),
-    _spec(name="pause_ce", function=objectives.pause_cross_entropy_loss, fixed_step=-1),
-    _spec(name="cyb_ap", function=objectives.cyb_ap_loss, hparams={"gamma": 0.9, "omega": 0.0},
-          check=_check_ap, bind=_bind_ap),
-    _spec(name="cyb_va", function=objectives.cyb_va_loss,
-          hparams={"prior": "geometric", "prior_continuation": 0.5, "prior_values": (),
-                   "beta": 1.0, "kl": "token"},
-          check=_check_va, bind=_bind_va),
-    _spec(name="cyb_dp", function=objectives.cyb_dp_loss,
-          hparams={"budget": 1.0, "multiplier_init": 0.0, "multiplier_rate": 0.01},
-          dual_ascent=True, check=_check_dp, bind=_bind_dp),
-)})
+SPECS: Mapping[str, LossSpec] = types.MappingProxyType(
+  {
+    s.name: s
+    for s in (
+      _spec(name="ce", function=objectives.cross_entropy_loss, fixed_step=0, max_pauses=0),
+      _spec(name="pause_ce", function=objectives.pause_cross_entropy_loss, fixed_step=-1),
+      _spec(
+        name="cyb_ap",
+        function=objectives.cyb_ap_loss,
+        hparams={"gamma": 0.9, "omega": 0.0},
+        check=_check_ap,
+        bind=_bind_ap,
+      ),
+      _spec(
+        name="cyb_va",
+        function=objectives.cyb_va_loss,
+        hparams={"prior": "geometric", "prior_continuation": 0.5, "prior_values": (), "beta": 1.0, "kl": "token"},
+        check=_check_va,
+        bind=_bind_va,
+      ),
+      _spec(
+        name="cyb_dp",
+        function=objectives.cyb_dp_loss,
+        hparams={"budget": 1.0, "multiplier_init": 0.0, "multiplier_rate": 0.01},
+        dual_ascent=True,
+        check=_check_dp,
+        bind=_bind_dp,
+      ),
+    )
+  }
+)
 """Every loss by its config name, in the order the project lists them."""
 
 LOSSES: Mapping[str, Callable[..., tuple[Array, Metrics]]] = types.MappingProxyType(
-    {name: spec.function for name, spec in SPECS.items()})
+  {name: spec.function for name, spec in SPECS.items()}
+)
 """Loss functions by their config name (``loss.name``)."""
 
 
@@ -150,10 +174,12 @@ def get_spec(name: str) -> LossSpec:
   return SPECS[name]
 
 
-WARMUP_LOSSES: Mapping[str, Callable[..., tuple[Array, Metrics]]] = types.MappingProxyType({
+WARMUP_LOSSES: Mapping[str, Callable[..., tuple[Array, Metrics]]] = types.MappingProxyType(
+  {
     "all_steps": objectives.all_steps_loss,
     "pause_ce": objectives.pause_cross_entropy_loss,
-})
+  }
+)
 """What the pause warm-up trains, by name (``loss.pause_warmup_loss``)."""
 
 
@@ -200,12 +226,14 @@ class Loss:
     if not self.pause_warmup_steps:
       return None
     if step is None:
-      raise ValueError(f"this {self.name!r} loss has pause_warmup_steps="
-                       f"{self.pause_warmup_steps}: pass the optimiser step (step=...).")
+      raise ValueError(
+        f"this {self.name!r} loss has pause_warmup_steps={self.pause_warmup_steps}: pass the optimiser step (step=...)."
+      )
     return jnp.asarray(step) < self.pause_warmup_steps
 
-  def value_and_metrics(self, stats: StepLogProbs, weights: ArrayLike, loss_state: ArrayLike,
-                        step: ArrayLike | None = None) -> tuple[Array, Metrics]:
+  def value_and_metrics(
+    self, stats: StepLogProbs, weights: ArrayLike, loss_state: ArrayLike, step: ArrayLike | None = None
+  ) -> tuple[Array, Metrics]:
     """``(loss, metrics)`` at optimiser step ``step``, without the state update.
 
     The metrics are the configured loss's (plus ``pause_warmup``, 1 during the warm-up, when
@@ -221,29 +249,26 @@ class Loss:
     warm_value, _ = WARMUP_LOSSES[self.pause_warmup_loss](stats, weights)
     return jnp.where(in_warmup, warm_value, value), dict(metrics, pause_warmup=in_warmup.astype(F32))
 
-  def update_state(self, loss_state: ArrayLike, metrics: Metrics,
-                   step: ArrayLike | None = None) -> Array:
+  def update_state(self, loss_state: ArrayLike, metrics: Metrics, step: ArrayLike | None = None) -> Array:
     """The next loss state from a step's (full-batch) metrics: dual ascent (not during the
     pause warm-up, whose loss has no budget), or unchanged."""
     loss_state = jnp.asarray(loss_state, F32)
     if not self.spec.dual_ascent:
       return loss_state
-    updated = objectives.update_multiplier(loss_state, metrics["pause_excess"],
-                                           rate=self.hparams["multiplier_rate"])
+    updated = objectives.update_multiplier(loss_state, metrics["pause_excess"], rate=self.hparams["multiplier_rate"])
     in_warmup = self._in_warmup(step)
     return updated if in_warmup is None else jnp.where(in_warmup, loss_state, updated)
 
-  def __call__(self, stats: StepLogProbs, weights: ArrayLike,
-               loss_state: ArrayLike | None = None,
-               step: ArrayLike | None = None) -> tuple[Array, Metrics, Array]:
+  def __call__(
+    self, stats: StepLogProbs, weights: ArrayLike, loss_state: ArrayLike | None = None, step: ArrayLike | None = None
+  ) -> tuple[Array, Metrics, Array]:
     if loss_state is None:
       loss_state = self.init_state()
     value, metrics = self.value_and_metrics(stats, weights, loss_state, step)
     return value, metrics, self.update_state(loss_state, metrics, step)
 
 
-def make_loss(name: str, *, pause_warmup_steps: int = 0, pause_warmup_loss: str = "all_steps",
-              **hparams: Any) -> Loss:
+def make_loss(name: str, *, pause_warmup_steps: int = 0, pause_warmup_loss: str = "all_steps", **hparams: Any) -> Loss:
   """The loss ``name`` with ``hparams`` bound (the rest at :attr:`LossSpec.hparams` defaults).
 
   Args:
@@ -257,23 +282,18 @@ def make_loss(name: str, *, pause_warmup_steps: int = 0, pause_warmup_loss: str 
       (the loss's own message).
   """
   spec = get_spec(name)
-  if (isinstance(pause_warmup_steps, bool) or not isinstance(pause_warmup_steps, int)
-      or pause_warmup_steps < 0):
+  if isinstance(pause_warmup_steps, bool) or not isinstance(pause_warmup_steps, int) or pause_warmup_steps < 0:
     raise ValueError(f"pause_warmup_steps={pause_warmup_steps!r} must be an int >= 0.")
   if pause_warmup_loss not in WARMUP_LOSSES:
-    raise ValueError(f"pause_warmup_loss={pause_warmup_loss!r} is unknown; allowed: "
-                     f"{sorted(WARMUP_LOSSES)}.")
+    raise ValueError(f"pause_warmup_loss={pause_warmup_loss!r} is unknown; allowed: {sorted(WARMUP_LOSSES)}.")
   if pause_warmup_steps and spec.max_pauses == 0:
-    raise ValueError(f"loss {name!r} trains no pauses: pause_warmup_steps must be 0, got "
-                     f"{pause_warmup_steps}.")
+    raise ValueError(f"loss {name!r} trains no pauses: pause_warmup_steps must be 0, got {pause_warmup_steps}.")
   unknown = sorted(set(hparams) - set(spec.hparams))
   if unknown:
-    raise ValueError(f"loss {name!r} takes no hyper-parameter {unknown}; it takes "
-                     f"{sorted(spec.hparams) or 'none'}.")
+    raise ValueError(f"loss {name!r} takes no hyper-parameter {unknown}; it takes {sorted(spec.hparams) or 'none'}.")
   bound = types.MappingProxyType({**spec.hparams, **hparams})
   spec.check(bound)
-  return Loss(spec=spec, hparams=bound, pause_warmup_steps=pause_warmup_steps,
-              pause_warmup_loss=pause_warmup_loss)
+  return Loss(spec=spec, hparams=bound, pause_warmup_steps=pause_warmup_steps, pause_warmup_loss=pause_warmup_loss)
 
 
 def make_loss_from_config(loss_config: Mapping[str, Any]) -> Loss:
@@ -284,7 +304,5 @@ def make_loss_from_config(loss_config: Mapping[str, Any]) -> Loss:
   ``pause_warmup_loss``; fields other losses take are ignored.
   """
   spec = get_spec(loss_config["name"])
-  warmup = {k: loss_config[k] for k in ("pause_warmup_steps", "pause_warmup_loss")
-            if k in loss_config}
-  return make_loss(spec.name, **warmup,
-                   **{k: loss_config[k] for k in spec.hparams if k in loss_config})
+  warmup = {k: loss_config[k] for k in ("pause_warmup_steps", "pause_warmup_loss") if k in loss_config}
+  return make_loss(spec.name, **warmup, **{k: loss_config[k] for k in spec.hparams if k in loss_config})

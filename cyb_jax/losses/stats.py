@@ -15,7 +15,10 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
-from cyb_jax.losses._common import NEG_INF, Array, ArrayLike, compute_dtype
+from cyb_jax.losses._common import NEG_INF
+from cyb_jax.losses._common import Array
+from cyb_jax.losses._common import ArrayLike
+from cyb_jax.losses._common import compute_dtype
 
 
 class StepLogProbs(NamedTuple):
@@ -40,26 +43,26 @@ class StepLogProbs(NamedTuple):
     return self.log_dk.shape[-1]
 
 
-
 def _check_logits(logits: Array, targets: Array) -> None:
   if logits.ndim < 2:
-    raise ValueError(
-        f"logits must have shape [..., K+1, V+1] (at least 2 axes), got {logits.shape}.")
+    raise ValueError(f"logits must have shape [..., K+1, V+1] (at least 2 axes), got {logits.shape}.")
   if logits.shape[-1] < 2:
     raise ValueError(
-        f"the last axis of logits is V+1 (vocabulary plus <don't know>) and must be >= 2,"
-        f" got {logits.shape[-1]} (logits shape {logits.shape}).")
+      f"the last axis of logits is V+1 (vocabulary plus <don't know>) and must be >= 2,"
+      f" got {logits.shape[-1]} (logits shape {logits.shape})."
+    )
   if tuple(targets.shape) != tuple(logits.shape[:-2]):
     raise ValueError(
-        f"targets shape {targets.shape} must equal logits.shape[:-2] = "
-        f"{logits.shape[:-2]} (logits shape {logits.shape} is [..., K+1, V+1]).")
+      f"targets shape {targets.shape} must equal logits.shape[:-2] = "
+      f"{logits.shape[:-2]} (logits shape {logits.shape} is [..., K+1, V+1])."
+    )
   if not jnp.issubdtype(targets.dtype, jnp.integer):
     raise ValueError(f"targets must be integer token ids, got dtype {targets.dtype}.")
 
 
-
-def _assemble(lse_voc_MS: Array, dk_MS: Array, target_logit_MS: Array,
-              pred_MS: Array, targets_M: Array, vocab_size: int) -> StepLogProbs:
+def _assemble(
+  lse_voc_MS: Array, dk_MS: Array, target_logit_MS: Array, pred_MS: Array, targets_M: Array, vocab_size: int
+) -> StepLogProbs:
   """Builds StepLogProbs from per-step reductions over the vocabulary.
 
   Args:
@@ -112,8 +115,7 @@ def step_log_probs(logits: ArrayLike, targets: ArrayLike) -> StepLogProbs:
   return step_log_probs_from_parts(logits[..., :vocab_size], logits[..., vocab_size], targets)
 
 
-def step_log_probs_from_parts(vocab_logits: ArrayLike, dk_logits: ArrayLike,
-                              targets: ArrayLike) -> StepLogProbs:
+def step_log_probs_from_parts(vocab_logits: ArrayLike, dk_logits: ArrayLike, targets: ArrayLike) -> StepLogProbs:
   """:func:`step_log_probs` of ``concat(vocab_logits, dk_logits[..., None])``, without the concat.
 
   Args:
@@ -127,8 +129,9 @@ def step_log_probs_from_parts(vocab_logits: ArrayLike, dk_logits: ArrayLike,
   if vocab_logits.ndim < 2 or vocab_logits.shape[-1] < 1:
     raise ValueError(f"vocab_logits must be [..., K+1, V] with V >= 1, got {vocab_logits.shape}.")
   if tuple(dk_logits.shape) != tuple(vocab_logits.shape[:-1]):
-    raise ValueError(f"dk_logits shape {dk_logits.shape} must equal vocab_logits.shape[:-1] = "
-                     f"{vocab_logits.shape[:-1]}.")
+    raise ValueError(
+      f"dk_logits shape {dk_logits.shape} must equal vocab_logits.shape[:-1] = {vocab_logits.shape[:-1]}."
+    )
   joined_shape = vocab_logits.shape[:-1] + (vocab_logits.shape[-1] + 1,)
   _check_logits(jax.ShapeDtypeStruct(joined_shape, vocab_logits.dtype), targets)
   vocab_size = vocab_logits.shape[-1]
@@ -137,8 +140,8 @@ def step_log_probs_from_parts(vocab_logits: ArrayLike, dk_logits: ArrayLike,
   lse_voc = jax.nn.logsumexp(z_SxV, axis=-1)
   safe_targets = jnp.clip(targets, 0, vocab_size - 1)
   target_logit = jnp.take_along_axis(
-      z_SxV, jnp.broadcast_to(safe_targets[..., None, None], z_SxV.shape[:-1] + (1,)),
-      axis=-1)[..., 0]
+    z_SxV, jnp.broadcast_to(safe_targets[..., None, None], z_SxV.shape[:-1] + (1,)), axis=-1
+  )[..., 0]
   pred = jnp.argmax(z_SxV, axis=-1)
   return _assemble(lse_voc, dk_logits.astype(dtype), target_logit, pred, targets, vocab_size)
 
@@ -153,16 +156,24 @@ def checked_step_log_probs(logits: ArrayLike, targets: ArrayLike) -> StepLogProb
   targets = jnp.asarray(targets)
   vocab_size = logits.shape[-1] - 1
   checkify.check(
-      jnp.all((targets >= 0) & (targets < vocab_size)),
-      f"target ids must lie in [0, V={vocab_size}); got min {{lo}} and max {{hi}}",
-      lo=jnp.min(targets), hi=jnp.max(targets))
+    jnp.all((targets >= 0) & (targets < vocab_size)),
+    f"target ids must lie in [0, V={vocab_size}); got min {{lo}} and max {{hi}}",
+    lo=jnp.min(targets),
+    hi=jnp.max(targets),
+  )
   return step_log_probs(logits, targets)
 
 
-def chunked_step_log_probs(hidden: ArrayLike, output_kernel: ArrayLike,
-                           dk_kernel: ArrayLike, targets: ArrayLike, *,
-                           vocab_chunk: int, dk_bias: ArrayLike = 0.0,
-                           logit_softcap: float | None = None) -> StepLogProbs:
+def chunked_step_log_probs(
+  hidden: ArrayLike,
+  output_kernel: ArrayLike,
+  dk_kernel: ArrayLike,
+  targets: ArrayLike,
+  *,
+  vocab_chunk: int,
+  dk_bias: ArrayLike = 0.0,
+  logit_softcap: float | None = None,
+) -> StepLogProbs:
   """Per-step statistics from hidden states, never materialising the logits.
 
   Computes exactly :func:`step_log_probs` of ``logits = concat(hidden @ output_kernel,
@@ -197,8 +208,10 @@ def chunked_step_log_probs(hidden: ArrayLike, output_kernel: ArrayLike,
   if dk_kernel.shape not in ((d_model,), (d_model, 1)):
     raise ValueError(f"dk_kernel must be [D={d_model}] or [D, 1], got {dk_kernel.shape}.")
   if tuple(targets.shape) != tuple(hidden.shape[:-2]):
-    raise ValueError(f"targets shape {targets.shape} must equal hidden.shape[:-2] = "
-                     f"{hidden.shape[:-2]} (hidden shape {hidden.shape} is [..., K+1, D]).")
+    raise ValueError(
+      f"targets shape {targets.shape} must equal hidden.shape[:-2] = "
+      f"{hidden.shape[:-2]} (hidden shape {hidden.shape} is [..., K+1, D])."
+    )
   if not isinstance(vocab_chunk, int) or vocab_chunk < 1:
     raise ValueError(f"vocab_chunk={vocab_chunk!r} must be a positive int.")
   if logit_softcap is not None and not logit_softcap > 0:
@@ -211,8 +224,9 @@ def chunked_step_log_probs(hidden: ArrayLike, output_kernel: ArrayLike,
   h_MxD = hidden.reshape(-1, d_model)
   targets_MS = jnp.broadcast_to(targets[..., None], batch_shape + (num_steps,)).reshape(-1)
   acc = compute_dtype(jnp.result_type(hidden, output_kernel))
-  dk_M = (jnp.einsum("md,d->m", h_MxD, dk_kernel.reshape(d_model),
-                     preferred_element_type=acc) + jnp.asarray(dk_bias, acc))
+  dk_M = jnp.einsum("md,d->m", h_MxD, dk_kernel.reshape(d_model), preferred_element_type=acc) + jnp.asarray(
+    dk_bias, acc
+  )
 
   chunk = min(vocab_chunk, vocab_size)
   num_chunks = -(-vocab_size // chunk)
@@ -240,11 +254,15 @@ def chunked_step_log_probs(hidden: ArrayLike, output_kernel: ArrayLike,
     return (lse_M, tgt_M, best_M, arg_M), None
 
   num_rows = h_MxD.shape[0]
-  init = (jnp.full((num_rows,), NEG_INF, acc), jnp.zeros((num_rows,), acc),
-          jnp.full((num_rows,), NEG_INF, acc), jnp.zeros((num_rows,), jnp.int32))
+  init = (
+    jnp.full((num_rows,), NEG_INF, acc),
+    jnp.zeros((num_rows,), acc),
+    jnp.full((num_rows,), NEG_INF, acc),
+    jnp.zeros((num_rows,), jnp.int32),
+  )
   (lse_M, tgt_M, _, arg_M), _ = jax.lax.scan(body, init, (w_CxDxc, offsets_C))
 
   shape_S = batch_shape + (num_steps,)
-  return _assemble(lse_M.reshape(shape_S), dk_M.reshape(shape_S), tgt_M.reshape(shape_S),
-                   arg_M.reshape(shape_S), targets, vocab_size)
-
+  return _assemble(
+    lse_M.reshape(shape_S), dk_M.reshape(shape_S), tgt_M.reshape(shape_S), arg_M.reshape(shape_S), targets, vocab_size
+  )

@@ -18,11 +18,18 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from cyb_jax.model_config import ModelConfig
-from cyb_jax.pretrained import hf_config, hf_weights, loader
+from cyb_jax.pretrained import hf_config
+from cyb_jax.pretrained import hf_weights
+from cyb_jax.pretrained import loader
 
 # Files copied by `save(..., copy_files_from=...)`: tokenizer and generation settings.
-COMPANION_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-                   "special_tokens_map.json", "generation_config.json")
+COMPANION_FILES = (
+  "tokenizer.json",
+  "tokenizer.model",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "generation_config.json",
+)
 
 
 def _host_array(leaf) -> np.ndarray:
@@ -31,9 +38,14 @@ def _host_array(leaf) -> np.ndarray:
   return np.asarray(jax.device_get(leaf))
 
 
-def save(path: epath.PathLike, cfg: ModelConfig, params, *,
-         copy_files_from: epath.PathLike | None = None,
-         companion_files: Sequence[str] = COMPANION_FILES) -> None:
+def save(
+  path: epath.PathLike,
+  cfg: ModelConfig,
+  params,
+  *,
+  copy_files_from: epath.PathLike | None = None,
+  companion_files: Sequence[str] = COMPANION_FILES,
+) -> None:
   """Writes config.json and model.safetensors (one file) of `(cfg, params)` to `path`.
 
   Leaves keep their dtype. On several processes every process gathers the parameters and
@@ -59,8 +71,7 @@ def save(path: epath.PathLike, cfg: ModelConfig, params, *,
   folder = epath.Path(path)
   folder.mkdir(parents=True, exist_ok=True)
   (folder / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True))
-  (folder / hf_weights.SINGLE_FILENAME).write_bytes(
-      safetensors.numpy.save(tensors, metadata={"format": "pt"}))
+  (folder / hf_weights.SINGLE_FILENAME).write_bytes(safetensors.numpy.save(tensors, metadata={"format": "pt"}))
   if copy_files_from is not None:
     source = epath.Path(copy_files_from)
     for name in companion_files:

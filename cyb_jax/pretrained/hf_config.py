@@ -28,8 +28,9 @@ def is_gemma(hf: dict[str, Any]) -> bool:
   return hf.get("model_type") == "gemma3_text"
 
 
-def model_config_from_hf(hf: dict[str, Any], *, max_pauses: int, pause_layout: str = "private",
-                         **fields: Any) -> ModelConfig:
+def model_config_from_hf(
+  hf: dict[str, Any], *, max_pauses: int, pause_layout: str = "private", **fields: Any
+) -> ModelConfig:
   """The `ModelConfig` of a Hugging Face config dict, with `max_pauses` pauses.
 
   `fields` sets further ModelConfig fields that do not describe the base model (`dtype`,
@@ -40,27 +41,28 @@ def model_config_from_hf(hf: dict[str, Any], *, max_pauses: int, pause_layout: s
   """
   model_type = hf.get("model_type")
   if model_type == "gemma3":
-    raise ValueError("model_type='gemma3' is the multimodal Gemma 3; only its text model is "
-                     f"supported: model_type must be one of {SUPPORTED_MODEL_TYPES}")
+    raise ValueError(
+      "model_type='gemma3' is the multimodal Gemma 3; only its text model is "
+      f"supported: model_type must be one of {SUPPORTED_MODEL_TYPES}"
+    )
   if model_type not in SUPPORTED_MODEL_TYPES:
-    raise ValueError(f"model_type={model_type!r} is not supported; supported: "
-                     f"{SUPPORTED_MODEL_TYPES}")
+    raise ValueError(f"model_type={model_type!r} is not supported; supported: {SUPPORTED_MODEL_TYPES}")
   gemma = is_gemma(hf)
   d_model, num_heads = _get(hf, "hidden_size"), _get(hf, "num_attention_heads")
   head_dim = hf.get("head_dim") or d_model // num_heads
   num_kv_heads = hf.get("num_key_value_heads") or num_heads
   num_layers = _get(hf, "num_hidden_layers")
   arch = dict(
-      vocab_size=_get(hf, "vocab_size"),
-      num_layers=num_layers,
-      d_model=d_model,
-      num_heads=num_heads,
-      # None where the default gives the same value, so configs compare equal to the defaults.
-      num_kv_heads=None if num_kv_heads == num_heads else num_kv_heads,
-      head_dim=None if d_model % num_heads == 0 and head_dim == d_model // num_heads else head_dim,
-      mlp_dim=_get(hf, "intermediate_size"),
-      rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-      tie_embeddings=bool(hf.get("tie_word_embeddings", gemma)),
+    vocab_size=_get(hf, "vocab_size"),
+    num_layers=num_layers,
+    d_model=d_model,
+    num_heads=num_heads,
+    # None where the default gives the same value, so configs compare equal to the defaults.
+    num_kv_heads=None if num_kv_heads == num_heads else num_kv_heads,
+    head_dim=None if d_model % num_heads == 0 and head_dim == d_model // num_heads else head_dim,
+    mlp_dim=_get(hf, "intermediate_size"),
+    rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+    tie_embeddings=bool(hf.get("tie_word_embeddings", gemma)),
   )
   _refuse_if(hf, "mlp_bias", lambda v: bool(v))
   _refuse_if(hf, "partial_rotary_factor", lambda v: v not in (None, 1, 1.0))
@@ -68,24 +70,30 @@ def model_config_from_hf(hf: dict[str, Any], *, max_pauses: int, pause_layout: s
   if gemma:
     activation = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
     if activation not in _GEMMA_ACTIVATIONS:
-      raise ValueError(f"hidden_activation={activation!r} is not supported for gemma3_text; "
-                       f"allowed: {_GEMMA_ACTIVATIONS}")
+      raise ValueError(
+        f"hidden_activation={activation!r} is not supported for gemma3_text; allowed: {_GEMMA_ACTIVATIONS}"
+      )
     _refuse_if(hf, "use_bidirectional_attention", lambda v: bool(v))
     _refuse_if(hf, "attention_bias", lambda v: bool(v))
     if hf.get("attn_logit_softcapping") is not None:  # Gemma 2 applies it, Gemma 3 code does not
-      raise ValueError(f"attn_logit_softcapping={hf['attn_logit_softcapping']!r} is not supported "
-                       "for gemma3_text: transformers' Gemma 3 attention ignores it, so the "
-                       "checkpoint's function is ambiguous; set it to null")
+      raise ValueError(
+        f"attn_logit_softcapping={hf['attn_logit_softcapping']!r} is not supported "
+        "for gemma3_text: transformers' Gemma 3 attention ignores it, so the "
+        "checkpoint's function is ambiguous; set it to null"
+      )
     arch.update(
-        norm_plus_one=True, mlp_activation="gelu_tanh", scale_embeddings=True, qk_norm=True,
-        post_norms=True, query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)),
-        final_logit_softcap=_optional_float(hf.get("final_logit_softcapping")),
+      norm_plus_one=True,
+      mlp_activation="gelu_tanh",
+      scale_embeddings=True,
+      qk_norm=True,
+      post_norms=True,
+      query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)),
+      final_logit_softcap=_optional_float(hf.get("final_logit_softcapping")),
     )
   else:
     activation = hf.get("hidden_act", "silu")
     if activation != "silu":
-      raise ValueError(f"hidden_act={activation!r} is not supported for {model_type}; "
-                       "allowed: 'silu'")
+      raise ValueError(f"hidden_act={activation!r} is not supported for {model_type}; allowed: 'silu'")
     for key in ("final_logit_softcapping", "attn_logit_softcapping"):
       _refuse_if(hf, key, lambda v: v is not None)
     bias = bool(hf.get("attention_bias", False))
@@ -113,7 +121,7 @@ def _refuse_if(hf: dict[str, Any], key: str, bad) -> None:
 
 
 def _layer_types(hf: dict[str, Any], num_layers: int) -> tuple[str, ...]:
-  """"full"/"sliding" per layer, from `layer_types` or the model family's rule."""
+  """ "full"/"sliding" per layer, from `layer_types` or the model family's rule."""
   model_type = hf["model_type"]
   if hf.get("layer_types") is not None:
     names = list(hf["layer_types"])
@@ -121,8 +129,7 @@ def _layer_types(hf: dict[str, Any], num_layers: int) -> tuple[str, ...]:
       raise ValueError(f"layer_types has {len(names)} entries, num_hidden_layers={num_layers}")
     for name in names:
       if name not in _HF_LAYER_TYPES:
-        raise ValueError(f"layer_types entry {name!r} is not supported; allowed: "
-                         f"{tuple(_HF_LAYER_TYPES)}")
+        raise ValueError(f"layer_types entry {name!r} is not supported; allowed: {tuple(_HF_LAYER_TYPES)}")
     types = tuple(_HF_LAYER_TYPES[name] for name in names)
   elif model_type == "gemma3_text":
     pattern = int(hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", 6)))
@@ -154,13 +161,13 @@ def _rope_fields(hf: dict[str, Any], layer_types: tuple[str, ...]) -> dict[str, 
   else:
     full = dict(hf.get("rope_scaling") or {"rope_type": "default"})
     full["rope_theta"] = hf.get("rope_theta", 1_000_000.0 if gemma else 10_000.0)
-    local = ({"rope_type": "default", "rope_theta": hf.get("rope_local_base_freq", 10_000.0)}
-             if gemma else None)
+    local = {"rope_type": "default", "rope_theta": hf.get("rope_local_base_freq", 10_000.0)} if gemma else None
   out = dict(rope_base=float(full["rope_theta"]), **_scaling_fields(full, "full_attention"))
   if local is not None and "sliding" in layer_types:
     if _rope_type(local) != "default":
-      raise ValueError(f"rope type {_rope_type(local)!r} of sliding_attention layers is not "
-                       "supported; allowed: 'default'")
+      raise ValueError(
+        f"rope type {_rope_type(local)!r} of sliding_attention layers is not supported; allowed: 'default'"
+      )
     out["rope_local_base"] = float(local["rope_theta"])
   return out
 
@@ -178,12 +185,14 @@ def _scaling_fields(params: dict[str, Any], where: str) -> dict[str, Any]:
   if kind == "linear":
     return dict(rope_scaling="linear", rope_scaling_factor=float(params["factor"]))
   if kind == "llama3":
-    return dict(rope_scaling="llama3", rope_scaling_factor=float(params["factor"]),
-                rope_low_freq_factor=float(params["low_freq_factor"]),
-                rope_high_freq_factor=float(params["high_freq_factor"]),
-                rope_original_max_positions=int(params["original_max_position_embeddings"]))
-  raise ValueError(f"rope_scaling type {kind!r} ({where}) is not supported; allowed: "
-                   "'default', 'linear', 'llama3'")
+    return dict(
+      rope_scaling="llama3",
+      rope_scaling_factor=float(params["factor"]),
+      rope_low_freq_factor=float(params["low_freq_factor"]),
+      rope_high_freq_factor=float(params["high_freq_factor"]),
+      rope_original_max_positions=int(params["original_max_position_embeddings"]),
+    )
+  raise ValueError(f"rope_scaling type {kind!r} ({where}) is not supported; allowed: 'default', 'linear', 'llama3'")
 
 
 def hf_config_from_model_config(cfg: ModelConfig) -> dict[str, Any]:
@@ -195,30 +204,46 @@ def hf_config_from_model_config(cfg: ModelConfig) -> dict[str, Any]:
   Raises:
     ValueError: a combination of fields that no supported family has.
   """
-  gemma_flags = (cfg.norm_plus_one, cfg.mlp_activation == "gelu_tanh", cfg.scale_embeddings,
-                 cfg.qk_norm, cfg.post_norms)
+  gemma_flags = (
+    cfg.norm_plus_one,
+    cfg.mlp_activation == "gelu_tanh",
+    cfg.scale_embeddings,
+    cfg.qk_norm,
+    cfg.post_norms,
+  )
   if any(gemma_flags) and not all(gemma_flags):
-    raise ValueError("norm_plus_one, mlp_activation='gelu_tanh', scale_embeddings, qk_norm and "
-                     "post_norms are Gemma 3's and must be set together to export, got "
-                     f"{gemma_flags}")
+    raise ValueError(
+      "norm_plus_one, mlp_activation='gelu_tanh', scale_embeddings, qk_norm and "
+      "post_norms are Gemma 3's and must be set together to export, got "
+      f"{gemma_flags}"
+    )
   gemma = all(gemma_flags)
   if cfg.attn_logit_softcap is not None:
-    raise ValueError(f"attn_logit_softcap={cfg.attn_logit_softcap!r} has no gemma3_text, Llama or "
-                     "Qwen2 equivalent to export")
+    raise ValueError(
+      f"attn_logit_softcap={cfg.attn_logit_softcap!r} has no gemma3_text, Llama or Qwen2 equivalent to export"
+    )
   hf: dict[str, Any] = dict(
-      vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
-      num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-      num_key_value_heads=cfg.resolved_num_kv_heads, head_dim=cfg.resolved_head_dim,
-      rms_norm_eps=cfg.rms_norm_eps, tie_word_embeddings=cfg.tie_embeddings,
-      torch_dtype=cfg.param_dtype, dtype=cfg.param_dtype,
+    vocab_size=cfg.vocab_size,
+    hidden_size=cfg.d_model,
+    intermediate_size=cfg.mlp_dim,
+    num_hidden_layers=cfg.num_layers,
+    num_attention_heads=cfg.num_heads,
+    num_key_value_heads=cfg.resolved_num_kv_heads,
+    head_dim=cfg.resolved_head_dim,
+    rms_norm_eps=cfg.rms_norm_eps,
+    tie_word_embeddings=cfg.tie_embeddings,
+    torch_dtype=cfg.param_dtype,
+    dtype=cfg.param_dtype,
   )
   full = {"rope_type": cfg.rope_scaling or "default", "rope_theta": cfg.rope_base}
   if cfg.rope_scaling is not None:
     full["factor"] = cfg.rope_scaling_factor
   if cfg.rope_scaling == "llama3":
-    full.update(low_freq_factor=cfg.rope_low_freq_factor,
-                high_freq_factor=cfg.rope_high_freq_factor,
-                original_max_position_embeddings=cfg.rope_original_max_positions)
+    full.update(
+      low_freq_factor=cfg.rope_low_freq_factor,
+      high_freq_factor=cfg.rope_high_freq_factor,
+      original_max_position_embeddings=cfg.rope_original_max_positions,
+    )
   hf_types = {v: k for k, v in _HF_LAYER_TYPES.items()}
   layer_types = [hf_types[t] for t in cfg.resolved_layer_types]
   if gemma:
@@ -226,14 +251,20 @@ def hf_config_from_model_config(cfg: ModelConfig) -> dict[str, Any]:
     if cfg.rope_local_base is None and cfg.rope_scaling is not None and cfg.sliding_window:
       raise ValueError("gemma3_text sliding layers rotate unscaled: set rope_local_base")
     hf.update(
-        model_type="gemma3_text", architectures=["Gemma3ForCausalLM"],
-        hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=_int_if_integral(
-            cfg.resolved_head_dim if cfg.query_pre_attn_scalar is None
-            else cfg.query_pre_attn_scalar),
-        final_logit_softcapping=cfg.final_logit_softcap, layer_types=layer_types,
-        sliding_window=cfg.sliding_window or 4096, attention_bias=False,
-        rope_parameters={"full_attention": full,
-                         "sliding_attention": {"rope_type": "default", "rope_theta": local_theta}},
+      model_type="gemma3_text",
+      architectures=["Gemma3ForCausalLM"],
+      hidden_activation="gelu_pytorch_tanh",
+      query_pre_attn_scalar=_int_if_integral(
+        cfg.resolved_head_dim if cfg.query_pre_attn_scalar is None else cfg.query_pre_attn_scalar
+      ),
+      final_logit_softcapping=cfg.final_logit_softcap,
+      layer_types=layer_types,
+      sliding_window=cfg.sliding_window or 4096,
+      attention_bias=False,
+      rope_parameters={
+        "full_attention": full,
+        "sliding_attention": {"rope_type": "default", "rope_theta": local_theta},
+      },
     )
   else:
     for name in ("query_pre_attn_scalar", "final_logit_softcap"):
@@ -244,13 +275,17 @@ def hf_config_from_model_config(cfg: ModelConfig) -> dict[str, Any]:
     qwen = cfg.qkv_bias and not cfg.out_bias
     if cfg.out_bias and not cfg.qkv_bias:
       raise ValueError("out_bias without qkv_bias has no Llama/Qwen2 equivalent to export")
-    hf.update(model_type="qwen2" if qwen else "llama",
-              architectures=["Qwen2ForCausalLM" if qwen else "LlamaForCausalLM"],
-              hidden_act="silu", rope_parameters=full)
+    hf.update(
+      model_type="qwen2" if qwen else "llama",
+      architectures=["Qwen2ForCausalLM" if qwen else "LlamaForCausalLM"],
+      hidden_act="silu",
+      rope_parameters=full,
+    )
     if not qwen:
       hf.update(attention_bias=cfg.qkv_bias, mlp_bias=False)
-  hf[CYB_KEY] = dict(max_pauses=cfg.max_pauses, pause_layout=cfg.pause_layout,
-                     shared_pause_embed=cfg.shared_pause_embed)
+  hf[CYB_KEY] = dict(
+    max_pauses=cfg.max_pauses, pause_layout=cfg.pause_layout, shared_pause_embed=cfg.shared_pause_embed
+  )
   return hf
 
 

@@ -53,14 +53,14 @@ def _layer_sources(cfg: ModelConfig, hf_gemma: bool, i: int) -> dict[tuple[str, 
   h, g, e = cfg.num_heads, cfg.resolved_num_kv_heads, cfg.resolved_head_dim
   p = f"model.layers.{i}."
   out = {
-      ("attention_norm", "scale"): Source(p + "input_layernorm.weight", "copy", (d,)),
-      ("attention", "q_kernel"): Source(p + "self_attn.q_proj.weight", "in_proj", (d, h, e)),
-      ("attention", "k_kernel"): Source(p + "self_attn.k_proj.weight", "in_proj", (d, g, e)),
-      ("attention", "v_kernel"): Source(p + "self_attn.v_proj.weight", "in_proj", (d, g, e)),
-      ("attention", "out_kernel"): Source(p + "self_attn.o_proj.weight", "out_proj", (h, e, d)),
-      ("mlp", "gate_kernel"): Source(p + "mlp.gate_proj.weight", "transpose", (d, f)),
-      ("mlp", "up_kernel"): Source(p + "mlp.up_proj.weight", "transpose", (d, f)),
-      ("mlp", "down_kernel"): Source(p + "mlp.down_proj.weight", "transpose", (f, d)),
+    ("attention_norm", "scale"): Source(p + "input_layernorm.weight", "copy", (d,)),
+    ("attention", "q_kernel"): Source(p + "self_attn.q_proj.weight", "in_proj", (d, h, e)),
+    ("attention", "k_kernel"): Source(p + "self_attn.k_proj.weight", "in_proj", (d, g, e)),
+    ("attention", "v_kernel"): Source(p + "self_attn.v_proj.weight", "in_proj", (d, g, e)),
+    ("attention", "out_kernel"): Source(p + "self_attn.o_proj.weight", "out_proj", (h, e, d)),
+    ("mlp", "gate_kernel"): Source(p + "mlp.gate_proj.weight", "transpose", (d, f)),
+    ("mlp", "up_kernel"): Source(p + "mlp.up_proj.weight", "transpose", (d, f)),
+    ("mlp", "down_kernel"): Source(p + "mlp.down_proj.weight", "transpose", (f, d)),
   }
   if hf_gemma:
     out[("mlp_norm", "scale")] = Source(p + "pre_feedforward_layernorm.weight", "copy", (d,))
@@ -69,8 +69,7 @@ def _layer_sources(cfg: ModelConfig, hf_gemma: bool, i: int) -> dict[tuple[str, 
   if cfg.post_norms:
     if not hf_gemma:
       raise ValueError("post_norms exist only in the gemma3_text layout")
-    out[("post_attention_norm", "scale")] = Source(
-        p + "post_attention_layernorm.weight", "copy", (d,))
+    out[("post_attention_norm", "scale")] = Source(p + "post_attention_layernorm.weight", "copy", (d,))
     out[("post_mlp_norm", "scale")] = Source(p + "post_feedforward_layernorm.weight", "copy", (d,))
   if cfg.qkv_bias:
     out[("attention", "q_bias")] = Source(p + "self_attn.q_proj.bias", "bias", (h, e))
@@ -88,10 +87,10 @@ def tensor_map(cfg: ModelConfig, *, hf_gemma: bool) -> dict[tuple[str, ...], Seq
   """Leaf path of the parameter tree -> its sources (one, or L stacked for scanned layers)."""
   d = cfg.d_model
   out: dict[tuple[str, ...], Sequence[Source]] = {
-      ("token_embed",): [Source("model.embed_tokens.weight", "copy", (cfg.vocab_size, d))],
-      ("final_norm", "scale"): [Source("model.norm.weight", "copy", (d,))],
-      ("dk_head", "kernel"): [Source(CYB_PREFIX + "dk_head.kernel", "copy", (d,))],
-      ("dk_head", "bias"): [Source(CYB_PREFIX + "dk_head.bias", "scalar", ())],
+    ("token_embed",): [Source("model.embed_tokens.weight", "copy", (cfg.vocab_size, d))],
+    ("final_norm", "scale"): [Source("model.norm.weight", "copy", (d,))],
+    ("dk_head", "kernel"): [Source(CYB_PREFIX + "dk_head.kernel", "copy", (d,))],
+    ("dk_head", "bias"): [Source(CYB_PREFIX + "dk_head.bias", "scalar", ())],
   }
   if not cfg.tie_embeddings:
     out[("vocab_head", "kernel")] = [Source("lm_head.weight", "transpose", (d, cfg.vocab_size))]
@@ -228,9 +227,18 @@ class SafetensorsFolder:
     return self.file_of[name]
 
 
-_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-           "BOOL": np.bool_}
+_DTYPES = {
+  "F64": np.float64,
+  "F32": np.float32,
+  "F16": np.float16,
+  "BF16": ml_dtypes.bfloat16,
+  "I64": np.int64,
+  "I32": np.int32,
+  "I16": np.int16,
+  "I8": np.int8,
+  "U8": np.uint8,
+  "BOOL": np.bool_,
+}
 
 
 class RangedSafetensors:
@@ -257,12 +265,13 @@ class RangedSafetensors:
   def get_tensor(self, name: str) -> np.ndarray:
     return self.get_slice(name)[()]
 
-  def get_slice(self, name: str) -> "_RangedSlice":
+  def get_slice(self, name: str) -> _RangedSlice:
     entry = self._header[name]
     if entry["dtype"] not in _DTYPES:
       raise ValueError(f"tensor {name!r} has dtype {entry['dtype']!r}, not one of {list(_DTYPES)}")
-    return _RangedSlice(self, np.dtype(_DTYPES[entry["dtype"]]), tuple(entry["shape"]),
-                        self._data_start + entry["data_offsets"][0])
+    return _RangedSlice(
+      self, np.dtype(_DTYPES[entry["dtype"]]), tuple(entry["shape"]), self._data_start + entry["data_offsets"][0]
+    )
 
   def read_bytes(self, start: int, size: int) -> bytes:
     with self.path.open("rb") as f:

@@ -26,7 +26,8 @@ from etils import epath
 
 from cyb_jax import model as model_lib
 from cyb_jax.model_config import ModelConfig
-from cyb_jax.pretrained import hf_config, hf_weights
+from cyb_jax.pretrained import hf_config
+from cyb_jax.pretrained import hf_weights
 
 PAUSE_NOISE = 0.01
 # Checkpoint tensors that carry no parameters (rotary tables some older exports include).
@@ -48,9 +49,15 @@ def dk_bias_for(init_pause_prob: float, vocab_size: int) -> float:
   return math.log(init_pause_prob / (1.0 - init_pause_prob)) + math.log(vocab_size)
 
 
-def model_config(path: epath.PathLike, *, max_pauses: int | None = None,
-                 pause_layout: str | None = None, dtype: str = "float32",
-                 init_pause_prob: float = 0.5, **fields: Any) -> ModelConfig:
+def model_config(
+  path: epath.PathLike,
+  *,
+  max_pauses: int | None = None,
+  pause_layout: str | None = None,
+  dtype: str = "float32",
+  init_pause_prob: float = 0.5,
+  **fields: Any,
+) -> ModelConfig:
   """The ModelConfig of the folder's config.json with K pauses.
 
   `max_pauses` None takes the K an exported CYB model recorded (an error for a base model);
@@ -61,8 +68,9 @@ def model_config(path: epath.PathLike, *, max_pauses: int | None = None,
   saved = hf.get(hf_config.CYB_KEY) or {}
   if max_pauses is None:
     if "max_pauses" not in saved:
-      raise ValueError(f"{str(path)!r} is a base model (no {hf_config.CYB_KEY!r} entry in its "
-                       "config.json): pass max_pauses")
+      raise ValueError(
+        f"{str(path)!r} is a base model (no {hf_config.CYB_KEY!r} entry in its config.json): pass max_pauses"
+      )
     max_pauses = int(saved["max_pauses"])
   if pause_layout is None:
     pause_layout = saved.get("pause_layout", "private")
@@ -70,8 +78,7 @@ def model_config(path: epath.PathLike, *, max_pauses: int | None = None,
   fields.setdefault("param_dtype", dtype)
   vocab_size = int(hf.get("vocab_size") or 1)
   fields.setdefault("dk_bias_init", dk_bias_for(init_pause_prob, vocab_size))
-  return hf_config.model_config_from_hf(
-      hf, max_pauses=max_pauses, pause_layout=pause_layout, dtype=dtype, **fields)
+  return hf_config.model_config_from_hf(hf, max_pauses=max_pauses, pause_layout=pause_layout, dtype=dtype, **fields)
 
 
 def _flatten(tree) -> dict[tuple[str, ...], Any]:
@@ -115,8 +122,9 @@ def _padded_reader(read, shape: tuple[int, ...], axis: int, size: int):
   return read_padded
 
 
-def _leaf_reader(folder: hf_weights.SafetensorsFolder, sources, scanned: bool, dtype
-                 ) -> Callable[[tuple[slice, ...]], np.ndarray]:
+def _leaf_reader(
+  folder: hf_weights.SafetensorsFolder, sources, scanned: bool, dtype
+) -> Callable[[tuple[slice, ...]], np.ndarray]:
   """index over the leaf -> numpy block in `dtype`, reading only that block."""
 
   def read(index):
@@ -131,8 +139,14 @@ def _leaf_reader(folder: hf_weights.SafetensorsFolder, sources, scanned: bool, d
   return read
 
 
-def load_params(path: epath.PathLike, cfg: ModelConfig, *, shardings: Any = None,
-                dtype: str | None = None, rng: jax.Array | None = None) -> dict:
+def load_params(
+  path: epath.PathLike,
+  cfg: ModelConfig,
+  *,
+  shardings: Any = None,
+  dtype: str | None = None,
+  rng: jax.Array | None = None,
+) -> dict:
   """The parameter tree of `cfg` from the folder's safetensors, optionally sharded.
 
   Args:
@@ -166,8 +180,7 @@ def load_params(path: epath.PathLike, cfg: ModelConfig, *, shardings: Any = None
       continue
     for src in srcs:
       if src.name not in available:
-        raise ValueError(f"tensor {src.name!r} (for {'/'.join(key)}) is missing from "
-                         f"{str(path)!r}")
+        raise ValueError(f"tensor {src.name!r} (for {'/'.join(key)}) is missing from {str(path)!r}")
       want, got = hf_weights.checkpoint_shape(src), folder.shape(src.name)
       if want != got:
         raise ValueError(f"tensor {src.name!r} has shape {got}, the config needs {want}")
@@ -182,8 +195,10 @@ def load_params(path: epath.PathLike, cfg: ModelConfig, *, shardings: Any = None
   ignored = {"lm_head.weight"} if cfg.tie_embeddings else set()
   unused = sorted(n for n in available - used - ignored if not n.endswith(_IGNORED_SUFFIXES))
   if unused:
-    raise ValueError(f"{len(unused)} checkpoint tensors are not used by the config, e.g. "
-                     f"{unused[:5]}: the architecture is not supported as configured")
+    raise ValueError(
+      f"{len(unused)} checkpoint tensors are not used by the config, e.g. "
+      f"{unused[:5]}: the architecture is not supported as configured"
+    )
   out.update(_fresh_cyb_params(cfg, out[("token_embed",)], fresh, sharding_of, dtype, rng))
   return _unflatten(out)
 
@@ -196,13 +211,13 @@ def _fresh_cyb_params(cfg: ModelConfig, token_embed_VxD, keys, sharding_of, dtyp
   rows = 1 if cfg.shared_pause_embed else cfg.max_pauses
 
   def make(token_embed_VxD, rng):
-    table = token_embed_VxD[:cfg.vocab_size].astype(jnp.float32)  # not the padding rows
+    table = token_embed_VxD[: cfg.vocab_size].astype(jnp.float32)  # not the padding rows
     rms = jnp.sqrt(jnp.mean(jnp.square(table)))
     noise_RxD = jax.random.normal(rng, (rows, cfg.d_model), jnp.float32)
     values = {
-        ("pause_embed",): table.mean(axis=0) + PAUSE_NOISE * rms * noise_RxD,
-        ("dk_head", "kernel"): jnp.zeros((cfg.d_model,), jnp.float32),
-        ("dk_head", "bias"): jnp.asarray(cfg.dk_bias_init, jnp.float32),
+      ("pause_embed",): table.mean(axis=0) + PAUSE_NOISE * rms * noise_RxD,
+      ("dk_head", "kernel"): jnp.zeros((cfg.d_model,), jnp.float32),
+      ("dk_head", "bias"): jnp.asarray(cfg.dk_bias_init, jnp.float32),
     }
     return {key: values[key].astype(dtype) for key in keys}
 
@@ -210,9 +225,16 @@ def _fresh_cyb_params(cfg: ModelConfig, token_embed_VxD, keys, sharding_of, dtyp
   return jax.jit(make, out_shardings=out_shardings)(token_embed_VxD, rng)
 
 
-def load(path: epath.PathLike, *, max_pauses: int | None = None, pause_layout: str | None = None,
-         dtype: str = "float32", init_pause_prob: float = 0.5, rng: jax.Array | None = None,
-         **fields: Any) -> tuple[ModelConfig, dict]:
+def load(
+  path: epath.PathLike,
+  *,
+  max_pauses: int | None = None,
+  pause_layout: str | None = None,
+  dtype: str = "float32",
+  init_pause_prob: float = 0.5,
+  rng: jax.Array | None = None,
+  **fields: Any,
+) -> tuple[ModelConfig, dict]:
   """`(ModelConfig, params)` of a Hugging Face-format folder as a pause-aware model.
 
   Args:
@@ -233,8 +255,9 @@ def load(path: epath.PathLike, *, max_pauses: int | None = None, pause_layout: s
     docstring). In the private layout the step-0 vocabulary logits are the base model's for
     every K; in the visible layout only at K = 0 (later positions see the pauses).
   """
-  cfg = model_config(path, max_pauses=max_pauses, pause_layout=pause_layout, dtype=dtype,
-                     init_pause_prob=init_pause_prob, **fields)
+  cfg = model_config(
+    path, max_pauses=max_pauses, pause_layout=pause_layout, dtype=dtype, init_pause_prob=init_pause_prob, **fields
+  )
   return cfg, load_params(path, cfg, rng=rng)
 
 

@@ -29,11 +29,18 @@ def main() -> None:
   args = parser.parse_args()
   out = {}
   for shape in MESHES:
-    config = tiny.tiny_config(**{
-        "num_train_steps": harness.NUM_STEPS, "data.batch_size": 8, "data.eval_batches": 0,
-        "optimizer.warmup_steps": 1, "mesh.data": shape[0], "mesh.fsdp": shape[1],
-        "mesh.tensor": shape[2]})
-    devices = jax.devices()[:shape[0] * shape[1] * shape[2]]
+    config = tiny.tiny_config(
+      **{
+        "num_train_steps": harness.NUM_STEPS,
+        "data.batch_size": 8,
+        "data.eval_batches": 0,
+        "optimizer.warmup_steps": 1,
+        "mesh.data": shape[0],
+        "mesh.fsdp": shape[1],
+        "mesh.tensor": shape[2],
+      }
+    )
+    devices = jax.devices()[: shape[0] * shape[1] * shape[2]]
     run = harness.build(config, workdir=args.workdir, devices=devices)
     _, losses = run.run(harness.initial_state(run), 0, harness.NUM_STEPS)
     name = "x".join(map(str, shape))

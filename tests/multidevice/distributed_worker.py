@@ -29,23 +29,40 @@ def main() -> None:
   args = parser.parse_args()
 
   import jax  # pylint: disable=g-import-not-at-top
-  jax.distributed.initialize(coordinator_address=args.coordinator,
-                             num_processes=args.num_processes, process_id=args.process_id,
-                             initialization_timeout=120)
+
+  jax.distributed.initialize(
+    coordinator_address=args.coordinator,
+    num_processes=args.num_processes,
+    process_id=args.process_id,
+    initialization_timeout=120,
+  )
   from cyb_jax import train  # pylint: disable=g-import-not-at-top
   from tests.multidevice import harness  # pylint: disable=g-import-not-at-top
 
   data, fsdp, tensor = (int(s) for s in args.mesh.split(","))
-  config = harness.tiny_config(**{
-      "mesh.data": data, "mesh.fsdp": fsdp, "mesh.tensor": tensor,
+  config = harness.tiny_config(
+    **{
+      "mesh.data": data,
+      "mesh.fsdp": fsdp,
+      "mesh.tensor": tensor,
       "num_train_steps": args.num_train_steps,
-      "checkpoint_every_steps": args.num_train_steps})
+      "checkpoint_every_steps": args.num_train_steps,
+    }
+  )
   result = train.train_and_evaluate(config, args.workdir)
-  print(json.dumps({"process_index": jax.process_index(),
-                    "process_count": jax.process_count(),
-                    "local_devices": jax.local_device_count(),
-                    "devices": jax.device_count(),
-                    "step": result["step"], "stopped": result["stopped"]}), flush=True)
+  print(
+    json.dumps(
+      {
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "local_devices": jax.local_device_count(),
+        "devices": jax.device_count(),
+        "step": result["step"],
+        "stopped": result["stopped"],
+      }
+    ),
+    flush=True,
+  )
   jax.distributed.shutdown()
 
 

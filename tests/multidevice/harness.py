@@ -17,17 +17,19 @@ import jax
 import ml_collections
 import numpy as np
 
-from cyb_jax import sharding
 from cyb_jax import components
+from cyb_jax import sharding
 from cyb_jax import train
 from cyb_jax.data import make_data
 from tests import tiny
 
 # XLA flags for every subprocess: 8 fake devices, and the cheapest CPU code generation
 # (compiling dominates these tests; numerics are unchanged to float32 rounding).
-FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0",
-                      "--xla_llvm_disable_expensive_passes=true",
-                      "--xla_cpu_use_fusion_emitters=false")
+FAST_COMPILE_FLAGS = (
+  "--xla_backend_optimization_level=0",
+  "--xla_llvm_disable_expensive_passes=true",
+  "--xla_cpu_use_fusion_emitters=false",
+)
 MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 4, 2))
 NUM_STEPS = 3
 
@@ -39,7 +41,8 @@ def tiny_config(**overrides: Any) -> ml_collections.ConfigDict:
   by the axis sizes of every mesh in ``MESHES``, so each shards it evenly.
   ``overrides`` are dotted paths, e.g. ``{"mesh.fsdp": 4}``.
   """
-  return tiny.tiny_config(**{
+  return tiny.tiny_config(
+    **{
       "num_train_steps": NUM_STEPS,
       "eval_every_steps": NUM_STEPS,
       "checkpoint_every_steps": NUM_STEPS,
@@ -47,7 +50,9 @@ def tiny_config(**overrides: Any) -> ml_collections.ConfigDict:
       "data.batch_size": 8,
       "data.eval_batches": 0,
       "optimizer.warmup_steps": 1,
-      **overrides})
+      **overrides,
+    }
+  )
 
 
 def subprocess_env(num_devices: int) -> dict[str, str]:
@@ -56,10 +61,8 @@ def subprocess_env(num_devices: int) -> dict[str, str]:
   It shares the test session's persistent compilation cache (``tests/conftest.py``).
   """
   env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  env["XLA_FLAGS"] = " ".join(
-      [*flags, f"--xla_force_host_platform_device_count={num_devices}", *FAST_COMPILE_FLAGS])
+  flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+  env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={num_devices}", *FAST_COMPILE_FLAGS])
   env["JAX_PLATFORMS"] = "cpu"
   env.setdefault("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir or "")
   if not env["JAX_COMPILATION_CACHE_DIR"]:
@@ -93,8 +96,7 @@ class ShardedRun:
     local = next(self.data.train)
     return sharding.global_batch({k: local[k] for k in train.BATCH_KEYS}, self.mesh)
 
-  def run(self, state: train.TrainState, first: int, count: int
-          ) -> tuple[train.TrainState, list[float]]:
+  def run(self, state: train.TrainState, first: int, count: int) -> tuple[train.TrainState, list[float]]:
     """Steps ``first + 1 .. first + count`` from ``state``; returns the new state and losses."""
     losses = []
     with sharding.mesh_context(self.mesh, self.rules):
@@ -110,21 +112,22 @@ def _batch_state(state: dict, index: int) -> dict:
   return dict(state, batch_index=index)
 
 
-def build(config: ml_collections.ConfigDict, *, workdir: str,
-          devices: Sequence[jax.Device] | None = None) -> ShardedRun:
+def build(
+  config: ml_collections.ConfigDict, *, workdir: str, devices: Sequence[jax.Device] | None = None
+) -> ShardedRun:
   """The trainer's sharded programs for ``config.mesh`` over ``devices``.
 
   ``workdir`` is where the data pipeline may write (the synthetic task writes nothing).
   """
-  data = make_data(config.data, seed=config.seed, workdir=workdir,
-                   process_index=jax.process_index(), process_count=jax.process_count())
+  data = make_data(
+    config.data, seed=config.seed, workdir=workdir, process_index=jax.process_index(), process_count=jax.process_count()
+  )
   model_cfg = components.model_config(config, data.info.vocab_size)
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.rules_from_config(config.logical_axis_rules)
   with sharding.mesh_context(mesh, rules):
     programs = train.make_programs(config, model_cfg, mesh, rules)
-  return ShardedRun(config=config, model_cfg=model_cfg, mesh=mesh, rules=rules,
-                    programs=programs, data=data)
+  return ShardedRun(config=config, model_cfg=model_cfg, mesh=mesh, rules=rules, programs=programs, data=data)
 
 
 def initial_state(run: ShardedRun) -> train.TrainState:
@@ -137,12 +140,13 @@ def shard_shapes(tree: Any) -> dict[str, list[list[int]]]:
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     if isinstance(leaf, jax.Array) and leaf.ndim:
-      out[jax.tree_util.keystr(path)] = [list(leaf.shape),
-                                         list(leaf.addressable_shards[0].data.shape)]
+      out[jax.tree_util.keystr(path)] = [list(leaf.shape), list(leaf.addressable_shards[0].data.shape)]
   return out
 
 
 def host_params(state: train.TrainState) -> dict[str, np.ndarray]:
   """The parameters as ``{path: numpy array}`` (gathered from every shard)."""
-  return {jax.tree_util.keystr(p): np.asarray(jax.device_get(x))
-          for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+  return {
+    jax.tree_util.keystr(p): np.asarray(jax.device_get(x))
+    for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]
+  }

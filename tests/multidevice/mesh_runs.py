@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 
 from cyb_jax import checkpoint as ckpt_lib
-from cyb_jax import model as model_lib
-from cyb_jax import sharding
 from cyb_jax import evaluation
 from cyb_jax import hosts
+from cyb_jax import model as model_lib
+from cyb_jax import sharding
 from cyb_jax import train
 from tests.multidevice import harness
 
@@ -48,14 +48,19 @@ def activations_follow_the_batch(run: harness.ShardedRun) -> dict[str, bool]:
   fsdp)`` by rows and whole otherwise, as the batch is."""
   batch_spec = sharding.batch_sharding(run.mesh)
   abstract = run.abstract_state().params
-  batch = {k: jax.ShapeDtypeStruct((run.config.data.batch_size, run.config.data.seq_len),
-                                   jnp.float32 if k == "weights" else jnp.int32,
-                                   sharding=batch_spec) for k in train.BATCH_KEYS}
+  batch = {
+    k: jax.ShapeDtypeStruct(
+      (run.config.data.batch_size, run.config.data.seq_len),
+      jnp.float32 if k == "weights" else jnp.int32,
+      sharding=batch_spec,
+    )
+    for k in train.BATCH_KEYS
+  }
 
   def hidden_and_stats(params, batch):
-    hidden = model_lib.step_hidden(run.model_cfg, params, batch["inputs"],
-                                   segment_ids=batch["segment_ids"],
-                                   positions=batch["positions"])
+    hidden = model_lib.step_hidden(
+      run.model_cfg, params, batch["inputs"], segment_ids=batch["segment_ids"], positions=batch["positions"]
+    )
     return hidden, evaluation.step_stats(run.model_cfg, params, batch)
 
   with sharding.mesh_context(run.mesh, run.rules):
@@ -73,24 +78,24 @@ def main() -> None:
   parser.add_argument("--workdir", required=True, help="Folder for the checkpoints.")
   args = parser.parse_args()
   if jax.device_count() != 8:
-    raise SystemExit(f"needs 8 devices, got {jax.device_count()}: set XLA_FLAGS="
-                     "--xla_force_host_platform_device_count=8.")
+    raise SystemExit(
+      f"needs 8 devices, got {jax.device_count()}: set XLA_FLAGS=--xla_force_host_platform_device_count=8."
+    )
   saved_step = harness.NUM_STEPS - 1
 
   runs, results = {}, {}
   for shape in harness.MESHES:
     name = mesh_name(shape)
-    config = harness.tiny_config(**{"mesh.data": shape[0], "mesh.fsdp": shape[1],
-                                    "mesh.tensor": shape[2]})
+    config = harness.tiny_config(**{"mesh.data": shape[0], "mesh.fsdp": shape[1], "mesh.tensor": shape[2]})
     run = runs[name] = harness.build(config, workdir=args.workdir)
     state = harness.initial_state(run)
-    results[name] = {"shards": harness.shard_shapes(state),
-                     "state_bytes_per_device":
-                         sorted(set(sharding.bytes_per_device(state).values()))}
+    results[name] = {
+      "shards": harness.shard_shapes(state),
+      "state_bytes_per_device": sorted(set(sharding.bytes_per_device(state).values())),
+    }
     state, losses = run.run(state, 0, saved_step)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(args.workdir, name), keep=1)
-    checkpointer.save(saved_step, state, hosts.gather_data_states(run.data.train.get_state()),
-                      {"mesh": list(shape)})
+    checkpointer.save(saved_step, state, hosts.gather_data_states(run.data.train.get_state()), {"mesh": list(shape)})
     state, last = run.run(state, saved_step, 1)
     checkpointer.close()
     results[name]["losses"] = losses + last
@@ -108,8 +113,7 @@ def main() -> None:
       raise AssertionError(f"restored the checkpoint of mesh {meta['mesh']}, not {source}.")
     restored_shards = harness.shard_shapes(state)
     _, (loss,) = run.run(state, saved_step, 1)
-    results[target].update(restored_from=source, restored_loss=loss,
-                           restored_shards=restored_shards)
+    results[target].update(restored_from=source, restored_loss=loss, restored_shards=restored_shards)
 
   with open(args.out, "w") as f:
     json.dump(results, f, indent=1)
