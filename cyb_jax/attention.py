@@ -37,24 +37,15 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import struct
 
+from cyb_jax.attention_blocks import MASKED as _MASKED
+from cyb_jax.attention_blocks import KeyValues
+from cyb_jax.attention_blocks import softmax_block as _softmax_block
+from cyb_jax.attention_kernels import fused_attend
 from cyb_jax.layers import Dtype
 from cyb_jax.layers import RMSNorm
 from cyb_jax.layers import apply_rotary
 from cyb_jax.layers import fan_in_init
 from cyb_jax.layers import rope_inv_freq
-
-_MASKED = -1e30  # finite "minus infinity": masked scores never produce inf - inf.
-
-
-@struct.dataclass
-class KeyValues:
-  """Keys and values with the same shape: `[B, M, G, E]` (shared) or `[B, S, J, G, E]` (private).
-
-  Caches of the whole stack carry a leading layer axis L.
-  """
-
-  k: jax.Array
-  v: jax.Array
 
 
 @struct.dataclass
@@ -127,20 +118,6 @@ def slot_mask(
     taken_BxS = step_S[None] <= jnp.repeat(taken_pauses_BxN, num_steps, axis=1)
     mask_BxSxS &= taken_BxS[:, None, :] | (q_pos == k_pos)[None]
   return mask_BxSxS
-
-
-def _softmax_block(scores_BxGxRxSxC: jax.Array, weighted_sum) -> tuple[jax.Array, jax.Array]:
-  """Softmax attention over one block of C candidate keys (masked scores set to _MASKED).
-
-  Returns `(out [B, G, R, S, E], log_normaliser [B, G, R, S])`: out = sum_c p_c v_c with
-  p = softmax(scores), and log_normaliser = logsumexp(scores), which merges blocks exactly.
-  """
-  # Softmax is shift-invariant, so the shift needs no gradient.
-  row_max_BxGxRxSx1 = jax.lax.stop_gradient(scores_BxGxRxSxC.max(-1, keepdims=True))
-  weights_BxGxRxSxC = jnp.exp(scores_BxGxRxSxC - row_max_BxGxRxSx1)
-  normaliser_BxGxRxS = weights_BxGxRxSxC.sum(-1)
-  out_BxGxRxSxE = weighted_sum(weights_BxGxRxSxC) / normaliser_BxGxRxS[..., None]
-  return out_BxGxRxSxE, jnp.log(normaliser_BxGxRxS) + row_max_BxGxRxSx1[..., 0]
 
 
 def attend(
@@ -321,8 +298,6 @@ class Attention(nn.Module):
         softcap=self.softcap,
       )
     elif self.impl == "dot_product" and self.softcap is None:
-      from cyb_jax.attention_kernels import fused_attend  # pylint: disable=g-import-not-at-top
-
       out_BxSxHxE = fused_attend(q_BxSxHxE, shared, shared_mask, private, visibility.private_mask, scale=self.scale)
     else:
       raise ValueError(

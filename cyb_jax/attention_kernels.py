@@ -33,9 +33,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cyb_jax.attention import _MASKED
-from cyb_jax.attention import KeyValues
-from cyb_jax.attention import _softmax_block
+from cyb_jax.attention_blocks import MASKED as _MASKED
+from cyb_jax.attention_blocks import KeyValues
+from cyb_jax.attention_blocks import softmax_block as _softmax_block
 
 _EXTRA = 2  # the (hi, lo) coordinates; the value's sentinel flag reuses the hi one
 

@@ -39,6 +39,17 @@ TOKENIZER_FILENAME = "tokenizer.model"
 NEWLINE = "\n"
 
 
+def _text_ids(ids, tok) -> list[int]:
+  """``ids`` as a flat list without pad, BOS and EOS; ``ValueError`` for an id outside
+  ``[0, tok.vocab_size)``."""
+  ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+  ids = [i for i in ids if i not in (tok.pad_id, tok.bos_id, tok.eos_id)]
+  for i in ids:
+    if not 0 <= i < tok.vocab_size:
+      raise ValueError(f"Token id {i} is outside the vocabulary [0, {tok.vocab_size}).")
+  return ids
+
+
 class Tokenizer:
   """A SentencePiece model with document encoding; ids lie in [0, vocab_size)."""
 
@@ -74,11 +85,7 @@ class Tokenizer:
 
   def decode(self, ids) -> str:
     """Text of `ids`; pad, BOS and EOS are dropped, the newline id becomes "\\n"."""
-    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
-    ids = [i for i in ids if i not in (self.pad_id, self.bos_id, self.eos_id)]
-    for i in ids:
-      if not 0 <= i < self.vocab_size:
-        raise ValueError(f"Token id {i} is outside the vocabulary [0, {self.vocab_size}).")
+    ids = _text_ids(ids, self)
     if self.newline_id is None:
       return self._sp.decode(ids)
     runs, current = [], []
@@ -229,11 +236,7 @@ class HFTokenizer:
 
   def decode(self, ids) -> str:
     """Text of `ids`; pad, BOS and EOS are dropped."""
-    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
-    ids = [i for i in ids if i not in (self.pad_id, self.bos_id, self.eos_id)]
-    for i in ids:
-      if not 0 <= i < self.vocab_size:
-        raise ValueError(f"Token id {i} is outside the vocabulary [0, {self.vocab_size}).")
+    ids = _text_ids(ids, self)
     return self._tok.decode(ids, skip_special_tokens=False)
 
   def piece(self, token_id: int) -> str:

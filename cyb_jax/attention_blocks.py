@@ -1,0 +1,40 @@
+"""The pieces both attention paths share: key/value blocks and the exact softmax of one block.
+
+A block's softmax returns its output and its log-normaliser, so blocks over disjoint keys
+(the shared real-token keys and a position's private pause keys) merge exactly:
+``out = sum_b e^{lse_b} out_b / sum_b e^{lse_b}`` (:mod:`cyb_jax.attention`,
+:mod:`cyb_jax.attention_kernels`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+MASKED = -1e30  # finite "minus infinity": masked scores never produce inf - inf.
+
+
+@struct.dataclass
+class KeyValues:
+  """Keys and values with the same shape: `[B, M, G, E]` (shared) or `[B, S, J, G, E]` (private).
+
+  Caches of the whole stack carry a leading layer axis L.
+  """
+
+  k: jax.Array
+  v: jax.Array
+
+
+def softmax_block(scores_BxGxRxSxC: jax.Array, weighted_sum) -> tuple[jax.Array, jax.Array]:
+  """Softmax attention over one block of C candidate keys (masked scores set to MASKED).
+
+  Returns `(out [B, G, R, S, E], log_normaliser [B, G, R, S])`: out = sum_c p_c v_c with
+  p = softmax(scores), and log_normaliser = logsumexp(scores), which merges blocks exactly.
+  """
+  # Softmax is shift-invariant, so the shift needs no gradient.
+  row_max_BxGxRxSx1 = jax.lax.stop_gradient(scores_BxGxRxSxC.max(-1, keepdims=True))
+  weights_BxGxRxSxC = jnp.exp(scores_BxGxRxSxC - row_max_BxGxRxSx1)
+  normaliser_BxGxRxS = weights_BxGxRxSxC.sum(-1)
+  out_BxGxRxSxE = weighted_sum(weights_BxGxRxSxC) / normaliser_BxGxRxS[..., None]
+  return out_BxGxRxSxE, jnp.log(normaliser_BxGxRxS) + row_max_BxGxRxSx1[..., 0]
