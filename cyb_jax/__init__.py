@@ -21,6 +21,7 @@ except _metadata.PackageNotFoundError:  # run from a checkout that is not instal
 __all__ = [
   "analysis",  # pause statistics of a trained model
   "attention",  # slot-grid attention (private / visible pauses), KV caches
+  "attention_blocks",  # key/value blocks and the exact one-block softmax both paths share
   "attention_kernels",  # fused attention (jax.nn.dot_product_attention) with the block merge
   "checkpoint",  # orbax checkpoints with the data position
   "components",  # run config -> model config, data, loss, optimiser, loaded run
@@ -32,9 +33,11 @@ __all__ = [
   "evaluation",  # the one evaluation path: parameters -> protocol figures
   "experiment",  # the loss comparison: running it
   "experiment_plan",  # the loss comparison: its runs
+  "experiment_plots",  # the loss comparison: its plots
   "experiment_results",  # the loss comparison: results.md/json and plots
   "files",  # paths and whole-file writes on local disks and gs://
   "hosts",  # preemption and data positions across processes
+  "init_from",  # the parameters a fine-tuning run starts from
   "layers",  # RMSNorm, SwiGLU, initialisers
   "losses",  # per-step statistics, the five losses, evaluation protocols
   "metrics_writer",  # metrics.jsonl and TensorBoard

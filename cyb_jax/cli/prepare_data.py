@@ -40,7 +40,9 @@ from etils import epath
 
 from cyb_jax.data import config as config_lib
 
-_DATASET = flags.DEFINE_string("dataset", None, "TFDS dataset NAME[/CONFIG][:VERSION], e.g. lm1b.", required=True)
+# Required, checked in main (not by absl: a module-level required flag would break any other
+# absl program imported into the same process, such as the test suite's).
+_DATASET = flags.DEFINE_string("dataset", None, "TFDS dataset NAME[/CONFIG][:VERSION], e.g. lm1b (required).")
 _DATA_DIR = flags.DEFINE_string(
   "data_dir",
   "",
@@ -130,6 +132,8 @@ def prepare(name: str, data_dir: str = "", *, staging_dir: str = "", manual_dir:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not _DATASET.value:
+    raise app.UsageError("--dataset is required, e.g. --dataset=lm1b.")
   path = prepare(_DATASET.value, _DATA_DIR.value, staging_dir=_STAGING_DIR.value, manual_dir=_MANUAL_DIR.value)
   print(
     f"Prepared {_DATASET.value} in {path}; train with --config.data.source=tfds:{_DATASET.value}"
