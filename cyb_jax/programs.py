@@ -7,6 +7,7 @@ mesh (parameters and optimiser state created sharded, the state donated);
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any
 import jax
 import ml_collections
 import optax
+from absl import logging
 from jax.sharding import Mesh
 
 from cyb_jax import components
@@ -132,6 +134,17 @@ def make_programs(
   return Programs(tx=tx, shardings=shardings, init=init, train_step=step, eval_step=evaluate, loss=loss)
 
 
+@contextlib.contextmanager
+def absl_logging_quiet():
+  """Within it, absl logs only errors (for a second build of pieces that warned once)."""
+  level = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(level)
+
+
 def model_flops_per_device(config, model_cfg, loss, batch: Batch) -> float:
   """Model FLOPs of one train step of ``batch``'s shapes, per device.
 
@@ -142,7 +155,8 @@ def model_flops_per_device(config, model_cfg, loss, batch: Batch) -> float:
   remat and chunking are hardware FLOPs, not model FLOPs. Divided by the device count.
   """
   twin = dataclasses.replace(model_cfg, unroll_pause_scan=True, scan_layers=False, remat_policy="none")
-  tx, schedule = components.make_optimizer(config)
+  with absl_logging_quiet():  # the optimiser's own warnings were shown when the run built it
+    tx, schedule = components.make_optimizer(config)
   state = jax.eval_shape(
     functools.partial(init_state, model_cfg=twin, tx=tx, loss_state=loss.init_state()), jax.random.key(0)
   )

@@ -69,7 +69,11 @@ def main(argv):
   workdir = _WORKDIR.value or config.workdir
   if not workdir:
     raise app.UsageError("Give --workdir (or set config.workdir).")
-  console.setup_logging(workdir, verbose=_VERBOSE.value, process_index=jax.process_index())
+  # Before the first backend use (its "Unable to initialize backend" lines go to the file too);
+  # then again with this process's index, which needs the backend.
+  console.setup_logging(workdir, verbose=_VERBOSE.value)
+  if jax.process_index():
+    console.setup_logging(workdir, verbose=_VERBOSE.value, process_index=jax.process_index())
   logging.info(
     "JAX process %d of %d, %d devices; compilation cache %s.",
     jax.process_index(),
