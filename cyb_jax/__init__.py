@@ -23,6 +23,7 @@ __all__ = [
   "attention",  # slot-grid attention (private / visible pauses), KV caches
   "attention_blocks",  # key/value blocks and the exact one-block softmax both paths share
   "attention_kernels",  # fused attention (jax.nn.dot_product_attention) with the block merge
+  "attention_splash",  # Pallas splash attention (TPU) for the prefill and the private pause step
   "checkpoint",  # orbax checkpoints with the data position
   "components",  # run config -> model config, data, loss, optimiser, loaded run
   "configs",  # the shipped run configs (also usable as --config files)

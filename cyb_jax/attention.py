@@ -25,7 +25,8 @@ sees, in the training forward, the flattened reference and the decoder alike.
 
 `attend` is the dense reference (`ModelConfig.attention_impl="xla"`); `attention_impl=
 "dot_product"` computes the same attention through `jax.nn.dot_product_attention`, the private
-block merged exactly inside the kernel call (`cyb_jax.attention_kernels`).
+block merged exactly inside the kernel call (`cyb_jax.attention_kernels`), and "splash" through
+Pallas splash attention where the visibility carries segment ids (`cyb_jax.attention_splash`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from cyb_jax.attention_blocks import MASKED as _MASKED
 from cyb_jax.attention_blocks import KeyValues
 from cyb_jax.attention_blocks import softmax_block as _softmax_block
 from cyb_jax.attention_kernels import fused_attend
+from cyb_jax.attention_splash import splash_attend
 from cyb_jax.layers import Dtype
 from cyb_jax.layers import RMSNorm
 from cyb_jax.layers import apply_rotary
@@ -67,12 +69,16 @@ class Visibility:
     layers hide shared key m from a query at position n unless n - positions[m] < W. Without a
     cache the shared keys are the queries themselves and their positions are used. Private keys
     (a query's own pauses) are at the query's position, inside every window.
+  segment_ids: int `[B, M]`, given where `shared_mask` is `causal_segment_mask(segment_ids)` of
+    queries at the shared keys' positions (the real-token prefill and the private pause step);
+    the splash kernel reads these instead of the mask, and calls without them use `attend`.
   """
 
   shared_mask: jax.Array
   private_mask: jax.Array | None = None
   write_index: jax.Array | None = None
   shared_positions: jax.Array | None = None
+  segment_ids: jax.Array | None = None
 
 
 def causal_segment_mask(segment_ids_BxN: jax.Array) -> jax.Array:
@@ -200,7 +206,8 @@ class Attention(nn.Module):
   rope_scaling)`. A call with `sliding` true (a Python bool, or a traced bool scalar when layers
   are scanned) applies the window `window` (see `Visibility.shared_positions`) and rotates with
   base `local_rope_base` (unscaled) when it is set. `impl` "dot_product" computes the same
-  attention through a fused kernel (`cyb_jax.attention_kernels`; no soft cap).
+  attention through a fused kernel (`cyb_jax.attention_kernels`; no soft cap), and "splash"
+  through `cyb_jax.attention_splash` where `visibility.segment_ids` is given (else `attend`).
   """
 
   num_heads: int
@@ -219,7 +226,7 @@ class Attention(nn.Module):
   rope_scaling: tuple | None = None
   window: int | None = None
   local_rope_base: float | None = None
-  impl: str = "xla"  # "xla": `attend`; "dot_product": `attention_kernels.fused_attend`
+  impl: str = "xla"  # "xla": `attend`; "dot_product": `fused_attend`; "splash": `splash_attend`
 
   @nn.compact
   def __call__(
@@ -287,7 +294,24 @@ class Attention(nn.Module):
         raise ValueError("a sliding-window layer with a cache needs Visibility.shared_positions")
       inside_BxSxM = window_mask(positions_BxS, key_positions, self.window)
       shared_mask = shared_mask & (inside_BxSxM if sliding is True else inside_BxSxM | ~sliding)
-    if self.impl == "xla":
+    if self.impl == "splash" and visibility.segment_ids is not None:
+      run = functools.partial(
+        splash_attend,
+        q_BxSxHxE,
+        shared,
+        visibility.segment_ids,
+        private,
+        visibility.private_mask,
+        scale=self.scale,
+        softcap=self.softcap,
+      )
+      if self.window is None or sliding is False:
+        out_BxSxHxE = run(window=None)
+      elif sliding is True:
+        out_BxSxHxE = run(window=self.window)
+      else:  # scanned layers: a traced bool picks the kernel
+        out_BxSxHxE = jax.lax.cond(sliding, lambda: run(window=self.window), lambda: run(window=None))
+    elif self.impl in ("xla", "splash"):
       out_BxSxHxE = attend(
         q_BxSxHxE,
         shared,
@@ -302,7 +326,7 @@ class Attention(nn.Module):
     else:
       raise ValueError(
         f"attention impl {self.impl!r} with softcap {self.softcap!r} is not "
-        "supported: use impl 'xla', or 'dot_product' without a soft cap"
+        "supported: use impl 'xla' or 'splash', or 'dot_product' without a soft cap"
       )
     out_BxSxD = jnp.einsum("bshe,hed->bsd", out_BxSxHxE, wo_HxExD)
     if self.out_bias:

@@ -193,7 +193,9 @@ def _private_step_hidden(cfg: ModelConfig, params, tokens_BxN, segment_ids_BxN, 
   k_max = cfg.max_pauses
   real_mask_BxNxN = causal_segment_mask(segment_ids_BxN)
   x_BxNxD = embed_tokens(cfg, params, tokens_BxN)
-  hidden0_BxNxD, real = hidden_states(cfg, params, x_BxNxD, positions_BxN, None, Visibility(real_mask_BxNxN))
+  hidden0_BxNxD, real = hidden_states(
+    cfg, params, x_BxNxD, positions_BxN, None, Visibility(real_mask_BxNxN, segment_ids=segment_ids_BxN)
+  )
   if k_max == 0:
     return hidden0_BxNxD[:, :, None]
   real_names = (None, "act_batch", "act_length", "act_kv_heads", None)
@@ -212,6 +214,7 @@ def _private_step_hidden(cfg: ModelConfig, params, tokens_BxN, segment_ids_BxN, 
       private_mask=(jnp.arange(k_max) < k)[None, None, :],
       write_index=k - 1,
       shared_positions=positions_BxN,
+      segment_ids=segment_ids_BxN,
     )
     hidden_BxNxD, pauses = hidden_states(cfg, params, x_BxNxD, positions_BxN, LayerCache(real, pauses), visibility)
     return pauses, hidden_BxNxD

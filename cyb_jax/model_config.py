@@ -30,7 +30,7 @@ ROPE_SCALINGS = (None, "linear", "llama3")
 LAYER_TYPES = ("full", "sliding")
 # How attention is computed (the same function): "xla" the dense einsum path (the reference),
 # "dot_product" jax.nn.dot_product_attention (cuDNN flash on GPU for 16-bit dtypes).
-ATTENTION_IMPLS = ("xla", "dot_product")
+ATTENTION_IMPLS = ("xla", "dot_product", "splash")
 
 # ModelConfig fields that say how the model is computed or initialised, not which function
 # its parameters define: a checkpoint may be resumed with other values of these.
@@ -64,9 +64,12 @@ class ModelConfig:
       forward: no stacked per-step residuals (less memory, ~5-10% faster steps measured on
       CPU), at K times the compile time of one step.
     dk_bias_init: initial bias of the DK logit (the DK kernel starts at zero).
-    attention_impl: one of ATTENTION_IMPLS: "xla" (dense scores, the reference) or
-      "dot_product" (`jax.nn.dot_product_attention`, `cyb_jax.attention_kernels`); the same
-      function either way. "dot_product" does not support `attn_logit_softcap`.
+    attention_impl: one of ATTENTION_IMPLS: "xla" (dense scores, the reference),
+      "dot_product" (`jax.nn.dot_product_attention`, `cyb_jax.attention_kernels`; cuDNN flash
+      on GPU; no `attn_logit_softcap`) or "splash" (Pallas splash attention,
+      `cyb_jax.attention_splash`: the Mosaic kernel on TPU, interpret mode elsewhere; the
+      real-token prefill and the private pause step, with sequence lengths a multiple of 128;
+      the flattened slot grid and decoding caches use "xla"). The same function every way.
     rope_base: rotary frequency base (HF `rope_theta`) of full-attention layers, and of
       sliding layers when `rope_local_base` is None.
     rms_norm_eps: epsilon of every RMSNorm: x / sqrt(mean(x^2) + eps).
@@ -176,11 +179,11 @@ class ModelConfig:
     _check_choice("remat_policy", self.remat_policy, REMAT_POLICIES)
     _check_choice("mlp_activation", self.mlp_activation, MLP_ACTIVATIONS)
     _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
-    if self.attention_impl != "xla" and self.attn_logit_softcap is not None:
+    if self.attention_impl == "dot_product" and self.attn_logit_softcap is not None:
       raise ValueError(
         f"attention_impl={self.attention_impl!r} does not support attn_logit_softcap="
-        f"{self.attn_logit_softcap!r} (the fused kernels have no soft cap): use "
-        "attention_impl='xla'"
+        f"{self.attn_logit_softcap!r} (jax.nn.dot_product_attention has no soft cap): use "
+        "attention_impl 'xla' or 'splash'"
       )
     if self.head_dim is None and self.d_model % self.num_heads:
       raise ValueError(
