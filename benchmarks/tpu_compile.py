@@ -21,6 +21,7 @@ process at a time can load libtpu (it holds ``/tmp/libtpu_lockfile``).
   /tmp/tpuvenv/bin/python benchmarks/tpu_compile.py --topology=v5e-16 --mesh=1,16,1 \
       --batch_size=32 --seq_len=2048 --remat_policy=full
   /tmp/tpuvenv/bin/python benchmarks/tpu_compile.py --topology=v5e-16 --num_slices=2 --dcn_data=2
+  /tmp/tpuvenv/bin/python benchmarks/tpu_compile.py --attention_impl=xla,splash --topology=v5e-16
   /tmp/tpuvenv/bin/python benchmarks/tpu_compile.py --preset=gemma3-1b --topology=v5e-8,v4-8 \
       --max_pauses=1 --batch_size=8 --seq_len=2048     # CYB fine-tuning of a pretrained shape
 
@@ -105,6 +106,12 @@ _CONFIG = config_flags.DEFINE_config_file(
   "override its fields with --config.FIELD=VALUE. The flags batch_size, seq_len, "
   "max_pauses, remat_policy and vocab_chunk then do not apply; --mesh and --dcn_data do.",
   lock_config=False,
+)
+_ATTENTION = flags.DEFINE_list(
+  "attention_impl",
+  ["xla"],
+  "model.attention_impl values to compile, each a row per slice: xla (dense scores), "
+  "splash (the Pallas splash Mosaic kernel) or dot_product.",
 )
 _OUT = flags.DEFINE_string("out", None, "Also write the figures as JSON to this path.")
 
@@ -211,6 +218,7 @@ def compile_for(name: str, config) -> dict:
   start = time.perf_counter()
   row = {
     "slice": name,
+    "attention_impl": config.model.attention_impl,
     "num_slices": _NUM_SLICES.value,
     "chips": len(devices),
     "device_kind": devices[0].device_kind,
@@ -249,23 +257,26 @@ def main(argv):
     f"remat {m.remat_policy}, vocab_chunk {config.loss.vocab_chunk}, "
     f"{m.dtype} compute, {m.param_dtype} parameters and AdamW state) for {', '.join(_TOPOLOGY.value)}.\n"
   )
-  rows = [compile_for(name, config) for name in _TOPOLOGY.value]
+  rows = []
+  for impl in _ATTENTION.value:
+    config.model.attention_impl = impl
+    rows += [compile_for(name, config) for name in _TOPOLOGY.value]
   print(
-    "| slice | chips | mesh (data, fsdp, tensor) | parameters | arguments GiB | "
+    "| slice | attention | chips | mesh (data, fsdp, tensor) | parameters | arguments GiB | "
     "temporaries GiB | peak GiB | HBM GiB | fits | compile s |"
   )
-  print("|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     mesh = tuple(r["mesh"].values())
     if not r["compiled"]:
       print(
-        f"| {r['slice']} x{r['num_slices']} | {r['chips']} | {mesh} | "
+        f"| {r['slice']} x{r['num_slices']} | {r['attention_impl']} | {r['chips']} | {mesh} | "
         f"{r['num_params'] / 1e9:.2f}B | - | - | - | {r['hbm_bytes'] / GIB:.0f} | "
         f"no: {r['error']} | {r['compile_s']:.0f} |"
       )
       continue
     print(
-      f"| {r['slice']} x{r['num_slices']} | {r['chips']} | {mesh} | "
+      f"| {r['slice']} x{r['num_slices']} | {r['attention_impl']} | {r['chips']} | {mesh} | "
       f"{r['num_params'] / 1e9:.2f}B | {r['argument'] / GIB:.2f} | {r['temp'] / GIB:.2f} | "
       f"{r['peak'] / GIB:.2f} | {r['hbm_bytes'] / GIB:.0f} | {'yes' if r['fits'] else 'no'} | "
       f"{r['compile_s']:.0f} |"

@@ -18,8 +18,9 @@ benchmarks/model.py), each ratio measured within this run:
 3. **r(K) = t(K) / ((K + 1) t(0))** of the private layout, t(0) the K = 0 model with the
    ``ce`` loss, t(K) with ``cyb_ap``: the full train step (loss, gradient, AdamW).
 4. **Peak memory** of the train step (``compiled.memory_analysis()``: argument + output +
-   temp - alias bytes) with today's dense attention; the fused-attention column is a slot
-   for issue 13 item 2.
+   temp - alias bytes; compiled, not run) with dense attention (``attention_impl="xla"``)
+   and ``jax.nn.dot_product_attention`` (``"dot_product"``). The Pallas splash kernel is
+   compiled for TPU by ``benchmarks/tpu_compile.py --attention_impl=xla,splash``.
 5. **Where the time goes**: a ``jax.profiler`` trace of one K = 0 and one largest-K step at
    ``--profile_length``, every XLA CPU op's thread-seconds summed by (inside the pause scan
    or its transpose, Flax method / JAX primitive of its ``op_name``).
@@ -107,10 +108,11 @@ _QUICK_SIZES = dict(
 _MIB = 2.0**20
 
 
-def run_config(length: int, batch: int, pauses: int) -> ml_collections.ConfigDict:
+def run_config(length: int, batch: int, pauses: int, attention_impl: str = "xla") -> ml_collections.ConfigDict:
   """The default run config with the benchmark's model, ``[batch, length]`` and K pauses."""
   c = default_config.get_config()
   c.model.update(
+    attention_impl=attention_impl,
     num_layers=_LAYERS.value,
     d_model=_D_MODEL.value,
     num_heads=_HEADS.value,
@@ -364,17 +366,44 @@ def bench_steps(peak: float, workdir: str) -> tuple[dict, str]:
   return dict(rows=record, peak_flops=peak), title + _markdown(header, rows)
 
 
+def peak_bytes(config: ml_collections.ConfigDict, workdir: str) -> int:
+  """Peak bytes of the compiled train step (argument + output + temp - alias); nothing runs."""
+  data = components.make_run_data(config, workdir)
+  model_cfg = components.model_config(config, data.info.vocab_size)
+  mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
+  rules = sharding.rules_from_config(config.logical_axis_rules)
+  programs = train.make_programs(config, model_cfg, mesh, rules)
+  with sharding.mesh_context(mesh, rules):
+    state = programs.abstract_state(jax.random.key(0))
+    local = next(data.train)
+    batch = sharding.global_batch({k: local[k] for k in train.BATCH_KEYS}, mesh)
+    m = programs.train_step.lower(state, batch).compile().memory_analysis()
+  return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+
+
+MEMORY_IMPLS = ("xla", "dot_product")  # splash is a TPU kernel: benchmarks/tpu_compile.py
+
+
 def bench_memory(workdir: str) -> tuple[dict, str]:
-  """Table 4: compiled peak memory of the train step, dense attention (fused: a slot)."""
+  """Table 4: compiled peak memory of the train step, dense and fused attention."""
   rows, record = [], []
   for n in [int(x) for x in _MEMORY_LENGTHS.value]:
     for k in [0] + [int(x) for x in _PAUSES.value]:
-      step = Step(run_config(n, _BATCH.value, k), os.path.join(workdir, f"mem_{n}_{k}"))
-      rows.append([str(n), str(k), f"{step.peak_bytes / _MIB:.0f}", "(issue 13 item 2)"])
-      record.append(dict(length=n, pauses=k, dense_peak_bytes=step.peak_bytes, fused_peak_bytes=None))
-      del step
-  title = f"### 4. Train-step peak memory (compiled memory analysis), B={_BATCH.value}, private layout\n"
-  return dict(rows=record), title + _markdown(["N", "K", "dense attention peak MiB", "fused attention peak MiB"], rows)
+      peaks = {
+        impl: peak_bytes(run_config(n, _BATCH.value, k, impl), os.path.join(workdir, f"mem_{n}_{k}_{impl}"))
+        for impl in MEMORY_IMPLS
+      }
+      ratio = peaks["xla"] / peaks["dot_product"]
+      rows.append([str(n), str(k), *(f"{peaks[i] / _MIB:.0f}" for i in MEMORY_IMPLS), f"{ratio:.2f}"])
+      record.append(dict(length=n, pauses=k, **{f"{i}_peak_bytes": peaks[i] for i in MEMORY_IMPLS}))
+  title = (
+    f"### 4. Train-step peak memory (compiled memory analysis), B={_BATCH.value}, private layout\n\n"
+    "xla = dense scores (the reference), dot_product = jax.nn.dot_product_attention (its XLA "
+    "form off GPU); splash, a TPU kernel, is measured by benchmarks/tpu_compile.py "
+    "--attention_impl=xla,splash\n"
+  )
+  header = ["N", "K", "xla peak MiB", "dot_product peak MiB", "xla / dot_product"]
+  return dict(rows=record), title + _markdown(header, rows)
 
 
 def bench_profile(workdir: str, top: int = 12) -> tuple[dict, str]:

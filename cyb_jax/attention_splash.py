@@ -2,8 +2,9 @@
 
 `splash_attend` computes what `cyb_jax.attention.attend` computes for the two training-time
 calls of the private layout, through the block-sparse flash kernel of
-`jax.experimental.pallas.ops.tpu.splash_attention` (the Mosaic kernel on TPU; Pallas interpret
-mode elsewhere, which is exact but slow: for tests).
+`jax.experimental.pallas.ops.tpu.splash_attention` (the Mosaic kernel when compiling for TPU,
+ahead of time from a CPU host included; Pallas interpret mode elsewhere, which is exact but
+slow: for tests).
 
 Both calls have queries at the N real positions, shared keys at the same positions, and a
 shared mask that is causal within packed documents, `causal_segment_mask(segment_ids)`, and
@@ -110,6 +111,13 @@ def _kernel(length: int, private_per_query: int, window: int | None, heads_per_g
     )
 
 
+def _platform(mesh) -> str:
+  """The platform the program is compiled for: the mesh's devices' (a TPU topology compiled
+  ahead of time from a CPU host included), else the default backend's."""
+  device = None if mesh.empty else mesh.abstract_device
+  return getattr(device, "platform", None) or jax.default_backend()
+
+
 def _check_lengths(n: int, m: int) -> None:
   if m != n:
     raise ValueError(f"splash attention needs shared keys at the query positions (M = N), got M={m}, N={n}")
@@ -157,7 +165,8 @@ def splash_attend(
       jnp.swapaxes(visible_BxNxJ, 1, 2), kv_segments_BxC[:, None, :], _HIDDEN_SEGMENT
     ).astype(jnp.int32)
     kv_segments_BxC = jnp.concatenate([kv_segments_BxC, private_segments_BxJxN.reshape(b, j * n)], axis=1)
-  kernel = _kernel(n, j, window, h // g, softcap, jax.default_backend() != "tpu")
+  mesh = jax.sharding.get_abstract_mesh()
+  kernel = _kernel(n, j, window, h // g, softcap, _platform(mesh) != "tpu")
 
   def per_example(q_GxRxNxE, k_CxGxE, v_CxGxE, q_segments_N, kv_segments_C):
     ids = splash.SegmentIds(q=q_segments_N, kv=kv_segments_C)
@@ -168,7 +177,6 @@ def splash_attend(
     return jax.vmap(per_example)(q, k, v, q_segments, kv_segments)
 
   args = (q_BxGxRxNxE, keys_BxCxGxE, values_BxCxGxE, segment_ids_BxN.astype(jnp.int32), kv_segments_BxC)
-  mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty:
     batch, heads = nn.logical_to_mesh_axes(("act_batch", "act_kv_heads"))
     P = jax.sharding.PartitionSpec  # noqa: N806
