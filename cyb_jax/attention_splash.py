@@ -26,12 +26,11 @@ local) block mask and-ed with the runtime segment ids, so no `[B, N, N]` mask is
 The kernel needs N and the key count to be multiples of 128 (its lane width). Queries are
 grouped by key/value head (grouped-query attention as G multi-query kernels), and the batch is
 mapped over. Under a mesh (`jax.set_mesh`), the call is a `shard_map` over the batch and
-key/value-head axes that the active logical axis rules give `act_batch` and `act_kv_heads`.
+key/value-head axes that the active logical axis rules give `act_batch` and `act_kv_heads`
+(each only where its devices divide B, resp. G; else that dimension is replicated).
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -81,12 +80,11 @@ def _block(length: int) -> int:
   return next(b for b in (512, 256, LANES) if length % b == 0)
 
 
-@functools.lru_cache(maxsize=32)
 def _kernel(length: int, private_per_query: int, window: int | None, heads_per_group: int, softcap, interpret: bool):
   """The multi-query splash kernel: q `[R, N, E]`, k/v `[N (1 + J), E]` -> `[R, N, E]`.
 
-  Built once per shape: its block-sparsity tables are concrete arrays (compile-time
-  evaluation), so the cached kernel is reused by every trace.
+  Built in each trace (its block-sparsity tables become the program's constants); splash
+  caches the numpy mask processing, so a rebuild is cheap.
   """
   mask = PauseStepMask(length, private_per_query, window)
   bq, bkv = _block(length), _block(length * (1 + private_per_query))
@@ -100,15 +98,14 @@ def _kernel(length: int, private_per_query: int, window: int | None, heads_per_g
     block_q_dq=bq,
     block_kv_dq=bkv,
   )
-  with jax.ensure_compile_time_eval():
-    return splash.make_splash_mqa(
-      splash_mask.MultiHeadMask([mask] * heads_per_group),
-      block_sizes=blocks,
-      head_shards=1,
-      q_seq_shards=1,
-      attn_logits_soft_cap=softcap,
-      interpret=interpret,
-    )
+  return splash.make_splash_mqa(
+    splash_mask.MultiHeadMask([mask] * heads_per_group),
+    block_sizes=blocks,
+    head_shards=1,
+    q_seq_shards=1,
+    attn_logits_soft_cap=softcap,
+    interpret=interpret,
+  )
 
 
 def _platform(mesh) -> str:
@@ -116,6 +113,16 @@ def _platform(mesh) -> str:
   ahead of time from a CPU host included), else the default backend's."""
   device = None if mesh.empty else mesh.abstract_device
   return getattr(device, "platform", None) or jax.default_backend()
+
+
+def _dividing(axes, size: int, mesh):
+  """`axes` (mesh axis names, one or a tuple, or None) if their devices divide `size`, else None
+  (that dimension is then replicated inside the shard_map)."""
+  names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  devices = 1
+  for name in names:
+    devices *= mesh.shape[name]
+  return axes if size % devices == 0 else None
 
 
 def _check_lengths(n: int, m: int) -> None:
@@ -168,19 +175,22 @@ def splash_attend(
   mesh = jax.sharding.get_abstract_mesh()
   kernel = _kernel(n, j, window, h // g, softcap, _platform(mesh) != "tpu")
 
-  def per_example(q_GxRxNxE, k_CxGxE, v_CxGxE, q_segments_N, kv_segments_C):
+  def per_example(q_GxRxNxE, k_GxCxE, v_GxCxE, q_segments_N, kv_segments_C):
     ids = splash.SegmentIds(q=q_segments_N, kv=kv_segments_C)
-    per_group = lambda q, k, v: kernel(q, k, v, segment_ids=ids)  # noqa: E731
-    return jax.vmap(per_group, in_axes=(0, 1, 1))(q_GxRxNxE, k_CxGxE, v_CxGxE)
+    return jax.vmap(lambda q, k, v: kernel(q, k, v, segment_ids=ids))(q_GxRxNxE, k_GxCxE, v_GxCxE)
 
   def call(q, k, v, q_segments, kv_segments):
     return jax.vmap(per_example)(q, k, v, q_segments, kv_segments)
 
-  args = (q_BxGxRxNxE, keys_BxCxGxE, values_BxCxGxE, segment_ids_BxN.astype(jnp.int32), kv_segments_BxC)
+  # Mapped axes lead, so each kernel call sees [C, E] blocks of its (key, head-dim) minor axes.
+  keys_BxGxCxE, values_BxGxCxE = jnp.swapaxes(keys_BxCxGxE, 1, 2), jnp.swapaxes(values_BxCxGxE, 1, 2)
+  args = (q_BxGxRxNxE, keys_BxGxCxE, values_BxGxCxE, segment_ids_BxN.astype(jnp.int32), kv_segments_BxC)
   if not mesh.empty:
-    batch, heads = nn.logical_to_mesh_axes(("act_batch", "act_kv_heads"))
+    batch, heads = (
+      _dividing(axes, size, mesh) for axes, size in zip(nn.logical_to_mesh_axes(("act_batch", "act_kv_heads")), (b, g))
+    )
     P = jax.sharding.PartitionSpec  # noqa: N806
-    specs = (P(batch, heads), P(batch, None, heads), P(batch, None, heads), P(batch), P(batch))
+    specs = (P(batch, heads), P(batch, heads), P(batch, heads), P(batch), P(batch))
     call = jax.shard_map(call, mesh=mesh, in_specs=specs, out_specs=P(batch, heads), check_vma=False)
   out_BxGxRxNxE = call(*args)
   return jnp.transpose(out_BxGxRxNxE, (0, 3, 1, 2, 4)).reshape(b, n, h, e).astype(dtype)
