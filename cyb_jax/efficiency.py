@@ -70,6 +70,19 @@ def data_efficiency(curve_a: Sequence[tuple[float, float]], curve_b: Sequence[tu
   }
 
 
+def token_ratio(baseline: Sequence[tuple[float, float]], model: Sequence[tuple[float, float]]) -> float:
+  """Tokens the baseline needs over tokens the model needs, to the worse one's final loss.
+
+  ``T_baseline(L) / T_model(L)`` at ``L`` = the larger of the two final eval losses, which
+  both curves reach: > 1 when the model learns faster (the paper's "a CYB model needs 1/3 of
+  the data" is a ratio of 3 against ``ce``), < 1 when the baseline does. NaN if a curve never
+  reaches that loss (a non-monotone curve).
+  """
+  target = max(baseline[-1][1], model[-1][1])
+  t_baseline, t_model = tokens_to_reach(baseline, target), tokens_to_reach(model, target)
+  return t_baseline / t_model if t_baseline and t_model else float("nan")
+
+
 def mean_curve(workdirs: Sequence[str], key: str = EVAL_LOSS) -> list[tuple[float, float]]:
   """Seed-averaged eval curve ``(tokens, loss)`` over the steps all runs evaluated."""
   per_run = []

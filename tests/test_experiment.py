@@ -32,6 +32,15 @@ def test_data_efficiency_ratio_and_lower_bound():
   assert e["better"] == "b" and e["lower_bound"] and e["ratio"] == pytest.approx(400 / 200)
 
 
+def test_token_ratio_is_the_baselines_tokens_over_the_models_at_the_worse_final_loss():
+  baseline = [(100, 3.0), (200, 2.0), (300, 1.5)]
+  model = [(100, 2.0), (200, 1.0)]  # reaches the baseline's final 1.5 at 150 tokens
+  assert efficiency.token_ratio(baseline, model) == pytest.approx(300 / 150)
+  # Swapped, the model is the slower one: the baseline reaches its final 1.5 at 150 tokens.
+  assert efficiency.token_ratio(model, baseline) == pytest.approx(150 / 300)
+  assert efficiency.token_ratio(baseline, baseline) == pytest.approx(1.0)
+
+
 def test_plan_covers_the_grid_and_the_sweeps():
   c = experiment_config.get_config("main")
   c.sweep.gamma = (0.5, 0.99)
