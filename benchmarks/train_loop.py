@@ -72,6 +72,9 @@ _D_MODEL = flags.DEFINE_integer("d_model", 256, "D.")
 _LAYERS = flags.DEFINE_integer("layers", 6, "Transformer blocks.")
 _HEADS = flags.DEFINE_integer("heads", 4, "Query heads.")
 _MLP = flags.DEFINE_integer("mlp_dim", 1024, "SwiGLU width.")
+_ATTENTION = flags.DEFINE_enum(
+  "attention_impl", "xla", ["xla", "dot_product", "splash"], "model.attention_impl of tables 1-3 and 5."
+)
 _UNROLL = flags.DEFINE_bool("unroll_pause_scan", False, "model.unroll_pause_scan of every run.")
 _LOOP_LENGTH = flags.DEFINE_integer("loop_length", 256, "N of table 1.")
 _LOOP_BATCH = flags.DEFINE_integer("loop_batch", 4, "B of table 1.")
@@ -108,11 +111,12 @@ _QUICK_SIZES = dict(
 _MIB = 2.0**20
 
 
-def run_config(length: int, batch: int, pauses: int, attention_impl: str = "xla") -> ml_collections.ConfigDict:
-  """The default run config with the benchmark's model, ``[batch, length]`` and K pauses."""
+def run_config(length: int, batch: int, pauses: int, attention_impl: str | None = None) -> ml_collections.ConfigDict:
+  """The default run config with the benchmark's model, ``[batch, length]``, K pauses and
+  ``attention_impl`` (default: ``--attention_impl``)."""
   c = default_config.get_config()
   c.model.update(
-    attention_impl=attention_impl,
+    attention_impl=attention_impl or _ATTENTION.value,
     num_layers=_LAYERS.value,
     d_model=_D_MODEL.value,
     num_heads=_HEADS.value,
