@@ -126,6 +126,7 @@ def run_config(length: int, batch: int, pauses: int, attention_impl: str | None 
     unroll_pause_scan=_UNROLL.value,
   )
   c.loss.name = "ce" if pauses == 0 else "cyb_ap"
+  c.loss.pause_warmup_steps = 0  # one loss for every step timed
   c.data.update(seq_len=length, batch_size=batch, eval_batches=1)
   c.update(progress_bar=False, write_report=False)
   return c

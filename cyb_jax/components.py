@@ -262,6 +262,13 @@ def validate(config: ml_collections.ConfigDict) -> losses.Loss:
     raise ValueError(
       f"optimizer.grad_accum_steps={accum} must be >= 1 and divide data.batch_size={config.data.batch_size}."
     )
+  warmup = config.loss.get("pause_warmup_steps", 0)
+  if isinstance(warmup, int) and warmup >= config.num_train_steps:
+    raise ValueError(
+      f"loss.pause_warmup_steps={warmup} covers the whole run (num_train_steps={config.num_train_steps}): "
+      f"{config.loss.name} would never train; set it below num_train_steps (e.g. "
+      f"{config.num_train_steps // 2}) or to 0."
+    )
   vocab_chunk(config)
   schedule_steps(config)
   init_folder = pretrained_path(config) or config.init_from

@@ -78,6 +78,7 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
       base = ml_collections.ConfigDict(copy.deepcopy(config.run.to_dict()))
       base.seed = seed
       base.loss.name = "ce"
+      base.loss.pause_warmup_steps = 0
       base.model.max_pauses = 0
       base.num_train_steps = config.ce_init_steps
       base.write_report = False

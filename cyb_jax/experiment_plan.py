@@ -30,7 +30,7 @@ class RunSpec:
   seed: int
   overrides: tuple[tuple[str, Any], ...] = ()  # (dotted config field, value)
   sweep: str = ""  # "" for the main comparison, else the swept field
-  warmup: int = 0  # loss.pause_warmup_steps of a CYB run (0: none)
+  warmup: int = 0  # loss.pause_warmup_steps of the run (0: none; baselines and sweeps: 0)
 
   @property
   def group(self) -> str:
@@ -93,6 +93,7 @@ def run_config(config: ml_collections.ConfigDict, spec: RunSpec) -> ml_collectio
   c.unlock()
   c.seed = spec.seed
   c.loss.name = spec.loss
+  c.loss.pause_warmup_steps = spec.warmup  # the run's own W, whatever the template says
   c.model.max_pauses = spec.max_pauses
   c.update_from_flattened_dict(dict(spec.overrides))
   return c

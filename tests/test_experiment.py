@@ -47,7 +47,7 @@ def test_plan_covers_the_grid_and_the_sweeps():
   runs = experiment_plan.plan_runs(c)
   names = [r.name for r in runs]
   assert names.count("ce_s0") == 1 and "cyb_dp_K3_s2" in names and "pause_ce_K1_s1" in names
-  assert len([r for r in runs if not r.sweep]) == 3 * (1 + 4 * 2)
+  assert len([r for r in runs if not r.sweep]) == 3 * (1 + 2 * (1 + 3 * 2))  # CYB with and without warm-up
   sweep = [r for r in runs if r.sweep]
   assert {r.name for r in sweep} == {
     "cyb_ap_K1_s0_gamma0.5",
@@ -139,3 +139,23 @@ def test_the_gpu_preset_runs_as_its_smoke_variant_on_a_cpu(tmp_path):
   results = experiment.run_experiment(smoke)
   assert set(results["rows"]) == {"ce", "pause_ce_K1", "cyb_ap_K1", "cyb_va_K1", "cyb_dp_K1"}
   assert (tmp_path / "results.md").exists()
+
+
+def test_the_default_config_is_the_recommended_cyb_dp_with_a_half_run_warmup():
+  """docs/RESULTS.md's recommendation; the baseline configs train their own loss throughout,
+  and the experiment's no-warm-up rows override the template's W."""
+  from cyb_jax.configs import ce as ce_config  # pylint: disable=g-import-not-at-top
+  from cyb_jax.configs import default as default_config  # pylint: disable=g-import-not-at-top
+  from cyb_jax.configs import pause_ce as pause_ce_config  # pylint: disable=g-import-not-at-top
+
+  c = default_config.get_config()
+  assert (c.loss.name, c.loss.budget, c.model.max_pauses) == ("cyb_dp", 1.0, 3)
+  assert c.loss.pause_warmup_steps == c.num_train_steps // 2
+  assert ce_config.get_config().loss.pause_warmup_steps == 0
+  assert pause_ce_config.get_config().loss.pause_warmup_steps == 0
+  e = experiment_config.get_config("main")
+  assert tuple(e.pause_warmup) == (0, e.run.num_train_steps // 2)
+  runs = {r.name: r for r in experiment_plan.plan_runs(e)}
+  assert experiment_plan.run_config(e, runs["cyb_dp_K3_s0"]).loss.pause_warmup_steps == 0
+  assert experiment_plan.run_config(e, runs["pause_ce_K3_s0"]).loss.pause_warmup_steps == 0
+  assert experiment_plan.run_config(e, runs["cyb_dp_w400_K3_s0"]).loss.pause_warmup_steps == 400

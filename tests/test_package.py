@@ -275,6 +275,7 @@ def test_installed_cyb_train_runs_outside_the_checkout(installed, tmp_path):
       f"--config={default}",
       f"--workdir={workdir}",
       "--config.num_train_steps=3",
+      "--config.loss.pause_warmup_steps=1",
       "--config.eval_every_steps=3",
       "--config.checkpoint_every_steps=3",
       "--config.log_every_steps=1",

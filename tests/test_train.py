@@ -222,6 +222,7 @@ def test_profile_steps_writes_a_trace_of_those_steps(tmp_path):
     ({"loss.name": "cyb_va", "loss.kl": "sequence"}, r"kl='sequence'"),
     ({"loss.name": "ce"}, r"set model.max_pauses=0"),
     ({"num_train_steps": 0}, r"num_train_steps=0"),
+    ({"loss.pause_warmup_steps": 6}, r"pause_warmup_steps=6 covers the whole run \(num_train_steps=6\)"),
   ],
 )
 def test_bad_configs_fail_fast_and_write_nothing(tmp_path, overrides, match):

@@ -19,6 +19,7 @@ def tiny_config(**overrides: Any) -> ml_collections.ConfigDict:
   c.update_from_flattened_dict(
     {
       "num_train_steps": 6,
+      "loss.pause_warmup_steps": 0,  # tests of the warm-up set their own
       "eval_every_steps": 3,
       "checkpoint_every_steps": 3,
       "log_every_steps": 1,

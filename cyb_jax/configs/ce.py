@@ -6,5 +6,6 @@ from cyb_jax.configs import default
 def get_config():
   c = default.get_config()
   c.loss.name = "ce"
+  c.loss.pause_warmup_steps = 0  # ce trains no pauses
   c.model.max_pauses = 0
   return c

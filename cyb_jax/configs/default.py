@@ -1,10 +1,14 @@
-"""The embedded default task: CYB-DP with K = 3 on synthetic arithmetic, a few minutes on a CPU.
+"""The embedded default task: CYB-DP with K = 3 and a pause warm-up on synthetic arithmetic.
 
-The data are generated on the fly (no download): additions and multiplications with
-answers written least significant digit first, each target token labelled with how
-much computation it needs (cyb_jax/data/synthetic.py). CYB-DP (a budget of one pause
-per token on average) is the loss that, at this size, learns to pause on the hardest
-digits (docs/RESULTS.md); switch with --config.loss.name=cyb_ap etc.
+A few minutes on a CPU. The data are generated on the fly (no download): additions and
+multiplications with answers written least significant digit first, each target token
+labelled with how much computation it needs (cyb_jax/data/synthetic.py).
+
+The recommended CYB setting (docs/RESULTS.md, "Recommended default"): CYB-DP with a budget
+of one pause per token on average, after a warm-up that trains every pause slot as a
+predictor for the first half of the run (`loss.pause_warmup_steps`, design section 11).
+Switch with --config.loss.name=cyb_ap etc.; ce trains no pauses, so give it
+--config.loss.pause_warmup_steps=0 too (or use configs/ce.py).
 """
 
 from cyb_jax.configs import base
@@ -25,6 +29,8 @@ def get_config():
   c.loss.name = "cyb_dp"
   c.loss.budget = 1.0
   c.loss.multiplier_rate = 0.01
+  c.loss.pause_warmup_steps = 400  # The first half trains every pause slot (docs/RESULTS.md:
+  #   pauses by difficulty and the best text losses come with it); 0 to switch to ce.
   c.data.source = "synthetic"
   c.data.seq_len = 64
   c.data.batch_size = 16

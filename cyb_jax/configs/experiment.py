@@ -59,7 +59,8 @@ def get_config(preset: str = "main") -> ml_collections.ConfigDict:
   c.losses = ("ce", "pause_ce", "cyb_ap", "cyb_va", "cyb_dp")  # Losses to compare.
   c.pauses = (1, 3)  # K values for the pause losses (ce always has K = 0).
   c.pause_warmup = (0,)  # Pause warm-up lengths W for every CYB loss (0: none; e.g. (0, 400)
-  #   trains each CYB run with and without a W-step warm-up, rows `{loss}_w{W}_K{k}`).
+  #   trains each CYB run with and without a W-step warm-up, rows `{loss}_w{W}_K{k}`). The
+  #   main, text and gpu presets run both: none, and the recommended half-run warm-up.
   c.seeds = (0, 1, 2)  # Seeds of the main comparison (sweeps use the first).
   c.from_ce = False  # Fine-tune every run from a shared ce checkpoint per seed (paper's setting).
   c.ce_init_steps = 500  # Steps of that shared ce checkpoint.
@@ -95,6 +96,7 @@ def get_config(preset: str = "main") -> ml_collections.ConfigDict:
     # Note that a private pause step adds width, not depth: its slot reads the same layer's
     # keys/values of the real tokens as step 0 (in 1 layer: the token embeddings).
     _one_layer_model(c.run, steps=800)
+    c.pause_warmup = (0, 400)
   elif preset == "text":
     c.pauses = (1,)
     c.seeds = (0,)
@@ -102,9 +104,12 @@ def get_config(preset: str = "main") -> ml_collections.ConfigDict:
     c.run.data.doc_per = "paragraph"
     c.run.data.spm_vocab_size = 512
     _one_layer_model(c.run, steps=800)
+    c.pause_warmup = (0, 400)
   elif preset == "gpu":
-    # 8 x 512: ~34M parameters; 9 runs per seed, ~20 s each at the H200's bf16 rate.
+    # 8 x 512: ~34M parameters; 15 runs per seed (CYB with and without the warm-up), ~20 s each
+    # at the H200's bf16 rate.
     _gpu_model(c.run, layers=8, width=512, steps=600, batch=64, seq_len=256)
+    c.pause_warmup = (0, 300)
     c.run.data.eval_batches = 16
   elif preset == "gpu_smoke":
     c.pauses = (1,)
