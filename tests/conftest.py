@@ -2,11 +2,22 @@
 
 Most trainer tests compile the same tiny train step; the cache turns all but the
 first compilation into a disk read. Set CYB_JAX_TEST_CACHE to move it.
+
+Compiling dominates the suite's time, so the tests (and the programs they start, which
+inherit the environment) use XLA's cheapest CPU code generation, as the multi-device
+subprocesses always did (``tests/multidevice/harness.py``): numerics are unchanged to
+float32 rounding. Set CYB_JAX_TEST_FULL_OPT=1 to test with XLA's default optimisation.
 """
 
 import os
 
-import jax
+if os.environ.get("CYB_JAX_TEST_FULL_OPT", "") in ("", "0"):
+  from tests.xla_flags import FAST_COMPILE_FLAGS
+
+  _flags = os.environ.get("XLA_FLAGS", "").split()
+  os.environ["XLA_FLAGS"] = " ".join([*_flags, *(f for f in FAST_COMPILE_FLAGS if f not in _flags)])
+
+import jax  # noqa: E402
 
 _CACHE = os.environ.get(
   "CYB_JAX_TEST_CACHE", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache", "jax_test_compilation")

@@ -8,7 +8,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import pathlib
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from cyb_jax import model as model_lib
 from cyb_jax import pretrained
 from cyb_jax import sharding
 from cyb_jax.data import tokenizer as tokenizer_lib
+from tests.multidevice import harness
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf"
 NAMES = ("llama3_gqa", "qwen2_bias", "smollm2_tied", "gemma3_text")
@@ -208,12 +208,7 @@ _EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_load_on_eight_devices_gives_each_device_its_block():
-  env = dict(
-    os.environ,
-    XLA_FLAGS="--xla_force_host_platform_device_count=8",
-    JAX_PLATFORMS="cpu",
-    PYTHONPATH=str(pathlib.Path(__file__).parent.parent),
-  )
+  env = harness.subprocess_env(8)  # 8 CPU devices; this checkout on PYTHONPATH
   result = subprocess.run(
     [sys.executable, "-c", _EIGHT_DEVICE_SCRIPT, str(FIXTURES / "llama3_gqa")],
     env=env,

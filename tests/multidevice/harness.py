@@ -22,14 +22,8 @@ from cyb_jax import sharding
 from cyb_jax import train
 from cyb_jax.data import make_data
 from tests import tiny
+from tests.xla_flags import FAST_COMPILE_FLAGS
 
-# XLA flags for every subprocess: 8 fake devices, and the cheapest CPU code generation
-# (compiling dominates these tests; numerics are unchanged to float32 rounding).
-FAST_COMPILE_FLAGS = (
-  "--xla_backend_optimization_level=0",
-  "--xla_llvm_disable_expensive_passes=true",
-  "--xla_cpu_use_fusion_emitters=false",
-)
 MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 4, 2))
 NUM_STEPS = 3
 
@@ -62,7 +56,8 @@ def subprocess_env(num_devices: int) -> dict[str, str]:
   """
   env = dict(os.environ)
   flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
-  env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={num_devices}", *FAST_COMPILE_FLAGS])
+  fast = [f for f in FAST_COMPILE_FLAGS if f not in flags]  # the cheapest CPU code generation
+  env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={num_devices}", *fast])
   env["JAX_PLATFORMS"] = "cpu"
   env.setdefault("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir or "")
   if not env["JAX_COMPILATION_CACHE_DIR"]:
