@@ -262,13 +262,6 @@ def validate(config: ml_collections.ConfigDict) -> losses.Loss:
     raise ValueError(
       f"optimizer.grad_accum_steps={accum} must be >= 1 and divide data.batch_size={config.data.batch_size}."
     )
-  warmup = config.loss.get("pause_warmup_steps", 0)
-  if isinstance(warmup, int) and warmup >= config.num_train_steps:
-    raise ValueError(
-      f"loss.pause_warmup_steps={warmup} covers the whole run (num_train_steps={config.num_train_steps}): "
-      f"{config.loss.name} would never train; set it below num_train_steps (e.g. "
-      f"{config.num_train_steps // 2}) or to 0."
-    )
   vocab_chunk(config)
   schedule_steps(config)
   init_folder = pretrained_path(config) or config.init_from
@@ -279,6 +272,13 @@ def validate(config: ml_collections.ConfigDict) -> losses.Loss:
       f"init_from={config.init_from!r} fine-tunes a pretrained language model: "
       "give it text (data.source='text:PATH' or 'tfds:NAME'), not the synthetic "
       "task."
+    )
+  warmup = config.loss.get("pause_warmup_steps", 0)
+  if isinstance(warmup, int) and warmup >= config.num_train_steps:
+    raise ValueError(
+      f"loss.pause_warmup_steps={warmup} covers the whole run (num_train_steps={config.num_train_steps}): "
+      f"{config.loss.name} would never train; set it below num_train_steps (e.g. "
+      f"{config.num_train_steps // 2}) or to 0."
     )
   protocol(config)
   return make_loss(config)

@@ -32,6 +32,7 @@ def _config(tmp_path, **overrides):
       "data.batch_size": 4,
       "data.eval_batches": 1,
       "num_train_steps": 3,
+      "loss.pause_warmup_steps": 1,  # step 0 warms the fresh pause slots up, then cyb_va
       "eval_every_steps": 3,
       "checkpoint_every_steps": 3,
       "log_every_steps": 1,
