@@ -44,7 +44,7 @@ def get_config():
   c.optimizer.warmup_steps = 50
   c.optimizer.weight_decay = 0.0
   c.num_train_steps = 1000
-  c.loss.pause_warmup_steps = 400  # The fresh pause slots train as predictors first (docs/RESULTS.md).
+  c.loss.pause_warmup_steps = 0  # From a trained model the warm-up did not help (docs/RESULTS.md section 7).
   c.eval_every_steps = 100
   c.checkpoint_every_steps = 500
   c.log_every_steps = 10
