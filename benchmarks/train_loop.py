@@ -132,26 +132,37 @@ def run_config(length: int, batch: int, pauses: int, attention_impl: str | None 
   return c
 
 
+def one_device_programs(config: ml_collections.ConfigDict, workdir: str):
+  """``(model_cfg, mesh, rules, programs, batch)``: the trainer's programs for ``config`` on one
+  device and the first training batch, placed."""
+  data = components.make_run_data(config, workdir)
+  model_cfg = components.model_config(config, data.info.vocab_size)
+  mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
+  rules = sharding.rules_from_config(config.logical_axis_rules)
+  programs = train.make_programs(config, model_cfg, mesh, rules)
+  local = next(data.train)
+  batch = sharding.global_batch({k: local[k] for k in train.BATCH_KEYS}, mesh)
+  return model_cfg, mesh, rules, programs, batch
+
+
+def peak_of(compiled: Any) -> int:
+  """Peak bytes of a compiled program: argument + output + temp - alias."""
+  m = compiled.memory_analysis()
+  return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+
+
 class Step:
   """The trainer's compiled train step for ``config`` on one device, with its own state."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    data = components.make_run_data(config, workdir)
-    self.model_cfg = components.model_config(config, data.info.vocab_size)
-    self.mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
-    rules = sharding.rules_from_config(config.logical_axis_rules)
-    programs = train.make_programs(config, self.model_cfg, self.mesh, rules)
+    self.model_cfg, self.mesh, rules, programs, self.batch = one_device_programs(config, workdir)
     with sharding.mesh_context(self.mesh, rules):
       self.state = programs.init(jax.random.key(0))
-      local = next(data.train)
-      self.batch = sharding.global_batch({k: local[k] for k in train.BATCH_KEYS}, self.mesh)
-      lowered = programs.train_step.lower(self.state, self.batch)
-      self.compiled = lowered.compile()
+      self.compiled = programs.train_step.lower(self.state, self.batch).compile()
       self.flops = train.model_flops_per_device(config, self.model_cfg, programs.loss, self.batch)
     cost = self.compiled.cost_analysis()
     self.compiled_flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
-    m = self.compiled.memory_analysis()
-    self.peak_bytes = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+    self.peak_bytes = peak_of(self.compiled)
     self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(self.state.params))
 
   def __call__(self) -> Any:
@@ -372,18 +383,10 @@ def bench_steps(peak: float, workdir: str) -> tuple[dict, str]:
 
 
 def peak_bytes(config: ml_collections.ConfigDict, workdir: str) -> int:
-  """Peak bytes of the compiled train step (argument + output + temp - alias); nothing runs."""
-  data = components.make_run_data(config, workdir)
-  model_cfg = components.model_config(config, data.info.vocab_size)
-  mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
-  rules = sharding.rules_from_config(config.logical_axis_rules)
-  programs = train.make_programs(config, model_cfg, mesh, rules)
+  """Peak bytes of the compiled train step (:func:`peak_of`); nothing runs."""
+  _, mesh, rules, programs, batch = one_device_programs(config, workdir)
   with sharding.mesh_context(mesh, rules):
-    state = programs.abstract_state(jax.random.key(0))
-    local = next(data.train)
-    batch = sharding.global_batch({k: local[k] for k in train.BATCH_KEYS}, mesh)
-    m = programs.train_step.lower(state, batch).compile().memory_analysis()
-  return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+    return peak_of(programs.train_step.lower(programs.abstract_state(jax.random.key(0)), batch).compile())
 
 
 MEMORY_IMPLS = ("xla", "dot_product")  # splash is a TPU kernel: benchmarks/tpu_compile.py

@@ -53,7 +53,7 @@ def _tokens(seed=1):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _logits_and_grads(cfg, params, tokens, segment_ids, positions):
+def logits_and_grads(cfg, params, tokens, segment_ids, positions):
   """step_logits, and the gradient of a scalar function of all of them w.r.t. the parameters."""
 
   def f(p):
@@ -65,7 +65,7 @@ def _logits_and_grads(cfg, params, tokens, segment_ids, positions):
   return logits, grads
 
 
-def _assert_trees_close(a, b, *, rtol):
+def assert_trees_close(a, b, *, rtol):
   """Every leaf x of `a` is within rtol * max|y| of the same leaf y of `b` (normwise)."""
   assert jax.tree.structure(a) == jax.tree.structure(b)
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
@@ -100,7 +100,7 @@ def _check_equal_with_grads(f_ref, f_fused, args):
   np.testing.assert_allclose(out_fused, out_ref, **TOL)
   weights = jax.random.normal(jax.random.key(9), out_ref.shape)
   grad = lambda f: jax.grad(lambda *a: (weights * f(*a)).sum(), range(len(args)))  # noqa: E731
-  _assert_trees_close(grad(f_fused)(*args), grad(f_ref)(*args), **GRAD_TOL)
+  assert_trees_close(grad(f_fused)(*args), grad(f_ref)(*args), **GRAD_TOL)
 
 
 def test_fused_shared_attention_equals_attend():
@@ -168,10 +168,10 @@ def test_fused_step_logits_and_gradients_equal_dense(cfg):
   params, tokens = _params(), _tokens()
   segment_ids, positions = _packed_ids()
   fused = dataclasses.replace(cfg, attention_impl="dot_product")
-  ref_logits, ref_grads = _logits_and_grads(cfg, params, tokens, segment_ids, positions)
-  logits, grads = _logits_and_grads(fused, params, tokens, segment_ids, positions)
+  ref_logits, ref_grads = logits_and_grads(cfg, params, tokens, segment_ids, positions)
+  logits, grads = logits_and_grads(fused, params, tokens, segment_ids, positions)
   np.testing.assert_allclose(logits, ref_logits, **TOL)
-  _assert_trees_close(grads, ref_grads, **GRAD_TOL)
+  assert_trees_close(grads, ref_grads, **GRAD_TOL)
 
 
 def test_fused_scanned_layers_equal_dense():

@@ -2,7 +2,6 @@
 on this CPU) computes the dense reference (`attention.attend`): values and gradients."""
 
 import dataclasses
-import functools
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ from cyb_jax import attention
 from cyb_jax import attention_splash
 from cyb_jax import model as model_lib
 from cyb_jax.model_config import ModelConfig
+from tests import test_attention_kernels as kernels_test
 from tests.multidevice import harness
 
 B, N, V, K, W = 2, 128, 40, 2, 5  # splash needs N % 128 == 0
@@ -46,9 +46,7 @@ def _packed_ids():
 
 
 def _assert_trees_close(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=0, atol=GRAD_TOL * float(np.abs(y).max()), err_msg=jax.tree_util.keystr(path))
+  kernels_test.assert_trees_close(a, b, rtol=GRAD_TOL)
 
 
 def _random_qkv(j=3, seed=0):
@@ -127,15 +125,7 @@ def test_pause_step_mask_is_causal_real_keys_then_block_diagonal_private_keys():
   assert len({attention_splash.PauseStepMask(4, 2, 2), attention_splash.PauseStepMask(4, 2, None)}) == 2
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _logits_and_grads(cfg, params, tokens, segment_ids, positions):
-  def f(p):
-    logits = model_lib.step_logits(cfg, p, tokens, segment_ids=segment_ids, positions=positions)
-    weights = jnp.sin(jnp.arange(logits.size, dtype=jnp.float32)).reshape(logits.shape)
-    return (weights * logits).sum(), logits
-
-  (_, logits), grads = jax.value_and_grad(f, has_aux=True)(params)
-  return logits, grads
+_logits_and_grads = kernels_test.logits_and_grads
 
 
 def _model_inputs(cfg):

@@ -27,16 +27,6 @@ from cyb_jax import sharding
 from tests import test_attention_splash as case
 
 
-def _logits_and_grads(cfg, params, tokens, segment_ids, positions):
-  def f(p):
-    logits = model_lib.step_logits(cfg, p, tokens, segment_ids=segment_ids, positions=positions)
-    weights = jnp.sin(jnp.arange(logits.size, dtype=jnp.float32)).reshape(logits.shape)
-    return (weights * logits).sum(), logits
-
-  (_, logits), grads = jax.value_and_grad(f, has_aux=True)(params)
-  return logits, grads
-
-
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--out", required=True)
@@ -48,15 +38,15 @@ def main() -> None:
   segment_ids, positions = jnp.tile(segment_ids, (2, 1)), jnp.tile(positions, (2, 1))
   inputs = (tokens, segment_ids, positions)
 
-  ref_logits, ref_grads = jax.jit(_logits_and_grads, static_argnums=0)(cfg, params, *inputs)
+  ref_logits, ref_grads = case._logits_and_grads(cfg, params, *inputs)  # pylint: disable=protected-access
 
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   rules = sharding.DEFAULT_LOGICAL_RULES
   splash_cfg = dataclasses.replace(cfg, attention_impl="splash")
   with sharding.mesh_context(mesh, rules):
     placed = [jax.device_put(x, sharding.batch_sharding(mesh)) for x in inputs]
-    logits, grads = jax.jit(_logits_and_grads, static_argnums=0)(splash_cfg, params, *placed)
-    jaxpr = str(jax.make_jaxpr(_logits_and_grads, static_argnums=0)(splash_cfg, params, *placed))
+    logits, grads = case._logits_and_grads(splash_cfg, params, *placed)  # pylint: disable=protected-access
+    jaxpr = str(jax.make_jaxpr(case._logits_and_grads, static_argnums=0)(splash_cfg, params, *placed))  # pylint: disable=protected-access
   rel = [
     float(np.abs(np.asarray(g) - np.asarray(r)).max() / np.abs(np.asarray(r)).max())
     for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads))
