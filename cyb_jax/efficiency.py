@@ -5,6 +5,11 @@ better one, read from the other's eval curve (eval loss against training tokens,
 linear interpolation, seeds averaged) how many tokens it needed to reach that loss,
 and divide by the better model's tokens. If it never got there, the ratio is at least
 its total tokens over the better model's tokens (reported as ``>= r``).
+
+Across budgets: when ``ce`` is also trained for longer budgets (each run with its own
+schedule), :func:`budget_frontier` joins its grid run's eval curve to the longer runs' final
+losses, and :func:`tokens_by_budget` reads from it the tokens ce needs to reach a model's
+final loss: the paper's "the same quality with 1/3 of the data", measured, not bounded.
 """
 
 from __future__ import annotations
@@ -81,6 +86,43 @@ def token_ratio(baseline: Sequence[tuple[float, float]], model: Sequence[tuple[f
   target = max(baseline[-1][1], model[-1][1])
   t_baseline, t_model = tokens_to_reach(baseline, target), tokens_to_reach(model, target)
   return t_baseline / t_model if t_baseline and t_model else float("nan")
+
+
+def budget_frontier(
+  curve: Sequence[tuple[float, float]], finals: Sequence[tuple[float, float]]
+) -> list[tuple[float, float]]:
+  """Eval loss against tokens of one loss trained for several budgets.
+
+  Args:
+    curve: ``(tokens, eval loss)`` of the run at the grid's budget (its last point is its final).
+    finals: ``(tokens, final eval loss)`` of longer runs, each with its own schedule.
+
+  Returns:
+    ``curve``, then the finals beyond its last tokens, sorted by tokens.
+  """
+  end = curve[-1][0]
+  return list(curve) + sorted((float(t), float(loss)) for t, loss in finals if t > end)
+
+
+def tokens_by_budget(frontier: Sequence[tuple[float, float]], tokens: float, loss: float) -> dict[str, Any]:
+  """How many times the tokens of a model a baseline needs, across its budgets, for the same loss.
+
+  Args:
+    frontier: the baseline's :func:`budget_frontier`.
+    tokens: the model's training tokens.
+    loss: the model's final eval loss.
+
+  Returns:
+    ``tokens_baseline`` (tokens to reach ``loss``; None if no budget did), ``ratio``
+    (``tokens_baseline / tokens``; with None, the largest budget's tokens over ``tokens``)
+    and ``lower_bound`` (True in that case: the ratio is at least this).
+  """
+  needed = tokens_to_reach(frontier, loss)
+  return {
+    "tokens_baseline": needed,
+    "ratio": (frontier[-1][0] if needed is None else needed) / tokens,
+    "lower_bound": needed is None,
+  }
 
 
 def mean_curve(workdirs: Sequence[str], key: str = EVAL_LOSS) -> list[tuple[float, float]]:

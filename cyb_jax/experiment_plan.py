@@ -1,6 +1,7 @@
 """The runs of the CYB comparison: which (loss, K, seed) runs, with which training config.
 
-:func:`plan_runs` lists the main grid and the one-seed sweeps of an experiment config,
+:func:`plan_runs` lists the main grid, the longer ``ce`` runs of ``ce_budgets`` and the
+one-seed sweeps of an experiment config,
 :func:`run_config` gives one run's training config, and :func:`check_same_run` refuses to
 reuse a run folder trained with another config.
 """
@@ -31,11 +32,14 @@ class RunSpec:
   overrides: tuple[tuple[str, Any], ...] = ()  # (dotted config field, value)
   sweep: str = ""  # "" for the main comparison, else the swept field
   warmup: int = 0  # loss.pause_warmup_steps of the run (0: none; baselines and sweeps: 0)
+  budget: int | None = None  # num_train_steps of a longer ce run (ce_budgets); None: the grid's
 
   @property
   def group(self) -> str:
     """The row of the results this run is a seed of: ``ce``, ``{loss}_K{k}`` or, with a pause
-    warm-up of W steps, ``{loss}_w{W}_K{k}``."""
+    warm-up of W steps, ``{loss}_w{W}_K{k}``; a longer ce run of B steps: ``ce_steps{B}``."""
+    if self.budget is not None:
+      return f"ce_steps{self.budget}"
     if self.loss == "ce":
       return "ce"
     return f"{self.loss}_w{self.warmup}_K{self.max_pauses}" if self.warmup else (f"{self.loss}_K{self.max_pauses}")
@@ -46,7 +50,7 @@ def _fmt(value: Any) -> str:
 
 
 def plan_runs(config: ml_collections.ConfigDict) -> list[RunSpec]:
-  """Every run of the experiment: the main grid, then the one-seed sweeps."""
+  """Every run of the experiment: the main grid, the longer ce runs, then the one-seed sweeps."""
   unknown = sorted(set(config.losses) - set(losses.LOSSES))
   if unknown:
     raise ValueError(f"losses {unknown} are unknown; allowed: {sorted(losses.LOSSES)}.")
@@ -59,6 +63,17 @@ def plan_runs(config: ml_collections.ConfigDict) -> list[RunSpec]:
     raise ValueError(
       f"pause_warmup={warmups} must be a non-empty tuple of ints >= 0 (0: the CYB losses without a warm-up)."
     )
+  budgets = tuple(config.ce_budgets)
+  steps = config.run.num_train_steps
+  if any(isinstance(b, bool) or not isinstance(b, int) or b <= steps for b in budgets) or len(set(budgets)) < len(
+    budgets
+  ):
+    raise ValueError(
+      f"ce_budgets={budgets} must be distinct ints above run.num_train_steps={steps} "
+      f"(longer ce runs, e.g. ({2 * steps}, {4 * steps})), or () for none."
+    )
+  if budgets and "ce" not in config.losses:
+    raise ValueError(f"ce_budgets={budgets} are longer ce runs, but losses={tuple(config.losses)} has no 'ce'.")
   runs = []
   for seed in config.seeds:
     if "ce" in config.losses:
@@ -70,6 +85,12 @@ def plan_runs(config: ml_collections.ConfigDict) -> list[RunSpec]:
         for w in warmups if loss in CYB_LOSSES else (0,):
           spec = RunSpec("", loss, k, seed, (("loss.pause_warmup_steps", w),) if w else (), warmup=w)
           runs.append(dataclasses.replace(spec, name=f"{spec.group}_s{seed}"))
+  for seed in config.seeds:
+    for budget in budgets:
+      # Its own learning-rate schedule over B steps, the grid's evaluation and checkpoint
+      # intervals: the final loss of ce at B steps, and its eval curve up to there.
+      overrides = (("num_train_steps", budget), ("optimizer.schedule_steps", None))
+      runs.append(RunSpec(f"ce_steps{budget}_s{seed}", "ce", 0, seed, overrides, budget=budget))
   seed = config.seeds[0]
   for field, values in (
     ("loss.gamma", config.sweep.gamma),

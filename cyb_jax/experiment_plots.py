@@ -60,6 +60,25 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
     title="Loss against compute",
   )
 
+  by_budget = results.get("ce_budgets")
+  if by_budget:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    tokens, loss = zip(*by_budget["frontier"])
+    ax.plot(tokens, loss, color="k", marker="o", markersize=3, label="ce across budgets")
+    for i, (key, v) in enumerate(by_budget["vs"].items()):
+      ax.axhline(
+        v["final_loss"], color=f"C{i}", linewidth=1, linestyle="--" if key.startswith("pause_ce") else "-", label=key
+      )
+    ax.set_xscale("log")
+    finish(
+      fig,
+      ax,
+      "ce_by_budget.png",
+      xlabel="ce training tokens (log)",
+      ylabel="eval loss (nll_mix)",
+      title="ce across budgets against each model's final loss",
+    )
+
   with_levels = {k: p["difficulty"] for k, p in results["pauses"].items() if "difficulty" in p}
   if with_levels:
     fig, ax = plt.subplots(figsize=(7, 4.5))

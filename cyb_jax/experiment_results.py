@@ -111,6 +111,7 @@ def summarise_runs(
     rows[key] = {
       "loss": members[0].loss,
       "K": members[0].max_pauses,
+      "steps": plan_lib.run_config(config, members[0]).num_train_steps,
       "seeds": [s.seed for s in members],
       "train_tokens": float(np.mean([f["train_tokens"] for f in finals])),
       "seconds": _mean_known([timings.get(s.name, float("nan")) for s in members]),
@@ -137,6 +138,7 @@ def summarise_runs(
         eff = efficiency_lib.data_efficiency(rows[key]["curve"], rows[base]["curve"])
         eff["better"] = key if eff["better"] == "a" else base
         efficiency[f"{key} vs {base}"] = eff
+  by_budget = _ce_by_budget(rows)
   analysed = {}  # run name -> _pause_analysis, each run analysed once
 
   def pause_analysis(spec: plan_lib.RunSpec) -> dict[str, Any] | None:
@@ -146,7 +148,11 @@ def summarise_runs(
       analysed[spec.name] = _pause_analysis(workdir(spec), config.run.eval.tau)
     return analysed[spec.name]
 
-  pauses = {key: pause_analysis(members[0]) for key, members in groups.items()} if config.analyse_pauses else {}
+  pauses = (
+    {key: pause_analysis(members[0]) for key, members in groups.items() if members[0].budget is None}
+    if config.analyse_pauses
+    else {}
+  )
   sweeps = []
   if any(s.sweep for s in specs):
     # Each swept (loss, K) is listed beside its main run of the same seed (the default
@@ -158,6 +164,7 @@ def summarise_runs(
       s
       for s in main
       if s.seed == seed
+      and s.budget is None
       and (s.loss == "ce" or (s.loss == "pause_ce" and s.max_pauses in swept_k) or (s.loss, s.max_pauses) in swept)
     ] + [s for s in specs if s.sweep]
     order = lambda s: (
@@ -190,8 +197,40 @@ def summarise_runs(
     "from_ce": bool(config.from_ce),
     "rows": rows,
     "efficiency": efficiency,
+    "ce_budgets": by_budget,
     "pauses": pauses,
     "sweeps": sweeps,
+  }
+
+
+def _ce_by_budget(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+  """ce at every budget, and the tokens it needs to reach each other row's final loss.
+
+  Returns ``{}`` without longer ce runs, else ``points`` (one per ce budget: ``row``,
+  ``steps``, ``tokens``, ``nll_mix``), ``frontier`` (:func:`efficiency.budget_frontier`) and
+  ``vs`` (per non-ce row: its ``final_loss`` and ``tokens``, and
+  :func:`efficiency.tokens_by_budget`).
+  """
+  ce_rows = sorted(((k, r) for k, r in rows.items() if r["loss"] == "ce"), key=lambda kv: kv[1]["steps"])
+  if "ce" not in rows or len(ce_rows) < 2:
+    return {}
+  grid_tokens = rows["ce"]["train_tokens"]
+  longer = [(r["train_tokens"], r["nll_mix"]["mean"]) for _, r in ce_rows if r["train_tokens"] > grid_tokens]
+  frontier = efficiency_lib.budget_frontier(rows["ce"]["curve"], longer)
+  return {
+    "points": [
+      {"row": k, "steps": r["steps"], "tokens": r["train_tokens"], "nll_mix": r["nll_mix"]} for k, r in ce_rows
+    ],
+    "frontier": frontier,
+    "vs": {
+      k: {
+        "final_loss": r["nll_mix"]["mean"],
+        "tokens": r["train_tokens"],
+        **efficiency_lib.tokens_by_budget(frontier, r["train_tokens"], r["nll_mix"]["mean"]),
+      }
+      for k, r in rows.items()
+      if r["loss"] != "ce"
+    },
   }
 
 
@@ -208,6 +247,50 @@ def _pm(stat: dict[str, float], digits: int = 3) -> str:
   if stat["n"] > 1:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
   return f"{stat['mean']:.{digits}f}"
+
+
+def _ce_budget_lines(by_budget: dict[str, Any]) -> list[str]:
+  """The "ce by budget" section of results.md (none without longer ce runs)."""
+  if not by_budget:
+    return []
+  lines = [
+    "",
+    "## ce by budget",
+    "",
+    "ce trained for longer budgets, each run with its own learning-rate schedule, seeds as the "
+    "grid's. Drop: how much its final loss falls per doubling of the budget (near 0: ce's loss "
+    "has flattened).",
+    "",
+    "| ce row | steps | train tokens | seeds | final nll_mix | drop per doubling |",
+    "|---|---|---|---|---|---|",
+  ]
+  prev = None
+  for p in by_budget["points"]:
+    drop = (
+      "-"
+      if prev is None
+      else f"{(prev['nll_mix']['mean'] - p['nll_mix']['mean']) / math.log2(p['tokens'] / prev['tokens']):.4f}"
+    )
+    lines.append(
+      f"| {p['row']} | {p['steps']} | {p['tokens']:,.0f} | {p['nll_mix']['n']} | {_pm(p['nll_mix'])} | {drop} |"
+    )
+    prev = p
+  lines += [
+    "",
+    "Tokens ce needs, across its budgets (its grid run's eval curve, then the longer runs' final "
+    "losses, linear in tokens), to reach each model's final loss, over that model's tokens "
+    "(`>=`: no budget got there). The paper's target for CYB: 3.",
+    "",
+    "| run | final nll_mix | train tokens | ce tokens to that loss | ratio |",
+    "|---|---|---|---|---|",
+  ]
+  for key, v in by_budget["vs"].items():
+    needed = "never" if v["tokens_baseline"] is None else f"{v['tokens_baseline']:,.0f}"
+    lines.append(
+      f"| {key} | {v['final_loss']:.4f} | {v['tokens']:,.0f} | {needed} | "
+      f"{'>= ' if v['lower_bound'] else ''}{v['ratio']:.2f} |"
+    )
+  return lines
 
 
 def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
@@ -251,6 +334,7 @@ def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
       f"| {pair} | {e['better']} | {e['target_loss']:.4f} | {ratio} | "
       f"{e['worse_final_loss']:.4f} | {e['ratio_at_worse_final']:.2f} |"
     )
+  lines += _ce_budget_lines(results.get("ce_budgets") or {})
   for key, p in results["pauses"].items():
     if "difficulty" in p:
       d = p["difficulty"]

@@ -41,6 +41,42 @@ def test_token_ratio_is_the_baselines_tokens_over_the_models_at_the_worse_final_
   assert efficiency.token_ratio(baseline, baseline) == pytest.approx(1.0)
 
 
+def test_tokens_by_budget_reads_the_longer_runs_beyond_the_grid_curve():
+  grid = [(100, 3.0), (200, 2.5)]  # the ce run of the grid's budget
+  frontier = efficiency.budget_frontier(grid, [(800, 2.0), (400, 2.2), (150, 9.0)])
+  assert frontier == [(100, 3.0), (200, 2.5), (400, 2.2), (800, 2.0)]  # finals within the curve: dropped
+  # A model at 2.1 after 200 tokens: ce needs 600 (halfway from 2.2 at 400 to 2.0 at 800).
+  assert efficiency.tokens_by_budget(frontier, 200, 2.1) == {
+    "tokens_baseline": pytest.approx(600.0),
+    "ratio": pytest.approx(3.0),
+    "lower_bound": False,
+  }
+  assert efficiency.tokens_by_budget(frontier, 200, 2.75)["ratio"] == pytest.approx(150 / 200)  # on the grid curve
+  never = efficiency.tokens_by_budget(frontier, 200, 1.5)
+  assert never["lower_bound"] and never["tokens_baseline"] is None and never["ratio"] == pytest.approx(800 / 200)
+
+
+def test_plan_adds_a_longer_ce_run_per_budget_and_seed_with_its_own_schedule():
+  c = experiment_config.get_config("text")
+  c.seeds = (0, 1)
+  c.ce_budgets = (1600, 3200)
+  runs = {r.name: r for r in experiment_plan.plan_runs(c)}
+  longer = [r for r in runs.values() if r.budget is not None]
+  assert sorted(r.name for r in longer) == ["ce_steps1600_s0", "ce_steps1600_s1", "ce_steps3200_s0", "ce_steps3200_s1"]
+  spec = runs["ce_steps3200_s1"]
+  assert (spec.loss, spec.max_pauses, spec.seed, spec.group, spec.sweep) == ("ce", 0, 1, "ce_steps3200", "")
+  run = experiment_plan.run_config(c, spec)
+  assert run.num_train_steps == 3200 and run.optimizer.schedule_steps is None
+  assert experiment_plan.run_config(c, runs["ce_s1"]).num_train_steps == 800
+  for bad in ((800,), (1600, 1600), (True,), (2400.0,)):
+    c.ce_budgets = bad
+    with pytest.raises(ValueError, match=r"must be distinct ints above run.num_train_steps=800"):
+      experiment_plan.plan_runs(c)
+  c.ce_budgets, c.losses = (1600,), ("pause_ce", "cyb_dp")
+  with pytest.raises(ValueError, match=r"has no 'ce'"):
+    experiment_plan.plan_runs(c)
+
+
 def test_plan_covers_the_grid_and_the_sweeps():
   c = experiment_config.get_config("main")
   c.sweep.gamma = (0.5, 0.99)
@@ -87,20 +123,34 @@ def test_a_micro_experiment_writes_results(tmp_path):
   c.run.data.seq_len = 16
   c.run.data.batch_size = 4
   c.sweep.gamma = (0.5,)
+  c.ce_budgets = (8,)
   results = experiment.run_experiment(c)
-  assert set(results["rows"]) == {"ce", "cyb_ap_K1"}
+  assert set(results["rows"]) == {"ce", "ce_steps8", "cyb_ap_K1"}
+  assert results["rows"]["ce_steps8"]["steps"] == 8 and results["rows"]["ce"]["steps"] == 4
+  tokens = results["rows"]["ce"]["train_tokens"]
+  assert results["rows"]["ce_steps8"]["train_tokens"] > 1.5 * tokens  # target tokens: 4 vs 8 batches
+  by_budget = results["ce_budgets"]
+  assert [p["row"] for p in by_budget["points"]] == ["ce", "ce_steps8"]
+  assert by_budget["frontier"][-1] == (
+    results["rows"]["ce_steps8"]["train_tokens"],
+    results["rows"]["ce_steps8"]["nll_mix"]["mean"],
+  )
+  assert set(by_budget["vs"]) == {"cyb_ap_K1"} and by_budget["vs"]["cyb_ap_K1"]["tokens"] == tokens
+  assert "ce_steps8" not in results["pauses"] and "ce_steps8 vs ce" not in results["efficiency"]
   assert "cyb_ap_K1 vs ce" in results["efficiency"]
   assert results["pauses"]["cyb_ap_K1"]["difficulty"]["levels"]
   with open(tmp_path / "results.json") as f:
     assert json.load(f)["rows"]["ce"]["K"] == 0
   text = (tmp_path / "results.md").read_text()
-  assert "| cyb_ap_K1 |" in text and "Data efficiency" in text
+  assert "| cyb_ap_K1 |" in text and "Data efficiency" in text and "## ce by budget" in text
+  assert "| ce_steps8 | 8 |" in text
   # The sweep lists its run beside the same seed's ce and default-gamma runs.
   assert [e["name"] for e in results["sweeps"]] == ["ce_s0", "cyb_ap_K1_s0", "cyb_ap_K1_s0_gamma0.5"]
   assert [e["value"] for e in results["sweeps"]] == [None, None, 0.5]
   assert all(len(e["mean_pauses_by_level"]) == 5 for e in results["sweeps"])
   assert "| cyb_ap_K1_s0_gamma0.5 | loss.gamma | 0.5 |" in text
   assert os.path.getsize(tmp_path / "plots" / "eval_loss_vs_tokens.png") > 1000
+  assert os.path.getsize(tmp_path / "plots" / "ce_by_budget.png") > 1000
   # Running it again reuses the finished runs and keeps the seconds they took.
   with open(tmp_path / "timings.json") as f:
     seconds = json.load(f)

@@ -7,8 +7,11 @@ Each ``--experiment=DEPTH:OUT_DIR`` is a finished ``cyb-experiment`` (its ``resu
 For every CYB row (``{loss}_K{k}``, ``{loss}_w{W}_K{k}``) and baseline (``ce``, ``pause_ce_K{k}``)
 it computes ``efficiency.token_ratio``: the baseline's tokens over the CYB model's, both to the
 worse one's final eval loss, on seed-averaged curves (> 1: the CYB model needs fewer tokens;
-the paper's targets are 3 against ce and 2 against pause_ce). Writes ``depth.md`` (the table,
-with final losses and pauses) and ``tokens_ratio_vs_depth.png`` into ``--out``.
+the paper's targets are 3 against ce and 2 against pause_ce). Where the experiment also trained
+ce for longer budgets (``ce_budgets``), the table adds ``efficiency.tokens_by_budget``: the tokens
+ce needs across its budgets to reach the CYB model's final loss, over the CYB model's. Writes
+``depth.md`` (the table, with final losses and pauses) and ``tokens_ratio_vs_depth.png`` into
+``--out``.
 """
 
 from __future__ import annotations
@@ -55,26 +58,30 @@ def main(argv):
     raise app.UsageError("give --experiment=DEPTH:OUT_DIR (one or more) and --out")
   by_depth = dict(sorted(_load(s) for s in _EXPERIMENTS.value))
   table = [
-    "| depth | row | seeds | final nll_mix | E[pauses] | ce tokens / CYB tokens | pause_ce tokens / CYB tokens |",
-    "|---|---|---|---|---|---|---|",
+    "| depth | row | seeds | final nll_mix | E[pauses] | ce tokens / CYB tokens | pause_ce tokens / CYB tokens "
+    "| ce tokens across budgets / CYB tokens |",
+    "|---|---|---|---|---|---|---|---|",
   ]
   series: dict[str, dict[str, list[tuple[int, float]]]] = {}
   for depth, results in by_depth.items():
     rows = results["rows"]
+    by_budget = (results.get("ce_budgets") or {}).get("vs", {})
     for name, r in ratios(rows).items():
       row = rows[name]
+      budget = by_budget.get(name)
+      across = f"{'>= ' if budget['lower_bound'] else ''}{budget['ratio']:.2f}" if budget else ""
       table.append(
         f"| {depth} | {name} | {len(row['seeds'])} | {row['nll_mix']['mean']:.4f} +- {row['nll_mix']['std']:.4f} | "
-        f"{row['expected_pauses']['mean']:.2f} | {r['ce']:.2f} | {r['pause_ce']:.2f} |"
+        f"{row['expected_pauses']['mean']:.2f} | {r['ce']:.2f} | {r['pause_ce']:.2f} | {across} |"
       )
       for baseline in TARGETS:
         series.setdefault(baseline, {}).setdefault(name, []).append((depth, r[baseline]))
-    for base in ("ce", *(n for n in rows if n.startswith("pause_ce"))):
+    for base in ("ce", *(n for n in rows if n.startswith(("ce_steps", "pause_ce")))):
       if base in rows:
         row = rows[base]
         table.append(
           f"| {depth} | {base} | {len(row['seeds'])} | {row['nll_mix']['mean']:.4f} +- {row['nll_mix']['std']:.4f} | "
-          f"{row['expected_pauses']['mean']:.2f} | | |"
+          f"{row['expected_pauses']['mean']:.2f} | | | |"
         )
   files.write_text(os.path.join(_OUT.value, "depth.md"), "\n".join(table) + "\n")
 
