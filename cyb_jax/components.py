@@ -350,9 +350,24 @@ class LoadedRun:
   protocol: evaluation.Protocol
 
 
-def load_run(workdir: str, step: int | None = None) -> LoadedRun:
-  """Loads a run's config, data and parameters (the newest checkpoint by default)."""
+def load_run(workdir: str, step: int | None = None, *, eval_batches: int | None = None) -> LoadedRun:
+  """Loads a run's config, data and parameters (the newest checkpoint by default).
+
+  ``eval_batches`` replaces the run's ``data.eval_batches`` (None: the run's own): more or
+  fewer batches of the same held-out documents, in the same order (the train/eval split does
+  not depend on it).
+  """
   config = upgrade_legacy_config(ckpt_lib.load_config(workdir))
+  if eval_batches is not None:
+    if isinstance(eval_batches, bool) or not isinstance(eval_batches, int) or eval_batches < 1:
+      raise ValueError(
+        f"eval_batches={eval_batches!r} must be an int >= 1 (None: the run's {config.data.eval_batches})."
+      )
+    if not config.data.eval_batches:
+      raise ValueError(
+        f"eval_batches={eval_batches} needs a run with an eval split; {workdir!r} has data.eval_batches=0."
+      )
+    config.data.eval_batches = eval_batches
   data = make_run_data(config, workdir)
   model_cfg = model_config(config, data.info.vocab_size)
   abstract = jax.eval_shape(lambda: model_lib.init_params(model_cfg, jax.random.key(0)))

@@ -24,9 +24,14 @@ def analyze_run(
   min_count: int = 20,
   top: int = 20,
   tagged_text: str | None = None,
+  eval_batches: int | None = None,
 ) -> str:
-  """Loads a run and writes its pause statistics (and, for text runs, the word view); returns the markdown."""
-  run = components.load_run(workdir, step)
+  """Loads a run and writes its pause statistics (and, for text runs, the word view); returns the markdown.
+
+  ``eval_batches`` analyses that many batches of the run's held-out set instead of its own
+  ``data.eval_batches`` (e.g. more, for rare words).
+  """
+  run = components.load_run(workdir, step, eval_batches=eval_batches)
   is_text = data_config_lib.parse_source(run.config.data.source).kind == "text"
   if tagged_text is not None and not is_text:
     raise ValueError(

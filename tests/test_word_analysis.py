@@ -371,3 +371,23 @@ def test_cli_analyze_writes_the_word_and_tag_view(text_run):
   (root / "bad.txt").write_text("\n".join(bad))
   with pytest.raises(ValueError, match=r"bad.txt:7: .* is not word/tag"):
     analyze.analyze_run(str(root / "run"), out=str(root / "out4"), tagged_text=str(root / "bad.txt"))
+
+
+def test_more_eval_batches_extend_the_runs_held_out_rows_in_order(text_run):
+  from cyb_jax import components
+  from cyb_jax import run_analysis as analyze
+
+  root, _ = text_run
+  own = components.load_run(str(root / "run"))
+  n = len(own.data.eval_batches)
+  more = components.load_run(str(root / "run"), eval_batches=2 * n)
+  assert len(more.data.eval_batches) == 2 * n
+  for a, b in zip(own.data.eval_batches, more.data.eval_batches[:n]):
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+  positions = {}
+  for name, batches in (("own", None), ("more", 2 * n)):
+    analyze.analyze_run(str(root / "run"), out=str(root / name), min_count=1, eval_batches=batches)
+    positions[name] = json.load(open(root / name / "pause_stats.json"))["summary"]["num_positions"]
+  assert positions["more"] > positions["own"]
+  with pytest.raises(ValueError, match=r"eval_batches=0 must be an int >= 1 \(None: the run's"):
+    components.load_run(str(root / "run"), eval_batches=0)

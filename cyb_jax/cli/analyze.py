@@ -2,7 +2,7 @@ r"""Where does a trained model pause? Per-token and per-difficulty pause statist
 
   cyb-analyze --workdir=/tmp/cyb_default
   cyb-analyze --workdir=/tmp/text_run --step=2000 --tau=0.3 --min_count=50 --top=30
-  cyb-analyze --workdir=/tmp/brown_run --tagged_text=/data/brown/brown_tagged.txt
+  cyb-analyze --workdir=/tmp/brown_run --tagged_text=/data/brown/brown_tagged.txt --eval_batches=64
 
 Loads the run's checkpoint (the newest unless --step), runs the model on the run's eval set,
 prints the tables and writes <out>/pause_stats.json, <out>/pause_stats.md and <out>/plots/.
@@ -30,6 +30,13 @@ _TAGGED_TEXT = flags.DEFINE_string(
   "word as word/tag, line by line as the text), for pauses by part-of-speech tag.",
 )
 
+_EVAL_BATCHES = flags.DEFINE_integer(
+  "eval_batches",
+  None,
+  "Batches of the run's held-out set to analyse (default: the run's data.eval_batches); "
+  "more batches of the same documents, in the same order, e.g. to count rare words.",
+)
+
 
 def main(argv):
   if len(argv) > 1:
@@ -43,6 +50,7 @@ def main(argv):
       min_count=_MIN_COUNT.value,
       top=_TOP.value,
       tagged_text=_TAGGED_TEXT.value,
+      eval_batches=_EVAL_BATCHES.value,
     )
   )
 
