@@ -287,14 +287,7 @@ class Attention(nn.Module):
       shared = cache.shared
       private = written = _write(cache.private, own_BxSx1xGxE, visibility.write_index, axis=2)
 
-    shared_mask = visibility.shared_mask
-    if self.window is not None and sliding is not False:
-      key_positions = positions_BxS if cache is None else visibility.shared_positions
-      if key_positions is None:
-        raise ValueError("a sliding-window layer with a cache needs Visibility.shared_positions")
-      inside_BxSxM = window_mask(positions_BxS, key_positions, self.window)
-      shared_mask = shared_mask & (inside_BxSxM if sliding is True else inside_BxSxM | ~sliding)
-    if self.impl == "splash" and visibility.segment_ids is not None:
+    if self.impl == "splash" and visibility.segment_ids is not None:  # the window is the kernel's block mask
       run = functools.partial(
         splash_attend,
         q_BxSxHxE,
@@ -315,13 +308,14 @@ class Attention(nn.Module):
       out_BxSxHxE = attend(
         q_BxSxHxE,
         shared,
-        shared_mask,
+        self._dense_shared_mask(visibility, positions_BxS, sliding, has_cache=cache is not None),
         private,
         visibility.private_mask,
         scale=self.scale,
         softcap=self.softcap,
       )
     elif self.impl == "dot_product" and self.softcap is None:
+      shared_mask = self._dense_shared_mask(visibility, positions_BxS, sliding, has_cache=cache is not None)
       out_BxSxHxE = fused_attend(q_BxSxHxE, shared, shared_mask, private, visibility.private_mask, scale=self.scale)
     else:
       raise ValueError(
@@ -332,6 +326,21 @@ class Attention(nn.Module):
     if self.out_bias:
       out_BxSxD = out_BxSxD + bias("out_bias", (d,), ("embed",))
     return out_BxSxD, written
+
+  def _dense_shared_mask(
+    self, visibility: Visibility, positions_BxS: jax.Array, sliding: bool | jax.Array, *, has_cache: bool
+  ) -> jax.Array:
+    """`[B, S, M]` bool: `visibility.shared_mask`, and in a sliding-window layer its window.
+
+    For a traced ``sliding`` (scanned layers) the window applies where it is True.
+    """
+    if self.window is None or sliding is False:
+      return visibility.shared_mask
+    key_positions = visibility.shared_positions if has_cache else positions_BxS
+    if key_positions is None:
+      raise ValueError("a sliding-window layer with a cache needs Visibility.shared_positions")
+    inside_BxSxM = window_mask(positions_BxS, key_positions, self.window)
+    return visibility.shared_mask & (inside_BxSxM if sliding is True else inside_BxSxM | ~sliding)
 
   def _inv_freq(self, sliding: bool | jax.Array) -> jax.Array:
     """Rotary frequencies `[E / 2]` of this call: the local ones on sliding layers if set."""
