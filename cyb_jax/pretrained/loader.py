@@ -81,12 +81,14 @@ def model_config(
   return hf_config.model_config_from_hf(hf, max_pauses=max_pauses, pause_layout=pause_layout, dtype=dtype, **fields)
 
 
-def _flatten(tree) -> dict[tuple[str, ...], Any]:
+def flatten(tree) -> dict[tuple[str, ...], Any]:
+  """`{path tuple: leaf}` of a nested dict of arrays (the loader's and `export`'s view of params)."""
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {tuple(k.key for k in path): leaf for path, leaf in flat}
 
 
-def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
+def unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
+  """The nested dict of a `{path tuple: leaf}` dict (the inverse of :func:`flatten`)."""
   tree: dict = {}
   for path, leaf in flat.items():
     node = tree
@@ -167,10 +169,10 @@ def load_params(
   hf = read_hf_config(path)
   folder = hf_weights.SafetensorsFolder(path)
   sources = hf_weights.tensor_map(cfg, hf_gemma=hf_config.is_gemma(hf))
-  abstract = _flatten(jax.eval_shape(model_lib.init_params, cfg, jax.random.key(0)))
+  abstract = flatten(jax.eval_shape(model_lib.init_params, cfg, jax.random.key(0)))
   if set(abstract) != set(sources):
     raise AssertionError(f"tensor map and parameters differ: {set(abstract) ^ set(sources)}")
-  sharding_of = {} if shardings is None else _flatten(shardings)
+  sharding_of = {} if shardings is None else flatten(shardings)
   available = folder.names()
   used, fresh, out = set(), [], {}
   for key, leaf in abstract.items():
@@ -200,7 +202,7 @@ def load_params(
       f"{unused[:5]}: the architecture is not supported as configured"
     )
   out.update(_fresh_cyb_params(cfg, out[("token_embed",)], fresh, sharding_of, dtype, rng))
-  return _unflatten(out)
+  return unflatten(out)
 
 
 def _fresh_cyb_params(cfg: ModelConfig, token_embed_VxD, keys, sharding_of, dtype, rng):
@@ -259,13 +261,3 @@ def load(
     path, max_pauses=max_pauses, pause_layout=pause_layout, dtype=dtype, init_pause_prob=init_pause_prob, **fields
   )
   return cfg, load_params(path, cfg, rng=rng)
-
-
-def unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
-  """Nested dict of a `{path tuple: leaf}` dict (for `export`)."""
-  return _unflatten(flat)
-
-
-def flatten(tree) -> dict[tuple[str, ...], Any]:
-  """`{path tuple: leaf}` of a nested dict of arrays (for `export`)."""
-  return _flatten(tree)
