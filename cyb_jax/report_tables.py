@@ -191,25 +191,27 @@ def difficulty_table_md(stats: analysis.DifficultyStats) -> str:
   )
 
 
+def group_columns(*, accuracies: bool = False) -> list[str]:
+  """The column names of :func:`group_cells`."""
+  head = ["positions", "mean pauses k*", "pause rate", "std k*", "E[pauses]"]
+  return head + (["accuracy step 0", "accuracy at k*", "gain"] if accuracies else ["accuracy gain"])
+
+
+def group_cells(g: analysis.GroupStats, *, accuracies: bool = False) -> list[str]:
+  """One group's pause figures as table cells (:func:`group_columns`): its positions, mean
+  k*, pause rate, std k*, mean E[pauses], with ``accuracies`` the accuracy at step 0 and at
+  k*, and the accuracy gain."""
+  cells = [str(g.count), num(g.mean_pauses), num(g.pause_rate), num(g.std_pauses), num(g.mean_expected_pauses)]
+  return cells + ([num(g.accuracy_step0), num(g.accuracy)] if accuracies else []) + [signed(g.gain)]
+
+
 def _token_rows(groups: Sequence[analysis.GroupStats]) -> list[list[str]]:
-  return [
-    [
-      md_code(g.name),
-      str(g.key),
-      str(g.count),
-      num(g.mean_pauses),
-      num(g.pause_rate),
-      num(g.std_pauses),
-      num(g.mean_expected_pauses),
-      signed(g.gain),
-    ]
-    for g in groups
-  ]
+  return [[md_code(g.name), str(g.key), *group_cells(g)] for g in groups]
 
 
 def token_tables_md(stats: analysis.TokenStats) -> str:
   """Most/least pausing tokens, keyed by the token read and by the token predicted."""
-  header = ["token", "id", "positions", "mean pauses k*", "pause rate", "std k*", "E[pauses]", "accuracy gain"]
+  header = ["token", "id", *group_columns()]
   parts = []
   for title, groups in (
     ("Most pausing after reading the token", stats.most_after),

@@ -91,31 +91,11 @@ def run_position_words(info, docs: Sequence[str], tagged_docs, inputs: np.ndarra
 
 def _rows(groups: Sequence[Any], first: str = "name") -> list[list[str]]:
   return [
-    [
-      tables.md_code(g.name) if first == "code" else g.name,
-      str(g.count),
-      tables.num(g.mean_pauses),
-      tables.num(g.pause_rate),
-      tables.num(g.std_pauses),
-      tables.num(g.mean_expected_pauses),
-      tables.num(g.accuracy_step0),
-      tables.num(g.accuracy),
-      tables.signed(g.gain),
-    ]
-    for g in groups
+    [tables.md_code(g.name) if first == "code" else g.name, *tables.group_cells(g, accuracies=True)] for g in groups
   ]
 
 
-_HEADER = [
-  "positions",
-  "mean pauses k*",
-  "pause rate",
-  "std k*",
-  "E[pauses]",
-  "accuracy step 0",
-  "accuracy at k*",
-  "gain",
-]
+_HEADER = tables.group_columns(accuracies=True)
 
 
 def words_md(ws: wa.WordStats) -> str:
