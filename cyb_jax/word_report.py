@@ -23,6 +23,7 @@ from cyb_jax import plots
 from cyb_jax import report_tables as tables
 from cyb_jax import word_analysis as wa
 from cyb_jax.data import config as data_config_lib
+from cyb_jax.data import pipeline
 from cyb_jax.data import text
 from cyb_jax.data import tokenizer as tokenizer_lib
 
@@ -47,8 +48,7 @@ def eval_documents(data_cfg, tagged_text: str | None = None) -> tuple[list[str],
   spec = data_config_lib.parse_source(data_cfg.source)
   if spec.kind != "text":
     raise ValueError(f"data.source={data_cfg.source!r} is not a text source: the word view needs text:PATH_OR_GLOB.")
-  docs = text.read_documents(text.find_text_files(spec.path), data_cfg.doc_per)
-  _, eval_idx = text.split_train_eval(len(docs), data_cfg.eval_fraction if data_cfg.eval_batches else 0.0)
+  _, docs, _, eval_idx = pipeline.text_split(data_cfg, spec.path)
   tagged_docs = None
   if tagged_text is not None:
     tagged_files = text.find_text_files(tagged_text)

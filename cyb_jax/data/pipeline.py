@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import ml_collections
 import numpy as np
@@ -173,10 +174,26 @@ def _text_info(tok: tokenizer_lib.Tokenizer) -> DataInfo:
   )
 
 
-def _text(cfg, spec, seed, workdir, process_index, first_local_row, local_rows, fingerprint) -> DataBundle:
-  files = text.find_text_files(spec.path)
+class TextSplit(NamedTuple):
+  """A text source's documents, in reading order, and which are held out."""
+
+  files: list[str]  # the text files, sorted
+  docs: list[str]  # every document of `files`, cut by data.doc_per
+  train_idx: np.ndarray  # int [train docs]: indices into `docs`
+  eval_idx: np.ndarray  # int [eval docs]: indices into `docs`, in the eval set's order
+
+
+def text_split(cfg, path: str) -> TextSplit:
+  """The documents of ``text:path`` and the train/eval split a run of data config ``cfg`` uses
+  (no eval documents when ``cfg.eval_batches`` is 0)."""
+  files = text.find_text_files(path)
   docs = text.read_documents(files, cfg.doc_per)
   train_idx, eval_idx = text.split_train_eval(len(docs), cfg.eval_fraction if cfg.eval_batches else 0.0)
+  return TextSplit(files, docs, train_idx, eval_idx)
+
+
+def _text(cfg, spec, seed, workdir, process_index, first_local_row, local_rows, fingerprint) -> DataBundle:
+  files, docs, train_idx, eval_idx = text_split(cfg, spec.path)
   train_docs = [docs[i] for i in train_idx]
   tok = tokenizer_lib.load_or_train(
     tokenizer_path=cfg.tokenizer,
