@@ -28,6 +28,7 @@ from cyb_jax import files
 _EXPERIMENTS = flags.DEFINE_multi_string("experiment", [], "DEPTH:OUT_DIR of a finished experiment.")
 _OUT = flags.DEFINE_string("out", None, "Folder for depth.md and the plot.")
 TARGETS = {"ce": 3.0, "pause_ce": 2.0}  # the paper's token ratios
+_ACROSS = "ce across budgets"  # the third panel: efficiency.tokens_by_budget, where ce_budgets ran
 
 
 def _load(spec: str) -> tuple[int, dict]:
@@ -76,6 +77,8 @@ def main(argv):
       )
       for baseline in TARGETS:
         series.setdefault(baseline, {}).setdefault(name, []).append((depth, r[baseline]))
+      if budget:
+        series.setdefault(_ACROSS, {}).setdefault(name, []).append((depth, budget["ratio"]))
     for base in ("ce", *(n for n in rows if n.startswith(("ce_steps", "pause_ce")))):
       if base in rows:
         row = rows[base]
@@ -90,8 +93,9 @@ def main(argv):
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-  for ax, (baseline, target) in zip(axes, TARGETS.items()):
+  panels = {**TARGETS, **({_ACROSS: TARGETS["ce"]} if _ACROSS in series else {})}
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True)
+  for ax, (baseline, target) in zip(axes, panels.items()):
     for name, points in sorted(series.get(baseline, {}).items()):
       depths, values = zip(*points)
       ax.plot(depths, values, marker="o", label=name, linestyle="-" if "_w" in name else "--")
@@ -99,7 +103,12 @@ def main(argv):
     ax.axhline(1.0, color="grey", linewidth=0.6)
     ax.set_xticks(sorted(by_depth), [str(d) for d in sorted(by_depth)])
     ax.set_xlabel("layers")
-    ax.set_title(f"{baseline} tokens / CYB tokens to the same eval loss")
+    ax.set_title(
+      "ce tokens across budgets / CYB tokens, to the CYB loss"
+      if baseline == _ACROSS
+      else f"{baseline} tokens / CYB tokens to the same eval loss",
+      fontsize=10,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   axes[0].set_ylabel("token ratio (> 1: CYB needs fewer)")
