@@ -24,8 +24,8 @@ programs of one table (one sequence length at a time), and the fastest repeat is
 Two clocks: process CPU time (all threads of this process), which measures the work and barely
 moves when other jobs share the machine, and wall time (load only adds to it; the train table
 also gives the median). Compare ratios within one run. Memory is XLA's static buffer
-assignment of the compiled program (``memory_analysis()``): ``peak = argument + output + temp
-- alias`` bytes, deterministic on any backend.
+assignment of the compiled program (:func:`cyb_jax.mfu.compiled_bytes`): ``peak = argument +
+output + temp - alias`` bytes, deterministic on any backend.
 
   python benchmarks/model.py                       # N = 256 and 1024, K = 0..4 (long on 2 CPUs)
   python benchmarks/model.py --lengths=256 --repeats=2 --unroll_pause_scan
@@ -51,6 +51,7 @@ from absl import flags
 
 from cyb_jax import decode
 from cyb_jax import losses
+from cyb_jax import mfu
 from cyb_jax import model as model_lib
 from cyb_jax.model import ModelConfig
 
@@ -99,19 +100,6 @@ _MIB = 2.0**20
 # --------------------------------------------------------------------------------------
 # Measuring.
 # --------------------------------------------------------------------------------------
-
-
-def memory_stats(compiled: jax.stages.Compiled) -> dict[str, int]:
-  """Static buffer sizes of a compiled program in bytes; peak = argument + output + temp - alias."""
-  m = compiled.memory_analysis()
-  stats = dict(
-    argument=m.argument_size_in_bytes,
-    output=m.output_size_in_bytes,
-    temp=m.temp_size_in_bytes,
-    alias=m.alias_size_in_bytes,
-  )
-  stats["peak"] = stats["argument"] + stats["output"] + stats["temp"] - stats["alias"]
-  return stats
 
 
 def interleaved_seconds(programs: dict[Any, Callable[[], Any]], repeats: int) -> dict[Any, dict[str, float]]:
@@ -191,7 +179,7 @@ def bench_train(
           p["pause_embed"] = params["pause_embed"][:k]
         step = jax.jit(jax.value_and_grad(functools.partial(train_loss, cfg)))
         compiled = step.lower(p, tokens).compile()
-        memory[(n, layout, k)] = memory_stats(compiled)
+        memory[(n, layout, k)] = mfu.compiled_bytes(compiled)
         programs[(n, layout, k)] = functools.partial(compiled, p, tokens)
     seconds |= interleaved_seconds(programs, repeats)
 

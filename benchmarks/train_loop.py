@@ -17,7 +17,7 @@ benchmarks/model.py), each ratio measured within this run:
    counts the pause scan's body once.
 3. **r(K) = t(K) / ((K + 1) t(0))** of the private layout, t(0) the K = 0 model with the
    ``ce`` loss, t(K) with ``cyb_ap``: the full train step (loss, gradient, AdamW).
-4. **Peak memory** of the train step (``compiled.memory_analysis()``: argument + output +
+4. **Peak memory** of the train step (:func:`cyb_jax.mfu.compiled_bytes`: argument + output +
    temp - alias bytes; compiled, not run) with dense attention (``attention_impl="xla"``)
    and ``jax.nn.dot_product_attention`` (``"dot_product"``). The Pallas splash kernel is
    compiled for TPU by ``benchmarks/tpu_compile.py --attention_impl=xla,splash``.
@@ -145,12 +145,6 @@ def one_device_programs(config: ml_collections.ConfigDict, workdir: str):
   return model_cfg, mesh, rules, programs, batch
 
 
-def peak_of(compiled: Any) -> int:
-  """Peak bytes of a compiled program: argument + output + temp - alias."""
-  m = compiled.memory_analysis()
-  return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
-
-
 class Step:
   """The trainer's compiled train step for ``config`` on one device, with its own state."""
 
@@ -162,7 +156,6 @@ class Step:
       self.flops = train.model_flops_per_device(config, self.model_cfg, programs.loss, self.batch)
     cost = self.compiled.cost_analysis()
     self.compiled_flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
-    self.peak_bytes = peak_of(self.compiled)
     self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(self.state.params))
 
   def __call__(self) -> Any:
@@ -383,10 +376,11 @@ def bench_steps(peak: float, workdir: str) -> tuple[dict, str]:
 
 
 def peak_bytes(config: ml_collections.ConfigDict, workdir: str) -> int:
-  """Peak bytes of the compiled train step (:func:`peak_of`); nothing runs."""
+  """Peak bytes of the compiled train step (:func:`cyb_jax.mfu.compiled_bytes`); nothing runs."""
   _, mesh, rules, programs, batch = one_device_programs(config, workdir)
   with sharding.mesh_context(mesh, rules):
-    return peak_of(programs.train_step.lower(programs.abstract_state(jax.random.key(0)), batch).compile())
+    compiled = programs.train_step.lower(programs.abstract_state(jax.random.key(0)), batch).compile()
+  return mfu.compiled_bytes(compiled)["peak"]
 
 
 MEMORY_IMPLS = ("xla", "dot_product")  # splash is a TPU kernel: benchmarks/tpu_compile.py

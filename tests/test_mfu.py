@@ -1,4 +1,4 @@
-"""Pure parts of the MFU accounting: the peak table, the ratio, the FLOP count, the profile window."""
+"""Pure parts of the MFU accounting: the peak table, the ratio, the FLOP count, program bytes, the profile window."""
 
 import jax
 import jax.numpy as jnp
@@ -72,6 +72,27 @@ def test_lowered_flops_counts_a_matmul_exactly_and_a_scan_body_once():
   unrolled = mfu.lowered_flops(jax.jit(lambda x, w: scanned(x, w, True)).lower(x, w))
   assert unrolled == 4 * matmul
   assert matmul <= once < 1.01 * matmul  # the body once (+ the loop counter): why the twin unrolls
+
+
+def test_compiled_bytes_peak_is_argument_plus_output_plus_temp_less_the_donated_alias():
+  x, w = jnp.ones((256, 256)), jnp.ones((256, 256))
+  update = lambda x, w: x - 0.1 * w  # elementwise: with x donated, the result overwrites x
+  kept = mfu.compiled_bytes(jax.jit(update).lower(x, w).compile())
+  donated_program = jax.jit(update, donate_argnums=0).lower(x, w).compile()
+  donated = mfu.compiled_bytes(donated_program)
+  m = donated_program.memory_analysis()
+  assert {k: donated[k] for k in ("argument", "output", "temp", "alias")} == dict(
+    argument=m.argument_size_in_bytes,
+    output=m.output_size_in_bytes,
+    temp=m.temp_size_in_bytes,
+    alias=m.alias_size_in_bytes,
+  )
+  for b in (kept, donated):
+    assert b["peak"] == b["argument"] + b["output"] + b["temp"] - b["alias"]
+  assert kept["alias"] == 0 and donated["alias"] == x.nbytes
+  assert kept["argument"] == donated["argument"] == x.nbytes + w.nbytes  # alias counted in argument and output
+  assert kept["output"] == donated["output"] == x.nbytes
+  assert donated["peak"] < kept["peak"]  # here by x.nbytes: the result needs no buffer of its own
 
 
 def _step_flops(**overrides):
