@@ -137,7 +137,9 @@ class Step:
     with sharding.mesh_context(self.mesh, rules):
       self.state = programs.init(jax.random.key(0))
       self.compiled = programs.train_step.lower(self.state, self.batch).compile()
-      self.flops = train.model_flops_per_device(config, self.model_cfg, programs.loss, self.batch)
+      self.flops = train.model_flops_per_device(
+        config, self.model_cfg, programs.loss, self.batch, tx=programs.tx, schedule=programs.schedule
+      )
     cost = self.compiled.cost_analysis()
     self.compiled_flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
     self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(self.state.params))

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import optax
 import pytest
 
 from cyb_jax import components
@@ -95,11 +96,23 @@ def test_compiled_bytes_peak_is_argument_plus_output_plus_temp_less_the_donated_
   assert donated["peak"] < kept["peak"]  # here by x.nbytes: the result needs no buffer of its own
 
 
-def _step_flops(**overrides):
+def _step_flops(optimizer=None, **overrides):
   config = tiny_config(**overrides)
   model_cfg = components.model_config(config, 32)
   batch = {k: jnp.zeros((4, 16), jnp.float32 if k == "weights" else jnp.int32) for k in train.BATCH_KEYS}
-  return train.model_flops_per_device(config, model_cfg, losses.make_loss_from_config(config.loss), batch)
+  tx, schedule = optimizer(config) if optimizer else (None, None)
+  loss = losses.make_loss_from_config(config.loss)
+  return train.model_flops_per_device(config, model_cfg, loss, batch, tx=tx, schedule=schedule)
+
+
+def _sgd(config):
+  _, schedule = components.make_optimizer(config)
+  return optax.sgd(schedule), schedule
+
+
+def test_model_flops_count_the_optimiser_passed_else_the_configs():
+  assert _step_flops(components.make_optimizer) == _step_flops()
+  assert _step_flops(_sgd) < _step_flops()  # the passed optimiser is counted: SGD does less than AdamW
 
 
 def test_model_flops_do_not_depend_on_scans_remat_or_chunks():
