@@ -53,6 +53,7 @@ from absl import app
 from absl import flags
 
 from cyb_jax import losses
+from cyb_jax import mfu
 
 _QUICK = flags.DEFINE_bool("quick", False, "Small sizes for a smoke test (overrides size flags).")
 _OUT = flags.DEFINE_string("out", None, "Also write all figures as JSON to this path.")
@@ -231,21 +232,13 @@ def compile_value_and_grad(
 
 
 def memory_stats(compiled: jax.stages.Compiled) -> dict[str, int]:
-  """Static buffer sizes of a compiled program, in bytes.
+  """Static buffer sizes of a compiled program, in bytes: :func:`cyb_jax.mfu.compiled_bytes`.
 
   ``peak = argument + output + temp - alias``: everything the program holds while it
-  runs under XLA's buffer assignment. XLA's own ``peak_memory_in_bytes`` is kept too.
+  runs under XLA's buffer assignment. XLA's own ``peak_memory_in_bytes`` is kept too
+  (``xla_peak``; -1 where the backend gives none).
   """
-  m = compiled.memory_analysis()
-  stats = dict(
-    argument=m.argument_size_in_bytes,
-    output=m.output_size_in_bytes,
-    temp=m.temp_size_in_bytes,
-    alias=m.alias_size_in_bytes,
-    xla_peak=getattr(m, "peak_memory_in_bytes", -1),
-  )
-  stats["peak"] = stats["argument"] + stats["output"] + stats["temp"] - stats["alias"]
-  return stats
+  return mfu.compiled_bytes(compiled) | dict(xla_peak=getattr(compiled.memory_analysis(), "peak_memory_in_bytes", -1))
 
 
 def interleaved_median_seconds(

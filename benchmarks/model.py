@@ -24,8 +24,8 @@ programs of one table (one sequence length at a time), and the fastest repeat is
 Two clocks: process CPU time (all threads of this process), which measures the work and barely
 moves when other jobs share the machine, and wall time (load only adds to it; the train table
 also gives the median). Compare ratios within one run. Memory is XLA's static buffer
-assignment of the compiled program (``memory_analysis()``): ``peak = argument + output + temp
-- alias`` bytes, deterministic on any backend.
+assignment of the compiled program (:func:`cyb_jax.mfu.compiled_bytes`): ``peak = argument +
+output + temp - alias`` bytes, deterministic on any backend.
 
   python benchmarks/model.py                       # N = 256 and 1024, K = 0..4 (long on 2 CPUs)
   python benchmarks/model.py --lengths=256 --repeats=2 --unroll_pause_scan
@@ -37,8 +37,10 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -49,8 +51,11 @@ import jax.numpy as jnp
 from absl import app
 from absl import flags
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common
 from cyb_jax import decode
 from cyb_jax import losses
+from cyb_jax import mfu
 from cyb_jax import model as model_lib
 from cyb_jax.model import ModelConfig
 
@@ -59,15 +64,12 @@ _OUT = flags.DEFINE_string("out", None, "Also write all figures as JSON to this 
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of parameters and inputs.")
 _SKIP_TRAIN = flags.DEFINE_bool("skip_train", False, "Skip table 1 (train step versus K).")
 _SKIP_DECODE = flags.DEFINE_bool("skip_decode", False, "Skip table 2 (decoding).")
-# Model (defaults: ~10.5M parameters).
-_VOCAB = flags.DEFINE_integer("vocab", 8192, "V, vocabulary without DK.")
-_D_MODEL = flags.DEFINE_integer("d_model", 256, "D.")
-_LAYERS = flags.DEFINE_integer("layers", 6, "Transformer blocks.")
-_HEADS = flags.DEFINE_integer("heads", 4, "Query heads (head dimension D / heads).")
-_MLP = flags.DEFINE_integer("mlp_dim", 1024, "SwiGLU width.")
+# Model (defaults: ~10.5M parameters): --vocab --d_model --layers --heads --mlp_dim
+# --unroll_pause_scan.
+common.define_model_flags()
+flags.adopt_module_key_flags(common)  # --help lists them
 _MAX_PAUSES = flags.DEFINE_integer("max_pauses", 4, "Largest K; table 1 runs K = 0..max_pauses.")
 _LAYOUTS = flags.DEFINE_list("layouts", ["private", "visible"], "Pause layouts to measure.")
-_UNROLL = flags.DEFINE_bool("unroll_pause_scan", False, "ModelConfig.unroll_pause_scan.")
 # Table 1.
 _LENGTHS = flags.DEFINE_list("lengths", ["256", "1024"], "Sequence lengths N of table 1.")
 _BATCH = flags.DEFINE_integer("batch", 1, "B of table 1.")
@@ -78,12 +80,7 @@ _PROMPT = flags.DEFINE_integer("prompt", 16, "Prompt length of table 2.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Generated tokens per sequence in table 2.")
 _DECODE_REPEATS = flags.DEFINE_integer("decode_repeats", 3, "Timed repeats per program of table 2.")
 
-_QUICK_SIZES = dict(
-  vocab=512,
-  d_model=64,
-  layers=2,
-  heads=2,
-  mlp_dim=128,
+_QUICK_SIZES = dict(  # with common.QUICK_SIZES
   max_pauses=2,
   lengths=[64],
   batch=1,
@@ -99,19 +96,6 @@ _MIB = 2.0**20
 # --------------------------------------------------------------------------------------
 # Measuring.
 # --------------------------------------------------------------------------------------
-
-
-def memory_stats(compiled: jax.stages.Compiled) -> dict[str, int]:
-  """Static buffer sizes of a compiled program in bytes; peak = argument + output + temp - alias."""
-  m = compiled.memory_analysis()
-  stats = dict(
-    argument=m.argument_size_in_bytes,
-    output=m.output_size_in_bytes,
-    temp=m.temp_size_in_bytes,
-    alias=m.alias_size_in_bytes,
-  )
-  stats["peak"] = stats["argument"] + stats["output"] + stats["temp"] - stats["alias"]
-  return stats
 
 
 def interleaved_seconds(programs: dict[Any, Callable[[], Any]], repeats: int) -> dict[Any, dict[str, float]]:
@@ -141,16 +125,7 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _model_config(max_pauses: int, layout: str) -> ModelConfig:
-  return ModelConfig(
-    vocab_size=_VOCAB.value,
-    num_layers=_LAYERS.value,
-    d_model=_D_MODEL.value,
-    num_heads=_HEADS.value,
-    mlp_dim=_MLP.value,
-    max_pauses=max_pauses,
-    pause_layout=layout,
-    unroll_pause_scan=_UNROLL.value,
-  )
+  return ModelConfig(**common.model_fields(), max_pauses=max_pauses, pause_layout=layout)
 
 
 def _num_params(params) -> int:
@@ -179,7 +154,7 @@ def bench_train(
   params = model_lib.init_params(_model_config(max_pauses, "private"), key_p)
   memory, seconds = {}, {}
   for n in lengths:  # one length at a time: small programs are not timed among large ones
-    tokens = jax.random.randint(jax.random.fold_in(key_x, n), (batch, n + 1), 0, _VOCAB.value)
+    tokens = jax.random.randint(jax.random.fold_in(key_x, n), (batch, n + 1), 0, flags.FLAGS.vocab)
     programs = {}
     for layout in layouts:
       for k in range(max_pauses + 1):
@@ -191,7 +166,7 @@ def bench_train(
           p["pause_embed"] = params["pause_embed"][:k]
         step = jax.jit(jax.value_and_grad(functools.partial(train_loss, cfg)))
         compiled = step.lower(p, tokens).compile()
-        memory[(n, layout, k)] = memory_stats(compiled)
+        memory[(n, layout, k)] = mfu.compiled_bytes(compiled)
         programs[(n, layout, k)] = functools.partial(compiled, p, tokens)
     seconds |= interleaved_seconds(programs, repeats)
 
@@ -232,7 +207,7 @@ def bench_train(
   title = (
     f"### Train step (value_and_grad of CYB-AP, all parameters), B={batch}, "
     f"{_num_params(params) / 1e6:.1f}M parameters, {repeats} interleaved repeats, "
-    f"unroll_pause_scan={_UNROLL.value}\n"
+    f"unroll_pause_scan={flags.FLAGS.unroll_pause_scan}\n"
     "r(K) = t(K) / ((K+1) t(0)); K = 0 is one program for both layouts.\n"
   )
   return dict(rows=record, num_params=_num_params(params)), title + _markdown(header, rows)
@@ -257,12 +232,12 @@ def bench_decode(
   params = model_lib.init_params(_model_config(max_pauses, "private"), key_p)
   # DK logit ~ logsumexp of the vocabulary logits (about log V + 1/2 at init) +- a
   # position-dependent term: each step answers with probability about 1/2.
-  d = _D_MODEL.value
+  d = flags.FLAGS.d_model
   params["dk_head"]["kernel"] = jax.random.normal(key_dk, (d,)) / math.sqrt(d)
-  params["dk_head"]["bias"] = jnp.asarray(math.log(_VOCAB.value) + 0.5, jnp.float32)
+  params["dk_head"]["bias"] = jnp.asarray(math.log(flags.FLAGS.vocab) + 0.5, jnp.float32)
   runs, outputs = {}, {}
   for batch in batches:
-    prompt = jax.random.randint(key_x, (batch, prompt_len), 0, _VOCAB.value)
+    prompt = jax.random.randint(key_x, (batch, prompt_len), 0, flags.FLAGS.vocab)
     for layout in layouts:
       cfg = _model_config(max_pauses, layout)
       for halting in ("threshold", "max"):
@@ -325,8 +300,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _QUICK.value:
-    for name, value in _QUICK_SIZES.items():
-      flags.FLAGS[name].value = value
+    common.set_quick_sizes(_QUICK_SIZES)
   for layout in _LAYOUTS.value:
     if layout not in model_lib.PAUSE_LAYOUTS:
       raise app.UsageError(f"--layouts: {layout!r} is not one of {model_lib.PAUSE_LAYOUTS}")

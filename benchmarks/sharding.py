@@ -16,7 +16,7 @@ programs and the placed arrays, not a timing, so it transfers to TPU and GPU mes
    collectives in the optimised HLO are counted by kind, with the bytes of their
    results. Counts are static: an op inside a loop (the pause-step ``lax.scan``, the
    layer scan) counts once. The compiled program's own per-device memory
-   (``memory_analysis()``: arguments + outputs + temporaries - aliased) is listed beside.
+   (:func:`cyb_jax.mfu.compiled_bytes`: arguments + outputs + temporaries - aliased) is listed beside.
 
   python benchmarks/sharding.py                  # ~8M-parameter model, 7 meshes
   python benchmarks/sharding.py --quick          # tiny model, smoke test
@@ -48,6 +48,7 @@ from absl import app
 from absl import flags
 
 from cyb_jax import components
+from cyb_jax import mfu
 from cyb_jax import sharding
 from cyb_jax import train
 from cyb_jax.configs import base as base_config
@@ -149,19 +150,6 @@ def count_collectives(hlo_text: str) -> dict[str, dict[str, int]]:
   return out
 
 
-def program_bytes(compiled: Any) -> dict[str, int]:
-  """Per-device bytes of a compiled program: arguments, outputs, temporaries and peak."""
-  m = compiled.memory_analysis()
-  figures = {
-    "argument": m.argument_size_in_bytes,
-    "output": m.output_size_in_bytes,
-    "temp": m.temp_size_in_bytes,
-    "alias": m.alias_size_in_bytes,
-  }
-  figures["peak"] = figures["argument"] + figures["output"] + figures["temp"] - figures["alias"]
-  return figures
-
-
 def mesh_config(shape: Sequence[int]) -> dict[str, int]:
   return {"data": shape[0], "fsdp": shape[1], "tensor": shape[2], "dcn_data": 1}
 
@@ -209,7 +197,7 @@ def collectives(config: ml_collections.ConfigDict, meshes: Sequence[Sequence[int
         "mesh": tuple(shape),
         "collectives": counts,
         "total": sum(c["count"] for c in counts.values()),
-        "program_bytes": program_bytes(compiled),
+        "program_bytes": mfu.compiled_bytes(compiled),
       }
     )
   return rows

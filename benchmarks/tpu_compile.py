@@ -6,7 +6,7 @@ JAX can describe a TPU topology it is not running on
 them with ``cyb_jax.sharding.make_mesh``, and the trainer's own ``train_step`` (jitted
 with the trainer's shardings, donated state) is lowered with abstract inputs and
 compiled by libtpu's compiler. Nothing is allocated; XLA's buffer assignment
-(``memory_analysis()``) then gives each chip's memory, which is compared with the chip's
+(:func:`cyb_jax.mfu.compiled_bytes`) then gives each chip's memory, which is compared with the chip's
 HBM ("fits"). The compile-only client does not itself refuse a program that is too
 large (a v5e program of 20.6 GiB compiled), so read the "fits" column, not the absence
 of errors.
@@ -52,6 +52,7 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import sharding as sharding_benchmark
 from cyb_jax import components
+from cyb_jax import mfu
 from cyb_jax import model as model_lib
 from cyb_jax import sharding
 from cyb_jax.configs import base as base_config
@@ -238,7 +239,7 @@ def compile_for(name: str, config) -> dict:
     # libtpu reports programs that do not fit as a compile error (RESOURCE_EXHAUSTED).
     row.update(compiled=False, error=str(e).splitlines()[0][:500], compile_s=time.perf_counter() - start)
     return row
-  row.update(compiled=True, compile_s=time.perf_counter() - start, **sharding_benchmark.program_bytes(compiled))
+  row.update(compiled=True, compile_s=time.perf_counter() - start, **mfu.compiled_bytes(compiled))
   row["fits"] = row["peak"] <= row["hbm_bytes"]
   counts = sharding_benchmark.count_collectives(compiled.as_text())
   row["collectives"] = {k: v["count"] for k, v in counts.items()}

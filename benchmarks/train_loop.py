@@ -1,7 +1,7 @@
 r"""Benchmark of the training loop (issue 13): loop efficiency, train-step MFU, r(K), memory.
 
-Four tables from one run, on a ~10M-parameter model (6 layers, D 256, V 8192, as in
-benchmarks/model.py), each ratio measured within this run:
+Five tables from one run, on the ~10M-parameter model of benchmarks/model.py (6 layers, D 256,
+V 8192: ``benchmarks/common.py``), each ratio measured within this run:
 
 1. **Loop efficiency** = bare step time / trainer time per step. The bare step is the
    trainer's own compiled train step (``train.make_programs``) called back to back on one
@@ -17,7 +17,7 @@ benchmarks/model.py), each ratio measured within this run:
    counts the pause scan's body once.
 3. **r(K) = t(K) / ((K + 1) t(0))** of the private layout, t(0) the K = 0 model with the
    ``ce`` loss, t(K) with ``cyb_ap``: the full train step (loss, gradient, AdamW).
-4. **Peak memory** of the train step (``compiled.memory_analysis()``: argument + output +
+4. **Peak memory** of the train step (:func:`cyb_jax.mfu.compiled_bytes`: argument + output +
    temp - alias bytes; compiled, not run) with dense attention (``attention_impl="xla"``)
    and ``jax.nn.dot_product_attention`` (``"dot_product"``). The Pallas splash kernel is
    compiled for TPU by ``benchmarks/tpu_compile.py --attention_impl=xla,splash``.
@@ -57,6 +57,8 @@ import numpy as np
 from absl import app
 from absl import flags
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common
 from cyb_jax import components
 from cyb_jax import metrics_writer
 from cyb_jax import mfu
@@ -67,15 +69,11 @@ from cyb_jax.configs import default as default_config
 _QUICK = flags.DEFINE_bool("quick", False, "Small sizes for a smoke test (overrides size flags).")
 _OUT = flags.DEFINE_string("out", None, "Also write every figure as JSON to this path.")
 _SKIP = flags.DEFINE_list("skip", [], "Tables to skip: loop, steps, memory, profile.")
-_VOCAB = flags.DEFINE_integer("vocab", 8192, "V (model.vocab_size).")
-_D_MODEL = flags.DEFINE_integer("d_model", 256, "D.")
-_LAYERS = flags.DEFINE_integer("layers", 6, "Transformer blocks.")
-_HEADS = flags.DEFINE_integer("heads", 4, "Query heads.")
-_MLP = flags.DEFINE_integer("mlp_dim", 1024, "SwiGLU width.")
+common.define_model_flags()  # --vocab --d_model --layers --heads --mlp_dim --unroll_pause_scan
+flags.adopt_module_key_flags(common)  # --help lists them
 _ATTENTION = flags.DEFINE_enum(
   "attention_impl", "xla", ["xla", "dot_product", "splash"], "model.attention_impl of tables 1-3 and 5."
 )
-_UNROLL = flags.DEFINE_bool("unroll_pause_scan", False, "model.unroll_pause_scan of every run.")
 _LOOP_LENGTH = flags.DEFINE_integer("loop_length", 256, "N of table 1.")
 _LOOP_BATCH = flags.DEFINE_integer("loop_batch", 4, "B of table 1.")
 _LOOP_PAUSES = flags.DEFINE_integer("loop_pauses", 0, "K of table 1 (0: ce, else cyb_ap).")
@@ -91,12 +89,7 @@ _PROFILE_LENGTH = flags.DEFINE_integer(
 )
 _PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "P of the float32 matmul peak.")
 
-_QUICK_SIZES = dict(
-  vocab=512,
-  d_model=64,
-  layers=2,
-  heads=2,
-  mlp_dim=128,
+_QUICK_SIZES = dict(  # with common.QUICK_SIZES
   loop_length=64,
   loop_batch=2,
   loop_steps=4,
@@ -115,16 +108,7 @@ def run_config(length: int, batch: int, pauses: int, attention_impl: str | None 
   """The default run config with the benchmark's model, ``[batch, length]``, K pauses and
   ``attention_impl`` (default: ``--attention_impl``)."""
   c = default_config.get_config()
-  c.model.update(
-    attention_impl=attention_impl or _ATTENTION.value,
-    num_layers=_LAYERS.value,
-    d_model=_D_MODEL.value,
-    num_heads=_HEADS.value,
-    mlp_dim=_MLP.value,
-    max_pauses=pauses,
-    vocab_size=_VOCAB.value,
-    unroll_pause_scan=_UNROLL.value,
-  )
+  c.model.update(common.model_fields(), attention_impl=attention_impl or _ATTENTION.value, max_pauses=pauses)
   c.loss.name = "ce" if pauses == 0 else "cyb_ap"
   c.loss.pause_warmup_steps = 0  # one loss for every step timed
   c.data.update(seq_len=length, batch_size=batch, eval_batches=1)
@@ -145,12 +129,6 @@ def one_device_programs(config: ml_collections.ConfigDict, workdir: str):
   return model_cfg, mesh, rules, programs, batch
 
 
-def peak_of(compiled: Any) -> int:
-  """Peak bytes of a compiled program: argument + output + temp - alias."""
-  m = compiled.memory_analysis()
-  return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
-
-
 class Step:
   """The trainer's compiled train step for ``config`` on one device, with its own state."""
 
@@ -159,10 +137,11 @@ class Step:
     with sharding.mesh_context(self.mesh, rules):
       self.state = programs.init(jax.random.key(0))
       self.compiled = programs.train_step.lower(self.state, self.batch).compile()
-      self.flops = train.model_flops_per_device(config, self.model_cfg, programs.loss, self.batch)
+      self.flops = train.model_flops_per_device(
+        config, self.model_cfg, programs.loss, self.batch, tx=programs.tx, schedule=programs.schedule
+      )
     cost = self.compiled.cost_analysis()
     self.compiled_flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
-    self.peak_bytes = peak_of(self.compiled)
     self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(self.state.params))
 
   def __call__(self) -> Any:
@@ -374,7 +353,7 @@ def bench_steps(peak: float, workdir: str) -> tuple[dict, str]:
     f"### 2-3. Train step (loss, gradient, AdamW) of the private layout: B={_BATCH.value}, "
     f"{steps[(lengths[0], 0)]['num_params'] / 1e6:.1f}M parameters at K=0, fastest of "
     f"{_REPEATS.value} interleaved repeats; float32 matmul peak {peak / 1e9:.1f} GFLOP/s; "
-    f"unroll_pause_scan={_UNROLL.value}\n"
+    f"unroll_pause_scan={flags.FLAGS.unroll_pause_scan}\n"
     "r(K) = t(K) / ((K+1) t(0)); GFLOP = model FLOPs (loops unrolled), compiled = the "
     "compiled program's count (pause scan body once)\n"
   )
@@ -383,10 +362,11 @@ def bench_steps(peak: float, workdir: str) -> tuple[dict, str]:
 
 
 def peak_bytes(config: ml_collections.ConfigDict, workdir: str) -> int:
-  """Peak bytes of the compiled train step (:func:`peak_of`); nothing runs."""
+  """Peak bytes of the compiled train step (:func:`cyb_jax.mfu.compiled_bytes`); nothing runs."""
   _, mesh, rules, programs, batch = one_device_programs(config, workdir)
   with sharding.mesh_context(mesh, rules):
-    return peak_of(programs.train_step.lower(programs.abstract_state(jax.random.key(0)), batch).compile())
+    compiled = programs.train_step.lower(programs.abstract_state(jax.random.key(0)), batch).compile()
+  return mfu.compiled_bytes(compiled)["peak"]
 
 
 MEMORY_IMPLS = ("xla", "dot_product")  # splash is a TPU kernel: benchmarks/tpu_compile.py
@@ -452,8 +432,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _QUICK.value:
-    for name, value in _QUICK_SIZES.items():
-      flags.FLAGS[name].value = value
+    common.set_quick_sizes(_QUICK_SIZES)
   unknown = set(_SKIP.value) - {"loop", "steps", "memory", "profile"}
   if unknown:
     raise app.UsageError(f"--skip: {sorted(unknown)} not among loop, steps, memory, profile")

@@ -1,4 +1,4 @@
-"""Performance accounting of the train loop: model FLOPs, device peak, MFU, the profiler window.
+"""Performance accounting of the train loop: model FLOPs, device peak, MFU, program memory, the profiler window.
 
 Model FLOPs utilisation (MFU) of ``s`` train steps that took ``t`` seconds is
 
@@ -10,6 +10,9 @@ by the number of devices) and ``P`` the peak FLOP/s of one device
 GPUs, keyed by ``jax.Device.device_kind``, or on CPU a float32 matmul peak measured in about a
 second (:func:`measured_matmul_peak`). A model running in float32 on an accelerator is
 therefore measured against the bf16 peak, as MFU conventionally is.
+
+The memory of a compiled program is XLA's static buffer assignment
+(:func:`compiled_bytes`): ``peak = argument + output + temp - alias`` bytes per device.
 """
 
 from __future__ import annotations
@@ -134,6 +137,31 @@ def lowered_flops(lowered: jax.stages.Lowered) -> float:
   if not cost or "flops" not in cost:
     raise ValueError(f"the cost analysis of this program has no 'flops' entry: {cost!r}.")
   return float(cost["flops"])
+
+
+def compiled_bytes(compiled: jax.stages.Compiled) -> dict[str, int]:
+  """Bytes of XLA's buffer assignment of a compiled program on one device; nothing runs.
+
+  ``argument``, ``output``, ``temp`` (temporaries) and ``alias`` are the sizes of
+  ``compiled.memory_analysis()``; ``alias`` is the bytes of outputs written into a donated
+  argument's buffer, counted in both ``argument`` and ``output``. So the program holds
+
+      peak = argument + output + temp - alias
+
+  bytes while it runs. Static, deterministic on every backend (unlike the process's memory).
+
+  Returns:
+    ``{"argument", "output", "temp", "alias", "peak"}``, in bytes.
+  """
+  m = compiled.memory_analysis()
+  sizes = dict(
+    argument=m.argument_size_in_bytes,
+    output=m.output_size_in_bytes,
+    temp=m.temp_size_in_bytes,
+    alias=m.alias_size_in_bytes,
+  )
+  sizes["peak"] = sizes["argument"] + sizes["output"] + sizes["temp"] - sizes["alias"]
+  return sizes
 
 
 def mfu(flops_per_step: float, steps: int, seconds: float, peak: float) -> float:

@@ -54,6 +54,7 @@ class Programs:
 
   Attributes:
     tx: the optax optimiser.
+    schedule: its learning-rate schedule (step -> rate), logged by the train step.
     shardings: a ``TrainState`` of NamedShardings, one per leaf.
     init: ``rng -> TrainState``, a fresh state placed by ``shardings``.
     train_step: ``(state, batch) -> (state, metrics)``; donates ``state``.
@@ -62,6 +63,7 @@ class Programs:
   """
 
   tx: optax.GradientTransformation
+  schedule: optax.Schedule
   shardings: TrainState
   init: Callable[[jax.Array], TrainState]
   train_step: Callable[[TrainState, Batch], tuple[TrainState, dict]]
@@ -131,7 +133,9 @@ def make_programs(
     in_shardings=(shardings.params, batch_sharding),
     out_shardings=sharding.replicated(mesh),
   )
-  return Programs(tx=tx, shardings=shardings, init=init, train_step=step, eval_step=evaluate, loss=loss)
+  return Programs(
+    tx=tx, schedule=schedule, shardings=shardings, init=init, train_step=step, eval_step=evaluate, loss=loss
+  )
 
 
 @contextlib.contextmanager
@@ -145,7 +149,15 @@ def absl_logging_quiet():
     logging.set_verbosity(level)
 
 
-def model_flops_per_device(config, model_cfg, loss, batch: Batch) -> float:
+def model_flops_per_device(
+  config,
+  model_cfg,
+  loss,
+  batch: Batch,
+  *,
+  tx: optax.GradientTransformation | None = None,
+  schedule: optax.Schedule | None = None,
+) -> float:
   """Model FLOPs of one train step of ``batch``'s shapes, per device.
 
   XLA's HLO cost analysis (:func:`cyb_jax.mfu.lowered_flops`) of the unpartitioned step,
@@ -153,10 +165,14 @@ def model_flops_per_device(config, model_cfg, loss, batch: Batch) -> float:
   unrolled, layers not scanned, no remat, no vocabulary chunks, one micro-batch. XLA counts
   a loop body once, so the compiled program's own count would miss K - 1 pause steps;
   remat and chunking are hardware FLOPs, not model FLOPs. Divided by the device count.
+
+  ``tx`` and ``schedule``: the run's optimiser and learning-rate schedule if already built
+  (:class:`Programs` holds them); with either missing, both are built from ``config.optimizer``.
   """
   twin = dataclasses.replace(model_cfg, unroll_pause_scan=True, scan_layers=False, remat_policy="none")
-  with absl_logging_quiet():  # the optimiser's own warnings were shown when the run built it
-    tx, schedule = components.make_optimizer(config)
+  if tx is None or schedule is None:
+    with absl_logging_quiet():  # the optimiser's own warnings were shown when the run built it
+      tx, schedule = components.make_optimizer(config)
   state = jax.eval_shape(
     functools.partial(init_state, model_cfg=twin, tx=tx, loss_state=loss.init_state()), jax.random.key(0)
   )

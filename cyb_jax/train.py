@@ -208,7 +208,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for batch, batch_data_state in batches:
           if step_fn is None:  # compiled once, ahead of time, for these shapes and shardings
             step_fn = programs.train_step.lower(state, batch).compile()
-            flops = model_flops_per_device(config, model_cfg, loss, batch) if peak else None
+            flops = (
+              model_flops_per_device(config, model_cfg, loss, batch, tx=programs.tx, schedule=programs.schedule)
+              if peak
+              else None
+            )
             t_last = time.perf_counter()
           profiler.before(step + 1)
           with profiler.annotation(step + 1):

@@ -1,7 +1,8 @@
-"""Pure parts of the MFU accounting: the peak table, the ratio, the FLOP count, the profile window."""
+"""Pure parts of the MFU accounting: the peak table, the ratio, the FLOP count, program bytes, the profile window."""
 
 import jax
 import jax.numpy as jnp
+import optax
 import pytest
 
 from cyb_jax import components
@@ -74,11 +75,44 @@ def test_lowered_flops_counts_a_matmul_exactly_and_a_scan_body_once():
   assert matmul <= once < 1.01 * matmul  # the body once (+ the loop counter): why the twin unrolls
 
 
-def _step_flops(**overrides):
+def test_compiled_bytes_peak_is_argument_plus_output_plus_temp_less_the_donated_alias():
+  x, w = jnp.ones((256, 256)), jnp.ones((256, 256))
+  update = lambda x, w: x - 0.1 * w  # elementwise: with x donated, the result overwrites x
+  kept = mfu.compiled_bytes(jax.jit(update).lower(x, w).compile())
+  donated_program = jax.jit(update, donate_argnums=0).lower(x, w).compile()
+  donated = mfu.compiled_bytes(donated_program)
+  m = donated_program.memory_analysis()
+  assert {k: donated[k] for k in ("argument", "output", "temp", "alias")} == dict(
+    argument=m.argument_size_in_bytes,
+    output=m.output_size_in_bytes,
+    temp=m.temp_size_in_bytes,
+    alias=m.alias_size_in_bytes,
+  )
+  for b in (kept, donated):
+    assert b["peak"] == b["argument"] + b["output"] + b["temp"] - b["alias"]
+  assert kept["alias"] == 0 and donated["alias"] == x.nbytes
+  assert kept["argument"] == donated["argument"] == x.nbytes + w.nbytes  # alias counted in argument and output
+  assert kept["output"] == donated["output"] == x.nbytes
+  assert donated["peak"] < kept["peak"]  # here by x.nbytes: the result needs no buffer of its own
+
+
+def _step_flops(optimizer=None, **overrides):
   config = tiny_config(**overrides)
   model_cfg = components.model_config(config, 32)
   batch = {k: jnp.zeros((4, 16), jnp.float32 if k == "weights" else jnp.int32) for k in train.BATCH_KEYS}
-  return train.model_flops_per_device(config, model_cfg, losses.make_loss_from_config(config.loss), batch)
+  tx, schedule = optimizer(config) if optimizer else (None, None)
+  loss = losses.make_loss_from_config(config.loss)
+  return train.model_flops_per_device(config, model_cfg, loss, batch, tx=tx, schedule=schedule)
+
+
+def _sgd(config):
+  _, schedule = components.make_optimizer(config)
+  return optax.sgd(schedule), schedule
+
+
+def test_model_flops_count_the_optimiser_passed_else_the_configs():
+  assert _step_flops(components.make_optimizer) == _step_flops()
+  assert _step_flops(_sgd) < _step_flops()  # the passed optimiser is counted: SGD does less than AdamW
 
 
 def test_model_flops_do_not_depend_on_scans_remat_or_chunks():
