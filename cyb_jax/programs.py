@@ -167,10 +167,13 @@ def model_flops_per_device(
   remat and chunking are hardware FLOPs, not model FLOPs. Divided by the device count.
 
   ``tx`` and ``schedule``: the run's optimiser and learning-rate schedule if already built
-  (:class:`Programs` holds them); with either missing, both are built from ``config.optimizer``.
+  (:class:`Programs` holds them), both or neither; without them, both are built from
+  ``config.optimizer``.
   """
   twin = dataclasses.replace(model_cfg, unroll_pause_scan=True, scan_layers=False, remat_policy="none")
-  if tx is None or schedule is None:
+  if (tx is None) != (schedule is None):
+    raise ValueError("give both tx and schedule (the run's optimiser and its schedule), or neither.")
+  if tx is None:
     with absl_logging_quiet():  # the optimiser's own warnings were shown when the run built it
       tx, schedule = components.make_optimizer(config)
   state = jax.eval_shape(

@@ -113,6 +113,8 @@ def _sgd(config):
 def test_model_flops_count_the_optimiser_passed_else_the_configs():
   assert _step_flops(components.make_optimizer) == _step_flops()
   assert _step_flops(_sgd) < _step_flops()  # the passed optimiser is counted: SGD does less than AdamW
+  with pytest.raises(ValueError, match="give both tx and schedule"):
+    _step_flops(lambda config: (components.make_optimizer(config)[0], None))
 
 
 def test_model_flops_do_not_depend_on_scans_remat_or_chunks():
