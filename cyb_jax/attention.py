@@ -330,7 +330,7 @@ class Attention(nn.Module):
   def _dense_shared_mask(
     self, visibility: Visibility, positions_BxS: jax.Array, sliding: bool | jax.Array, *, has_cache: bool
   ) -> jax.Array:
-    """`[B, S, M]` bool: `visibility.shared_mask`, and in a sliding-window layer its window.
+    """Bool, broadcastable to `[B, S, M]`: `visibility.shared_mask`, and in a sliding-window layer its window.
 
     For a traced ``sliding`` (scanned layers) the window applies where it is True.
     """

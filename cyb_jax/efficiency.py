@@ -8,12 +8,14 @@ its total tokens over the better model's tokens (reported as ``>= r``).
 
 Across budgets: when ``ce`` is also trained for longer budgets (each run with its own
 schedule), :func:`budget_frontier` joins its grid run's eval curve to the longer runs' final
-losses, and :func:`tokens_by_budget` reads from it the tokens ce needs to reach a model's
-final loss: the paper's "the same quality with 1/3 of the data", measured, not bounded.
+losses, and :func:`tokens_by_budget` reads from it, linearly in log tokens, the tokens ce
+needs to reach a model's final loss: the paper's "the same quality with 1/3 of the data",
+measured, not bounded.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,14 +100,27 @@ def budget_frontier(
     finals: ``(tokens, final eval loss)`` of longer runs, each with its own schedule.
 
   Returns:
-    ``curve``, then the finals beyond its last tokens, sorted by tokens.
+    ``curve``, then the finals, sorted by tokens.
+
+  Raises:
+    ValueError: if a final is not beyond the curve's last tokens.
   """
   end = curve[-1][0]
-  return list(curve) + sorted((float(t), float(loss)) for t, loss in finals if t > end)
+  inside = [t for t, _ in finals if t <= end]
+  if inside:
+    raise ValueError(f"finals at tokens {inside} are within the grid run's curve (up to {end}): give longer runs only.")
+  return list(curve) + sorted((float(t), float(loss)) for t, loss in finals)
 
 
 def tokens_by_budget(frontier: Sequence[tuple[float, float]], tokens: float, loss: float) -> dict[str, Any]:
   """How many times the tokens of a model a baseline needs, across its budgets, for the same loss.
+
+  The baseline's tokens to reach ``loss`` are read from its frontier by linear interpolation
+  in log tokens, between the first point at or below ``loss`` and the one before it: a loss
+  falling by equal steps per doubling of the data, as across budgets it roughly does (linear
+  in tokens would lie above a convex frontier and overstate the tokens). Below the grid run's
+  final loss the frontier is that run's own eval curve, whose points are mid-schedule, so
+  for a model worse than the baseline's grid run the tokens are, if anything, overstated.
 
   Args:
     frontier: the baseline's :func:`budget_frontier`.
@@ -117,7 +132,8 @@ def tokens_by_budget(frontier: Sequence[tuple[float, float]], tokens: float, los
     (``tokens_baseline / tokens``; with None, the largest budget's tokens over ``tokens``)
     and ``lower_bound`` (True in that case: the ratio is at least this).
   """
-  needed = tokens_to_reach(frontier, loss)
+  in_log = tokens_to_reach([(math.log(t), value) for t, value in frontier], loss)
+  needed = None if in_log is None else math.exp(in_log)
   return {
     "tokens_baseline": needed,
     "ratio": (frontier[-1][0] if needed is None else needed) / tokens,

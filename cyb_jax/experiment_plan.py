@@ -72,6 +72,12 @@ def plan_runs(config: ml_collections.ConfigDict) -> list[RunSpec]:
       f"ce_budgets={budgets} must be distinct ints above run.num_train_steps={steps} "
       f"(longer ce runs, e.g. ({2 * steps}, {4 * steps})), or () for none."
     )
+  if budgets and config.run.optimizer.schedule_steps is not None:
+    raise ValueError(
+      f"ce_budgets={budgets} gives each longer ce run its own schedule, but "
+      f"run.optimizer.schedule_steps={config.run.optimizer.schedule_steps} fixes one for every run: "
+      "set it to None, or ce_budgets to ()."
+    )
   if budgets and "ce" not in config.losses:
     raise ValueError(f"ce_budgets={budgets} are longer ce runs, but losses={tuple(config.losses)} has no 'ce'.")
   runs = []
@@ -87,10 +93,9 @@ def plan_runs(config: ml_collections.ConfigDict) -> list[RunSpec]:
           runs.append(dataclasses.replace(spec, name=f"{spec.group}_s{seed}"))
   for seed in config.seeds:
     for budget in budgets:
-      # Its own learning-rate schedule over B steps, the grid's evaluation and checkpoint
-      # intervals: the final loss of ce at B steps, and its eval curve up to there.
-      overrides = (("num_train_steps", budget), ("optimizer.schedule_steps", None))
-      runs.append(RunSpec(f"ce_steps{budget}_s{seed}", "ce", 0, seed, overrides, budget=budget))
+      # Its own learning-rate schedule over B steps (schedule_steps is None), the grid's
+      # evaluation and checkpoint intervals: ce's final loss at B steps, and its curve to there.
+      runs.append(RunSpec(f"ce_steps{budget}_s{seed}", "ce", 0, seed, (("num_train_steps", budget),), budget=budget))
   seed = config.seeds[0]
   for field, values in (
     ("loss.gamma", config.sweep.gamma),

@@ -1,4 +1,5 @@
-"""The plots of the CYB comparison: eval loss against tokens and compute, pauses by difficulty or token."""
+"""The plots of the CYB comparison: eval loss against tokens and compute, ce across its budgets,
+pauses by difficulty or token."""
 
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
     files.save_figure(fig, paths[-1], dpi=120)
     plt.close(fig)
 
+  # The grid's runs; longer ce runs (ce_budgets) have their own plot.
+  grid = {k: r for k, r in results["rows"].items() if r.get("budget") is None}
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  for key, r in results["rows"].items():
+  for key, r in grid.items():
     tokens, loss = zip(*r["curve"])
     ax.plot(
       tokens, loss, marker="o", markersize=3, label=key, linestyle="--" if r["loss"] in plan_lib.BASELINES else "-"
@@ -47,7 +50,7 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
   )
 
   fig, ax = plt.subplots(figsize=(6, 4.5))
-  for key, r in results["rows"].items():
+  for key, r in grid.items():
     ax.errorbar(
       r["compute_mix"]["mean"], r["nll_mix"]["mean"], yerr=r["nll_mix"]["std"], marker="o", capsize=3, label=key
     )

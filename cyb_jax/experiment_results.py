@@ -1,7 +1,7 @@
 """The results of the CYB comparison: figures per (loss, K) over seeds, ``results.md`` and plots.
 
 :func:`summarise_runs` reduces the finished runs to the results dict (final figures, data
-efficiency, pause analyses, sweeps); :func:`write_results_md` and :func:`write_plots` write
+efficiency, ce across its budgets, pause analyses, sweeps); :func:`write_results_md` and :func:`write_plots` write
 ``results.md`` and ``plots/*.png``.
 """
 
@@ -99,7 +99,8 @@ def _sweep_entry(
 def summarise_runs(
   config, specs: Sequence[plan_lib.RunSpec], out_dir: str, timings: dict[str, float]
 ) -> dict[str, Any]:
-  """Final figures per (loss, K) over seeds, data-efficiency ratios, pause analyses."""
+  """Final figures per (loss, K) over seeds (and per longer ce budget), data-efficiency ratios,
+  ce across its budgets, pause analyses."""
   workdir = lambda spec: os.path.join(out_dir, "runs", spec.name)
   main = [s for s in specs if not s.sweep]
   groups: dict[str, list[plan_lib.RunSpec]] = {}
@@ -112,6 +113,7 @@ def summarise_runs(
       "loss": members[0].loss,
       "K": members[0].max_pauses,
       "steps": plan_lib.run_config(config, members[0]).num_train_steps,
+      "budget": members[0].budget,  # None: a row of the grid; else a longer ce run's steps
       "seeds": [s.seed for s in members],
       "train_tokens": float(np.mean([f["train_tokens"] for f in finals])),
       "seconds": _mean_known([timings.get(s.name, float("nan")) for s in members]),
@@ -206,13 +208,20 @@ def summarise_runs(
 def _ce_by_budget(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
   """ce at every budget, and the tokens it needs to reach each other row's final loss.
 
+  Only budgets finished for every seed of the grid's ce count (a mean over fewer seeds would
+  not be comparable); the others are listed in ``partial``.
+
   Returns ``{}`` without longer ce runs, else ``points`` (one per ce budget: ``row``,
-  ``steps``, ``tokens``, ``nll_mix``), ``frontier`` (:func:`efficiency.budget_frontier`) and
+  ``steps``, ``tokens``, ``nll_mix``), ``frontier`` (:func:`efficiency.budget_frontier`),
   ``vs`` (per non-ce row: its ``final_loss`` and ``tokens``, and
-  :func:`efficiency.tokens_by_budget`).
+  :func:`efficiency.tokens_by_budget`) and ``partial`` (rows of budgets left out).
   """
+  if "ce" not in rows:
+    return {}
   ce_rows = sorted(((k, r) for k, r in rows.items() if r["loss"] == "ce"), key=lambda kv: kv[1]["steps"])
-  if "ce" not in rows or len(ce_rows) < 2:
+  partial = [k for k, r in ce_rows if sorted(r["seeds"]) != sorted(rows["ce"]["seeds"])]
+  ce_rows = [(k, r) for k, r in ce_rows if k not in partial]
+  if len(ce_rows) < 2:
     return {}
   grid_tokens = rows["ce"]["train_tokens"]
   longer = [(r["train_tokens"], r["nll_mix"]["mean"]) for _, r in ce_rows if r["train_tokens"] > grid_tokens]
@@ -231,6 +240,7 @@ def _ce_by_budget(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
       for k, r in rows.items()
       if r["loss"] != "ce"
     },
+    "partial": partial,
   }
 
 
@@ -278,7 +288,7 @@ def _ce_budget_lines(by_budget: dict[str, Any]) -> list[str]:
   lines += [
     "",
     "Tokens ce needs, across its budgets (its grid run's eval curve, then the longer runs' final "
-    "losses, linear in tokens), to reach each model's final loss, over that model's tokens "
+    "losses, linear in log tokens), to reach each model's final loss, over that model's tokens "
     "(`>=`: no budget got there). The paper's target for CYB: 3.",
     "",
     "| run | final nll_mix | train tokens | ce tokens to that loss | ratio |",
@@ -290,6 +300,11 @@ def _ce_budget_lines(by_budget: dict[str, Any]) -> list[str]:
       f"| {key} | {v['final_loss']:.4f} | {v['tokens']:,.0f} | {needed} | "
       f"{'>= ' if v['lower_bound'] else ''}{v['ratio']:.2f} |"
     )
+  if by_budget.get("partial"):
+    lines += [
+      "",
+      "Left out (not finished for every seed of `ce`): " + ", ".join(f"`{k}`" for k in by_budget["partial"]) + ".",
+    ]
   return lines
 
 

@@ -29,7 +29,8 @@ def analyze_run(
   """Loads a run and writes its pause statistics (and, for text runs, the word view); returns the markdown.
 
   ``eval_batches`` analyses that many batches of the run's held-out set instead of its own
-  ``data.eval_batches`` (e.g. more, for rare words).
+  ``data.eval_batches`` (e.g. more, for rare words); the default folder is then
+  ``analysis/step_<step>_eval<N>``.
   """
   run = components.load_run(workdir, step, eval_batches=eval_batches)
   is_text = data_config_lib.parse_source(run.config.data.source).kind == "text"
@@ -40,10 +41,12 @@ def analyze_run(
   if is_text and run.data.eval_batches:  # reads (and checks) the tagged copy before evaluating
     docs, tagged_docs = word_report.eval_documents(run.config.data, tagged_text)
   protocol = run.protocol if tau is None else run.protocol._replace(tau=tau)
-  out = out or os.path.join(workdir, "analysis", f"step_{run.step}")
+  own = "" if eval_batches is None else f"_eval{eval_batches}"  # never overwrites the default analysis
+  out = out or os.path.join(workdir, "analysis", f"step_{run.step}{own}")
   facts = {
     "workdir": os.fspath(files.resolve(workdir)),
     "step": run.step,
+    "eval_batches": len(run.data.eval_batches),
     "loss": run.config.loss.name,
     "max_pauses": run.model_cfg.max_pauses,
     "pause_layout": run.model_cfg.pause_layout,

@@ -40,6 +40,13 @@ APOSTROPHES = ("'", "\u2019")
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _TAG_AFFIXES = (("-tl", "-hl", "-nc"), ("fw-",))  # Brown: title, headline, citation; foreign word
 
+# Group names of WordStats.final_vs_internal and .contractions (read by tools/words_summary.py).
+WORD_FINAL, WORD_INTERNAL, NO_WORD_NAME = "word-final piece", "word-internal piece", "no word"
+APOSTROPHE_START = "first piece of a word with an apostrophe"
+NT_START = "  of which: words ending in n't"  # indented: a subset of APOSTROPHE_START
+OTHER_START = "first piece of another multi-piece word"
+WHOLE_WORD = "whole word"
+
 # Position kinds, by the input token's place in its word.
 WHOLE, END, START, MIDDLE, NO_WORD = range(5)
 KIND_NAMES = (
@@ -353,10 +360,10 @@ def word_stats(
   nt = np.asarray([w.lower().endswith(("n't", "n\u2019t")) for w in words.words] + [False])[word]
   one = lambda mask, name: _rows(np.where(mask, 0, -1), s, [name])[0]
   contractions = (
-    one(first_of_longer & words.apostrophe_M, "first piece of a word with an apostrophe"),
-    one(first_of_longer & nt, "  of which: words ending in n't"),
-    one(first_of_longer & ~words.apostrophe_M, "first piece of another multi-piece word"),
-    one(kind == WHOLE, "whole word"),
+    one(first_of_longer & words.apostrophe_M, APOSTROPHE_START),
+    one(first_of_longer & nt, NT_START),
+    one(first_of_longer & ~words.apostrophe_M, OTHER_START),
+    one(kind == WHOLE, WHOLE_WORD),
   )
   after_words = [g for g in _rows(np.where(final, word, -1), s, words.words) if g.count > 0]
   ranked = lambda most: analysis.ranked(after_words, min_count=min_count, top=top, most=most)
@@ -379,9 +386,9 @@ def word_stats(
   return WordStats(
     kinds=_rows(kind, s, KIND_NAMES),
     final_vs_internal=(
-      one(final, "word-final piece"),
-      one(~final & (kind != NO_WORD), "word-internal piece"),
-      one(kind == NO_WORD, "no word"),
+      one(final, WORD_FINAL),
+      one(~final & (kind != NO_WORD), WORD_INTERNAL),
+      one(kind == NO_WORD, NO_WORD_NAME),
     ),
     contractions=contractions,
     after_words=tuple(after_words),

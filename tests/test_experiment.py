@@ -8,6 +8,7 @@ import pytest
 from cyb_jax import efficiency
 from cyb_jax import experiment
 from cyb_jax import experiment_plan
+from cyb_jax import experiment_results
 from cyb_jax.configs import experiment as experiment_config
 
 
@@ -41,19 +42,62 @@ def test_token_ratio_is_the_baselines_tokens_over_the_models_at_the_worse_final_
   assert efficiency.token_ratio(baseline, baseline) == pytest.approx(1.0)
 
 
-def test_tokens_by_budget_reads_the_longer_runs_beyond_the_grid_curve():
+def test_tokens_by_budget_reads_the_longer_runs_beyond_the_grid_curve_in_log_tokens():
   grid = [(100, 3.0), (200, 2.5)]  # the ce run of the grid's budget
-  frontier = efficiency.budget_frontier(grid, [(800, 2.0), (400, 2.2), (150, 9.0)])
-  assert frontier == [(100, 3.0), (200, 2.5), (400, 2.2), (800, 2.0)]  # finals within the curve: dropped
-  # A model at 2.1 after 200 tokens: ce needs 600 (halfway from 2.2 at 400 to 2.0 at 800).
+  frontier = efficiency.budget_frontier(grid, [(800, 2.0), (400, 2.2)])
+  assert frontier == [(100, 3.0), (200, 2.5), (400, 2.2), (800, 2.0)]
+  with pytest.raises(ValueError, match=r"finals at tokens \[150\] are within the grid run's curve \(up to 200\)"):
+    efficiency.budget_frontier(grid, [(150, 9.0), (400, 2.2)])
+  # A model at 2.1 after 200 tokens: halfway from 2.2 at 400 to 2.0 at 800 tokens in log tokens,
+  # i.e. 400 * 2 ** 0.5 (not 600: linear in tokens would overstate ce's tokens).
   assert efficiency.tokens_by_budget(frontier, 200, 2.1) == {
-    "tokens_baseline": pytest.approx(600.0),
-    "ratio": pytest.approx(3.0),
+    "tokens_baseline": pytest.approx(400 * 2**0.5),
+    "ratio": pytest.approx(2 * 2**0.5),
     "lower_bound": False,
   }
-  assert efficiency.tokens_by_budget(frontier, 200, 2.75)["ratio"] == pytest.approx(150 / 200)  # on the grid curve
+  # On the grid curve: 2.75 is halfway from 3.0 at 100 to 2.5 at 200 tokens.
+  assert efficiency.tokens_by_budget(frontier, 200, 2.75)["ratio"] == pytest.approx(100 * 2**0.5 / 200)
   never = efficiency.tokens_by_budget(frontier, 200, 1.5)
   assert never["lower_bound"] and never["tokens_baseline"] is None and never["ratio"] == pytest.approx(800 / 200)
+
+
+def _row(loss, steps, seeds, curve, budget=None):
+  return {
+    "loss": loss,
+    "K": 0 if loss == "ce" else 1,
+    "steps": steps,
+    "budget": budget,
+    "seeds": seeds,
+    "train_tokens": curve[-1][0],
+    "nll_mix": {"mean": curve[-1][1], "std": 0.0, "n": len(seeds)},
+    "curve": curve,
+  }
+
+
+def test_ce_by_budget_keeps_budgets_of_every_seed_and_reports_the_fall_per_doubling():
+  rows = {
+    "ce": _row("ce", 8, [0, 1], [(100, 3.0), (200, 2.5)]),
+    "cyb_dp_K1": _row("cyb_dp", 8, [0, 1], [(100, 2.8), (200, 2.1)]),
+    "ce_steps16": _row("ce", 16, [0, 1], [(400, 2.2)], budget=16),
+    "ce_steps32": _row("ce", 32, [0, 1], [(800, 2.0)], budget=32),
+    "ce_steps64": _row("ce", 64, [0], [(1600, 1.0)], budget=64),  # seed 1 unfinished: left out
+  }
+  by_budget = experiment_results._ce_by_budget(rows)
+  assert [p["row"] for p in by_budget["points"]] == ["ce", "ce_steps16", "ce_steps32"]
+  assert by_budget["partial"] == ["ce_steps64"]
+  assert by_budget["frontier"][-1] == (800, 2.0)
+  assert set(by_budget["vs"]) == {"cyb_dp_K1"} and by_budget["vs"]["cyb_dp_K1"]["ratio"] == pytest.approx(2 * 2**0.5)
+  text = "\n".join(experiment_results._ce_budget_lines(by_budget))
+  # 2.5 -> 2.2 over a doubling of tokens (200 -> 400), 2.2 -> 2.0 over one more.
+  assert (
+    "| ce_steps16 | 16 | 400 | 2 | 2.200 ± 0.000 | 0.3000 |" in text
+    and "| ce_steps32 | 32 | 800 | 2 | 2.000 ± 0.000 | 0.2000 |" in text
+  )
+  assert (
+    "| cyb_dp_K1 | 2.1000 | 200 | 566 | 2.83 |" in text
+    and "Left out (not finished for every seed of `ce`): `ce_steps64`" in text
+  )
+  assert experiment_results._ce_by_budget({k: rows[k] for k in ("ce", "cyb_dp_K1", "ce_steps64")}) == {}
 
 
 def test_plan_adds_a_longer_ce_run_per_budget_and_seed_with_its_own_schedule():
@@ -65,9 +109,12 @@ def test_plan_adds_a_longer_ce_run_per_budget_and_seed_with_its_own_schedule():
   assert sorted(r.name for r in longer) == ["ce_steps1600_s0", "ce_steps1600_s1", "ce_steps3200_s0", "ce_steps3200_s1"]
   spec = runs["ce_steps3200_s1"]
   assert (spec.loss, spec.max_pauses, spec.seed, spec.group, spec.sweep) == ("ce", 0, 1, "ce_steps3200", "")
-  run = experiment_plan.run_config(c, spec)
-  assert run.num_train_steps == 3200 and run.optimizer.schedule_steps is None
+  assert experiment_plan.run_config(c, spec).num_train_steps == 3200
   assert experiment_plan.run_config(c, runs["ce_s1"]).num_train_steps == 800
+  c.run.optimizer.schedule_steps = 800  # one schedule for every run: no budget could have its own
+  with pytest.raises(ValueError, match=r"run.optimizer.schedule_steps=800 fixes one for every run"):
+    experiment_plan.plan_runs(c)
+  c.run.optimizer.schedule_steps = None
   for bad in ((800,), (1600, 1600), (True,), (2400.0,)):
     c.ce_budgets = bad
     with pytest.raises(ValueError, match=r"must be distinct ints above run.num_train_steps=800"):
@@ -136,7 +183,7 @@ def test_a_micro_experiment_writes_results(tmp_path):
     results["rows"]["ce_steps8"]["nll_mix"]["mean"],
   )
   assert set(by_budget["vs"]) == {"cyb_ap_K1"} and by_budget["vs"]["cyb_ap_K1"]["tokens"] == tokens
-  assert "ce_steps8" not in results["pauses"] and "ce_steps8 vs ce" not in results["efficiency"]
+  assert "ce_steps8" not in results["pauses"]  # pauses are analysed for the grid's rows only
   assert "cyb_ap_K1 vs ce" in results["efficiency"]
   assert results["pauses"]["cyb_ap_K1"]["difficulty"]["levels"]
   with open(tmp_path / "results.json") as f:

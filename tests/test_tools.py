@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from cyb_jax import efficiency
+from cyb_jax import word_analysis as wa
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,9 +30,9 @@ def _words(nns_rate, nn_rate, *, tagged=True):
   return {
     "words": {
       "tagged": tagged,
-      "final_vs_internal": [_group("word-final piece", 10, 0.5, 0.01), _group("word-internal piece", 20, 0.25, 0.0)],
+      "final_vs_internal": [_group(wa.WORD_FINAL, 10, 0.5, 0.01), _group(wa.WORD_INTERNAL, 20, 0.25, 0.0)],
       "by_tag": [_group("nn", 8, nn_rate, 0.02), _group("nns", 4, nns_rate, -0.01)],
-      "contractions": [_group("whole word", 6, 0.1, 0.0)],
+      "contractions": [_group(wa.WHOLE_WORD, 6, 0.1, 0.0)],
       "mean_std_ambiguous": 0.1,
       "mean_std_other": 0.2,
       "aligned_docs": 3,

@@ -3,7 +3,7 @@ r"""The paper's word-level observations, one column per model, from ``cyb-analyz
   python tools/words_summary.py --analysis="4 layers, CYB-DP + warm-up:/tmp/a/brown_L4_dp_w400" \
       --analysis="4 layers, CYB-DP:/tmp/a/brown_L4_dp" --out=docs/results/brown_words
 
-Each ``--analysis=LABEL:DIR`` is the output folder of ``cyb-analyze --tagged_text=...`` on a text
+Each ``--analysis=LABEL:DIR`` is the (local) output folder of ``cyb-analyze --tagged_text=...`` on a text
 run (its ``words.json``). For every model the table gives the threshold pause rate (share of
 positions with k* >= 1) and the accuracy gain of pausing (accuracy at k* minus at step 0) at:
 word-final and word-internal pieces; after plural (``nns``) and singular (``nn``) nouns; after
@@ -24,6 +24,7 @@ from absl import app
 from absl import flags
 
 from cyb_jax import files
+from cyb_jax import word_analysis as wa
 
 _ANALYSES = flags.DEFINE_multi_string("analysis", [], "LABEL:DIR of a cyb-analyze --tagged_text output.")
 _OUT = flags.DEFINE_string("out", None, "Folder for words_summary.md and the plot.")
@@ -31,14 +32,14 @@ _TAGS = flags.DEFINE_integer("tags", 16, "Most frequent tags in the plot.")
 
 # (row label, section of words.json, group name); the contractions' names are word_analysis's.
 ROWS = (
-  ("word-final piece", "final_vs_internal", "word-final piece"),
-  ("word-internal piece", "final_vs_internal", "word-internal piece"),
+  ("word-final piece", "final_vs_internal", wa.WORD_FINAL),
+  ("word-internal piece", "final_vs_internal", wa.WORD_INTERNAL),
   ("after a plural noun (`nns`)", "by_tag", "nns"),
   ("after a singular noun (`nn`)", "by_tag", "nn"),
-  ("first piece of an n't contraction", "contractions", "  of which: words ending in n't"),
-  ("first piece of an apostrophe word", "contractions", "first piece of a word with an apostrophe"),
-  ("first piece of another multi-piece word", "contractions", "first piece of another multi-piece word"),
-  ("after a whole word", "contractions", "whole word"),
+  ("first piece of an n't contraction", "contractions", wa.NT_START),
+  ("first piece of an apostrophe word", "contractions", wa.APOSTROPHE_START),
+  ("first piece of another multi-piece word", "contractions", wa.OTHER_START),
+  ("after a whole word", "contractions", wa.WHOLE_WORD),
 )
 
 

@@ -20,7 +20,9 @@ from cyb_jax.run_analysis import analyze_run
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (as given to cyb-train).", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
 _TAU = flags.DEFINE_float("tau", None, "Threshold on P(<don't know>) (default: the run's eval.tau).")
-_OUT = flags.DEFINE_string("out", None, "Output folder (default: <workdir>/analysis/step_<step>).")
+_OUT = flags.DEFINE_string(
+  "out", None, "Output folder (default: <workdir>/analysis/step_<step>, with _eval<N> for --eval_batches=N)."
+)
 _MIN_COUNT = flags.DEFINE_integer("min_count", 20, "Fewest positions for a token to be ranked.")
 _TOP = flags.DEFINE_integer("top", 20, "Tokens listed as most / least pausing.")
 _TAGGED_TEXT = flags.DEFINE_string(

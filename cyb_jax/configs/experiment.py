@@ -62,8 +62,8 @@ def get_config(preset: str = "main") -> ml_collections.ConfigDict:
   #   trains each CYB run with and without a W-step warm-up, rows `{loss}_w{W}_K{k}`). The
   #   main, text and gpu presets run both: none, and the recommended half-run warm-up.
   c.seeds = (0, 1, 2)  # Seeds of the main comparison (sweeps use the first).
-  c.ce_budgets = ()  # Longer ce runs, in training steps above run.num_train_steps (e.g.
-  #   (1600, 3200)), one per seed, each with its own learning-rate schedule: their final losses
+  c.ce_budgets = ()  # Longer ce runs: the total steps of each, every one > run.num_train_steps
+  #   (e.g. (1600, 3200)), one per seed, each with its own learning-rate schedule: their final losses
   #   give the tokens ce needs to reach every model's final loss ("ce by budget" in results.md)
   #   and show whether ce's loss has flattened. () for none.
   c.from_ce = False  # Fine-tune every run from a shared ce checkpoint per seed (paper's setting).
