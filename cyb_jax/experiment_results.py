@@ -259,6 +259,11 @@ def _pm(stat: dict[str, float], digits: int = 3) -> str:
   return f"{stat['mean']:.{digits}f}"
 
 
+def _names(what: str, names: Sequence[str]) -> str:
+  """``what: `a`, `b`.``: a sentence listing row or run names."""
+  return f"{what}: " + ", ".join(f"`{n}`" for n in names) + "."
+
+
 def _ce_budget_lines(by_budget: dict[str, Any]) -> list[str]:
   """The "ce by budget" section of results.md (none without longer ce runs)."""
   if not by_budget:
@@ -301,10 +306,7 @@ def _ce_budget_lines(by_budget: dict[str, Any]) -> list[str]:
       f"{'>= ' if v['lower_bound'] else ''}{v['ratio']:.2f} |"
     )
   if by_budget.get("partial"):
-    lines += [
-      "",
-      "Left out (not finished for every seed of `ce`): " + ", ".join(f"`{k}`" for k in by_budget["partial"]) + ".",
-    ]
+    lines += ["", _names("Left out (not finished for every seed of `ce`)", by_budget["partial"])]
   return lines
 
 
@@ -426,10 +428,7 @@ def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
         f"{by_level or 'n/a'} | {_two_digits(e.get('vs_ce'))} | {_two_digits(e.get('vs_pause_ce'))} |"
       )
   if results.get("missing_runs"):
-    lines += [
-      "",
-      "Runs not finished (left out of every table): " + ", ".join(f"`{n}`" for n in results["missing_runs"]) + ".",
-    ]
+    lines += ["", _names("Runs not finished (left out of every table)", results["missing_runs"])]
   lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in plots]
   path = os.path.join(out_dir, "results.md")
   files.write_text(path, "\n".join(lines) + "\n")
