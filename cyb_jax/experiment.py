@@ -106,11 +106,7 @@ def _preempted(out_dir: str, timings: dict[str, float], name: str) -> dict[str, 
 
 def write_results(config, specs: Sequence[plan_lib.RunSpec], out_dir: str, timings: dict[str, float]) -> dict[str, Any]:
   """Summarises the finished runs into results.json / results.md / plots."""
-  done = [
-    s
-    for s in specs
-    if _is_finished(os.path.join(out_dir, "runs", s.name), plan_lib.run_config(config, s).num_train_steps)
-  ]
+  done = [s for s in specs if _is_finished(os.path.join(out_dir, "runs", s.name), plan_lib.num_train_steps(config, s))]
   missing = [s.name for s in specs if s not in done]
   if not done:
     raise ValueError(f"no finished run in {out_dir}/runs: nothing to summarise.")

@@ -29,7 +29,7 @@ class RunSpec:
   loss: str
   max_pauses: int
   seed: int
-  overrides: tuple[tuple[str, Any], ...] = ()  # (dotted config field, value)
+  overrides: tuple[tuple[str, Any], ...] = ()  # a sweep's (dotted config field, value)
   sweep: str = ""  # "" for the main comparison, else the swept field
   warmup: int = 0  # loss.pause_warmup_steps of the run (0: none; baselines and sweeps: 0)
   budget: int | None = None  # num_train_steps of a longer ce run (ce_budgets); None: the grid's
@@ -89,13 +89,13 @@ def plan_runs(config: ml_collections.ConfigDict) -> list[RunSpec]:
         if loss == "ce":
           continue
         for w in warmups if loss in CYB_LOSSES else (0,):
-          spec = RunSpec("", loss, k, seed, (("loss.pause_warmup_steps", w),) if w else (), warmup=w)
+          spec = RunSpec("", loss, k, seed, warmup=w)
           runs.append(dataclasses.replace(spec, name=f"{spec.group}_s{seed}"))
   for seed in config.seeds:
     for budget in budgets:
       # Its own learning-rate schedule over B steps (schedule_steps is None), the grid's
       # evaluation and checkpoint intervals: ce's final loss at B steps, and its curve to there.
-      runs.append(RunSpec(f"ce_steps{budget}_s{seed}", "ce", 0, seed, (("num_train_steps", budget),), budget=budget))
+      runs.append(RunSpec(f"ce_steps{budget}_s{seed}", "ce", 0, seed, budget=budget))
   seed = config.seeds[0]
   for field, values in (
     ("loss.gamma", config.sweep.gamma),
@@ -113,11 +113,18 @@ def plan_runs(config: ml_collections.ConfigDict) -> list[RunSpec]:
   return runs
 
 
+def num_train_steps(config: ml_collections.ConfigDict, spec: RunSpec) -> int:
+  """The steps ``spec`` trains for: its budget (a longer ce run), else the template's."""
+  return config.run.num_train_steps if spec.budget is None else spec.budget
+
+
 def run_config(config: ml_collections.ConfigDict, spec: RunSpec) -> ml_collections.ConfigDict:
-  """The training config of one run: the shared template plus the run's loss, K and seed."""
+  """The training config of one run: the shared template plus the run's loss, K, seed,
+  warm-up, steps and sweep value."""
   c = copy.deepcopy(config.run)
   c.unlock()
   c.seed = spec.seed
+  c.num_train_steps = num_train_steps(config, spec)
   c.loss.name = spec.loss
   c.loss.pause_warmup_steps = spec.warmup  # the run's own W, whatever the template says
   c.model.max_pauses = spec.max_pauses

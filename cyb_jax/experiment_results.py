@@ -112,7 +112,7 @@ def summarise_runs(
     rows[key] = {
       "loss": members[0].loss,
       "K": members[0].max_pauses,
-      "steps": plan_lib.run_config(config, members[0]).num_train_steps,
+      "steps": plan_lib.num_train_steps(config, members[0]),
       "budget": members[0].budget,  # None: a row of the grid; else a longer ce run's steps
       "seeds": [s.seed for s in members],
       "train_tokens": float(np.mean([f["train_tokens"] for f in finals])),
@@ -223,8 +223,7 @@ def _ce_by_budget(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
   ce_rows = [(k, r) for k, r in ce_rows if k not in partial]
   if len(ce_rows) < 2:
     return {}
-  grid_tokens = rows["ce"]["train_tokens"]
-  longer = [(r["train_tokens"], r["nll_mix"]["mean"]) for _, r in ce_rows if r["train_tokens"] > grid_tokens]
+  longer = [(r["train_tokens"], r["nll_mix"]["mean"]) for _, r in ce_rows if r["budget"] is not None]
   frontier = efficiency_lib.budget_frontier(rows["ce"]["curve"], longer)
   return {
     "points": [
