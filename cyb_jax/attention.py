@@ -304,19 +304,14 @@ class Attention(nn.Module):
         out_BxSxHxE = run(window=self.window)
       else:  # scanned layers: a traced bool picks the kernel
         out_BxSxHxE = jax.lax.cond(sliding, lambda: run(window=self.window), lambda: run(window=None))
-    elif self.impl in ("xla", "splash"):
-      out_BxSxHxE = attend(
-        q_BxSxHxE,
-        shared,
-        self._dense_shared_mask(visibility, positions_BxS, sliding, has_cache=cache is not None),
-        private,
-        visibility.private_mask,
-        scale=self.scale,
-        softcap=self.softcap,
-      )
-    elif self.impl == "dot_product" and self.softcap is None:
+    elif self.impl in ("xla", "splash") or (self.impl == "dot_product" and self.softcap is None):
       shared_mask = self._dense_shared_mask(visibility, positions_BxS, sliding, has_cache=cache is not None)
-      out_BxSxHxE = fused_attend(q_BxSxHxE, shared, shared_mask, private, visibility.private_mask, scale=self.scale)
+      if self.impl == "dot_product":
+        out_BxSxHxE = fused_attend(q_BxSxHxE, shared, shared_mask, private, visibility.private_mask, scale=self.scale)
+      else:
+        out_BxSxHxE = attend(
+          q_BxSxHxE, shared, shared_mask, private, visibility.private_mask, scale=self.scale, softcap=self.softcap
+        )
     else:
       raise ValueError(
         f"attention impl {self.impl!r} with softcap {self.softcap!r} is not "

@@ -38,8 +38,9 @@ def analyze_run(
     raise ValueError(
       f"--tagged_text={tagged_text!r} needs a text run; {workdir!r} has data.source={run.config.data.source!r}."
     )
-  if is_text and run.data.eval_batches:  # reads (and checks) the tagged copy before evaluating
-    docs, tagged_docs = word_report.eval_documents(run.config.data, tagged_text)
+  tagged_docs = None
+  if tagged_text is not None and run.data.eval_batches:  # reads (and checks) the tagged copy before evaluating
+    tagged_docs = word_report.tagged_eval_documents(run.data.eval_text, run.config.data.doc_per, tagged_text)
   protocol = run.protocol if tau is None else run.protocol._replace(tau=tau)
   own = "" if eval_batches is None else f"_eval{eval_batches}"  # never overwrites the default analysis
   out = out or os.path.join(workdir, "analysis", f"step_{run.step}{own}")
@@ -59,7 +60,7 @@ def analyze_run(
   )
   written = f"{out}/pause_stats.json, {out}/pause_stats.md and {out}/plots/"
   if is_text and run.data.eval_batches:
-    words = word_report.run_position_words(run.data.info, docs, tagged_docs, evaluated.inputs)
+    words = word_report.run_position_words(run.data.info, run.data.eval_text.docs, tagged_docs, evaluated.inputs)
     text += "\n\n" + word_report.write_word_analysis(
       out,
       evaluated.stats,

@@ -1,10 +1,11 @@
 """The word-level pause view of a text run: ``words.json``, ``words.md`` and ``plots/pauses_by_tag.png``.
 
-:func:`eval_documents` rebuilds a text run's eval documents (the same files, ``doc_per``
-and held-out split as :mod:`cyb_jax.data.pipeline`) and reads the tagged copy (``word/tag``,
-cut into documents the same way); :func:`run_position_words` encodes them with the run's
-tokenizer and checks that they are exactly the tokens of the eval batches. :func:`write_word_analysis` writes the
-statistics of :mod:`cyb_jax.word_analysis`; :func:`words_md` and :func:`plot_tags` render them.
+:func:`tagged_eval_documents` reads the tagged copy (``word/tag``) of a text run's eval
+documents (``DataBundle.eval_text``: the files, ``doc_per`` and held-out split of
+:mod:`cyb_jax.data.pipeline`), cut into documents the same way; :func:`run_position_words`
+encodes the eval documents with the run's tokenizer and checks that they are exactly the
+tokens of the eval batches. :func:`write_word_analysis` writes the statistics of
+:mod:`cyb_jax.word_analysis`; :func:`words_md` and :func:`plot_tags` render them.
 Used by ``cyb-analyze --tagged_text=PATH`` (``cyb_jax/cli/analyze.py``).
 """
 
@@ -22,7 +23,6 @@ from cyb_jax import files
 from cyb_jax import plots
 from cyb_jax import report_tables as tables
 from cyb_jax import word_analysis as wa
-from cyb_jax.data import config as data_config_lib
 from cyb_jax.data import pipeline
 from cyb_jax.data import text
 from cyb_jax.data import tokenizer as tokenizer_lib
@@ -33,33 +33,27 @@ TAG_PLOT = os.path.join("plots", "pauses_by_tag.png")
 _TAGS_PLOTTED = 20
 
 
-def eval_documents(data_cfg, tagged_text: str | None = None) -> tuple[list[str], list[list[tuple[str, str]]] | None]:
-  """A text run's eval documents (text) and, with ``tagged_text``, their ``(word, tag)`` pairs.
+def tagged_eval_documents(eval_text: pipeline.EvalText, doc_per: str, tagged_text: str) -> list[list[tuple[str, str]]]:
+  """The ``(word, tag)`` pairs of a text run's eval documents, read from their tagged copy.
 
   Args:
-    data_cfg: the run's ``config.data`` (a ``text:`` source).
-    tagged_text: None, or a path/glob of the tagged copy of the run's text files (as many
-      files, sorted alike, each line the same words as ``word/tag``).
+    eval_text: the run's ``DataBundle.eval_text``.
+    doc_per: the run's ``data.doc_per``: the tagged copy is cut into documents the same way.
+    tagged_text: a path/glob of the tagged copy of the run's text files (as many files,
+      sorted alike, each line the same words as ``word/tag``).
 
   Raises:
-    ValueError: for a source that is not text, a malformed tagged token (naming file and line)
-      or a tagged copy with another number of documents (naming its files).
+    ValueError: for a malformed tagged token (naming file and line) or a tagged copy with
+      another number of documents (naming its files).
   """
-  spec = data_config_lib.parse_source(data_cfg.source)
-  if spec.kind != "text":
-    raise ValueError(f"data.source={data_cfg.source!r} is not a text source: the word view needs text:PATH_OR_GLOB.")
-  _, docs, _, eval_idx = pipeline.text_split(data_cfg, spec.path)
-  tagged_docs = None
-  if tagged_text is not None:
-    tagged_files = text.find_text_files(tagged_text)
-    all_tagged = wa.read_tagged_documents(tagged_files, data_cfg.doc_per)
-    if len(all_tagged) != len(docs):
-      raise ValueError(
-        f"The tagged copy {tagged_files} has {len(all_tagged)} documents "
-        f"(data.doc_per={data_cfg.doc_per!r}) but the text {spec.path!r} has {len(docs)}."
-      )
-    tagged_docs = [all_tagged[i] for i in eval_idx]
-  return [docs[i] for i in eval_idx], tagged_docs
+  tagged_files = text.find_text_files(tagged_text)
+  all_tagged = wa.read_tagged_documents(tagged_files, doc_per)
+  if len(all_tagged) != eval_text.num_docs:
+    raise ValueError(
+      f"The tagged copy {tagged_files} has {len(all_tagged)} documents "
+      f"(data.doc_per={doc_per!r}) but the run's text has {eval_text.num_docs}."
+    )
+  return [all_tagged[i] for i in eval_text.doc_indices]
 
 
 def run_position_words(info, docs: Sequence[str], tagged_docs, inputs: np.ndarray) -> wa.PositionWords:
@@ -67,7 +61,8 @@ def run_position_words(info, docs: Sequence[str], tagged_docs, inputs: np.ndarra
 
   Args:
     info: the run's ``DataInfo`` (its ``tokenizer_path`` is loaded).
-    docs, tagged_docs: :func:`eval_documents`.
+    docs: the run's eval documents (``DataBundle.eval_text.docs``).
+    tagged_docs: None, or :func:`tagged_eval_documents`.
     inputs: int ``[R, N]``, the eval set's input tokens (``EvalSetStats.inputs``).
 
   Raises:

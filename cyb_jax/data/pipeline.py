@@ -65,12 +65,28 @@ class DataInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalText:
+  """A text source's held-out documents, for views that need the words behind the eval tokens.
+
+  docs: the eval documents, in the eval set's order (global, not this process's rows).
+  doc_indices: int [len(docs)], their indices among all `num_docs` documents of the source.
+  num_docs: the number of documents of the source (train and eval), cut by data.doc_per.
+  """
+
+  docs: list[str]
+  doc_indices: np.ndarray
+  num_docs: int
+
+
+@dataclasses.dataclass(frozen=True)
 class DataBundle:
-  """train: resumable process-local batches; eval_batches: the fixed process-local eval set."""
+  """train: resumable process-local batches; eval_batches: the fixed process-local eval set;
+  eval_text: the eval set's documents for a text source, None for the others."""
 
   train: iterators.TrainIterator
   eval_batches: list[packing.Batch]
   info: DataInfo
+  eval_text: EvalText | None = None
 
 
 def make_data(
@@ -203,8 +219,9 @@ def _text(cfg, spec, seed, workdir, process_index, first_local_row, local_rows, 
     process_index=process_index,
     training_lines=lambda: text.tokenizer_training_lines(train_docs, cfg.spm_max_sentences),
   )
+  eval_docs = [docs[i] for i in eval_idx]
   train_corpus = flat_stream.FlatCorpus.from_documents(tok.encode_documents(train_docs))
-  eval_corpus = flat_stream.FlatCorpus.from_documents(tok.encode_documents([docs[i] for i in eval_idx]))
+  eval_corpus = flat_stream.FlatCorpus.from_documents(tok.encode_documents(eval_docs))
   logging.info(
     "Text data: %d files, %d train documents (%d tokens), %d eval documents (%d tokens), V=%d.",
     len(files),
@@ -230,6 +247,7 @@ def _text(cfg, spec, seed, workdir, process_index, first_local_row, local_rows, 
     train=iterators.IndexedIterator(batch_at, fingerprint),
     eval_batches=_eval_slices(global_eval, cfg, first_local_row, local_rows),
     info=_text_info(tok),
+    eval_text=EvalText(eval_docs, eval_idx, len(docs)),
   )
 
 
