@@ -1,6 +1,6 @@
 r"""Benchmark of the training loop (issue 13): loop efficiency, train-step MFU, r(K), memory.
 
-Five tables from one run, on the ~10M-parameter model of benchmarks/model.py (6 layers, D 256,
+Six tables from one run, on the ~10M-parameter model of benchmarks/model.py (6 layers, D 256,
 V 8192: ``benchmarks/common.py``), each ratio measured within this run:
 
 1. **Loop efficiency** = bare step time / trainer time per step. The bare step is the
@@ -24,6 +24,10 @@ V 8192: ``benchmarks/common.py``), each ratio measured within this run:
 5. **Where the time goes**: a ``jax.profiler`` trace of one K = 0 and one largest-K step at
    ``--profile_length``, every XLA CPU op's thread-seconds summed by (inside the pause scan
    or its transpose, Flax method / JAX primitive of its ``op_name``).
+6. **What grows with K**: the compiled peak of table 4 (dense attention) at
+   ``--growth_length``, with full or chunked logits (``loss.vocab_chunk``) and remat
+   ``none`` or ``full``, per pause slot ``(peak(K) - peak(0)) / K``, beside one float32 copy
+   of the ``[B, N, K+1, V+1]`` logits.
 
 Times: one untimed call per program, then ``--repeats`` round-robin rounds; the fastest
 wall time is reported (load only adds time). Compare ratios within one run.
@@ -68,7 +72,7 @@ from cyb_jax.configs import default as default_config
 
 _QUICK = flags.DEFINE_bool("quick", False, "Small sizes for a smoke test (overrides size flags).")
 _OUT = flags.DEFINE_string("out", None, "Also write every figure as JSON to this path.")
-_SKIP = flags.DEFINE_list("skip", [], "Tables to skip: loop, steps, memory, profile.")
+_SKIP = flags.DEFINE_list("skip", [], "Tables to skip: loop, steps, memory, profile, growth.")
 common.define_model_flags()  # --vocab --d_model --layers --heads --mlp_dim --unroll_pause_scan
 flags.adopt_module_key_flags(common)  # --help lists them
 _ATTENTION = flags.DEFINE_enum(
@@ -88,6 +92,8 @@ _PROFILE_LENGTH = flags.DEFINE_integer(
   "profile_length", 1024, "N of table 5 (a profile of K = 0 and the largest K); 0 = off."
 )
 _PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "P of the float32 matmul peak.")
+_GROWTH_LENGTH = flags.DEFINE_integer("growth_length", 2048, "N of table 6 (what grows with K).")
+_GROWTH_CHUNK = flags.DEFINE_integer("growth_vocab_chunk", 1024, "loss.vocab_chunk of table 6's chunked rows.")
 
 _QUICK_SIZES = dict(  # with common.QUICK_SIZES
   loop_length=64,
@@ -98,6 +104,8 @@ _QUICK_SIZES = dict(  # with common.QUICK_SIZES
   pauses=["2"],
   repeats=1,
   memory_lengths=["128"],
+  growth_length=128,
+  growth_vocab_chunk=256,
   peak_size=256,
   profile_length=64,
 )
@@ -394,6 +402,54 @@ def bench_memory(workdir: str) -> tuple[dict, str]:
   return dict(rows=record), title + _markdown(header, rows)
 
 
+GROWTH_VARIANTS = (  # (loss.vocab_chunk is set, model.remat_policy) of table 6's rows
+  (False, "none"),
+  (True, "none"),
+  (False, "full"),
+  (True, "full"),
+)
+
+
+def bench_growth(workdir: str) -> tuple[dict, str]:
+  """Table 6: what grows with K. Compiled peak of the train step at K = 0 and each K, with
+  full or chunked logits and with or without remat, beside the size of one copy of the
+  `[B, N, K+1, V+1]` float32 logits; per pause slot = (peak(K) - peak(0)) / K."""
+  n, b, chunk = _GROWTH_LENGTH.value, _BATCH.value, _GROWTH_CHUNK.value
+  pauses = [0] + [int(x) for x in _PAUSES.value]
+  vocab = common.model_fields()["vocab_size"]
+  rows, record = [], []
+  for chunked, remat in GROWTH_VARIANTS:
+    peaks = {}
+    for k in pauses:
+      config = run_config(n, b, k, "xla")
+      config.loss.vocab_chunk = chunk if chunked else None
+      config.model.remat_policy = remat
+      peaks[k] = peak_bytes(config, os.path.join(workdir, f"growth_{int(chunked)}_{remat}_{k}"))
+    for k in pauses[1:]:
+      logits = b * n * (k + 1) * (vocab + 1) * 4
+      per_slot = (peaks[k] - peaks[0]) / k
+      rows.append(
+        [
+          f"chunk {chunk}" if chunked else "full logits",
+          remat,
+          str(k),
+          f"{peaks[0] / _MIB:.0f}",
+          f"{peaks[k] / _MIB:.0f}",
+          f"{per_slot / _MIB:.0f}",
+          f"{logits / _MIB:.0f}",
+          f"{peaks[k] / peaks[0]:.2f}",
+        ]
+      )
+    record.append(dict(vocab_chunk=chunk if chunked else None, remat_policy=remat, peak_bytes=peaks))
+  title = (
+    f"### 6. What grows with K: train-step peak memory (compiled), N={n}, B={b}, V={vocab}, "
+    "dense attention, private layout\n\n"
+    "logits = one float32 copy of [B, N, K+1, V+1]; per slot = (peak(K) - peak(0)) / K\n"
+  )
+  header = ["vocab head", "remat", "K", "peak K=0 MiB", "peak MiB", "per slot MiB", "logits MiB", "peak / K=0"]
+  return dict(length=n, batch=b, rows=record), title + _markdown(header, rows)
+
+
 def bench_profile(workdir: str, top: int = 12) -> tuple[dict, str]:
   """Table 5: thread-seconds of the K = 0 and largest-K steps by (in a loop, method/primitive)."""
   n, k = _PROFILE_LENGTH.value, max(int(x) for x in _PAUSES.value)
@@ -433,9 +489,9 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _QUICK.value:
     common.set_quick_sizes(_QUICK_SIZES)
-  unknown = set(_SKIP.value) - {"loop", "steps", "memory", "profile"}
+  unknown = set(_SKIP.value) - {"loop", "steps", "memory", "profile", "growth"}
   if unknown:
-    raise app.UsageError(f"--skip: {sorted(unknown)} not among loop, steps, memory, profile")
+    raise app.UsageError(f"--skip: {sorted(unknown)} not among loop, steps, memory, profile, growth")
   command = " ".join(["python", *sys.argv])
   load = os.getloadavg()
   print(
@@ -454,6 +510,7 @@ def main(argv: Sequence[str]) -> None:
       ("steps", lambda: bench_steps(peak, workdir)),
       ("memory", lambda: bench_memory(workdir)),
       ("profile", lambda: bench_profile(workdir)),
+      ("growth", lambda: bench_growth(workdir)),
     ):
       if name not in _SKIP.value and (name != "profile" or _PROFILE_LENGTH.value):
         record[name], table = bench()
