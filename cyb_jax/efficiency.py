@@ -11,11 +11,16 @@ schedule), :func:`budget_frontier` joins its grid run's eval curve to the longer
 losses, and :func:`tokens_by_budget` reads from it, linearly in log tokens, the tokens ce
 needs to reach a model's final loss: the paper's "the same quality with 1/3 of the data",
 measured, not bounded.
+
+Paired by seed: :func:`paired_by_seed` compares two rows' final losses seed by seed (a seed
+fixes the initialisation and the data order of both), which tells a real difference from the
+spread of seeds that a mean +- std across seeds mixes in.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
@@ -138,6 +143,27 @@ def tokens_by_budget(frontier: Sequence[tuple[float, float]], tokens: float, los
     "tokens_baseline": needed,
     "ratio": (frontier[-1][0] if needed is None else needed) / tokens,
     "lower_bound": needed is None,
+  }
+
+
+def paired_by_seed(losses_a: Mapping[int, float], losses_b: Mapping[int, float]) -> dict[str, Any]:
+  """Final losses of two rows compared seed by seed, over the seeds both ran.
+
+  Args:
+    losses_a, losses_b: seed -> final eval loss of each row.
+
+  Returns:
+    ``seeds`` (sorted, common to both), ``differences`` (``a - b`` per seed: < 0 where a is
+    better), ``mean`` (their mean; NaN without common seeds) and ``a_better`` (how many seeds
+    have ``a < b``).
+  """
+  seeds = sorted(set(losses_a) & set(losses_b))
+  differences = [float(losses_a[s] - losses_b[s]) for s in seeds]
+  return {
+    "seeds": seeds,
+    "differences": differences,
+    "mean": float(np.mean(differences)) if differences else math.nan,
+    "a_better": sum(d < 0 for d in differences),
   }
 
 

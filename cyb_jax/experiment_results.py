@@ -129,9 +129,10 @@ def summarise_runs(
           "compute_threshold",
         )
       },
+      "nll_mix_by_seed": {s.seed: f["eval/nll_mix"] for s, f in zip(members, finals)},
       "curve": efficiency_lib.mean_curve([workdir(s) for s in members]),
     }
-  efficiency = {}
+  efficiency, paired = {}, {}
   for key, row in rows.items():
     if row["loss"] not in plan_lib.CYB_LOSSES:
       continue
@@ -140,6 +141,9 @@ def summarise_runs(
         eff = efficiency_lib.data_efficiency(rows[key]["curve"], rows[base]["curve"])
         eff["better"] = key if eff["better"] == "a" else base
         efficiency[f"{key} vs {base}"] = eff
+        paired[f"{key} vs {base}"] = efficiency_lib.paired_by_seed(
+          row["nll_mix_by_seed"], rows[base]["nll_mix_by_seed"]
+        )
   by_budget = _ce_by_budget(rows)
   analysed = {}  # run name -> _pause_analysis, each run analysed once
 
@@ -199,6 +203,7 @@ def summarise_runs(
     "from_ce": bool(config.from_ce),
     "rows": rows,
     "efficiency": efficiency,
+    "paired": paired,
     "ce_budgets": by_budget,
     "pauses": pauses,
     "sweeps": sweeps,
@@ -261,6 +266,29 @@ def _pm(stat: dict[str, float], digits: int = 3) -> str:
 def _names(what: str, names: Sequence[str]) -> str:
   """``what: `a`, `b`.``: a sentence listing row or run names."""
   return f"{what}: " + ", ".join(f"`{n}`" for n in names) + "."
+
+
+def _paired_lines(paired: dict[str, Any]) -> list[str]:
+  """The "paired by seed" section of results.md (none with one seed per row)."""
+  paired = {pair: p for pair, p in paired.items() if len(p["seeds"]) > 1}
+  if not paired:
+    return []
+  lines = [
+    "",
+    "### Paired by seed",
+    "",
+    "Final eval nll_mix of each CYB row minus its baseline's, seed by seed (same seed: same "
+    "initialisation and data order); < 0: the CYB row is better.",
+    "",
+    "| pair | seeds | mean difference | per seed | CYB better in |",
+    "|---|---|---|---|---|",
+  ]
+  for pair, p in paired.items():
+    per_seed = " / ".join(f"{d:+.3f}" for d in p["differences"])
+    lines.append(
+      f"| {pair} | {len(p['seeds'])} | {p['mean']:+.3f} | {per_seed} | {p['a_better']} of {len(p['seeds'])} |"
+    )
+  return lines
 
 
 def _ce_budget_lines(by_budget: dict[str, Any]) -> list[str]:
@@ -350,6 +378,7 @@ def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
       f"| {pair} | {e['better']} | {e['target_loss']:.4f} | {ratio} | "
       f"{e['worse_final_loss']:.4f} | {e['ratio_at_worse_final']:.2f} |"
     )
+  lines += _paired_lines(results.get("paired") or {})
   lines += _ce_budget_lines(results.get("ce_budgets") or {})
   for key, p in results["pauses"].items():
     if "difficulty" in p:

@@ -42,6 +42,24 @@ def test_token_ratio_is_the_baselines_tokens_over_the_models_at_the_worse_final_
   assert efficiency.token_ratio(baseline, baseline) == pytest.approx(1.0)
 
 
+def test_paired_by_seed_compares_the_seeds_both_rows_ran():
+  p = efficiency.paired_by_seed({0: 3.0, 1: 3.5, 2: 2.0}, {0: 3.25, 1: 3.0, 3: 9.0})
+  assert p == {"seeds": [0, 1], "differences": [-0.25, 0.5], "mean": 0.125, "a_better": 1}
+  none = efficiency.paired_by_seed({0: 1.0}, {1: 1.0})
+  assert none["seeds"] == [] and none["a_better"] == 0 and none["mean"] != none["mean"]  # NaN
+
+
+def test_paired_section_lists_each_seeds_difference_and_skips_one_seed_rows():
+  paired = {
+    "cyb_dp_K1 vs ce": efficiency.paired_by_seed({0: 3.0, 1: 3.5}, {0: 3.25, 1: 3.0}),
+    "cyb_ap_K1 vs ce": efficiency.paired_by_seed({0: 3.0}, {0: 3.25}),
+  }
+  text = "\n".join(experiment_results._paired_lines(paired))
+  assert "| cyb_dp_K1 vs ce | 2 | +0.125 | -0.250 / +0.500 | 1 of 2 |" in text
+  assert "cyb_ap_K1" not in text
+  assert experiment_results._paired_lines({"cyb_ap_K1 vs ce": paired["cyb_ap_K1 vs ce"]}) == []
+
+
 def test_tokens_by_budget_reads_the_longer_runs_beyond_the_grid_curve_in_log_tokens():
   grid = [(100, 3.0), (200, 2.5)]  # the ce run of the grid's budget
   frontier = efficiency.budget_frontier(grid, [(800, 2.0), (400, 2.2)])
@@ -185,6 +203,12 @@ def test_a_micro_experiment_writes_results(tmp_path):
   assert set(by_budget["vs"]) == {"cyb_ap_K1"} and by_budget["vs"]["cyb_ap_K1"]["tokens"] == tokens
   assert "ce_steps8" not in results["pauses"]  # pauses are analysed for the grid's rows only
   assert "cyb_ap_K1 vs ce" in results["efficiency"]
+  paired = results["paired"]["cyb_ap_K1 vs ce"]
+  rows = results["rows"]
+  assert paired["seeds"] == [0] and paired["differences"] == [
+    rows["cyb_ap_K1"]["nll_mix_by_seed"][0] - rows["ce"]["nll_mix_by_seed"][0]
+  ]
+  assert rows["ce"]["nll_mix_by_seed"][0] == rows["ce"]["nll_mix"]["mean"]
   assert results["pauses"]["cyb_ap_K1"]["difficulty"]["levels"]
   with open(tmp_path / "results.json") as f:
     assert json.load(f)["rows"]["ce"]["K"] == 0
