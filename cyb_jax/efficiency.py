@@ -13,8 +13,8 @@ needs to reach a model's final loss: the paper's "the same quality with 1/3 of t
 measured, not bounded.
 
 Paired by seed: :func:`paired_by_seed` compares two rows' final losses seed by seed (a seed
-fixes the initialisation and the data order of both), which tells a real difference from the
-spread of seeds that a mean +- std across seeds mixes in.
+fixes the data order of both and the initialisation of the parameters they share), which
+tells a real difference from the spread of seeds that a mean +- std across seeds mixes in.
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ def summarise_runs(
           "compute_threshold",
         )
       },
-      "nll_mix_by_seed": {s.seed: f["eval/nll_mix"] for s, f in zip(members, finals)},
+      "nll_mix_per_seed": [f[efficiency_lib.EVAL_LOSS] for f in finals],  # aligned with "seeds"
       "curve": efficiency_lib.mean_curve([workdir(s) for s in members]),
     }
   efficiency, paired = {}, {}
@@ -142,7 +142,8 @@ def summarise_runs(
         eff["better"] = key if eff["better"] == "a" else base
         efficiency[f"{key} vs {base}"] = eff
         paired[f"{key} vs {base}"] = efficiency_lib.paired_by_seed(
-          row["nll_mix_by_seed"], rows[base]["nll_mix_by_seed"]
+          dict(zip(row["seeds"], row["nll_mix_per_seed"])),
+          dict(zip(rows[base]["seeds"], rows[base]["nll_mix_per_seed"])),
         )
   by_budget = _ce_by_budget(rows)
   analysed = {}  # run name -> _pause_analysis, each run analysed once

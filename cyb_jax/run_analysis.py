@@ -40,7 +40,7 @@ def analyze_run(
     )
   tagged_docs = None
   if tagged_text is not None and run.data.eval_batches:  # reads (and checks) the tagged copy before evaluating
-    tagged_docs = word_report.tagged_eval_documents(run.data.eval_text, run.config.data.doc_per, tagged_text)
+    tagged_docs = word_report.tagged_eval_documents(run.data.eval_text, tagged_text)
   protocol = run.protocol if tau is None else run.protocol._replace(tau=tau)
   own = "" if eval_batches is None else f"_eval{eval_batches}"  # never overwrites the default analysis
   out = out or os.path.join(workdir, "analysis", f"step_{run.step}{own}")

@@ -33,25 +33,27 @@ TAG_PLOT = os.path.join("plots", "pauses_by_tag.png")
 _TAGS_PLOTTED = 20
 
 
-def tagged_eval_documents(eval_text: pipeline.EvalText, doc_per: str, tagged_text: str) -> list[list[tuple[str, str]]]:
+def tagged_eval_documents(eval_text: pipeline.EvalText | None, tagged_text: str) -> list[list[tuple[str, str]]]:
   """The ``(word, tag)`` pairs of a text run's eval documents, read from their tagged copy.
 
   Args:
-    eval_text: the run's ``DataBundle.eval_text``.
-    doc_per: the run's ``data.doc_per``: the tagged copy is cut into documents the same way.
+    eval_text: the run's ``DataBundle.eval_text`` (None for a source that is not text).
     tagged_text: a path/glob of the tagged copy of the run's text files (as many files,
-      sorted alike, each line the same words as ``word/tag``).
+      sorted alike, each line the same words as ``word/tag``), cut into documents by the
+      run's ``data.doc_per``.
 
   Raises:
-    ValueError: for a malformed tagged token (naming file and line) or a tagged copy with
-      another number of documents (naming its files).
+    ValueError: for a run that is not a text run, a malformed tagged token (naming file and
+      line) or a tagged copy with another number of documents (naming its files and the text).
   """
+  if eval_text is None:
+    raise ValueError(f"--tagged_text={tagged_text!r}: the word view needs a text run (data.source text:PATH).")
   tagged_files = text.find_text_files(tagged_text)
-  all_tagged = wa.read_tagged_documents(tagged_files, doc_per)
+  all_tagged = wa.read_tagged_documents(tagged_files, eval_text.doc_per)
   if len(all_tagged) != eval_text.num_docs:
     raise ValueError(
       f"The tagged copy {tagged_files} has {len(all_tagged)} documents "
-      f"(data.doc_per={doc_per!r}) but the run's text has {eval_text.num_docs}."
+      f"(data.doc_per={eval_text.doc_per!r}) but the text {eval_text.source!r} has {eval_text.num_docs}."
     )
   return [all_tagged[i] for i in eval_text.doc_indices]
 

@@ -1,6 +1,7 @@
 """Tests of the experiment runner: data-efficiency maths, run planning, a micro experiment."""
 
 import json
+import math
 import os
 
 import pytest
@@ -46,7 +47,7 @@ def test_paired_by_seed_compares_the_seeds_both_rows_ran():
   p = efficiency.paired_by_seed({0: 3.0, 1: 3.5, 2: 2.0}, {0: 3.25, 1: 3.0, 3: 9.0})
   assert p == {"seeds": [0, 1], "differences": [-0.25, 0.5], "mean": 0.125, "a_better": 1}
   none = efficiency.paired_by_seed({0: 1.0}, {1: 1.0})
-  assert none["seeds"] == [] and none["a_better"] == 0 and none["mean"] != none["mean"]  # NaN
+  assert none["seeds"] == [] and none["a_better"] == 0 and math.isnan(none["mean"])
 
 
 def test_paired_section_lists_each_seeds_difference_and_skips_one_seed_rows():
@@ -206,12 +207,15 @@ def test_a_micro_experiment_writes_results(tmp_path):
   paired = results["paired"]["cyb_ap_K1 vs ce"]
   rows = results["rows"]
   assert paired["seeds"] == [0] and paired["differences"] == [
-    rows["cyb_ap_K1"]["nll_mix_by_seed"][0] - rows["ce"]["nll_mix_by_seed"][0]
+    rows["cyb_ap_K1"]["nll_mix_per_seed"][0] - rows["ce"]["nll_mix_per_seed"][0]
   ]
-  assert rows["ce"]["nll_mix_by_seed"][0] == rows["ce"]["nll_mix"]["mean"]
+  assert rows["ce"]["nll_mix_per_seed"] == [rows["ce"]["nll_mix"]["mean"]]
   assert results["pauses"]["cyb_ap_K1"]["difficulty"]["levels"]
   with open(tmp_path / "results.json") as f:
-    assert json.load(f)["rows"]["ce"]["K"] == 0
+    saved = json.load(f)
+  assert saved["rows"]["ce"]["K"] == 0 and saved["rows"]["ce"]["seeds"] == [0]
+  assert saved["rows"]["ce"]["nll_mix_per_seed"] == rows["ce"]["nll_mix_per_seed"]
+  assert saved["paired"]["cyb_ap_K1 vs ce"]["differences"] == paired["differences"]
   text = (tmp_path / "results.md").read_text()
   assert "| cyb_ap_K1 |" in text and "Data efficiency" in text and "## ce by budget" in text
   assert "| ce_steps8 | 8 |" in text

@@ -398,11 +398,13 @@ def test_text_bundle_holds_its_held_out_documents_and_a_longer_tagged_copy_is_re
   from cyb_jax import run_analysis as analyze
 
   root, lines = text_run
-  eval_text = components.load_run(str(root / "run")).data.eval_text
-  _, eval_idx = text_lib.split_train_eval(len(lines), 0.05)
+  run = components.load_run(str(root / "run"))
+  eval_text = run.data.eval_text
+  _, eval_idx = text_lib.split_train_eval(len(lines), run.config.data.eval_fraction)
+  assert (eval_text.source, eval_text.doc_per) == (f"text:{root / 'text.txt'}", "line")
   assert eval_text.num_docs == len(lines) and np.array_equal(eval_text.doc_indices, eval_idx)
   assert eval_text.docs == [" ".join(w for w, _ in lines[i]) for i in eval_idx]
   tagged = (root / "tagged.txt").read_text()
   (root / "tagged_longer.txt").write_text(tagged + "the/at dog/nn ./.\n")
-  with pytest.raises(ValueError, match=rf"has {len(lines) + 1} documents .* the run's text has {len(lines)}"):
+  with pytest.raises(ValueError, match=rf"has {len(lines) + 1} documents .*/text.txt' has {len(lines)}\."):
     analyze.analyze_run(str(root / "run"), out=str(root / "out5"), tagged_text=str(root / "tagged_longer.txt"))

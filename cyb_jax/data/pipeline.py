@@ -64,15 +64,21 @@ class DataInfo:
   tokenizer_path: str | None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class EvalText:
   """A text source's held-out documents, for views that need the words behind the eval tokens.
 
+  A run keeps them for its whole life: a small share of memory beside the tokenised corpus.
+
+  source: the data.source they were read from (``text:PATH_OR_GLOB``).
+  doc_per: how the files were cut into documents (data.doc_per).
   docs: the eval documents, in the eval set's order (global, not this process's rows).
   doc_indices: int [len(docs)], their indices among all `num_docs` documents of the source.
-  num_docs: the number of documents of the source (train and eval), cut by data.doc_per.
+  num_docs: the number of documents of the source (train and eval).
   """
 
+  source: str
+  doc_per: str
   docs: list[str]
   doc_indices: np.ndarray
   num_docs: int
@@ -190,7 +196,7 @@ def _text_info(tok: tokenizer_lib.Tokenizer) -> DataInfo:
   )
 
 
-class TextSplit(NamedTuple):
+class _TextSplit(NamedTuple):
   """A text source's documents, in reading order, and which are held out."""
 
   files: list[str]  # the text files, sorted
@@ -199,17 +205,17 @@ class TextSplit(NamedTuple):
   eval_idx: np.ndarray  # int [eval docs]: indices into `docs`, in the eval set's order
 
 
-def text_split(cfg, path: str) -> TextSplit:
+def _text_split(cfg, path: str) -> _TextSplit:
   """The documents of ``text:path`` and the train/eval split a run of data config ``cfg`` uses
   (no eval documents when ``cfg.eval_batches`` is 0)."""
   files = text.find_text_files(path)
   docs = text.read_documents(files, cfg.doc_per)
   train_idx, eval_idx = text.split_train_eval(len(docs), cfg.eval_fraction if cfg.eval_batches else 0.0)
-  return TextSplit(files, docs, train_idx, eval_idx)
+  return _TextSplit(files, docs, train_idx, eval_idx)
 
 
 def _text(cfg, spec, seed, workdir, process_index, first_local_row, local_rows, fingerprint) -> DataBundle:
-  files, docs, train_idx, eval_idx = text_split(cfg, spec.path)
+  files, docs, train_idx, eval_idx = _text_split(cfg, spec.path)
   train_docs = [docs[i] for i in train_idx]
   tok = tokenizer_lib.load_or_train(
     tokenizer_path=cfg.tokenizer,
@@ -247,7 +253,7 @@ def _text(cfg, spec, seed, workdir, process_index, first_local_row, local_rows, 
     train=iterators.IndexedIterator(batch_at, fingerprint),
     eval_batches=_eval_slices(global_eval, cfg, first_local_row, local_rows),
     info=_text_info(tok),
-    eval_text=EvalText(eval_docs, eval_idx, len(docs)),
+    eval_text=EvalText(cfg.source, cfg.doc_per, eval_docs, eval_idx, len(docs)),
   )
 
 
