@@ -413,7 +413,12 @@ GROWTH_VARIANTS = (  # (loss.vocab_chunk is set, model.remat_policy) of table 6'
 def bench_growth(workdir: str) -> tuple[dict, str]:
   """Table 6: what grows with K. Compiled peak of the train step at K = 0 and each K, with
   full or chunked logits and with or without remat, beside the size of one copy of the
-  `[B, N, K+1, V+1]` float32 logits; per pause slot = (peak(K) - peak(0)) / K."""
+  ``[B, N, K+1, V+1]`` float32 logits.
+
+  Per slot = (peak(K) - peak(0)) / K; the K = 0 step is ``ce``'s, so this also holds the
+  switch to a CYB loss. Since the previous K = (peak(K_i) - peak(K_{i-1})) / (K_i - K_{i-1})
+  between two CYB steps (from the second ``--pauses`` value on) leaves that switch out.
+  """
   n, b, chunk = _GROWTH_LENGTH.value, _BATCH.value, _GROWTH_CHUNK.value
   pauses = [0] + [int(x) for x in _PAUSES.value]
   vocab = common.model_fields()["vocab_size"]
@@ -425,9 +430,10 @@ def bench_growth(workdir: str) -> tuple[dict, str]:
       config.loss.vocab_chunk = chunk if chunked else None
       config.model.remat_policy = remat
       peaks[k] = peak_bytes(config, os.path.join(workdir, f"growth_{int(chunked)}_{remat}_{k}"))
-    for k in pauses[1:]:
+      record.append(dict(vocab_chunk=chunk if chunked else None, remat_policy=remat, pauses=k, peak_bytes=peaks[k]))
+    for i, k in enumerate(pauses[1:], start=1):
+      prev = pauses[i - 1] if i > 1 else None  # a CYB step before this one
       logits = b * n * (k + 1) * (vocab + 1) * 4
-      per_slot = (peaks[k] - peaks[0]) / k
       rows.append(
         [
           f"chunk {chunk}" if chunked else "full logits",
@@ -435,18 +441,29 @@ def bench_growth(workdir: str) -> tuple[dict, str]:
           str(k),
           f"{peaks[0] / _MIB:.0f}",
           f"{peaks[k] / _MIB:.0f}",
-          f"{per_slot / _MIB:.0f}",
+          f"{(peaks[k] - peaks[0]) / k / _MIB:.0f}",
+          "-" if prev is None else f"{(peaks[k] - peaks[prev]) / (k - prev) / _MIB:.0f}",
           f"{logits / _MIB:.0f}",
           f"{peaks[k] / peaks[0]:.2f}",
         ]
       )
-    record.append(dict(vocab_chunk=chunk if chunked else None, remat_policy=remat, peak_bytes=peaks))
   title = (
     f"### 6. What grows with K: train-step peak memory (compiled), N={n}, B={b}, V={vocab}, "
     "dense attention, private layout\n\n"
-    "logits = one float32 copy of [B, N, K+1, V+1]; per slot = (peak(K) - peak(0)) / K\n"
+    "logits = one float32 copy of [B, N, K+1, V+1]; per slot = (peak(K) - peak(0)) / K, from "
+    "the ce step at K = 0; since the previous K = the same between two CYB steps\n"
   )
-  header = ["vocab head", "remat", "K", "peak K=0 MiB", "peak MiB", "per slot MiB", "logits MiB", "peak / K=0"]
+  header = [
+    "vocab head",
+    "remat",
+    "K",
+    "peak K=0 MiB",
+    "peak MiB",
+    "per slot MiB",
+    "per slot since the previous K MiB",
+    "logits MiB",
+    "peak / K=0",
+  ]
   return dict(length=n, batch=b, rows=record), title + _markdown(header, rows)
 
 
@@ -489,6 +506,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _QUICK.value:
     common.set_quick_sizes(_QUICK_SIZES)
+  if any(int(k) < 1 for k in _PAUSES.value):
+    raise app.UsageError(f"--pauses={','.join(_PAUSES.value)}: every K must be >= 1 (K = 0 always runs)")
   unknown = set(_SKIP.value) - {"loop", "steps", "memory", "profile", "growth"}
   if unknown:
     raise app.UsageError(f"--skip: {sorted(unknown)} not among loop, steps, memory, profile, growth")
