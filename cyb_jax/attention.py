@@ -41,7 +41,8 @@ from flax import struct
 from cyb_jax.attention_blocks import MASKED as _MASKED
 from cyb_jax.attention_blocks import KeyValues
 from cyb_jax.attention_blocks import softmax_block as _softmax_block
-from cyb_jax.attention_kernels import fused_attend
+from cyb_jax.attention_kernels import document_attend
+from cyb_jax.attention_kernels import warn_once as _warn_once
 from cyb_jax.attention_splash import splash_attend
 from cyb_jax.layers import Dtype
 from cyb_jax.layers import RMSNorm
@@ -62,7 +63,8 @@ class LayerCache:
 class Visibility:
   """Which keys each query sees and where the queries' own keys go; identical for every layer.
 
-  shared_mask: bool `[B or 1, S or 1, M]` (M = S when there is no cache).
+  shared_mask: bool `[B or 1, S or 1, M]` (M = S when there is no cache); None where
+    `segment_ids` define it (`shared_mask_BxSxM`), so that a fused kernel's program never holds it.
   private_mask: bool `[B or 1, S or 1, J]`; required with private keys.
   write_index: int scalar; where own keys are written when a cache is given.
   shared_positions: int `[B or 1, M]`, the rotary positions of the shared keys; sliding-window
@@ -70,15 +72,28 @@ class Visibility:
     cache the shared keys are the queries themselves and their positions are used. Private keys
     (a query's own pauses) are at the query's position, inside every window.
   segment_ids: int `[B, M]`, given where `shared_mask` is `causal_segment_mask(segment_ids)` of
-    queries at the shared keys' positions (the real-token prefill and the private pause step);
-    the splash kernel reads these instead of the mask, and calls without them use `attend`.
+    queries at the shared keys' positions (the real-token prefill, the private pause step and
+    the visible layout's flat grid); the fused kernels read these instead of the mask, and
+    calls without them use `attend`.
+  slots_per_position: static int, the slots of one rotary position along M: 1, except K + 1 on
+    the visible layout's flat grid, where a window (in positions) is not one in indices, so
+    sliding-window layers there use `attend`.
   """
 
-  shared_mask: jax.Array
+  shared_mask: jax.Array | None
   private_mask: jax.Array | None = None
   write_index: jax.Array | None = None
   shared_positions: jax.Array | None = None
   segment_ids: jax.Array | None = None
+  slots_per_position: int = struct.field(pytree_node=False, default=1)
+
+  def shared_mask_BxSxM(self) -> jax.Array:
+    """The shared mask: `shared_mask`, else `causal_segment_mask(segment_ids)`."""
+    if self.shared_mask is not None:
+      return self.shared_mask
+    if self.segment_ids is None:
+      raise ValueError("a Visibility needs shared_mask or segment_ids")
+    return causal_segment_mask(self.segment_ids)
 
 
 def causal_segment_mask(segment_ids_BxN: jax.Array) -> jax.Array:
@@ -287,7 +302,17 @@ class Attention(nn.Module):
       shared = cache.shared
       private = written = _write(cache.private, own_BxSx1xGxE, visibility.write_index, axis=2)
 
-    if self.impl == "splash" and visibility.segment_ids is not None:  # the window is the kernel's block mask
+    has_cache = cache is not None
+    dense = functools.partial(self._dense, q_BxSxHxE, shared, private, visibility, positions_BxS, has_cache=has_cache)
+    index_windows = visibility.segment_ids is not None and (
+      visibility.slots_per_position == 1 or self.window is None or sliding is False
+    )
+    if self.impl == "dot_product" and self.softcap is not None:
+      raise ValueError(
+        f"attention impl {self.impl!r} with softcap {self.softcap!r} is not "
+        "supported: use impl 'xla' or 'splash', or 'dot_product' without a soft cap"
+      )
+    if self.impl == "splash" and visibility.segment_ids is not None and visibility.slots_per_position == 1:
       run = functools.partial(
         splash_attend,
         q_BxSxHxE,
@@ -298,29 +323,40 @@ class Attention(nn.Module):
         scale=self.scale,
         softcap=self.softcap,
       )
-      if self.window is None or sliding is False:
-        out_BxSxHxE = run(window=None)
-      elif sliding is True:
-        out_BxSxHxE = run(window=self.window)
-      else:  # scanned layers: a traced bool picks the kernel
-        out_BxSxHxE = jax.lax.cond(sliding, lambda: run(window=self.window), lambda: run(window=None))
-    elif self.impl in ("xla", "splash") or (self.impl == "dot_product" and self.softcap is None):
-      shared_mask = self._dense_shared_mask(visibility, positions_BxS, sliding, has_cache=cache is not None)
-      if self.impl == "dot_product":
-        out_BxSxHxE = fused_attend(q_BxSxHxE, shared, shared_mask, private, visibility.private_mask, scale=self.scale)
-      else:
-        out_BxSxHxE = attend(
-          q_BxSxHxE, shared, shared_mask, private, visibility.private_mask, scale=self.scale, softcap=self.softcap
-        )
-    else:
-      raise ValueError(
-        f"attention impl {self.impl!r} with softcap {self.softcap!r} is not "
-        "supported: use impl 'xla' or 'splash', or 'dot_product' without a soft cap"
+    elif self.impl == "dot_product" and index_windows:
+      run = lambda window: document_attend(  # noqa: E731
+        q_BxSxHxE,
+        shared,
+        visibility.segment_ids,
+        private,
+        visibility.private_mask,
+        scale=self.scale,
+        window=window,
+        dense=functools.partial(dense, window is not None),
       )
+    else:
+      if self.impl == "dot_product" and visibility.segment_ids is not None:
+        _warn_once("a sliding window on the visible layout's flat grid (K > 0) is not one in indices")
+      run = None
+    if run is None:
+      out_BxSxHxE = dense(sliding)
+    elif self.window is None or sliding is False:  # the window is the kernel's block mask
+      out_BxSxHxE = run(window=None)
+    elif sliding is True:
+      out_BxSxHxE = run(window=self.window)
+    else:  # scanned layers: a traced bool picks the kernel
+      out_BxSxHxE = jax.lax.cond(sliding, lambda: run(window=self.window), lambda: run(window=None))
     out_BxSxD = jnp.einsum("bshe,hed->bsd", out_BxSxHxE, wo_HxExD)
     if self.out_bias:
       out_BxSxD = out_BxSxD + bias("out_bias", (d,), ("embed",))
     return out_BxSxD, written
+
+  def _dense(self, q_BxSxHxE, shared, private, visibility, positions_BxS, sliding, *, has_cache: bool):
+    """`attend` over `visibility` (and this layer's window where `sliding`): the dense reference."""
+    shared_mask = self._dense_shared_mask(visibility, positions_BxS, sliding, has_cache=has_cache)
+    return attend(
+      q_BxSxHxE, shared, shared_mask, private, visibility.private_mask, scale=self.scale, softcap=self.softcap
+    )
 
   def _dense_shared_mask(
     self, visibility: Visibility, positions_BxS: jax.Array, sliding: bool | jax.Array, *, has_cache: bool
@@ -330,12 +366,12 @@ class Attention(nn.Module):
     For a traced ``sliding`` (scanned layers) the window applies where it is True.
     """
     if self.window is None or sliding is False:
-      return visibility.shared_mask
+      return visibility.shared_mask_BxSxM()
     key_positions = visibility.shared_positions if has_cache else positions_BxS
     if key_positions is None:
       raise ValueError("a sliding-window layer with a cache needs Visibility.shared_positions")
     inside_BxSxM = window_mask(positions_BxS, key_positions, self.window)
-    return visibility.shared_mask & (inside_BxSxM if sliding is True else inside_BxSxM | ~sliding)
+    return visibility.shared_mask_BxSxM() & (inside_BxSxM if sliding is True else inside_BxSxM | ~sliding)
 
   def _inv_freq(self, sliding: bool | jax.Array) -> jax.Array:
     """Rotary frequencies `[E / 2]` of this call: the local ones on sliding layers if set."""

@@ -1,64 +1,175 @@
-"""Fused attention kernels behind `ModelConfig.attention_impl` (shape letters: `cyb_jax.layers`).
+"""The fused GPU attention kernel behind `ModelConfig.attention_impl="dot_product"` (shape letters:
+`cyb_jax.layers`).
 
-`fused_attend` computes what `cyb_jax.attention.attend` computes (without soft cap) through
-`jax.nn.dot_product_attention`: its cuDNN flash kernel on GPU for 16-bit inputs, its XLA
-implementation elsewhere (float32 on GPU included: cuDNN flash has no float32 kernel).
+`document_attend` computes what `cyb_jax.attention.attend` computes (no soft cap) for the mask
+that every training call of the model uses: shared keys at the query positions (M = N), causal
+within packed documents, `causal_segment_mask(segment_ids)`, optionally with a window
+n - m < W (by index: positions restart with each document), plus an optional private block.
 
-Shared keys only (the real-token prefill, a decoding cache): one kernel call with the shared
-mask `[B, 1, S, M]`.
+The kernel is chosen by the platform the program is LOWERED for (`jax.lax.platform_dependent`),
+never by the process's default backend, so a program lowered on a CPU host for CUDA carries the
+GPU kernel:
 
-Shared plus private keys (the private pause step). The softmax over the union of both blocks is
-  out = (Z_M out_M + Z_J out_J) / (Z_M + Z_J),   Z = sum_c exp(score_c) of each block,
-and needs each block's log-normaliser. The kernel's own residual (`return_residual=True`) is
-no use for the shared block: both implementations return it under `stop_gradient` (XLA) or drop
-its cotangent (cuDNN), so a merge through it would be exact in value but not in gradient.
-Instead the merge is folded into the kernel by ONE extra "sentinel" key, seen by every query:
-  * the private block (J <= K keys per query) is attended densely: out_J `[B, S, H, E]` and
-    lse_J = log Z_J `[B, S, H]` (float32);
-  * queries gain coordinates (hi, lo) = lse_J split into the query dtype and its rounding
-    remainder, so that their float32-accumulated dot product with the sentinel key
-    (0, .., 0, 1, 1) is lse_J to ~16 bits even in bfloat16; real keys get zeros there, so their
-    scores are unchanged, and the sentinel's weight in the kernel's softmax is
-    exp(lse_J) / (Z_M + exp(lse_J)) = Z_J / (Z_M + Z_J);
-  * values gain a coordinate that is 1 for the sentinel and 0 for real keys; the kernel then
-    returns o = [Z_M out_M / (Z_M + Z_J), Z_J / (Z_M + Z_J)] (head width padded to a multiple
-    of 8 for cuDNN), and out = o[:E] + o[E] out_J.
-Both are computed stably (the kernel's softmax subtracts its running maximum, the sentinel's
-score included) and the result depends on the kernel's output only, so values AND gradients
-are those of the joint softmax, through any backend's differentiable kernel.
+  * cuda, 16-bit inputs: JAX's Pallas GPU flash attention (`jax.experimental.pallas.ops.gpu.
+    attention.mha`), which takes the documents as segment ids and causality as a flag: no
+    `[S, M]` mask or bias exists anywhere, forward or backward. Key/value heads are repeated to
+    the query heads (GQA). cuDNN is not used: it takes packed documents only as a dense bias,
+    or through its ragged layout, whose softmax statistics JAX sizes `[B * documents, H, N]`,
+    quadratic when a row holds many short documents.
+  * every other platform, and float32 on GPU (flash kernels have no exact float32 path): the
+    dense reference `attend`.
+
+Where the GPU kernel cannot serve a call (a sliding window, which it does not take; a sequence
+length that is not a multiple of 16), the call is computed by the dense reference on every
+platform and the reason is logged once.
+
+The private pause step (shared plus private keys). The softmax over the union of both blocks is
+
+    out = sigmoid(lse_M - lse_J) out_M + sigmoid(lse_J - lse_M) out_J,   lse = log sum_c exp(score_c),
+
+as in `attend`. The kernel returns lse_M (float32), but not differentiably, so
+`_attention_with_lse` gives it the exact vector-Jacobian product: with P the kernel's softmax,
+g the cotangent of lse_M `[B, S, H]` and q pre-scaled,
+
+    d lse_M[s] / d q[s] = sum_m P[s, m] k[m]      ->  dq += g[s] * attention(q, k, values=k)[s]
+    d lse_M[s] / d k[m] = P[s, m] q[s]            ->  dk += P^T (g q),
+
+the latter being the kernel's own value-gradient with cotangent g q. Values and gradients are
+therefore those of the joint softmax; the extra cost is one kernel forward and backward per
+pause step's backward pass.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from cyb_jax.attention_blocks import MASKED as _MASKED
 from cyb_jax.attention_blocks import KeyValues
 from cyb_jax.attention_blocks import softmax_block as _softmax_block
 
-_EXTRA = 2  # the (hi, lo) coordinates; the value's sentinel flag reuses the hi one
+# Sequence lengths the GPU kernel's tiles divide: a multiple of MIN_BLOCK.
+MIN_BLOCK = 16
+_BLOCKS = (128, 64, 32, MIN_BLOCK)
+_SIXTEEN_BIT = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+_warned: set[str] = set()
 
 
-def kernel_implementation(dtype) -> str:
-  """`implementation` for `jax.nn.dot_product_attention`: "cudnn" on GPU for 16-bit inputs,
-  else "xla"."""
-  sixteen_bit = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-  return "cudnn" if jax.default_backend() == "gpu" and sixteen_bit else "xla"
+def gpu_kernel_refusal(n: int, dtype, window: int | None) -> str | None:
+  """Why the GPU kernel cannot compute a call of N queries in ``dtype``; None if it can.
+
+  float32 is not a refusal worth a warning: the dense reference is the float32 kernel.
+  """
+  if jnp.dtype(dtype) not in _SIXTEEN_BIT:
+    return None
+  if window is not None:
+    return f"a sliding window ({window}) with packed documents, which the Pallas GPU kernel does not take"
+  if n % MIN_BLOCK:
+    return f"sequence length {n} is not a multiple of {MIN_BLOCK}"
+  return None
 
 
-def _kernel(q_BxSxHxE, k_BxMxGxE, v_BxMxGxE, mask_BxSxM) -> jax.Array:
-  """softmax(q . k with `mask` `[B or 1, S or 1, M]`) v by the fused kernel; q pre-scaled."""
-  b, s, _, _ = q_BxSxHxE.shape
-  mask_Bx1xSxM = jnp.broadcast_to(mask_BxSxM, (b, s, k_BxMxGxE.shape[1]))[:, None]
-  return jax.nn.dot_product_attention(
-    q_BxSxHxE,
-    k_BxMxGxE,
-    v_BxMxGxE,
-    mask=mask_Bx1xSxM,
-    scale=1.0,
-    implementation=kernel_implementation(q_BxSxHxE.dtype),
+def uses_gpu_kernel(n: int, dtype, window: int | None) -> bool:
+  """Whether a call of N queries in ``dtype`` with ``window`` lowers to the GPU kernel on cuda."""
+  return jnp.dtype(dtype) in _SIXTEEN_BIT and gpu_kernel_refusal(n, dtype, window) is None
+
+
+def warn_once(reason: str) -> None:
+  """Logs ``reason`` for a call the GPU kernel does not compute, once per process."""
+  if reason not in _warned:
+    _warned.add(reason)
+    logging.warning("attention_impl='dot_product': %s; the dense kernel computes these calls.", reason)
+
+
+def _block_sizes(n: int, e: int):
+  """Tiles of the Pallas GPU kernel for N (a multiple of MIN_BLOCK) and head width E: the
+  largest of 128, 64, 32, 16 dividing N, at most 64 for E > 128 (on-chip memory)."""
+  from jax.experimental.pallas.ops.gpu import attention as pallas_attention  # noqa: PLC0415
+
+  cap = 64 if e > 128 else 128
+  block = next(b for b in _BLOCKS if b <= cap and n % b == 0)
+  backward = min(block, 32)
+  return pallas_attention.BlockSizes(
+    block_q=block,
+    block_k=block,
+    block_q_dkv=backward,
+    block_kv_dkv=backward,
+    block_q_dq=backward,
+    block_kv_dq=backward,
   )
+
+
+def _gpu_kernel(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, *, interpret: bool = False):
+  """Causal-within-documents flash attention by Pallas on GPU (q pre-scaled, heads equal).
+
+  Returns `(out [B, N, H, E] in q's dtype, lse [B, N, H] float32)`; `out` is differentiable,
+  `lse` (natural log) is not (see `_attention_with_lse`). `interpret` runs the kernel on any platform (tests).
+  """
+  from jax.experimental.pallas.ops.gpu import attention as pallas_attention  # noqa: PLC0415
+
+  n, e = q_BxNxHxE.shape[1], q_BxNxHxE.shape[-1]
+  out_BxNxHxE, lse_BxHxN = pallas_attention.mha(
+    q_BxNxHxE,
+    k_BxNxHxE,
+    v_BxNxHxE,
+    segment_ids_BxN.astype(jnp.int32),
+    sm_scale=1.0,
+    causal=True,
+    block_sizes=_block_sizes(n, e),
+    interpret=interpret,
+    return_residuals=True,
+  )
+  # The kernel keeps its log-normaliser in base 2 (its exponentials are exp2): convert to base e.
+  return out_BxNxHxE, jnp.swapaxes(lse_BxHxN, 1, 2) * math.log(2.0)
+
+
+def _gpu_output(q, k, v, segment_ids, *, interpret: bool = False):
+  """The GPU kernel's output alone, differentiable (the kernel's own backward pass)."""
+  from jax.experimental.pallas.ops.gpu import attention as pallas_attention  # noqa: PLC0415
+
+  n, e = q.shape[1], q.shape[-1]
+  return pallas_attention.mha(
+    q,
+    k,
+    v,
+    segment_ids.astype(jnp.int32),
+    sm_scale=1.0,
+    causal=True,
+    block_sizes=_block_sizes(n, e),
+    interpret=interpret,
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attention_with_lse(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, interpret):
+  """`(out, lse)` of the GPU kernel, both differentiable (see the module docstring)."""
+  return _gpu_kernel(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, interpret=interpret)
+
+
+def _attention_with_lse_fwd(q, k, v, segment_ids, interpret):
+  return _gpu_kernel(q, k, v, segment_ids, interpret=interpret), (q, k, v, segment_ids)
+
+
+def _attention_with_lse_bwd(interpret, residuals, cotangents):
+  q, k, v, segment_ids = residuals
+  d_out_BxNxHxE, d_lse_BxNxH = cotangents
+  kernel = functools.partial(_gpu_output, segment_ids=segment_ids, interpret=interpret)
+  _, vjp_qkv = jax.vjp(kernel, q, k, v)
+  dq, dk, dv = vjp_qkv(d_out_BxNxHxE.astype(q.dtype))
+  # lse's share: attention with the keys as values gives sum_m P[s, m] k[m]; the kernel's value
+  # gradient at cotangent g q gives P^T (g q).
+  keys_as_values_BxNxHxE, vjp_values = jax.vjp(lambda values: kernel(q, k, values), k)
+  g_BxNxHx1 = d_lse_BxNxH[..., None]
+  dq = dq + (g_BxNxHx1 * keys_as_values_BxNxHxE.astype(jnp.float32)).astype(dq.dtype)
+  (dk_lse,) = vjp_values((g_BxNxHx1 * q.astype(jnp.float32)).astype(q.dtype))
+  return dq, dk + dk_lse, dv, None
+
+
+_attention_with_lse.defvjp(_attention_with_lse_fwd, _attention_with_lse_bwd)
 
 
 def _private_block(q_BxSxHxE, private: KeyValues, private_mask_BxSxJ):
@@ -83,44 +194,60 @@ def _private_block(q_BxSxHxE, private: KeyValues, private_mask_BxSxJ):
   return out_BxSxGxRxE.reshape(b, s, h, e), lse_BxSxGxR.reshape(b, s, h)
 
 
-def fused_attend(
-  q_BxSxHxE: jax.Array,
+def gpu_document_attend(
+  q_BxNxHxE: jax.Array,
   shared: KeyValues,
-  shared_mask: jax.Array,
+  segment_ids_BxN: jax.Array,
   private: KeyValues | None = None,
   private_mask: jax.Array | None = None,
   *,
   scale: float | None = None,
+  interpret: bool = False,
 ) -> jax.Array:
-  """`attention.attend` (no soft cap) through the fused kernel; see the module docstring.
+  """`document_attend` (no window) by the GPU kernel; `interpret` runs it on any platform.
 
-  q `[B, S, H, E]`; shared keys/values `[B, M, G, E]` with `shared_mask` `[B or 1, S or 1, M]`;
-  optional private keys/values `[B, S, J, G, E]` with `private_mask` `[B or 1, S or 1, J]`.
-  Returns `[B, S, H, E]` in q's dtype.
+  q `[B, N, H, E]`; shared keys/values `[B, N, G, E]` at the query positions; `segment_ids`
+  `[B, N]`; optional private keys/values `[B, N, J, G, E]` with `private_mask` `[B or 1, N or 1,
+  J]`. Returns `[B, N, H, E]` in q's dtype.
   """
-  b, s, h, e = q_BxSxHxE.shape
+  b, n, h, e = q_BxNxHxE.shape
+  g = shared.k.shape[2]
   scale = e**-0.5 if scale is None else scale
-  q_BxSxHxE = q_BxSxHxE * jnp.asarray(scale, q_BxSxHxE.dtype)
-  dtype = q_BxSxHxE.dtype
-  k_BxMxGxE, v_BxMxGxE = shared.k.astype(dtype), shared.v.astype(dtype)
+  dtype = q_BxNxHxE.dtype
+  q_BxNxHxE = q_BxNxHxE * jnp.asarray(scale, dtype)
+  k_BxNxHxE, v_BxNxHxE = (jnp.repeat(x.astype(dtype), h // g, axis=2) for x in (shared.k, shared.v))
   if private is None:
-    return _kernel(q_BxSxHxE, k_BxMxGxE, v_BxMxGxE, shared_mask).astype(dtype)
+    return _gpu_output(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, interpret=interpret).astype(dtype)
+  out_BxNxHxE, lse_shared_BxNxH = _attention_with_lse(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, interpret)
+  private_out_BxNxHxE, lse_private_BxNxH = _private_block(q_BxNxHxE, private, private_mask)
+  shared_share_BxNxHx1 = jax.nn.sigmoid(lse_shared_BxNxH - lse_private_BxNxH)[..., None]
+  merged = shared_share_BxNxHx1 * out_BxNxHxE.astype(jnp.float32) + (1.0 - shared_share_BxNxHx1) * private_out_BxNxHxE
+  return merged.astype(dtype)
 
-  private_out_BxSxHxE, lse_private_BxSxH = _private_block(q_BxSxHxE, private, private_mask)
-  width = -(-(e + _EXTRA) // 8) * 8  # E + 2 rounded up to a multiple of 8 (cuDNN head widths)
-  hi_BxSxH = lse_private_BxSxH.astype(dtype)
-  lo_BxSxH = (lse_private_BxSxH - hi_BxSxH.astype(jnp.float32)).astype(dtype)
-  pad = lambda x, n: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n)])  # noqa: E731
-  q_BxSxHxW = pad(jnp.concatenate([q_BxSxHxE, hi_BxSxH[..., None], lo_BxSxH[..., None]], -1), width - e - _EXTRA)
-  g = k_BxMxGxE.shape[2]
-  sentinel_k_W = jnp.zeros((width,), dtype).at[e : e + _EXTRA].set(1)
-  sentinel_v_W = jnp.zeros((width,), dtype).at[e].set(1)
-  sentinel = lambda row_W: jnp.broadcast_to(row_W, (b, 1, g, width))  # noqa: E731
-  k_BxMxGxW = jnp.concatenate([sentinel(sentinel_k_W), pad(k_BxMxGxE, width - e)], axis=1)
-  v_BxMxGxW = jnp.concatenate([sentinel(sentinel_v_W), pad(v_BxMxGxE, width - e)], axis=1)
-  mask_BxSxM = jnp.broadcast_to(shared_mask, (b, s, shared_mask.shape[-1]))
-  mask_BxSxM = jnp.concatenate([jnp.ones((b, s, 1), bool), mask_BxSxM], axis=-1)
-  o_BxSxHxW = _kernel(q_BxSxHxW, k_BxMxGxW, v_BxMxGxW, mask_BxSxM).astype(jnp.float32)
-  private_share_BxSxHx1 = o_BxSxHxW[..., e : e + 1]  # Z_J / (Z_M + Z_J)
-  out_BxSxHxE = o_BxSxHxW[..., :e] + private_share_BxSxHx1 * private_out_BxSxHxE
-  return out_BxSxHxE.astype(dtype)
+
+def document_attend(
+  q_BxNxHxE: jax.Array,
+  shared: KeyValues,
+  segment_ids_BxN: jax.Array,
+  private: KeyValues | None = None,
+  private_mask: jax.Array | None = None,
+  *,
+  scale: float | None = None,
+  window: int | None = None,
+  dense,
+) -> jax.Array:
+  """Attention of queries causal within their documents, through the GPU kernel on cuda.
+
+  Computes `dense()` (the dense reference over `causal_segment_mask(segment_ids)`, with the
+  window n - m < `window` and the private block, as the caller built it) on every platform but
+  cuda, and on cuda the same function by `gpu_document_attend` where `uses_gpu_kernel` (see the
+  module docstring). Arguments as in `gpu_document_attend`; `window` a Python int or None.
+  """
+  n = q_BxNxHxE.shape[1]
+  refusal = gpu_kernel_refusal(n, q_BxNxHxE.dtype, window)
+  if refusal is not None:
+    warn_once(refusal)
+  if not uses_gpu_kernel(n, q_BxNxHxE.dtype, window):
+    return dense()
+  gpu = functools.partial(gpu_document_attend, q_BxNxHxE, shared, segment_ids_BxN, private, private_mask, scale=scale)
+  return jax.lax.platform_dependent(cuda=gpu, default=dense)

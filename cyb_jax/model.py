@@ -34,7 +34,6 @@ from flax import linen as nn
 from cyb_jax.attention import KeyValues
 from cyb_jax.attention import LayerCache
 from cyb_jax.attention import Visibility
-from cyb_jax.attention import causal_segment_mask
 from cyb_jax.attention import slot_mask
 from cyb_jax.model_config import DTYPES
 from cyb_jax.model_config import LAYER_TYPES
@@ -191,10 +190,11 @@ def _private_step_hidden(cfg: ModelConfig, params, tokens_BxN, segment_ids_BxN, 
   """`private` layout: a causal pass over real tokens, then `lax.scan` over pause steps."""
   b, n = tokens_BxN.shape
   k_max = cfg.max_pauses
-  real_mask_BxNxN = causal_segment_mask(segment_ids_BxN)
   x_BxNxD = embed_tokens(cfg, params, tokens_BxN)
+  # The real tokens' mask is causal_segment_mask(segment_ids): a dense kernel builds it, a fused one
+  # reads the segment ids.
   hidden0_BxNxD, real = hidden_states(
-    cfg, params, x_BxNxD, positions_BxN, None, Visibility(real_mask_BxNxN, segment_ids=segment_ids_BxN)
+    cfg, params, x_BxNxD, positions_BxN, None, Visibility(None, segment_ids=segment_ids_BxN)
   )
   if k_max == 0:
     return hidden0_BxNxD[:, :, None]
@@ -210,7 +210,7 @@ def _private_step_hidden(cfg: ModelConfig, params, tokens_BxN, segment_ids_BxN, 
     pauses = nn.with_logical_constraint(pauses, KeyValues(buffer_names, buffer_names))
     x_BxNxD = jnp.broadcast_to(embed_pause(cfg, params, k), (b, n, cfg.d_model))
     visibility = Visibility(
-      shared_mask=real_mask_BxNxN,
+      shared_mask=None,
       private_mask=(jnp.arange(k_max) < k)[None, None, :],
       write_index=k - 1,
       shared_positions=positions_BxN,
@@ -250,8 +250,12 @@ def step_hidden_flat(
   positions_BxS = jnp.repeat(positions, steps, axis=1)
   if taken_pauses is not None and taken_pauses.shape != tokens_BxN.shape:
     raise ValueError(f"taken_pauses must have the tokens' shape {tokens_BxN.shape}, got {taken_pauses.shape}")
-  mask_BxSxS = slot_mask(segment_ids, steps, cfg.pause_layout, taken_pauses)
-  hidden_BxSxD, _ = hidden_states(cfg, params, x_BxSxD, positions_BxS, None, Visibility(mask_BxSxS))
+  if cfg.pause_layout == "visible" and taken_pauses is None:  # causal within documents on the flat grid
+    flat_segment_ids_BxS = jnp.repeat(segment_ids, steps, axis=1)
+    visibility = Visibility(None, segment_ids=flat_segment_ids_BxS, slots_per_position=steps)
+  else:
+    visibility = Visibility(slot_mask(segment_ids, steps, cfg.pause_layout, taken_pauses))
+  hidden_BxSxD, _ = hidden_states(cfg, params, x_BxSxD, positions_BxS, None, visibility)
   return hidden_BxSxD.reshape(b, n, steps, cfg.d_model)
 
 

@@ -1,5 +1,9 @@
 """The fused attention path (`attention_impl="dot_product"`, cyb_jax.attention_kernels) computes
-the dense reference (`attention.attend`, `attention_impl="xla"`): values and gradients."""
+the dense reference (`attention.attend`, `attention_impl="xla"`): values and gradients.
+
+The GPU kernel itself (Pallas flash attention with segment ids) runs here through Pallas's
+interpreter, so its numerics are checked on a CPU; `tests/test_accelerator_lowering.py` checks
+that programs lowered for CUDA carry it."""
 
 import dataclasses
 import functools
@@ -86,14 +90,6 @@ def _random_qkv(b=2, s=7, m=7, h=4, g=2, e=8, j=3, seed=0):
   return q, shared, private
 
 
-def _mask_BxSxM():
-  """Causal, two packed segments in row 0, a window of 4 in row 1."""
-  segment_ids = jnp.array([[1] * 3 + [2] * 4, [1] * 7])
-  positions = jnp.arange(7)[None].repeat(2, 0)
-  window = attention.window_mask(positions, positions, 4) | (jnp.arange(2) == 0)[:, None, None]
-  return attention.causal_segment_mask(segment_ids) & window
-
-
 def _check_equal_with_grads(f_ref, f_fused, args):
   """Equal values and equal gradients (w.r.t. every argument) of a weighted sum of the output."""
   out_ref, out_fused = f_ref(*args), f_fused(*args)
@@ -103,57 +99,58 @@ def _check_equal_with_grads(f_ref, f_fused, args):
   assert_trees_close(grad(f_fused)(*args), grad(f_ref)(*args), **GRAD_TOL)
 
 
-def test_fused_shared_attention_equals_attend():
-  """Prefill form: shared keys only, causal + segment + window mask, GQA, a custom scale."""
-  q, shared, _ = _random_qkv()
-  mask = _mask_BxSxM()
+# Row 0: two documents of 10 and 22 tokens; row 1: one of 25, then padding (segment 0).
+_SEGMENTS = jnp.array([[1] * 10 + [2] * 22, [1] * 25 + [0] * 7])
+
+
+def test_gpu_kernel_shared_attention_equals_attend():
+  """The real-token pass: the Pallas GPU kernel (run by its interpreter) computes `attend` over
+  the causal-within-documents mask, in value and gradient, with GQA and a custom scale."""
+  q, shared, _ = _random_qkv(s=32, m=32)
+  mask = attention.causal_segment_mask(_SEGMENTS)
   _check_equal_with_grads(
     lambda q, kv: attention.attend(q, kv, mask, scale=0.3),
-    lambda q, kv: attention_kernels.fused_attend(q, kv, mask, scale=0.3),
+    lambda q, kv: attention_kernels.gpu_document_attend(q, kv, _SEGMENTS, scale=0.3, interpret=True),
     (q, shared),
   )
 
 
-@pytest.mark.parametrize("visible_j", [1, 2, 3])
-def test_fused_shared_plus_private_attention_equals_attend(visible_j):
-  """Pause-step form: the sentinel-key merge of the private block is the joint softmax, in
-  value and gradient (also w.r.t. the private keys, through lse_J in the query)."""
-  q, shared, private = _random_qkv()
-  mask = _mask_BxSxM()
-  private_mask = (jnp.arange(3) < visible_j)[None, None]
+def test_gpu_kernel_shared_plus_private_attention_equals_attend():
+  """The private pause step: the kernel's log-normaliser, made differentiable by its exact
+  vector-Jacobian product, merges with the private block into the joint softmax, in value and
+  gradient (w.r.t. q, the shared and the private keys). Row 0 sees 1 private key, row 1 all 3;
+  scores near 30 (large enough that an unstabilised merge overflows float32's exp)."""
+  q, shared, private = _random_qkv(s=32, m=32)
+  q = 10.0 * q
+  mask = attention.causal_segment_mask(_SEGMENTS)
+  private_mask = (jnp.arange(3)[None, None] < jnp.array([1, 3])[:, None, None]).astype(bool)
   _check_equal_with_grads(
     lambda q, kv, pkv: attention.attend(q, kv, mask, pkv, private_mask),
-    lambda q, kv, pkv: attention_kernels.fused_attend(q, kv, mask, pkv, private_mask),
+    lambda q, kv, pkv: attention_kernels.gpu_document_attend(q, kv, _SEGMENTS, pkv, private_mask, interpret=True),
     (q, shared, private),
   )
 
 
-def test_merge_is_stable_for_large_scores():
-  """Scores near 1e3 (whose exponentials overflow float32) merge exactly as the dense path."""
-  q, shared, private = _random_qkv(e=16)
-  q = 30.0 * q
-  mask = _mask_BxSxM()
-  private_mask = jnp.ones((1, 1, 3), bool)
-  out_ref = attention.attend(q, shared, mask, private, private_mask, scale=1.0)
-  out_fused = attention_kernels.fused_attend(q, shared, mask, private, private_mask, scale=1.0)
-  assert np.isfinite(out_fused).all()
-  np.testing.assert_allclose(out_fused, out_ref, rtol=1e-4, atol=1e-4)
+def test_gpu_kernel_log_normaliser_is_base_e():
+  """The kernel keeps lse in base 2; `_gpu_kernel` returns log sum exp(scores) (base e)."""
+  q, shared, _ = _random_qkv(b=2, s=32, m=32, h=2, g=2)
+  out, lse = attention_kernels._gpu_kernel(q, shared.k, shared.v, _SEGMENTS, interpret=True)
+  scores = jnp.einsum("bshe,bmhe->bshm", q, shared.k)
+  mask = attention.causal_segment_mask(_SEGMENTS)[:, :, None, :]
+  np.testing.assert_allclose(lse, jax.nn.logsumexp(jnp.where(mask, scores, -jnp.inf), axis=-1), **TOL)
+  np.testing.assert_allclose(out, attention.attend(q, shared, mask[:, :, 0], scale=1.0), **TOL)
 
 
-def test_bfloat16_merge_splits_the_log_normaliser():
-  """In bfloat16 the fused merge is as close to the float32 result as the dense bfloat16 path:
-  lse_J travels as hi + lo, not rounded to 8 bits."""
-  q, shared, private = _random_qkv(e=16)
-  mask, private_mask = _mask_BxSxM(), jnp.ones((1, 1, 3), bool)
-  bf = lambda t: jax.tree.map(lambda x: x.astype(jnp.bfloat16), t)  # noqa: E731
-  exact = attention.attend(q, shared, mask, private, private_mask)
-  dense_err = np.abs(
-    attention.attend(*bf((q, shared)), mask, bf(private), private_mask).astype(jnp.float32) - exact
-  ).max()
-  fused_err = np.abs(
-    attention_kernels.fused_attend(*bf((q, shared)), mask, bf(private), private_mask).astype(jnp.float32) - exact
-  ).max()
-  assert fused_err <= 2 * dense_err + 1e-3, (fused_err, dense_err)
+def test_gpu_kernel_refusals_name_the_reason():
+  """Calls the GPU kernel cannot compute go to the dense kernel, with the reason; float32 is not
+  one (the dense kernel is the float32 kernel)."""
+  bf16 = jnp.bfloat16
+  assert attention_kernels.uses_gpu_kernel(64, bf16, None)
+  assert not attention_kernels.uses_gpu_kernel(64, jnp.float32, None)
+  assert attention_kernels.gpu_kernel_refusal(64, jnp.float32, None) is None
+  assert "sliding window (3)" in attention_kernels.gpu_kernel_refusal(64, bf16, 3)
+  assert "not a multiple of 16" in attention_kernels.gpu_kernel_refusal(40, bf16, None)
+  assert not attention_kernels.uses_gpu_kernel(40, bf16, None)
 
 
 # ------------------------------------------------------------------------------------------
@@ -222,9 +219,3 @@ def test_attention_module_refuses_a_soft_cap_with_the_fused_kernel():
   visibility = attention.Visibility(attention.causal_segment_mask(jnp.ones((1, 3), jnp.int32)))
   with pytest.raises(ValueError, match="not supported"):
     module.init(jax.random.key(0), x, positions, None, visibility)
-
-
-def test_kernel_implementation_is_xla_off_gpu_or_in_float32():
-  assert attention_kernels.kernel_implementation(jnp.float32) == "xla"
-  expected = "cudnn" if jax.default_backend() == "gpu" else "xla"
-  assert attention_kernels.kernel_implementation(jnp.bfloat16) == expected
