@@ -4,29 +4,50 @@ Model FLOPs utilisation (MFU) of ``s`` train steps that took ``t`` seconds is
 
     mfu = s * F / (t * P)
 
-with ``F`` the model FLOPs of one step per device (:func:`lowered_flops` of the step divided
-by the number of devices) and ``P`` the peak FLOP/s of one device
-(:func:`peak_flops_per_device`): a table of advertised dense bf16 peaks for TPUs and NVIDIA
-GPUs, keyed by ``jax.Device.device_kind``, or on CPU a float32 matmul peak measured in about a
-second (:func:`measured_matmul_peak`). A model running in float32 on an accelerator is
-therefore measured against the bf16 peak, as MFU conventionally is.
+with ``F`` the model FLOPs of one step per device (:func:`train_step_flops`, counted
+analytically from the model config and the batch shape as MaxText does, divided by the
+number of devices) and ``P`` the peak FLOP/s of one device (:func:`peak_flops_per_device`): a
+table of advertised dense bf16 peaks for TPUs and NVIDIA GPUs, keyed by
+``jax.Device.device_kind``, or on CPU a float32 matmul peak measured in about a second
+(:func:`measured_matmul_peak`). A model running in float32 on an accelerator is therefore
+measured against the bf16 peak, as MFU conventionally is.
+
+Model FLOPs (shape letters: :mod:`cyb_jax.layers`; B rows of N tokens, K pauses, L layers)
+count 2 FLOPs per multiply-add of every matrix product the model defines: the weight matmuls
+of each of the B N (K+1) slots, the vocabulary and DK head of each slot, and the attention
+score and value products of each layout as the dense reference computes them; times 3 for
+the forward and backward passes. Elementwise work (norms, rotary, softmax, the loss, the
+optimiser) is not counted, nor is what an implementation adds: rematerialised forwards,
+vocabulary chunks, a fused kernel's padding. Nothing is lowered or compiled, so the count
+is the same on every backend.
 
 The memory of a compiled program is XLA's static buffer assignment
 (:func:`compiled_bytes`): ``peak = argument + output + temp - alias`` bytes per device.
+
+Accounting never stops a run: :func:`or_warn` turns a failure of any of these into one
+logged warning and a figure left out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import math
 import time
+from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+
+from cyb_jax.model_config import ModelConfig
+
+T = TypeVar("T")
 
 # Dense (no sparsity) bf16 peak FLOP/s of one JAX device, by exact device_kind (one TPU
 # chip: on v4 and v5p the two TensorCores form one megacore device).
@@ -66,13 +87,14 @@ def table_peak(device_kind: str) -> float | None:
 
 
 @functools.cache
-def measured_matmul_peak(size: int = 1024, dtype: str = "float32", seconds: float = 1.0) -> float:
+def measured_matmul_peak(size: int = 1024, dtype: str = "float32", seconds: float = 1.0, device: Any = None) -> float:
   """FLOP/s of the fastest ``[size, size] @ [size, size]`` matmul of a ~``seconds`` loop.
 
-  Runs on this process's first local device; ``2 size^3`` FLOPs per product. Cached per
-  process (one measurement however many runs a process trains).
+  Runs on ``device`` (one this process addresses; default: its first local device);
+  ``2 size^3`` FLOPs per product. Cached per process and device (one measurement however
+  many runs a process trains).
   """
-  device = jax.local_devices()[0]  # host arrays put on one device: no mesh is involved
+  device = device or jax.local_devices()[0]  # host arrays put on one device: no mesh is involved
   a = jax.device_put(np.ones((size, size), dtype), device)
   b = jax.device_put(np.full((size, size), 1.0 / size, dtype), device)
   matmul = jax.jit(jnp.matmul)
@@ -86,57 +108,165 @@ def measured_matmul_peak(size: int = 1024, dtype: str = "float32", seconds: floa
 
 
 def check_configured_peak(configured: Any) -> None:
-  """Raises ValueError unless ``configured`` is None, 0 or a positive number of FLOP/s."""
+  """Raises ValueError unless ``configured`` is None, 0 or a finite positive number of FLOP/s."""
   if configured is not None and (
-    isinstance(configured, bool) or not isinstance(configured, (int, float)) or configured < 0
+    isinstance(configured, bool)
+    or not isinstance(configured, (int, float))
+    or not math.isfinite(configured)
+    or configured < 0
   ):
     raise ValueError(
       f"peak_flops_per_device={configured!r} must be None (table or measured), "
-      "0 (no MFU) or a positive number of FLOP/s."
+      "0 (no MFU) or a finite positive number of FLOP/s."
     )
 
 
 def peak_flops_per_device(configured: float | None = None, device: Any = None) -> float | None:
-  """The peak FLOP/s MFU divides by, for one device like ``device`` (default: the first).
+  """The peak FLOP/s MFU divides by, for one device like ``device``.
 
   ``configured`` (``config.peak_flops_per_device``) wins, 0 meaning no MFU (None is
-  returned); else :func:`table_peak`; else on CPU :func:`measured_matmul_peak` in float32;
-  else None (an accelerator missing from the table: set the config field).
+  returned); else :func:`table_peak` of ``device.device_kind``; else, for a CPU device this
+  process addresses, :func:`measured_matmul_peak` in float32 on it; else None (an
+  accelerator missing from the table, or a device of another process or of a compile-only
+  topology: set the config field), with a warning. ``device`` should be one the program
+  runs on (the trainer passes its mesh's); without it, the default backend's first device.
 
   Raises:
-    ValueError: ``configured`` is not None, 0 or a positive number.
+    ValueError: ``configured`` is not None, 0 or a finite positive number.
   """
   check_configured_peak(configured)
   if configured is not None:
     return float(configured) if configured > 0 else None
   device = device or jax.devices()[0]
   peak = table_peak(device.device_kind)
-  if peak is None and device.platform == "cpu":
-    peak = measured_matmul_peak()
+  if peak is None and device.platform == "cpu" and device.process_index == jax.process_index():
+    peak = measured_matmul_peak(device=device)
     logging.info("MFU: measured a float32 matmul peak of %.3g FLOP/s on CPU.", peak)
   elif peak is None:
     logging.warning(
-      "MFU: no peak known for device kind %r; set config.peak_flops_per_device to log train/mfu.", device.device_kind
+      "MFU: no peak known for device kind %r on platform %r; set config.peak_flops_per_device to log train/mfu.",
+      device.device_kind,
+      device.platform,
     )
   return peak
 
 
-def lowered_flops(lowered: jax.stages.Lowered) -> float:
-  """XLA's HLO cost-analysis FLOP count of a lowered (not compiled) program.
+def or_warn(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+  """``fn(*args, **kwargs)``, or None after one logged warning naming ``what`` and the error.
 
-  The count is exact for straight-line programs: 2 FLOPs per multiply-add of every dot plus
-  one per elementwise op. XLA counts the body of a ``while`` loop (``lax.scan``) ONCE, so
-  lower a program whose loops are unrolled.
-
-  Raises:
-    ValueError: the backend's cost analysis gives no FLOP count.
+  For the accounting that must never stop a run (MFU, program memory, the profiler): its
+  failure leaves a figure out, it never ends the training.
   """
-  cost = lowered.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
-    cost = cost[0] if cost else None
-  if not cost or "flops" not in cost:
-    raise ValueError(f"the cost analysis of this program has no 'flops' entry: {cost!r}.")
-  return float(cost["flops"])
+  try:
+    return fn(*args, **kwargs)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("%s failed, so it is left out of this run: %s: %s", what, type(e).__name__, e)
+    return None
+
+
+def _check_batch_shape(batch_size: Any, seq_len: Any) -> None:
+  for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f"{name}={value!r} must be an int >= 1 (the batch is [batch_size, seq_len] tokens).")
+
+
+def weight_flops_per_slot(cfg: ModelConfig) -> int:
+  """Forward FLOPs of one slot through the weight matmuls of all L blocks.
+
+  Per block, the slot's input ``[D]`` is projected to queries ``[H, E]`` and to keys and
+  values ``[G, E]`` each (G key/value heads: grouped-query attention), the attention output
+  ``[H, E]`` back to ``[D]``, and the gated MLP (SwiGLU or GeGLU: every MLP of the model is
+  gated) multiplies by its gate and up kernels ``[D, F]`` and its down kernel ``[F, D]``:
+
+      L * 2 D (2 H E + 2 G E + 3 F)
+
+  FLOPs, 2 per multiply-add. Biases, norms, rotary and the gate's activation are
+  elementwise and not counted.
+  """
+  d, h, g, e = cfg.d_model, cfg.num_heads, cfg.resolved_num_kv_heads, cfg.resolved_head_dim
+  return cfg.num_layers * 2 * d * (2 * h * e + 2 * g * e + 3 * cfg.mlp_dim)
+
+
+def head_flops_per_slot(cfg: ModelConfig) -> int:
+  """Forward FLOPs of one slot's V + 1 logits: the vocabulary head ``[D, V]`` and the DK row ``[D]``:
+
+      2 D (V + 1)
+
+  The head reads only the first V of its ``padded_vocab_size`` columns
+  (:func:`cyb_jax.model.output_projection`), so vocabulary padding is never computed; a tied
+  head (the token embedding transposed) costs what an untied one does. The token and pause
+  embeddings are gathers, not products.
+  """
+  return 2 * cfg.d_model * (cfg.vocab_size + 1)
+
+
+def attention_pairs(cfg: ModelConfig, seq_len: int) -> int:
+  """(query slot, key slot) pairs whose score one query head of one layer computes, per row of N tokens.
+
+  As the dense reference (``attention_impl="xla"``, :func:`cyb_jax.attention.attend`)
+  computes them, every pair of a block, masked or not: causal masks, document boundaries and
+  sliding windows hide pairs but do not remove them from the products.
+
+  ``private`` layout: one causal pass over the N real tokens (N^2 pairs), then K pause steps,
+  each attending N pause queries to the N shared real keys plus a private block of J = K
+  pause slots per query (all K computed, those not yet written masked):
+
+      (K + 1) N^2 + K^2 N
+
+  ``visible`` layout: one pass over the flat sequence of N (K + 1) slots:
+
+      (N (K + 1))^2
+
+  Both are N^2 for K = 0.
+  """
+  _check_batch_shape(1, seq_len)
+  n, k = seq_len, cfg.max_pauses
+  if cfg.pause_layout == "private":
+    return (k + 1) * n * n + k * k * n
+  if cfg.pause_layout == "visible":
+    return (n * (k + 1)) ** 2
+  raise ValueError(f"pause_layout={cfg.pause_layout!r} must be 'private' or 'visible'.")
+
+
+def attention_flops(cfg: ModelConfig, batch_size: int, seq_len: int) -> int:
+  """Forward FLOPs of the attention score and value products of B rows of N tokens:
+
+      B * L * 4 H E * attention_pairs(cfg, N)
+
+  Each pair costs each query head 2 E FLOPs for its score q.k and 2 E for its share of the
+  weighted sum of values; grouped-query attention shares keys and values between heads, not
+  this work.
+  """
+  _check_batch_shape(batch_size, seq_len)
+  per_pair = 4 * cfg.num_heads * cfg.resolved_head_dim
+  return batch_size * cfg.num_layers * per_pair * attention_pairs(cfg, seq_len)
+
+
+def forward_flops(cfg: ModelConfig, batch_size: int, seq_len: int) -> int:
+  """Model FLOPs of the forward pass of B rows of N tokens, each with K + 1 slots per token:
+
+  B N (K + 1) (weight_flops_per_slot + head_flops_per_slot) + attention_flops
+  """
+  _check_batch_shape(batch_size, seq_len)
+  slots = batch_size * seq_len * cfg.num_steps
+  return slots * (weight_flops_per_slot(cfg) + head_flops_per_slot(cfg)) + attention_flops(cfg, batch_size, seq_len)
+
+
+def train_step_flops(cfg: ModelConfig, batch_size: int, seq_len: int) -> int:
+  """Model FLOPs of one train step (forward and backward) on a global batch ``[B, N]``:
+
+      3 * forward_flops(cfg, B, N)
+
+  The backward pass computes two products per forward product, the gradients of both its
+  operands, each with the forward product's FLOPs. This is the count of the ``dot_general``s
+  that ``jax.grad`` of the dense model traces (``tests/test_mfu.py`` checks it exactly), with
+  one exception: a loss that never reads the DK logit (``ce``, ``pause_ce``) gives it no
+  gradient, and autodiff then leaves out the DK row's two backward products, 4 D FLOPs per
+  slot fewer than counted here. Micro-batches (gradient accumulation) do not change the
+  count; rematerialisation, vocabulary chunks and kernel padding are work of the
+  implementation, not of the model, and are not counted.
+  """
+  return 3 * forward_flops(cfg, batch_size, seq_len)
 
 
 def compiled_bytes(compiled: jax.stages.Compiled) -> dict[str, int]:
@@ -152,8 +282,13 @@ def compiled_bytes(compiled: jax.stages.Compiled) -> dict[str, int]:
 
   Returns:
     ``{"argument", "output", "temp", "alias", "peak"}``, in bytes.
+
+  Raises:
+    ValueError: the backend gives no memory analysis of the program.
   """
   m = compiled.memory_analysis()
+  if m is None:
+    raise ValueError("this backend gives no memory analysis of the compiled program (memory_analysis() is None).")
   sizes = dict(
     argument=m.argument_size_in_bytes,
     output=m.output_size_in_bytes,
@@ -186,6 +321,70 @@ def mfu(flops_per_step: float, steps: int, seconds: float, peak: float) -> float
   return steps * flops_per_step / (seconds * peak)
 
 
+def program_device(mesh: jax.sharding.Mesh) -> Any:
+  """The device of ``mesh`` whose kind the peak is looked up for: the first this process
+  addresses, else (a compile-only topology, another process's devices) the first."""
+  devices = list(mesh.devices.flat)
+  own = [d for d in devices if getattr(d, "process_index", None) == jax.process_index()]
+  return (own or devices)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepAccounting:
+  """What the trainer reports at start-up about its compiled train step.
+
+  A field is None where its figure is off or failed (each failure logged once).
+
+  Attributes:
+    peak_flops_per_device: :func:`peak_flops_per_device` for the mesh's devices.
+    flops_per_device: :func:`train_step_flops` of the global batch over the mesh's devices;
+      None when there is no peak (no MFU to compute).
+    memory: :func:`compiled_bytes` of the compiled train step, per device.
+  """
+
+  peak_flops_per_device: float | None
+  flops_per_device: float | None
+  memory: dict[str, int] | None
+
+
+def account_train_step(
+  model_cfg: ModelConfig,
+  batch_shape: tuple[int, int],
+  mesh: jax.sharding.Mesh,
+  compiled: jax.stages.Compiled | None,
+  *,
+  configured_peak: float | None = None,
+  with_mfu: bool = True,
+) -> StepAccounting:
+  """The trainer's start-up accounting of its train step on ``mesh``; never raises.
+
+  The peak is that of :func:`program_device` of ``mesh`` (so a TPU topology's chips are
+  looked up in the table even from a CPU host), the model FLOPs are those of the global batch
+  ``batch_shape = (B, N)`` divided by ``mesh.size``, the memory is that of ``compiled``
+  (None: not asked). ``with_mfu`` False (a process that logs no metrics) skips the peak and
+  the FLOPs. Any failure of one of them logs one warning and leaves that figure None;
+  ``configured_peak`` is validated up front by :func:`check_configured_peak`, not here.
+  """
+  peak = flops = memory = None
+  if with_mfu:
+    device = or_warn("MFU's device peak lookup", program_device, mesh)
+    if device is not None:
+      peak = or_warn("MFU's device peak lookup", peak_flops_per_device, configured_peak, device=device)
+  if peak is not None:
+    batch_size, seq_len = batch_shape
+    flops = or_warn("MFU's model FLOP count", lambda: train_step_flops(model_cfg, batch_size, seq_len) / mesh.size)
+  if compiled is not None:
+    memory = or_warn("The train step's memory analysis", compiled_bytes, compiled)
+  if memory is not None:
+    logging.info(
+      "Train step per device: %.4g MiB at peak (%.4g arguments + %.4g outputs + %.4g temporaries - %.4g aliased).",
+      *(memory[k] / 2**20 for k in ("peak", "argument", "output", "temp", "alias")),
+    )
+  if flops is not None:
+    logging.info("Train step per device: %.4g model GFLOP against a peak of %.4g TFLOP/s.", flops / 1e9, peak / 1e12)
+  return StepAccounting(peak_flops_per_device=peak, flops_per_device=flops, memory=memory)
+
+
 def check_profile_steps(profile_steps: Any) -> tuple[int, int] | None:
   """``config.profile_steps`` as ``(start, stop)``, or None when empty (off).
 
@@ -210,7 +409,8 @@ class ProfileWindow:
   """A ``jax.profiler`` trace of the train steps numbered ``start..stop`` (both included).
 
   Step ``s`` is the one after which ``s`` steps are done (the ``step`` of metrics.jsonl). A
-  resumed run traces the steps of the window it still takes. ``window`` None: a no-op.
+  resumed run traces the steps of the window it still takes. ``window`` None: a no-op. A
+  profiler that fails to start or stop logs one warning and the run goes on untraced.
   """
 
   def __init__(self, window: tuple[int, int] | None, logdir: str):
@@ -219,8 +419,14 @@ class ProfileWindow:
   def before(self, step: int) -> None:
     """Call before dispatching step ``step``: starts the trace at the window's first step."""
     if self._window and not self._active and self._window[0] <= step <= self._window[1]:
-      jax.profiler.start_trace(self._logdir)
-      self._active = True
+      started = or_warn(f"The profiler trace of profile_steps={self._window} into {self._logdir}", self._start)
+      if started is None:
+        self._window = None  # one warning, no further tries
+      self._active = bool(started)
+
+  def _start(self) -> bool:
+    jax.profiler.start_trace(self._logdir)
+    return True
 
   def annotation(self, step: int):
     """A context naming step ``step`` in the trace (a no-op outside the window)."""
@@ -231,11 +437,12 @@ class ProfileWindow:
   def after(self, step: int, outputs: Any) -> None:
     """Call after dispatching step ``step``: at the window's end waits for ``outputs``, stops."""
     if self._active and step >= self._window[1]:
-      jax.block_until_ready(outputs)
+      jax.block_until_ready(outputs)  # the step's own errors are not the profiler's: they propagate
       self.close()
 
   def close(self) -> None:
-    """Stops an active trace (writes it); safe to call at any time."""
+    """Stops an active trace (writes it); safe to call at any time, never raises."""
     if self._active:
       self._active = False
-      jax.profiler.stop_trace()
+      what = f"Writing the profiler trace of profile_steps={self._window} into {self._logdir}"
+      or_warn(what, jax.profiler.stop_trace)

@@ -2,12 +2,12 @@
 
 :func:`make_programs` jits init, train and eval steps with explicit in/out shardings on a
 mesh (parameters and optimiser state created sharded, the state donated);
-:func:`model_flops_per_device` counts a step's model FLOPs for the MFU.
+:func:`model_flops_per_device` counts a step's model FLOPs for the MFU, analytically
+(:func:`cyb_jax.mfu.train_step_flops`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -16,7 +16,6 @@ from typing import Any
 import jax
 import ml_collections
 import optax
-from absl import logging
 from jax.sharding import Mesh
 
 from cyb_jax import components
@@ -138,47 +137,40 @@ def make_programs(
   )
 
 
-@contextlib.contextmanager
-def absl_logging_quiet():
-  """Within it, absl logs only errors (for a second build of pieces that warned once)."""
-  level = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)
-  try:
-    yield
-  finally:
-    logging.set_verbosity(level)
-
-
 def model_flops_per_device(
-  config,
-  model_cfg,
-  loss,
+  config: ml_collections.ConfigDict | None,
+  model_cfg: model_lib.ModelConfig,
+  loss: losses.Loss | None,
   batch: Batch,
   *,
   tx: optax.GradientTransformation | None = None,
   schedule: optax.Schedule | None = None,
+  num_devices: int | None = None,
 ) -> float:
-  """Model FLOPs of one train step of ``batch``'s shapes, per device.
+  """Model FLOPs of one train step of ``batch``'s shape, per device; nothing is lowered.
 
-  XLA's HLO cost analysis (:func:`cyb_jax.mfu.lowered_flops`) of the unpartitioned step,
-  lowered (not compiled) with every loop unrolled and nothing recomputed: the pause scan
-  unrolled, layers not scanned, no remat, no vocabulary chunks, one micro-batch. XLA counts
-  a loop body once, so the compiled program's own count would miss K - 1 pause steps;
-  remat and chunking are hardware FLOPs, not model FLOPs. Divided by the device count.
+  :func:`cyb_jax.mfu.train_step_flops` of ``model_cfg`` and the global batch ``[B, N]`` of
+  ``batch["inputs"]`` (arrays or ``jax.ShapeDtypeStruct``s), divided by ``num_devices``:
+  by default the devices ``batch["inputs"]`` is sharded over (the trainer's mesh), or 1 for
+  a batch that carries no sharding. The count is analytic, so it is the same on every
+  backend and costs no compile: the devices are never asked.
 
-  ``tx`` and ``schedule``: the run's optimiser and learning-rate schedule if already built
-  (:class:`Programs` holds them), both or neither; without them, both are built from
-  ``config.optimizer``.
+  ``config``, ``loss``, ``tx`` and ``schedule`` are not read: model FLOPs do not depend on
+  the loss or the optimiser (their work is elementwise), nor on ``grad_accum_steps``
+  (micro-batches split the same products), remat or vocabulary chunks (implementation
+  work). They stay in the signature for its callers.
+
+  Raises:
+    ValueError: ``batch["inputs"]`` is not ``[B, N]``, or ``num_devices`` is not >= 1.
   """
-  twin = dataclasses.replace(model_cfg, unroll_pause_scan=True, scan_layers=False, remat_policy="none")
-  if (tx is None) != (schedule is None):
-    raise ValueError("give both tx and schedule (the run's optimiser and its schedule), or neither.")
-  if tx is None:
-    with absl_logging_quiet():  # the optimiser's own warnings were shown when the run built it
-      tx, schedule = components.make_optimizer(config)
-  state = jax.eval_shape(
-    functools.partial(init_state, model_cfg=twin, tx=tx, loss_state=loss.init_state()), jax.random.key(0)
-  )
-  step = functools.partial(train_step, model_cfg=twin, loss=loss, tx=tx, schedule=schedule)
-  shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
-  return mfu.lowered_flops(jax.jit(step).lower(state, shapes)) / jax.device_count()
+  del config, loss, tx, schedule  # see the docstring: model FLOPs do not depend on them
+  inputs = batch["inputs"]
+  if len(inputs.shape) != 2:
+    raise ValueError(f"batch['inputs'] must be [batch_size, seq_len] tokens, got shape {tuple(inputs.shape)}.")
+  if num_devices is None:
+    placed = getattr(inputs, "sharding", None)
+    num_devices = 1 if placed is None else len(placed.device_set)
+  if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
+    raise ValueError(f"num_devices={num_devices!r} must be an int >= 1.")
+  batch_size, seq_len = (int(x) for x in inputs.shape)
+  return mfu.train_step_flops(model_cfg, batch_size, seq_len) / num_devices

@@ -142,7 +142,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = components.make_run_data(config, workdir)
   model_cfg = components.model_config(config, data.info.vocab_size)
   is_main = jax.process_index() == 0
-  peak = mfu.peak_flops_per_device(config.peak_flops_per_device) if is_main else None
 
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.logical_axis_rules)
@@ -202,17 +201,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       depth=PREFETCH_DEPTH,
     )
     bar = _progress(config.num_train_steps, start, config.progress_bar and is_main)
-    step_fn, flops, t_last, steps_since = None, None, time.perf_counter(), 0
+    step_fn, flops, peak, t_last, steps_since = None, None, None, time.perf_counter(), 0
     try:
       with hosts.Preemption() as preemption:
         for batch, batch_data_state in batches:
           if step_fn is None:  # compiled once, ahead of time, for these shapes and shardings
             step_fn = programs.train_step.lower(state, batch).compile()
-            flops = (
-              model_flops_per_device(config, model_cfg, loss, batch, tx=programs.tx, schedule=programs.schedule)
-              if peak
-              else None
+            # Accounting (MFU's peak and FLOPs, the program's memory) never stops the run: a
+            # figure that fails is logged once and left out.
+            accounting = mfu.account_train_step(
+              model_cfg,
+              batch["inputs"].shape,
+              mesh,
+              step_fn,
+              configured_peak=config.peak_flops_per_device,
+              with_mfu=is_main,
             )
+            flops, peak = accounting.flops_per_device, accounting.peak_flops_per_device
             t_last = time.perf_counter()
           profiler.before(step + 1)
           with profiler.annotation(step + 1):
@@ -229,23 +234,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             sync()  # before any row or checkpoint: every step since the last one was finite
           if is_log:
             now = time.perf_counter()
+            seconds = now - t_last
             host = _host(metrics)
             row = {
               f"train/{k}": v
               for k, v in host.items()
               if k != "finite" and (np.ndim(v) == 0 or k in ("halt_probs", "accuracy_per_step"))
             }
-            row.update(
-              {"train_tokens": train_tokens, "train/tokens_per_sec": steps_since * tokens_per_step / (now - t_last)}
-            )
-            postfix = dict(
-              loss=f"{float(host['loss']):.4f}",
-              pauses=f"{float(host['expected_pauses']):.2f}",
-              tok_s=f"{row['train/tokens_per_sec']:,.0f}",
-            )
-            if flops is not None:
-              row["train/mfu"] = mfu.mfu(flops, steps_since, now - t_last, peak)
-              postfix["mfu"] = f"{row['train/mfu']:.1%}"
+            row["train_tokens"] = train_tokens
+            postfix = dict(loss=f"{float(host['loss']):.4f}", pauses=f"{float(host['expected_pauses']):.2f}")
+            if seconds > 0:  # a clock that did not advance gives no rate (it never divides by 0)
+              row["train/tokens_per_sec"] = steps_since * tokens_per_step / seconds
+              postfix["tok_s"] = f"{row['train/tokens_per_sec']:,.0f}"
+            if flops is not None and seconds > 0:
+              row["train/mfu"] = mfu.or_warn("train/mfu", mfu.mfu, flops, steps_since, seconds, peak)
+              if row["train/mfu"] is None:  # warned once: no MFU for the rest of the run
+                del row["train/mfu"]
+                flops = None
+              else:
+                postfix["mfu"] = f"{row['train/mfu']:.1%}"
             writer.write(step, row)
             bar.set_postfix(postfix, refresh=False)
             t_last, steps_since = now, 0

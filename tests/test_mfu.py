@@ -1,14 +1,31 @@
-"""Pure parts of the MFU accounting: the peak table, the ratio, the FLOP count, program bytes, the profile window."""
+"""The MFU accounting: the peak table, the ratio, the model FLOP count, program bytes, the
+profile window, and the trainer's start-up accounting, which never stops a run.
+
+The model FLOP count is checked exactly against the ``dot_general``s of the traced train
+step (``jax.make_jaxpr``: no backend, nothing compiled).
+"""
+
+import functools
+import logging
+import math
+import types
 
 import jax
+import jax._src.xla_bridge as xla_bridge
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
+from jax.extend import core as jax_core
 
 from cyb_jax import components
-from cyb_jax import losses
+from cyb_jax import metrics_writer
 from cyb_jax import mfu
+from cyb_jax import model as model_lib
+from cyb_jax import programs
+from cyb_jax import steps
 from cyb_jax import train
+from cyb_jax.data import synthetic
 from tests.tiny import tiny_config
 
 
@@ -60,21 +77,6 @@ def test_the_measured_cpu_peak_is_a_plausible_flop_rate():
   assert 1e8 < peak < 1e14
 
 
-def test_lowered_flops_counts_a_matmul_exactly_and_a_scan_body_once():
-  x = jnp.ones((64, 32))
-  w = jnp.ones((32, 32))
-  matmul = mfu.lowered_flops(jax.jit(jnp.matmul).lower(x, w))
-  assert matmul == 2 * 64 * 32 * 32
-
-  def scanned(x, w, unroll):
-    return jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=4, unroll=unroll)[0]
-
-  once = mfu.lowered_flops(jax.jit(lambda x, w: scanned(x, w, 1)).lower(x, w))
-  unrolled = mfu.lowered_flops(jax.jit(lambda x, w: scanned(x, w, True)).lower(x, w))
-  assert unrolled == 4 * matmul
-  assert matmul <= once < 1.01 * matmul  # the body once (+ the loop counter): why the twin unrolls
-
-
 def test_compiled_bytes_peak_is_argument_plus_output_plus_temp_less_the_donated_alias():
   x, w = jnp.ones((256, 256)), jnp.ones((256, 256))
   update = lambda x, w: x - 0.1 * w  # elementwise: with x donated, the result overwrites x
@@ -96,45 +98,193 @@ def test_compiled_bytes_peak_is_argument_plus_output_plus_temp_less_the_donated_
   assert donated["peak"] < kept["peak"]  # here by x.nbytes: the result needs no buffer of its own
 
 
-def _step_flops(optimizer=None, **overrides):
+# ------------------------------------------------------------------------------------------
+# Model FLOPs: the analytic count against the dot_generals of the traced train step.
+# ------------------------------------------------------------------------------------------
+
+
+def _dot_general_flops(jaxpr: jax_core.Jaxpr) -> int:
+  """FLOPs of the ``dot_general``s a jaxpr executes: 2 * prod(output shape) * prod(contracted sizes) each.
+
+  Sub-jaxprs count as they run: a ``scan`` body ``length`` times, a ``cond`` its costliest
+  branch, every other (``pjit``, custom_jvp/vjp, remat, scatter combiners) once. A ``while``
+  loop with products in it has no static trip count: refused.
+  """
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      (contract_lhs, _), _ = eqn.params["dimension_numbers"]
+      lhs_shape = eqn.invars[0].aval.shape
+      total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs_shape[i] for i in contract_lhs)
+      continue
+    subs = [
+      x.jaxpr if isinstance(x, jax_core.ClosedJaxpr) else x
+      for value in eqn.params.values()
+      for x in (value if isinstance(value, (tuple, list)) else (value,))
+      if isinstance(x, (jax_core.ClosedJaxpr, jax_core.Jaxpr))
+    ]
+    counts = [_dot_general_flops(sub) for sub in subs]
+    if eqn.primitive.name == "scan":
+      total += eqn.params["length"] * sum(counts)
+    elif eqn.primitive.name == "cond":
+      total += max(counts)
+    elif eqn.primitive.name == "while" and any(counts):
+      raise ValueError("a while loop with products has no static trip count")
+    else:
+      total += sum(counts)
+  return total
+
+
+def test_the_dot_general_counter_counts_a_scan_body_per_iteration_and_one_cond_branch():
+  x, w = jnp.ones((8, 4)), jnp.ones((4, 4))
+  matmul = 2 * 8 * 4 * 4
+
+  def f(x, w):
+    y = jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=3)[0]
+    return jax.lax.cond(y.sum() > 0, lambda: y @ w @ w, lambda: y @ w)
+
+  assert _dot_general_flops(jax.make_jaxpr(f)(x, w).jaxpr) == 3 * matmul + 2 * matmul
+
+
+def _traced_and_counted(**overrides) -> tuple[int, int, model_lib.ModelConfig, int, int]:
+  """``(dot_general FLOPs of make_jaxpr(train_step), mfu.train_step_flops, model config, B, N)``.
+
+  The trainer's own step function (loss, gradient, AdamW) on abstract inputs: nothing runs.
+  """
   config = tiny_config(**overrides)
-  model_cfg = components.model_config(config, 32)
+  model_cfg = components.model_config(config, synthetic.VOCAB_SIZE)
+  loss = components.make_loss(config)
+  tx, schedule = components.make_optimizer(config)
+  b, n = config.data.batch_size, config.data.seq_len
+  state = jax.eval_shape(
+    functools.partial(steps.init_state, model_cfg=model_cfg, tx=tx, loss_state=loss.init_state()), jax.random.key(0)
+  )
+  batch = {k: jax.ShapeDtypeStruct((b, n), jnp.float32 if k == "weights" else jnp.int32) for k in train.BATCH_KEYS}
+  step = functools.partial(
+    steps.train_step,
+    model_cfg=model_cfg,
+    loss=loss,
+    tx=tx,
+    schedule=schedule,
+    accum_steps=config.optimizer.grad_accum_steps,
+    vocab_chunk=components.vocab_chunk(config),
+  )
+  traced = _dot_general_flops(jax.make_jaxpr(step)(state, batch).jaxpr)
+  return traced, mfu.train_step_flops(model_cfg, b, n), model_cfg, b, n
+
+
+_WINDOW = {"model.layer_types": ("sliding", "full"), "model.num_layers": 2, "model.sliding_window": 4}
+_GQA = {"model.num_heads": 4, "model.num_kv_heads": 2, "model.head_dim": 8}
+_GEMMA_LIKE = {
+  "model.mlp_activation": "gelu_tanh",
+  "model.qkv_bias": True,
+  "model.out_bias": True,
+  "model.qk_norm": True,
+  "model.post_norms": True,
+  "model.norm_plus_one": True,
+  "model.scale_embeddings": True,
+}
+FLOP_CASES = {
+  "private K0": {"model.max_pauses": 0},
+  "private K1": {"model.max_pauses": 1},
+  "private K3": {"model.max_pauses": 3},
+  "visible K0": {"model.pause_layout": "visible", "model.max_pauses": 0},
+  "visible K1": {"model.pause_layout": "visible", "model.max_pauses": 1},
+  "visible K3": {"model.pause_layout": "visible", "model.max_pauses": 3},
+  "GQA 4 query heads over 2, E 8": _GQA,
+  "MQA visible K3": {
+    "model.num_heads": 4,
+    "model.num_kv_heads": 1,
+    "model.pause_layout": "visible",
+    "model.max_pauses": 3,
+  },
+  "GeGLU, biases, q/k and post norms": _GEMMA_LIKE,
+  "tied embeddings": {"model.tie_embeddings": True},
+  "untied, vocabulary padded 15 -> 24": {"model.vocab_pad_multiple": 24},
+  "tied, vocabulary padded 15 -> 24": {"model.tie_embeddings": True, "model.vocab_pad_multiple": 24},
+  "window, layers scanned": {**_WINDOW, "model.scan_layers": True},
+  "window, private K3, pause scan unrolled": {**_WINDOW, "model.max_pauses": 3, "model.unroll_pause_scan": True},
+  "window, visible K1, GQA": {**_WINDOW, **_GQA, "model.pause_layout": "visible", "model.max_pauses": 1},
+  "2 micro-batches": {"optimizer.grad_accum_steps": 2},
+}
+
+
+@pytest.mark.parametrize("overrides", FLOP_CASES.values(), ids=FLOP_CASES.keys())
+def test_model_flops_are_the_dot_generals_of_the_traced_train_step(overrides):
+  traced, counted, _, _, _ = _traced_and_counted(**overrides)
+  assert counted == traced
+
+
+@pytest.mark.parametrize("loss_name, max_pauses", [("ce", 0), ("pause_ce", 2)])
+def test_a_loss_that_never_reads_the_dk_logit_leaves_out_its_backward_products(loss_name, max_pauses):
+  """``ce`` and ``pause_ce`` read only vocabulary logits: the DK row gets a symbolic-zero
+  cotangent and autodiff drops its two backward products (gradients of the hidden state and
+  of the DK kernel), 2 * 2 D FLOPs per slot. The model count includes them, as for any loss."""
+  traced, counted, model_cfg, b, n = _traced_and_counted(**{"loss.name": loss_name, "model.max_pauses": max_pauses})
+  slots = b * n * (max_pauses + 1)
+  assert counted - traced == 2 * 2 * model_cfg.d_model * slots
+
+
+def test_rematerialisation_adds_traced_products_but_no_model_flops():
+  traced, counted, _, _, _ = _traced_and_counted(**{"model.remat_policy": "full"})
+  assert traced > counted == _traced_and_counted()[1]
+
+
+def test_without_pauses_the_count_is_six_per_weight_and_token_plus_attention():
+  cfg = model_lib.ModelConfig(vocab_size=100, num_layers=3, d_model=64, num_heads=4, mlp_dim=128, max_pauses=0)
+  b, n = 2, 16
+  matmul_weights = 3 * (4 * 64 * 64 + 3 * 64 * 128) + 64 * (100 + 1)  # q, k, v, out; gate, up, down; head + DK
+  attention = 3 * 4 * 64 * n * n * b * 3  # fwd + bwd, 4 H E per pair, N^2 pairs, B rows, L layers
+  assert mfu.train_step_flops(cfg, b, n) == 6 * matmul_weights * b * n + attention
+
+
+def test_pause_slots_grow_the_count_linearly_in_private_and_quadratically_in_visible():
+  def count(layout, k):
+    cfg = model_lib.ModelConfig(
+      vocab_size=64, num_layers=2, d_model=32, num_heads=2, mlp_dim=64, max_pauses=k, pause_layout=layout
+    )
+    return mfu.attention_pairs(cfg, 16)
+
+  assert [count("private", k) for k in (0, 1, 2)] == [256, 2 * 256 + 16, 3 * 256 + 4 * 16]
+  assert [count("visible", k) for k in (0, 1, 2)] == [256, 4 * 256, 9 * 256]
+
+
+def _model_flops(tx=None, schedule=None, **overrides) -> float:
+  config = tiny_config(**overrides)
+  model_cfg = components.model_config(config, synthetic.VOCAB_SIZE)
   batch = {k: jnp.zeros((4, 16), jnp.float32 if k == "weights" else jnp.int32) for k in train.BATCH_KEYS}
-  tx, schedule = optimizer(config) if optimizer else (None, None)
-  loss = losses.make_loss_from_config(config.loss)
+  loss = components.make_loss(config)
   return train.model_flops_per_device(config, model_cfg, loss, batch, tx=tx, schedule=schedule)
 
 
-def _sgd(config):
-  _, schedule = components.make_optimizer(config)
-  return optax.sgd(schedule), schedule
-
-
-def test_model_flops_count_the_optimiser_passed_else_the_configs():
-  assert _step_flops(components.make_optimizer) == _step_flops()
-  assert _step_flops(_sgd) < _step_flops()  # the passed optimiser is counted: SGD does less than AdamW
-  with pytest.raises(ValueError, match="give both tx and schedule"):
-    _step_flops(lambda config: (components.make_optimizer(config)[0], None))
-
-
-def test_model_flops_do_not_depend_on_scans_remat_or_chunks():
-  assert (
-    _step_flops(
-      **{
-        "model.scan_layers": True,
-        "model.remat_policy": "full",
-        "loss.vocab_chunk": 8,
-        "model.unroll_pause_scan": False,
-      }
-    )
-    == _step_flops()
+def test_model_flops_do_not_depend_on_scans_remat_chunks_micro_batches_or_the_optimiser():
+  assert _model_flops() == _model_flops(
+    optax.sgd(0.1),
+    optax.constant_schedule(0.1),
+    **{
+      "model.scan_layers": True,
+      "model.remat_policy": "full",
+      "loss.vocab_chunk": 8,
+      "model.unroll_pause_scan": True,
+      "optimizer.grad_accum_steps": 2,
+    },
   )
 
 
-def test_model_flops_grow_by_the_same_amount_with_each_private_pause_step():
-  k1, k2, k3 = (_step_flops(**{"model.max_pauses": k}) for k in (1, 2, 3))
-  assert k1 < k2 < k3
-  assert (k3 - k2) == pytest.approx(k2 - k1, rel=0.05)  # a scan counted once: k1 == k2
+def test_model_flops_per_device_divide_by_the_batchs_devices_or_the_count_given():
+  cfg = model_lib.ModelConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=2, mlp_dim=64, max_pauses=1)
+  total = mfu.train_step_flops(cfg, 4, 16)
+  abstract = {"inputs": jax.ShapeDtypeStruct((4, 16), jnp.int32)}
+  placed = {"inputs": jax.device_put(jnp.zeros((4, 16), jnp.int32), jax.devices()[0])}
+  assert programs.model_flops_per_device(None, cfg, None, abstract) == total  # no sharding: one device
+  assert programs.model_flops_per_device(None, cfg, None, placed) == total
+  assert programs.model_flops_per_device(None, cfg, None, abstract, num_devices=4) == total / 4
+  with pytest.raises(ValueError, match="num_devices=0 must be an int >= 1"):
+    programs.model_flops_per_device(None, cfg, None, abstract, num_devices=0)
+  with pytest.raises(ValueError, match=r"must be \[batch_size, seq_len\] tokens, got shape \(64,\)"):
+    programs.model_flops_per_device(None, cfg, None, {"inputs": jax.ShapeDtypeStruct((64,), jnp.int32)})
+  with pytest.raises(ValueError, match="batch_size=0 must be an int >= 1"):
+    mfu.train_step_flops(cfg, 0, 16)
 
 
 @pytest.mark.parametrize("value, expected", [((), None), ([], None), ((2, 3), (2, 3)), ((4, 4), (4, 4))])
@@ -146,3 +296,143 @@ def test_profile_steps_is_empty_or_an_ordered_pair(value, expected):
 def test_bad_profile_steps_are_a_value_error(value):
   with pytest.raises(ValueError, match=r"profile_steps=.* must be empty \(off\) or two ints"):
     mfu.check_profile_steps(value)
+
+
+# ------------------------------------------------------------------------------------------
+# Accounting never stops a run: peaks of devices the program runs on, one warning per failure.
+# ------------------------------------------------------------------------------------------
+
+
+def _device(kind: str, platform: str, process_index: int = 0) -> types.SimpleNamespace:
+  return types.SimpleNamespace(device_kind=kind, platform=platform, process_index=process_index)
+
+
+def _warnings(caplog) -> list[str]:
+  return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_the_peak_is_that_of_the_device_given_never_of_the_default_backend(caplog):
+  assert mfu.peak_flops_per_device(device=_device("TPU v5 lite", "tpu")) == 197e12
+  assert mfu.peak_flops_per_device(device=_device("NVIDIA H200", "gpu")) == 989e12
+  assert not _warnings(caplog)
+  # A CPU device of another process cannot be measured from here: no peak, one warning.
+  assert mfu.peak_flops_per_device(device=_device("cpu", "cpu", process_index=1)) is None
+  assert mfu.peak_flops_per_device(device=_device("TPU v3", "tpu")) is None
+  assert len(_warnings(caplog)) == 2 and "'TPU v3' on platform 'tpu'" in _warnings(caplog)[1]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_configured_peak_must_be_finite(value):
+  with pytest.raises(ValueError, match=r"must be None .* or a finite positive number"):
+    mfu.check_configured_peak(value)
+
+
+def test_or_warn_returns_the_value_or_none_after_one_warning(caplog):
+  assert mfu.or_warn("adding", lambda a, b: a + b, 1, b=2) == 3
+  assert mfu.or_warn("dividing", lambda: 1 / 0) is None
+  assert _warnings(caplog) == ["dividing failed, so it is left out of this run: ZeroDivisionError: division by zero"]
+
+
+def _one_device_mesh() -> jax.sharding.Mesh:
+  return jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+
+
+_CFG = model_lib.ModelConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=2, mlp_dim=64, max_pauses=1)
+
+
+def test_account_train_step_gives_the_peak_the_flops_and_the_memory(caplog):
+  compiled = jax.jit(lambda x: x * 2).lower(jnp.ones(256)).compile()
+  accounting = mfu.account_train_step(_CFG, (4, 16), _one_device_mesh(), compiled, configured_peak=1e12)
+  assert accounting == mfu.StepAccounting(
+    peak_flops_per_device=1e12, flops_per_device=mfu.train_step_flops(_CFG, 4, 16), memory=mfu.compiled_bytes(compiled)
+  )
+  assert mfu.account_train_step(_CFG, (4, 16), _one_device_mesh(), None, configured_peak=0) == mfu.StepAccounting(
+    None, None, None
+  )
+  assert not _warnings(caplog)
+
+
+class _NoMemoryAnalysis:
+  def memory_analysis(self):
+    return None
+
+
+@pytest.mark.parametrize("broken", ["peak", "flops", "memory"])
+def test_account_train_step_leaves_out_what_fails_with_one_warning(broken, monkeypatch, caplog):
+  def fail(*args, **kwargs):
+    raise RuntimeError(f"no {broken} here")
+
+  compiled = jax.jit(lambda x: x * 2).lower(jnp.ones(256)).compile()
+  if broken == "peak":
+    monkeypatch.setattr(mfu, "peak_flops_per_device", fail)
+  elif broken == "flops":
+    monkeypatch.setattr(mfu, "train_step_flops", fail)
+  else:
+    compiled = _NoMemoryAnalysis()
+  accounting = mfu.account_train_step(_CFG, (4, 16), _one_device_mesh(), compiled, configured_peak=1e12)
+  assert (accounting.peak_flops_per_device is None) == (broken == "peak")
+  assert (accounting.flops_per_device is None) == (broken in ("peak", "flops"))  # no peak: no FLOPs asked
+  assert (accounting.memory is None) == (broken == "memory")
+  [warning] = _warnings(caplog)
+  assert "failed, so it is left out of this run" in warning and ("memory" if broken == "memory" else broken) in warning
+
+
+def test_a_profiler_that_cannot_start_warns_once_and_the_steps_go_on(monkeypatch, caplog, tmp_path):
+  def fail(logdir):
+    raise RuntimeError("profiler unavailable")
+
+  monkeypatch.setattr(jax.profiler, "start_trace", fail)
+  window = mfu.ProfileWindow((1, 2), str(tmp_path))
+  for step in (1, 2):
+    window.before(step)
+    with window.annotation(step):
+      pass
+    window.after(step, jnp.ones(2))
+  window.close()
+  [warning] = _warnings(caplog)
+  assert "profile_steps=(1, 2)" in warning and "profiler unavailable" in warning
+
+
+# ------------------------------------------------------------------------------------------
+# The trainer: MFU without any cost analysis, and a run that MFU's failures never stop.
+# ------------------------------------------------------------------------------------------
+
+
+def _short_run(workdir, **overrides) -> list[dict]:
+  """A 2-step tiny run logging every step (no eval, no checkpoint); its train rows."""
+  config = tiny_config(
+    num_train_steps=2,
+    eval_every_steps=100,
+    checkpoint_every_steps=100,
+    peak_flops_per_device=1e12,
+    **{"data.eval_batches": 0, "optimizer.warmup_steps": 1},
+    **overrides,
+  )
+  result = train.train_and_evaluate(config, str(workdir))
+  assert result["stopped"] == "completed" and result["step"] == 2
+  return [r for r in metrics_writer.read_metrics(str(workdir)) if "train/loss" in r]
+
+
+def test_the_trainer_logs_mfu_where_lowered_programs_have_no_cost_analysis(monkeypatch, tmp_path, caplog):
+  """The CPU reproduction of the CUDA plugin and libtpu, whose PJRT C API gives no cost analysis."""
+  monkeypatch.setattr(xla_bridge, "using_pjrt_c_api", lambda backend=None: True)
+  assert jax.jit(jnp.sin).lower(jnp.ones(4)).cost_analysis() is None  # as on an H200 or a TPU
+  rows = _short_run(tmp_path)
+  expected = mfu.train_step_flops(components.model_config(tiny_config(), synthetic.VOCAB_SIZE), 4, 16)
+  for r in rows:
+    assert 0 < r["train/mfu"] < 1
+    np.testing.assert_allclose(r["train/mfu"], expected / (4 * 16 / r["train/tokens_per_sec"] * 1e12), rtol=1e-9)
+  assert not _warnings(caplog)
+
+
+@pytest.mark.parametrize("broken", ["peak_flops_per_device", "train_step_flops", "mfu"])
+def test_a_run_whose_mfu_fails_completes_without_it_and_warns_once(broken, monkeypatch, tmp_path, caplog):
+  def fail(*args, **kwargs):
+    raise RuntimeError(f"{broken} is broken")
+
+  monkeypatch.setattr(mfu, broken, fail)
+  rows = _short_run(tmp_path)
+  assert [r["step"] for r in rows] == [1, 2]
+  assert not any("train/mfu" in r for r in rows) and all("train/tokens_per_sec" in r for r in rows)
+  [warning] = _warnings(caplog)
+  assert f"{broken} is broken" in warning
