@@ -12,9 +12,9 @@ V 8192: ``benchmarks/common.py``), each ratio measured within this run:
 2. **Train-step MFU** = model FLOPs per step / (step time x float32 matmul peak), the peak
    measured in this run: the fastest ``[P, P] @ [P, P]`` of a 1 s loop at start-up and of
    the matmul timed round-robin with the steps of tables 2-3. Model FLOPs are those
-   the trainer logs (``train.model_flops_per_device``: XLA's cost analysis of the step with
-   loops unrolled); the compiled program's own count (``compiled``) is shown beside it: it
-   counts the pause scan's body once.
+   the trainer logs (``train.model_flops_per_device``: counted analytically from the model
+   config and batch shape, ``mfu.train_step_flops``); XLA's count of the compiled program
+   (``compiled``) is shown beside it: it counts the pause scan's body once.
 3. **r(K) = t(K) / ((K + 1) t(0))** of the private layout, t(0) the K = 0 model with the
    ``ce`` loss, t(K) with ``cyb_ap``: the full train step (loss, gradient, AdamW).
 4. **Peak memory** of the train step (:func:`cyb_jax.mfu.compiled_bytes`: argument + output +
@@ -362,7 +362,7 @@ def bench_steps(peak: float, workdir: str) -> tuple[dict, str]:
     f"{steps[(lengths[0], 0)]['num_params'] / 1e6:.1f}M parameters at K=0, fastest of "
     f"{_REPEATS.value} interleaved repeats; float32 matmul peak {peak / 1e9:.1f} GFLOP/s; "
     f"unroll_pause_scan={flags.FLAGS.unroll_pause_scan}\n"
-    "r(K) = t(K) / ((K+1) t(0)); GFLOP = model FLOPs (loops unrolled), compiled = the "
+    "r(K) = t(K) / ((K+1) t(0)); GFLOP = model FLOPs (analytic), compiled = the "
     "compiled program's count (pause scan body once)\n"
   )
   header = ["N", "K", "loss", "wall ms", "r(K)", "GFLOP / step", "compiled GFLOP", "GFLOP/s", "MFU"]

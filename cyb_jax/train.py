@@ -247,12 +247,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
               row["train/tokens_per_sec"] = steps_since * tokens_per_step / seconds
               postfix["tok_s"] = f"{row['train/tokens_per_sec']:,.0f}"
             if flops is not None and seconds > 0:
-              row["train/mfu"] = mfu.or_warn("train/mfu", mfu.mfu, flops, steps_since, seconds, peak)
-              if row["train/mfu"] is None:  # warned once: no MFU for the rest of the run
-                del row["train/mfu"]
+              value = mfu.or_warn("train/mfu", mfu.mfu, flops, steps_since, seconds, peak)
+              if value is None:  # warned once: no MFU for the rest of the run
                 flops = None
               else:
-                postfix["mfu"] = f"{row['train/mfu']:.1%}"
+                row["train/mfu"] = value
+                postfix["mfu"] = f"{value:.1%}"
             writer.write(step, row)
             bar.set_postfix(postfix, refresh=False)
             t_last, steps_since = now, 0
