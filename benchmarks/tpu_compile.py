@@ -11,6 +11,12 @@ HBM ("fits"). The compile-only client does not itself refuse a program that is t
 large (a v5e program of 20.6 GiB compiled), so read the "fits" column, not the absence
 of errors.
 
+The trainer's start-up accounting (:func:`cyb_jax.mfu.account_train_step`, as
+``train.train_and_evaluate`` calls it) then runs against the topology's mesh: the model
+FLOPs per chip (analytic: a lowered program's cost analysis is None through libtpu's PJRT C
+API), the peak of the chips' ``device_kind`` from the table, and the compiled program's
+memory analysis. None of them may fail; a figure that does is reported as missing.
+
 It needs ``libtpu`` matching the installed JAX (``pip install -e '.[tpu]'``; for
 jax 0.10.2 that is ``libtpu==0.0.42.*``), in an environment of its own: with libtpu
 installed, JAX looks for TPU chips at start-up. ``JAX_PLATFORMS=cpu`` (set here) keeps
@@ -191,7 +197,7 @@ def run_config(preset: str):
     remat_policy=_REMAT.value,
   )
   c.loss.name = "cyb_ap"
-  c.loss.vocab_chunk = _VOCAB_CHUNK.value
+  c.loss.vocab_chunk = _VOCAB_CHUNK.value or None  # 0: the full logits
   c.data.update(batch_size=_BATCH.value, seq_len=_SEQ_LEN.value)
   c.mesh.update(data=data, fsdp=fsdp, tensor=tensor, dcn_data=_DCN_DATA.value)
   return c
@@ -211,7 +217,9 @@ def topology_devices(name: str, num_slices: int) -> list:
 
 
 def compile_for(name: str, config) -> dict:
-  """Compiles the train step for slice ``name``; returns its per-chip memory figures."""
+  """Compiles the train step for slice ``name``; returns its per-chip memory figures and the
+  trainer's start-up accounting of it (``flops_per_device``, ``peak_flops_per_device``:
+  None where missing)."""
   devices = topology_devices(name, _NUM_SLICES.value)
   mesh = sharding.make_mesh(config.mesh, devices=devices)
   model_cfg = components.model_config(config, synthetic.VOCAB_SIZE)
@@ -239,11 +247,28 @@ def compile_for(name: str, config) -> dict:
     # libtpu reports programs that do not fit as a compile error (RESOURCE_EXHAUSTED).
     row.update(compiled=False, error=str(e).splitlines()[0][:500], compile_s=time.perf_counter() - start)
     return row
-  row.update(compiled=True, compile_s=time.perf_counter() - start, **mfu.compiled_bytes(compiled))
-  row["fits"] = row["peak"] <= row["hbm_bytes"]
+  row.update(compiled=True, compile_s=time.perf_counter() - start)
+  accounting = mfu.account_train_step(
+    model_cfg,
+    (config.data.batch_size, config.data.seq_len),
+    mesh,
+    compiled,
+    configured_peak=config.peak_flops_per_device,
+  )
+  row.update(
+    flops_per_device=accounting.flops_per_device,
+    peak_flops_per_device=accounting.peak_flops_per_device,
+    **(accounting.memory or dict.fromkeys(("argument", "output", "temp", "alias", "peak"))),
+  )
+  row["fits"] = None if accounting.memory is None else row["peak"] <= row["hbm_bytes"]
   counts = sharding_benchmark.count_collectives(compiled.as_text())
   row["collectives"] = {k: v["count"] for k, v in counts.items()}
   return row
+
+
+def _figure(value: float | None, unit: float, spec: str = ".2f") -> str:
+  """``value / unit`` formatted by ``spec``; "-" for a figure that is missing (None)."""
+  return "-" if value is None else format(value / unit, spec)
 
 
 def main(argv):
@@ -264,23 +289,23 @@ def main(argv):
     rows += [compile_for(name, config) for name in _TOPOLOGY.value]
   print(
     "| slice | attention | chips | mesh (data, fsdp, tensor) | parameters | arguments GiB | "
-    "temporaries GiB | peak GiB | HBM GiB | fits | compile s |"
+    "temporaries GiB | peak GiB | HBM GiB | fits | model TFLOP / chip / step | chip peak TFLOP/s | compile s |"
   )
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     mesh = tuple(r["mesh"].values())
-    if not r["compiled"]:
-      print(
-        f"| {r['slice']} x{r['num_slices']} | {r['attention_impl']} | {r['chips']} | {mesh} | "
-        f"{r['num_params'] / 1e9:.2f}B | - | - | - | {r['hbm_bytes'] / GIB:.0f} | "
-        f"no: {r['error']} | {r['compile_s']:.0f} |"
-      )
-      continue
-    print(
+    head = (
       f"| {r['slice']} x{r['num_slices']} | {r['attention_impl']} | {r['chips']} | {mesh} | "
-      f"{r['num_params'] / 1e9:.2f}B | {r['argument'] / GIB:.2f} | {r['temp'] / GIB:.2f} | "
-      f"{r['peak'] / GIB:.2f} | {r['hbm_bytes'] / GIB:.0f} | {'yes' if r['fits'] else 'no'} | "
-      f"{r['compile_s']:.0f} |"
+      f"{r['num_params'] / 1e9:.2f}B |"
+    )
+    if not r["compiled"]:
+      print(f"{head} - | - | - | {r['hbm_bytes'] / GIB:.0f} | no: {r['error']} | - | - | {r['compile_s']:.0f} |")
+      continue
+    fits = {True: "yes", False: "no", None: "unknown"}[r["fits"]]
+    print(
+      f"{head} {_figure(r['argument'], GIB)} | {_figure(r['temp'], GIB)} | {_figure(r['peak'], GIB)} | "
+      f"{r['hbm_bytes'] / GIB:.0f} | {fits} | {_figure(r['flops_per_device'], 1e12, '.3g')} | "
+      f"{_figure(r['peak_flops_per_device'], 1e12, '.0f')} | {r['compile_s']:.0f} |"
     )
   for r in rows:
     if r["compiled"]:

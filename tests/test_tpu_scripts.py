@@ -1,4 +1,5 @@
-"""launch/tpu/*.sh under --dry-run: the exact gcloud commands, and clear errors.
+"""launch/tpu/*.sh under --dry-run: the exact gcloud commands, and clear errors; and
+benchmarks/tpu_compile.py, the script compile_check.sh runs, where libtpu is installed.
 
 Every run puts a fake ``gcloud`` first on PATH that records any call; a dry run must
 leave no record (it prints commands, it runs none). The printed commands ("+ " lines,
@@ -7,6 +8,8 @@ the assertions compare argument vectors, and the remote bash scripts are checked
 syntax with ``bash -n``.
 """
 
+import importlib.util
+import json
 import os
 import re
 import shlex
@@ -16,6 +19,9 @@ import sys
 import textwrap
 
 import pytest
+
+from cyb_jax import mfu
+from cyb_jax import model as model_lib
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TPU = os.path.join(_REPO, "launch", "tpu")
@@ -400,6 +406,42 @@ def test_compile_check_with_an_old_python_uses_uv(run, tmp_path):
   assert commands[0] == [uv, "venv", "--seed", "--python", "3.11", str(tmp_path / "no-venv-yet")]
   proc = run("compile_check.sh", "--dry-run", PYTHON=old, UV=str(tmp_path / "missing-uv"))
   assert proc.returncode == 1 and "needs Python >= 3.11" in proc.stderr
+
+
+def _libtpu_python() -> str | None:
+  """A Python that loads libtpu: this one, or compile_check.sh's (``TPU_COMPILE_VENV``)."""
+  if importlib.util.find_spec("libtpu") is not None:
+    return sys.executable
+  python = os.path.join(os.environ.get("TPU_COMPILE_VENV", "/tmp/cyb-tpu-venv"), "bin", "python")
+  return python if os.access(python, os.X_OK) else None
+
+
+def test_tpu_compile_runs_the_trainers_start_up_accounting_against_a_tpu_topology(tmp_path):
+  """Compiled for a v5e-8 by libtpu on this CPU: the model FLOPs (a lowered program has no cost
+  analysis through libtpu), the peak of the chips' device_kind, the memory; none fails."""
+  python = _libtpu_python()
+  if python is None:
+    pytest.skip("libtpu is neither here nor in TPU_COMPILE_VENV (launch/tpu/compile_check.sh installs it)")
+  out = tmp_path / "rows.json"
+  flags = ["--preset=tiny", "--topology=v5e-8", "--batch_size=8", "--seq_len=16", "--max_pauses=1"]
+  flags += ["--vocab_chunk=0", "--remat_policy=none", f"--out={out}"]
+  proc = subprocess.run(
+    [python, "benchmarks/tpu_compile.py", *flags],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, PYTHONPATH=_REPO),
+    cwd=_REPO,
+    timeout=300,
+    check=False,
+  )
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "left out of this run" not in proc.stderr and "no peak known" not in proc.stderr
+  [row] = json.loads(out.read_text())
+  assert row["compiled"] and row["device_kind"] == "TPU v5 lite" and row["chips"] == 8
+  assert row["peak_flops_per_device"] == 197e12  # the table's, for chips this host only compiles for
+  tiny = model_lib.ModelConfig(vocab_size=256, num_layers=2, d_model=256, num_heads=8, mlp_dim=512, max_pauses=1)
+  assert row["flops_per_device"] == mfu.train_step_flops(tiny, 8, 16) / 8  # tpu_compile's preset "tiny"
+  assert 0 < row["argument"] <= row["peak"] and row["fits"]
 
 
 # ------------------------------------------------------------------------------------------
