@@ -245,7 +245,9 @@ def attention_flops(cfg: ModelConfig, batch_size: int, seq_len: int) -> int:
 def forward_flops(cfg: ModelConfig, batch_size: int, seq_len: int) -> int:
   """Model FLOPs of the forward pass of B rows of N tokens, each with K + 1 slots per token:
 
-  B N (K + 1) (weight_flops_per_slot + head_flops_per_slot) + attention_flops
+      B N (K + 1) (weight_flops_per_slot + head_flops_per_slot) + attention_flops
+
+  in both layouts: they differ only in their attention pairs.
   """
   _check_batch_shape(batch_size, seq_len)
   slots = batch_size * seq_len * cfg.num_steps
