@@ -197,6 +197,20 @@ def attend(
   return out_BxSxGxRxE.reshape(b, s, h, e).astype(q_BxSxHxE.dtype)
 
 
+def _dense_document_attend(floats, aux, *, scale: float | None, window: int | None) -> jax.Array:
+  """`attend` over the mask of `Visibility.segment_ids`, for `cyb_jax.attention_kernels.document_attend`.
+
+  floats = (q, shared keys at the query positions, private keys or None); aux = (segment_ids
+  `[B, N]`, private_mask or None, positions `[B, N]`); a key at position m is hidden from a query
+  at n unless n - m < `window` (None: no window).
+  """
+  (q_BxNxHxE, shared, private), (segment_ids_BxN, private_mask, positions_BxN) = floats, aux
+  mask_BxNxN = causal_segment_mask(segment_ids_BxN)
+  if window is not None:
+    mask_BxNxN &= window_mask(positions_BxN, positions_BxN, window)
+  return attend(q_BxNxHxE, shared, mask_BxNxN, private, private_mask, scale=scale)
+
+
 def _write(buffer: KeyValues, new: KeyValues, index: jax.Array, axis: int) -> KeyValues:
   """`buffer` with `new` written at `index` along `axis`."""
   return jax.tree.map(
@@ -324,15 +338,15 @@ class Attention(nn.Module):
         softcap=self.softcap,
       )
     elif self.impl == "dot_product" and index_windows:
+      aux = (visibility.segment_ids, visibility.private_mask, positions_BxS)
       run = lambda window: document_attend(  # noqa: E731
         q_BxSxHxE,
         shared,
-        visibility.segment_ids,
         private,
-        visibility.private_mask,
+        aux,
         scale=self.scale,
         window=window,
-        dense=functools.partial(dense, window is not None),
+        dense=functools.partial(_dense_document_attend, scale=self.scale, window=window),
       )
     else:
       if self.impl == "dot_product" and visibility.segment_ids is not None:

@@ -225,29 +225,63 @@ def gpu_document_attend(
   return merged.astype(dtype)
 
 
+def _by_platform(gpu, dense, floats, aux):
+  """`gpu(floats, aux)` in a program lowered for cuda, `dense(floats, aux)` elsewhere.
+
+  Differentiable w.r.t. the float arrays `floats` by each branch's own derivative, with the
+  inputs as the only residuals: differentiating `lax.platform_dependent` directly would return
+  every branch's residuals from the taken one (the dense branch's `[S, M]` scores as zero
+  placeholders, stacked over the pause scan). The backward pass recomputes its branch's
+  forward. `aux` (ints and bools) is not differentiated.
+  """
+
+  @jax.custom_vjp
+  def run(floats, aux):
+    return jax.lax.platform_dependent(floats, aux, cuda=gpu, default=dense)
+
+  def run_fwd(floats, aux):
+    return run(floats, aux), (floats, aux)
+
+  def run_bwd(residuals, d_out):
+    floats, aux = residuals
+
+    def cotangents(branch):
+      return lambda floats, aux: jax.vjp(lambda f: branch(f, aux), floats)[1](d_out)[0]
+
+    return jax.lax.platform_dependent(floats, aux, cuda=cotangents(gpu), default=cotangents(dense)), None
+
+  run.defvjp(run_fwd, run_bwd)
+  return run(floats, aux)
+
+
 def document_attend(
   q_BxNxHxE: jax.Array,
   shared: KeyValues,
-  segment_ids_BxN: jax.Array,
-  private: KeyValues | None = None,
-  private_mask: jax.Array | None = None,
+  private: KeyValues | None,
+  aux: tuple,
   *,
-  scale: float | None = None,
-  window: int | None = None,
+  scale: float | None,
+  window: int | None,
   dense,
 ) -> jax.Array:
   """Attention of queries causal within their documents, through the GPU kernel on cuda.
 
-  Computes `dense()` (the dense reference over `causal_segment_mask(segment_ids)`, with the
-  window n - m < `window` and the private block, as the caller built it) on every platform but
-  cuda, and on cuda the same function by `gpu_document_attend` where `uses_gpu_kernel` (see the
-  module docstring). Arguments as in `gpu_document_attend`; `window` a Python int or None.
+  Computes `dense((q, shared, private), aux)` (the dense reference over the document mask,
+  with the window n - m < `window` and the private block) on every platform but cuda, and on
+  cuda the same function by `gpu_document_attend` where `uses_gpu_kernel` (see the module
+  docstring). `aux` = `(segment_ids [B, N], private_mask or None, positions [B, N])`; `window`
+  a Python int or None. Other arguments as in `gpu_document_attend`.
   """
   n = q_BxNxHxE.shape[1]
+  floats = (q_BxNxHxE, shared, private)
   refusal = gpu_kernel_refusal(n, q_BxNxHxE.dtype, window)
   if refusal is not None:
     warn_once(refusal)
   if not uses_gpu_kernel(n, q_BxNxHxE.dtype, window):
-    return dense()
-  gpu = functools.partial(gpu_document_attend, q_BxNxHxE, shared, segment_ids_BxN, private, private_mask, scale=scale)
-  return jax.lax.platform_dependent(cuda=gpu, default=dense)
+    return dense(floats, aux)
+
+  def gpu(floats, aux):
+    (q, shared, private), (segment_ids, private_mask, _) = floats, aux
+    return gpu_document_attend(q, shared, segment_ids, private, private_mask, scale=scale)
+
+  return _by_platform(gpu, dense, floats, aux)
