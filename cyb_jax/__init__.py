@@ -22,7 +22,7 @@ __all__ = [
   "analysis",  # pause statistics of a trained model
   "attention",  # slot-grid attention (private / visible pauses), KV caches
   "attention_blocks",  # key/value blocks and the exact one-block softmax both paths share
-  "attention_kernels",  # fused attention (jax.nn.dot_product_attention) with the block merge
+  "attention_kernels",  # fused GPU attention (Pallas, segment ids) with the block merge
   "attention_splash",  # Pallas splash attention (TPU) for the prefill and the private pause step
   "checkpoint",  # orbax checkpoints with the data position
   "components",  # run config -> model config, data, loss, optimiser, loaded run

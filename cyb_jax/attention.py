@@ -24,9 +24,9 @@ position. A pause slot of position n therefore sees exactly the real tokens a re
 sees, in the training forward, the flattened reference and the decoder alike.
 
 `attend` is the dense reference (`ModelConfig.attention_impl="xla"`); `attention_impl=
-"dot_product"` computes the same attention through `jax.nn.dot_product_attention`, the private
-block merged exactly inside the kernel call (`cyb_jax.attention_kernels`), and "splash" through
-Pallas splash attention where the visibility carries segment ids (`cyb_jax.attention_splash`).
+"dot_product"` computes the same attention through a fused GPU kernel in programs lowered for
+cuda (`cyb_jax.attention_kernels`), and "splash" through Pallas splash attention (TPU), both
+where the visibility carries segment ids (`cyb_jax.attention_splash`).
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ class Attention(nn.Module):
   rope_scaling: tuple | None = None
   window: int | None = None
   local_rope_base: float | None = None
-  impl: str = "xla"  # "xla": `attend`; "dot_product": `fused_attend`; "splash": `splash_attend`
+  impl: str = "xla"  # "xla": `attend`; "dot_product": `document_attend`; "splash": `splash_attend`
 
   @nn.compact
   def __call__(

@@ -29,7 +29,7 @@ MLP_ACTIVATIONS = ("silu", "gelu_tanh")  # SwiGLU (Llama), GeGLU with tanh GELU 
 ROPE_SCALINGS = (None, "linear", "llama3")
 LAYER_TYPES = ("full", "sliding")
 # How attention is computed (the same function): "xla" the dense einsum path (the reference),
-# "dot_product" jax.nn.dot_product_attention (cuDNN flash on GPU for 16-bit dtypes).
+# "dot_product" a fused flash kernel on GPU for 16-bit dtypes (Pallas, documents as segment ids).
 ATTENTION_IMPLS = ("xla", "dot_product", "splash")
 
 # ModelConfig fields that say how the model is computed or initialised, not which function
@@ -65,8 +65,9 @@ class ModelConfig:
       CPU), at K times the compile time of one step.
     dk_bias_init: initial bias of the DK logit (the DK kernel starts at zero).
     attention_impl: one of ATTENTION_IMPLS: "xla" (dense scores, the reference),
-      "dot_product" (`jax.nn.dot_product_attention`, `cyb_jax.attention_kernels`; cuDNN flash
-      on GPU; no `attn_logit_softcap`) or "splash" (Pallas splash attention,
+      "dot_product" (`cyb_jax.attention_kernels`: Pallas GPU flash attention with segment
+      ids in programs lowered for cuda, in 16 bits, without sliding windows; the dense path
+      elsewhere; no `attn_logit_softcap`) or "splash" (Pallas splash attention,
       `cyb_jax.attention_splash`: the Mosaic kernel on TPU, interpret mode elsewhere; the
       real-token prefill and the private pause step, with sequence lengths a multiple of 128;
       the flattened slot grid and decoding caches use "xla"). The same function every way.
