@@ -10,6 +10,10 @@ STAMP := $(VENV)/.installed-stamp
 WORKDIR ?= workdirs/default
 CONFIG ?= cyb_jax/configs/default.py
 PYTEST_WORKERS ?= 2
+# libtpu (the TPU compiler, the `tpu` extra's pin) in a folder of its own, on the PYTHONPATH of
+# the test that compiles for a TPU topology only: JAX would probe for TPU chips in every process.
+LIBTPU_DIR := .cache/libtpu
+LIBTPU_STAMP := $(LIBTPU_DIR)/.installed-stamp
 
 .PHONY: setup train lint test test-fast bench clean
 
@@ -21,6 +25,10 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
 	@touch $(STAMP)
 
+$(LIBTPU_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q --no-deps --upgrade --target $(LIBTPU_DIR) "$$(grep -o 'libtpu==[^"]*' pyproject.toml)"
+	@touch $(LIBTPU_STAMP)
+
 train: $(STAMP)
 	$(PY) launch/train.py --config=$(CONFIG) --workdir=$(WORKDIR)
 
@@ -28,8 +36,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check cyb_jax tests benchmarks launch tools
 	$(VENV)/bin/ruff format --check cyb_jax tests benchmarks launch tools
 
-test: lint
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests
+test: lint $(LIBTPU_STAMP)
+	CYB_LIBTPU_PATH=$(abspath $(LIBTPU_DIR)) $(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" tests

@@ -408,20 +408,27 @@ def test_compile_check_with_an_old_python_uses_uv(run, tmp_path):
   assert proc.returncode == 1 and "needs Python >= 3.11" in proc.stderr
 
 
-def _libtpu_python() -> str | None:
-  """A Python that loads libtpu: this one, or compile_check.sh's (``TPU_COMPILE_VENV``)."""
+def _libtpu_python() -> tuple[str, str] | None:
+  """A Python that loads libtpu and the PYTHONPATH it needs: this one with `make test`'s libtpu
+  folder (``CYB_LIBTPU_PATH``), this one if libtpu is installed, or compile_check.sh's
+  (``TPU_COMPILE_VENV``); None if there is none."""
+  folder = os.environ.get("CYB_LIBTPU_PATH", "")
+  if folder and os.path.isdir(os.path.join(folder, "libtpu")):
+    return sys.executable, os.pathsep.join([_REPO, folder])
   if importlib.util.find_spec("libtpu") is not None:
-    return sys.executable
+    return sys.executable, _REPO
   python = os.path.join(os.environ.get("TPU_COMPILE_VENV", "/tmp/cyb-tpu-venv"), "bin", "python")
-  return python if os.access(python, os.X_OK) else None
+  return (python, _REPO) if os.access(python, os.X_OK) else None
 
 
 def test_tpu_compile_runs_the_trainers_start_up_accounting_against_a_tpu_topology(tmp_path):
   """Compiled for a v5e-8 by libtpu on this CPU: the model FLOPs (a lowered program has no cost
-  analysis through libtpu), the peak of the chips' device_kind, the memory; none fails."""
-  python = _libtpu_python()
-  if python is None:
-    pytest.skip("libtpu is neither here nor in TPU_COMPILE_VENV (launch/tpu/compile_check.sh installs it)")
+  analysis through libtpu), the peak of the chips' device_kind, the memory; none fails.
+  `make test` installs libtpu for it (into .cache/libtpu), so CI runs it."""
+  found = _libtpu_python()
+  if found is None:
+    pytest.skip("no libtpu: `make test` installs it into .cache/libtpu (CYB_LIBTPU_PATH)")
+  python, pythonpath = found
   out = tmp_path / "rows.json"
   flags = ["--preset=tiny", "--topology=v5e-8", "--batch_size=8", "--seq_len=16", "--max_pauses=1"]
   flags += ["--vocab_chunk=0", "--remat_policy=none", f"--out={out}"]
@@ -429,7 +436,7 @@ def test_tpu_compile_runs_the_trainers_start_up_accounting_against_a_tpu_topolog
     [python, "benchmarks/tpu_compile.py", *flags],
     capture_output=True,
     text=True,
-    env=dict(os.environ, PYTHONPATH=_REPO),
+    env=dict(os.environ, PYTHONPATH=pythonpath),
     cwd=_REPO,
     timeout=300,
     check=False,
