@@ -15,7 +15,7 @@ PYTEST_WORKERS ?= 2
 LIBTPU_DIR := .cache/libtpu
 LIBTPU_STAMP := $(LIBTPU_DIR)/.installed-stamp
 
-.PHONY: setup train lint test test-fast bench clean
+.PHONY: setup train lint test test-fast bench accel-check accel-check-cpu clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,21 @@ bench: $(STAMP)
 	$(PY) benchmarks/model.py
 	$(PY) benchmarks/sharding.py
 	$(PY) benchmarks/train_loop.py
+
+# Accelerator acceptance check (benchmarks/accel_check.py, benchmarks/README.md): GPU tests,
+# the default job, a throughput table, loop efficiency, one summary, <= 8 minutes on one GPU.
+# Results go to OUT (the device tool sets it; else a new temporary folder). It uses the
+# venv's python when there is one, else python3 (a device image with JAX installed), and
+# installs nothing; ARGS adds flags (ARGS=--stages=throughput). accel-check-cpu is the small
+# CPU version that CI runs (tests/test_accel_check.py).
+ACCEL_PY = $(if $(wildcard $(PY)),$(PY),python3)
+ACCEL_ARGS = $(if $(OUT),--out=$(OUT),) $(ARGS)
+
+accel-check:
+	$(ACCEL_PY) benchmarks/accel_check.py $(ACCEL_ARGS)
+
+accel-check-cpu:
+	$(ACCEL_PY) benchmarks/accel_check.py --cpu $(ACCEL_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .hypothesis
