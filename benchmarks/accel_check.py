@@ -69,48 +69,30 @@ INJECTED = ("raises", "hangs")  # --inject_failures: stages that fail on purpose
 # about a minute per unscanned 12-layer program) and on --cpu (2 shared cores).
 GPU_BUDGETS = dict(tests=150, default_job=70, loop=60, throughput=180, raises=60, hangs=5)
 CPU_BUDGETS = dict(tests=90, default_job=120, loop=120, throughput=120, raises=60, hangs=5)
-# Defaults of the flags that differ between the two modes (flags left at None take these).
-MODE_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
-  "gpu": dict(
-    total_s=470,
-    test_paths=["tests/test_attention_kernels.py", "tests/test_model.py", "tests/test_mfu.py"],
-    test_workers=4,
-    job_steps=0,
-    tp_layers=12,
-    tp_d_model=768,
-    tp_heads=12,
-    tp_mlp_dim=2048,
-    tp_vocab=32768,
-    tp_length=1024,
-    tp_batch=16,
-    tp_pauses=["0", "1", "3"],
-    tp_dtype="bfloat16",
-    tp_steps=5,
-    tp_repeats=2,
-    compile_threads=2,
-    peak_size=8192,
-    loop_args=["--loop_length=1024", "--loop_batch=16", "--loop_steps=20", "--loop_rounds=1"],
+# Defaults of the flags that differ between the modes, (on one GPU, on --cpu): a flag left at
+# None takes its mode's.
+MODE_DEFAULTS: Mapping[str, tuple[Any, Any]] = {
+  "total_s": (470, 470),
+  "test_paths": (
+    ["tests/test_attention_kernels.py", "tests/test_model.py", "tests/test_mfu.py"],
+    ["tests/test_mfu.py"],
   ),
-  "cpu": dict(
-    total_s=470,
-    test_paths=["tests/test_mfu.py"],
-    test_workers=0,
-    job_steps=40,
-    tp_layers=2,
-    tp_d_model=64,
-    tp_heads=2,
-    tp_mlp_dim=128,
-    tp_vocab=256,
-    tp_length=64,
-    tp_batch=2,
-    tp_pauses=["0", "1"],
-    tp_dtype="float32",
-    tp_steps=2,
-    tp_repeats=1,
-    compile_threads=1,
-    peak_size=512,
-    loop_args=["--quick"],
-  ),
+  "test_workers": (4, 0),
+  "job_steps": (0, 40),
+  "loop_args": (["--loop_length=1024", "--loop_batch=16", "--loop_steps=20", "--loop_rounds=1"], ["--quick"]),
+  "tp_layers": (12, 2),
+  "tp_d_model": (768, 64),
+  "tp_heads": (12, 2),
+  "tp_mlp_dim": (2048, 128),
+  "tp_vocab": (32768, 256),
+  "tp_length": (1024, 64),
+  "tp_batch": (16, 2),
+  "tp_pauses": (["0", "1", "3"], ["0", "1"]),
+  "tp_dtype": ("bfloat16", "float32"),
+  "tp_steps": (5, 2),
+  "tp_repeats": (2, 1),
+  "compile_threads": (2, 1),
+  "peak_size": (8192, 512),
 }
 THROUGHPUT_COLUMNS = (
   "impl",
@@ -499,7 +481,7 @@ def describe_default_job(r: Mapping[str, Any]) -> str:
     return r.get("error", "")
   parts = []
   if r.get("first_step_s") is not None:
-    parts.append(f"first step after {r['first_step_s']:.1f} s")
+    parts.append(f"first step {r['first_step_s']:.1f} s after launch")
   parts.append(f"{r['steps']} steps in {r['seconds_total']:.0f} s")
   if r.get("tokens_per_s"):
     parts.append(f"{r['tokens_per_s']:,.0f} tokens/s")
@@ -960,7 +942,7 @@ def run_all(
 
 def _mode_value(flag: flags.FlagHolder) -> Any:
   """A flag's value, or the mode's default where it was left at None."""
-  return flag.value if flag.value is not None else MODE_DEFAULTS["cpu" if _CPU.value else "gpu"][flag.name]
+  return flag.value if flag.value is not None else MODE_DEFAULTS[flag.name][int(_CPU.value)]
 
 
 def _stage_env() -> dict[str, str]:
