@@ -12,6 +12,10 @@ from cyb_jax import model as model_lib
 from cyb_jax.model import ModelConfig
 
 B, N, V, K = 2, 12, 50, 3
+# Two float32 computations of the same logits (scan against flattened mask, scanned against
+# unrolled layers, ...) agree to float32 rounding. That needs float32 matmuls at full precision,
+# which tests/conftest.py pins for the session: JAX's default on NVIDIA GPUs (TF32, a 10-bit
+# mantissa) and TPUs (bfloat16 passes) puts them ~1e-3 apart.
 TOL = dict(rtol=1e-5, atol=1e-5)
 SIZES = dict(vocab_size=V, num_layers=2, d_model=32, num_heads=4, mlp_dim=64, max_pauses=K)
 CFG = ModelConfig(**SIZES, num_kv_heads=2, dk_bias_init=-1.5)
