@@ -23,6 +23,7 @@ FIELDS: Mapping[str, str] = {
   "heads": "num_heads",
   "mlp_dim": "mlp_dim",
   "unroll_pause_scan": "unroll_pause_scan",
+  "scan_layers": "scan_layers",
 }
 
 # ``--quick`` values of the model flags; each script adds the sizes of its own tables.
@@ -37,11 +38,14 @@ def define_model_flags() -> None:
   flags.DEFINE_integer("heads", 4, "Query heads (head dimension D / heads).")
   flags.DEFINE_integer("mlp_dim", 1024, "SwiGLU width.")
   flags.DEFINE_bool("unroll_pause_scan", False, "model.unroll_pause_scan of every model.")
+  flags.DEFINE_bool("scan_layers", None, "model.scan_layers of every model (unset: the model config's default).")
 
 
 def model_fields() -> dict[str, Any]:
-  """The model flags' parsed values as ModelConfig fields (``vocab_size``, ``num_layers``, ...)."""
-  return {field: flags.FLAGS[name].value for name, field in FIELDS.items()}
+  """The model flags' parsed values as ModelConfig fields (``vocab_size``, ``num_layers``, ...);
+  a flag left None (``--scan_layers``) is left out, so the config's default holds."""
+  fields = {field: flags.FLAGS[name].value for name, field in FIELDS.items()}
+  return {field: value for field, value in fields.items() if value is not None}
 
 
 def set_quick_sizes(sizes: Mapping[str, Any]) -> None:

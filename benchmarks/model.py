@@ -25,7 +25,9 @@ Two clocks: process CPU time (all threads of this process), which measures the w
 moves when other jobs share the machine, and wall time (load only adds to it; the train table
 also gives the median). Compare ratios within one run. Memory is XLA's static buffer
 assignment of the compiled program (:func:`cyb_jax.mfu.compiled_bytes`): ``peak = argument +
-output + temp - alias`` bytes, deterministic on any backend.
+output + temp - alias`` bytes, deterministic on any backend. Compile seconds: the wall time of
+``jit(...).lower()`` (tracing to StableHLO) and of ``.compile()`` (XLA), once per program of
+table 1 (``benchmarks/compile_time.py`` compares them for scanned and unrolled layers).
 
   python benchmarks/model.py                       # N = 256 and 1024, K = 0..4 (long on 2 CPUs)
   python benchmarks/model.py --lengths=256 --repeats=2 --unroll_pause_scan
@@ -65,7 +67,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of parameters and inputs.")
 _SKIP_TRAIN = flags.DEFINE_bool("skip_train", False, "Skip table 1 (train step versus K).")
 _SKIP_DECODE = flags.DEFINE_bool("skip_decode", False, "Skip table 2 (decoding).")
 # Model (defaults: ~10.5M parameters): --vocab --d_model --layers --heads --mlp_dim
-# --unroll_pause_scan.
+# --unroll_pause_scan --scan_layers.
 common.define_model_flags()
 flags.adopt_module_key_flags(common)  # --help lists them
 _MAX_PAUSES = flags.DEFINE_integer("max_pauses", 4, "Largest K; table 1 runs K = 0..max_pauses.")
@@ -152,7 +154,7 @@ def bench_train(
   """Table 1: time and memory of value_and_grad(train_loss) for every (N, layout, K)."""
   key_p, key_x = jax.random.split(jax.random.key(seed))
   params = model_lib.init_params(_model_config(max_pauses, "private"), key_p)
-  memory, seconds = {}, {}
+  memory, seconds, compile_seconds = {}, {}, {}
   for n in lengths:  # one length at a time: small programs are not timed among large ones
     tokens = jax.random.randint(jax.random.fold_in(key_x, n), (batch, n + 1), 0, flags.FLAGS.vocab)
     programs = {}
@@ -165,7 +167,11 @@ def bench_train(
         if k > 0:
           p["pause_embed"] = params["pause_embed"][:k]
         step = jax.jit(jax.value_and_grad(functools.partial(train_loss, cfg)))
-        compiled = step.lower(p, tokens).compile()
+        start = time.perf_counter()
+        lowered = step.lower(p, tokens)
+        lowered_at = time.perf_counter()
+        compiled = lowered.compile()
+        compile_seconds[(n, layout, k)] = dict(lower=lowered_at - start, compile=time.perf_counter() - lowered_at)
         memory[(n, layout, k)] = mfu.compiled_bytes(compiled)
         programs[(n, layout, k)] = functools.partial(compiled, p, tokens)
     seconds |= interleaved_seconds(programs, repeats)
@@ -181,6 +187,8 @@ def bench_train(
     "wall ms (median)",
     "peak MiB",
     "temp MiB",
+    "lower s",
+    "compile s",
   ]
   rows, record = [], []
   for n in lengths:
@@ -201,14 +209,27 @@ def bench_train(
             f"{1e3 * seconds[key]['median']:.0f}",
             f"{memory[key]['peak'] / _MIB:.0f}",
             f"{memory[key]['temp'] / _MIB:.0f}",
+            f"{compile_seconds[key]['lower']:.1f}",
+            f"{compile_seconds[key]['compile']:.1f}",
           ]
         )
-        record.append(dict(length=n, layout=layout, pauses=k, seconds=seconds[key], r=r, memory_bytes=memory[key]))
+        record.append(
+          dict(
+            length=n,
+            layout=layout,
+            pauses=k,
+            seconds=seconds[key],
+            r=r,
+            memory_bytes=memory[key],
+            compile_seconds=compile_seconds[key],
+          )
+        )
   title = (
     f"### Train step (value_and_grad of CYB-AP, all parameters), B={batch}, "
     f"{_num_params(params) / 1e6:.1f}M parameters, {repeats} interleaved repeats, "
-    f"unroll_pause_scan={flags.FLAGS.unroll_pause_scan}\n"
-    "r(K) = t(K) / ((K+1) t(0)); K = 0 is one program for both layouts.\n"
+    f"unroll_pause_scan={flags.FLAGS.unroll_pause_scan}, scan_layers={_model_config(0, 'private').scan_layers}\n"
+    "r(K) = t(K) / ((K+1) t(0)); K = 0 is one program for both layouts. lower s / compile s: "
+    "wall seconds of jit(...).lower() (tracing) and .compile() (XLA), once per program.\n"
   )
   return dict(rows=record, num_params=_num_params(params)), title + _markdown(header, rows)
 
@@ -325,6 +346,7 @@ def main(argv: Sequence[str]) -> None:
         "max_pauses",
         "layouts",
         "unroll_pause_scan",
+        "scan_layers",
         "lengths",
         "batch",
         "repeats",

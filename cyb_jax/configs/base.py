@@ -52,7 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.attention_impl = "xla"  # "xla" (dense scores, the reference), "dot_product"
   #   (a fused flash kernel on GPU in bf16, Pallas with segment ids; no attention soft cap)
   #   or "splash" (Pallas splash attention on TPU; interpret mode elsewhere; seq_len % 128 == 0).
-  m.scan_layers = False  # Stack layers and nn.scan over them (faster compiles for deep models).
+  m.scan_layers = False  # Stack layers and nn.scan over them: 12-layer train steps compile 1.5-2.6x
+  #   faster, but ran 15-35% slower on CPU (benchmarks/compile_time.py); changes the parameter tree.
   m.init_pause_prob = ml_collections.FieldReference(0.5, field_type=float)  # Start with
   #   P(<don't know>) ~ p at every step (DK bias logit(p) + log V), so pauses are reachable
   #   early; None: DK bias 0 (P ~ 1 / (V + 1)). The one way to set the DK head's start.
