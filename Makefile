@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/model.py
 	$(PY) benchmarks/sharding.py
 	$(PY) benchmarks/train_loop.py
+	$(PY) benchmarks/compile_time.py
 
 # Accelerator acceptance check (benchmarks/accel_check.py, benchmarks/README.md): GPU tests,
 # the default job, a throughput table, loop efficiency, one summary, <= 8 minutes on one GPU.
