@@ -14,7 +14,7 @@ on, within 8 minutes on one GPU, compiles included, and prints one summary:
    measures it (that script, run with its other tables skipped): bare step time / the
    trainer's time per step, same model and batch shape.
 4. ``throughput``: the train step (loss, gradient, AdamW; the trainer's own program from
-   :func:`cyb_jax.programs.make_programs`) of a ~135M-parameter bf16 model (12 x 768, SwiGLU
+   :func:`cyb_jax.training.programs.make_programs`) of a ~135M-parameter bf16 model (12 x 768, SwiGLU
    2048, V 32768, N 1024, B 16; layers scanned to compile faster), for K = 0, 1, 3 with
    ``xla`` and ``dot_product`` attention: ms/step, tokens/s, MFU against the bf16 matmul
    peak measured here and against the advertised one, r(K), compile seconds and peak memory.

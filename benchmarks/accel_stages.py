@@ -541,28 +541,28 @@ def throughput(
   Measured, in this order, each phase stopping at ``deadline`` (a program it leaves out is a
   ``skipped`` row, and ``save`` is called with the record after each phase):
 
-  1. the matmul peak: the fastest ``[P, P] @ [P, P]`` of a 1 s loop (:func:`cyb_jax.mfu.
+  1. the matmul peak: the fastest ``[P, P] @ [P, P]`` of a 1 s loop (:func:`cyb_jax.training.mfu.
      measured_matmul_peak`), in ``sizes["dtype"]`` (bf16 on accelerators);
   2. each program traced and lowered here (against the abstract state: nothing runs), then
      compiled by ``compile_threads`` threads at once, as are the state initialisers; compile
      seconds = trace + lower + XLA compile, the last under that contention;
-  3. model FLOPs per step of each K: :func:`cyb_jax.programs.model_flops_per_device` (the
+  3. model FLOPs per step of each K: :func:`cyb_jax.training.programs.model_flops_per_device` (the
      trainer's ``train/mfu`` count); if it fails, the ``dot_general`` FLOPs of the K's
      ``xla`` program's jaxpr (:func:`dot_flops`);
   4. step time: one untimed step, then ``repeats`` round-robin rounds of ``steps``
      back-to-back steps per program, the fastest round's mean; tokens/s = B N / step time;
      MFU = FLOPs / (step time x peak); r(K) = t(K) / ((K + 1) t(0)) per impl; peak memory
-     is XLA's buffer assignment of the compiled step (:func:`cyb_jax.mfu.compiled_bytes`).
+     is XLA's buffer assignment of the compiled step (:func:`cyb_jax.training.mfu.compiled_bytes`).
   """
   import concurrent.futures  # pylint: disable=g-import-not-at-top
 
   import jax  # pylint: disable=g-import-not-at-top
 
-  from cyb_jax import components  # pylint: disable=g-import-not-at-top
-  from cyb_jax import mfu  # pylint: disable=g-import-not-at-top
-  from cyb_jax import programs as programs_lib  # pylint: disable=g-import-not-at-top
   from cyb_jax import sharding  # pylint: disable=g-import-not-at-top
   from cyb_jax.data.packing import BATCH_KEYS  # pylint: disable=g-import-not-at-top
+  from cyb_jax.training import components  # pylint: disable=g-import-not-at-top
+  from cyb_jax.training import mfu  # pylint: disable=g-import-not-at-top
+  from cyb_jax.training import programs as programs_lib  # pylint: disable=g-import-not-at-top
 
   device = jax.devices()[0]
   record: dict[str, Any] = dict(

@@ -1,7 +1,7 @@
 r"""Compile time of the trainer's train step with layers scanned (``nn.scan``) or unrolled (issue 20).
 
 For each K in ``--pauses`` and ``model.scan_layers`` False / True, the trainer's own train
-step (:func:`cyb_jax.programs.make_programs`: loss, gradient, AdamW, on one device) of a
+step (:func:`cyb_jax.training.programs.make_programs`: loss, gradient, AdamW, on one device) of a
 ``--layers``-layer model is
 
 * **lowered** (tracing and StableHLO: ``train_step.lower(state, batch)``) and **compiled**
@@ -40,12 +40,12 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cyb_jax import components
 from cyb_jax import model as model_lib
-from cyb_jax import programs as programs_lib
 from cyb_jax import sharding
 from cyb_jax.configs import default as default_config
 from cyb_jax.data.packing import BATCH_KEYS
+from cyb_jax.training import components
+from cyb_jax.training import programs as programs_lib
 
 _QUICK = flags.DEFINE_bool("quick", False, "Small sizes for a smoke test (overrides size flags).")
 _OUT = flags.DEFINE_string("out", None, "Also write every figure as JSON to this path.")

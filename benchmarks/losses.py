@@ -53,7 +53,7 @@ from absl import app
 from absl import flags
 
 from cyb_jax import losses
-from cyb_jax import mfu
+from cyb_jax.training import mfu
 
 _QUICK = flags.DEFINE_bool("quick", False, "Small sizes for a smoke test (overrides size flags).")
 _OUT = flags.DEFINE_string("out", None, "Also write all figures as JSON to this path.")
@@ -232,7 +232,7 @@ def compile_value_and_grad(
 
 
 def memory_stats(compiled: jax.stages.Compiled) -> dict[str, int]:
-  """Static buffer sizes of a compiled program, in bytes: :func:`cyb_jax.mfu.compiled_bytes`.
+  """Static buffer sizes of a compiled program, in bytes: :func:`cyb_jax.training.mfu.compiled_bytes`.
 
   ``peak = argument + output + temp - alias``: everything the program holds while it
   runs under XLA's buffer assignment. XLA's own ``peak_memory_in_bytes`` is kept too

@@ -13,7 +13,7 @@ Two experiments, each a markdown table (and JSON with ``--out``):
    layouts). `private` runs the pause steps against the real tokens' keys/values (attention
    work (K+1) N^2), `visible` the flattened N (K+1) grid ((K+1)^2 N^2).
 
-2. **Decoding.** :func:`cyb_jax.decode.generate` tokens per second with adaptive halting
+2. **Decoding.** :func:`cyb_jax.model.decode.generate` tokens per second with adaptive halting
    (threshold 0.5) versus always taking K pauses ("max"), per layout. The DK bias is set so
    that a random model answers at each step with probability about 1/2; the table gives the
    mean pauses per token and the pause-loop iterations per token (the batch's slowest
@@ -24,7 +24,7 @@ programs of one table (one sequence length at a time), and the fastest repeat is
 Two clocks: process CPU time (all threads of this process), which measures the work and barely
 moves when other jobs share the machine, and wall time (load only adds to it; the train table
 also gives the median). Compare ratios within one run. Memory is XLA's static buffer
-assignment of the compiled program (:func:`cyb_jax.mfu.compiled_bytes`): ``peak = argument +
+assignment of the compiled program (:func:`cyb_jax.training.mfu.compiled_bytes`): ``peak = argument +
 output + temp - alias`` bytes, deterministic on any backend. Compile seconds: the wall time of
 ``jit(...).lower()`` (tracing to StableHLO) and of ``.compile()`` (XLA), once per program of
 table 1 (``benchmarks/compile_time.py`` compares them for scanned and unrolled layers).
@@ -55,11 +55,11 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common
-from cyb_jax import decode
 from cyb_jax import losses
-from cyb_jax import mfu
 from cyb_jax import model as model_lib
 from cyb_jax.model import ModelConfig
+from cyb_jax.model import decode
+from cyb_jax.training import mfu
 
 _QUICK = flags.DEFINE_bool("quick", False, "Small sizes for a smoke test (overrides size flags).")
 _OUT = flags.DEFINE_string("out", None, "Also write all figures as JSON to this path.")

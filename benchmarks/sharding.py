@@ -16,7 +16,7 @@ programs and the placed arrays, not a timing, so it transfers to TPU and GPU mes
    collectives in the optimised HLO are counted by kind, with the bytes of their
    results. Counts are static: an op inside a loop (the pause-step ``lax.scan``, the
    layer scan) counts once. The compiled program's own per-device memory
-   (:func:`cyb_jax.mfu.compiled_bytes`: arguments + outputs + temporaries - aliased) is listed beside.
+   (:func:`cyb_jax.training.mfu.compiled_bytes`: arguments + outputs + temporaries - aliased) is listed beside.
 
   python benchmarks/sharding.py                  # ~8M-parameter model, 7 meshes
   python benchmarks/sharding.py --quick          # tiny model, smoke test
@@ -47,12 +47,12 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from cyb_jax import components
-from cyb_jax import mfu
 from cyb_jax import sharding
-from cyb_jax import train
 from cyb_jax.configs import base as base_config
 from cyb_jax.data import synthetic
+from cyb_jax.training import components
+from cyb_jax.training import mfu
+from cyb_jax.training import train
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _COLLECTIVE_RE = re.compile(r"=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")

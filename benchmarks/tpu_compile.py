@@ -6,12 +6,12 @@ JAX can describe a TPU topology it is not running on
 them with ``cyb_jax.sharding.make_mesh``, and the trainer's own ``train_step`` (jitted
 with the trainer's shardings, donated state) is lowered with abstract inputs and
 compiled by libtpu's compiler. Nothing is allocated; XLA's buffer assignment
-(:func:`cyb_jax.mfu.compiled_bytes`) then gives each chip's memory, which is compared with the chip's
+(:func:`cyb_jax.training.mfu.compiled_bytes`) then gives each chip's memory, which is compared with the chip's
 HBM ("fits"). The compile-only client does not itself refuse a program that is too
 large (a v5e program of 20.6 GiB compiled), so read the "fits" column, not the absence
 of errors.
 
-The trainer's start-up accounting (:func:`cyb_jax.mfu.account_train_step`, as
+The trainer's start-up accounting (:func:`cyb_jax.training.mfu.account_train_step`, as
 ``train.train_and_evaluate`` calls it) then runs against the topology's mesh: the model
 FLOPs per chip (analytic: a lowered program's cost analysis is None through libtpu's PJRT C
 API), the peak of the chips' ``device_kind`` from the table, and the compiled program's
@@ -57,12 +57,12 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import sharding as sharding_benchmark
-from cyb_jax import components
-from cyb_jax import mfu
 from cyb_jax import model as model_lib
 from cyb_jax import sharding
 from cyb_jax.configs import base as base_config
 from cyb_jax.data import synthetic
+from cyb_jax.training import components
+from cyb_jax.training import mfu
 
 GIB = 2**30
 

@@ -13,11 +13,11 @@ V 8192: ``benchmarks/common.py``), each ratio measured within this run:
    measured in this run: the fastest ``[P, P] @ [P, P]`` of a 1 s loop at start-up and of
    the matmul timed round-robin with the steps of tables 2-3. Model FLOPs are those
    the trainer logs (``train.model_flops_per_device``: counted analytically from the model
-   config and batch shape, ``mfu.train_step_flops``); XLA's count of the compiled program
+   config and batch shape, ``flops.train_step_flops``); XLA's count of the compiled program
    (``compiled``) is shown beside it: it counts the pause scan's body once.
 3. **r(K) = t(K) / ((K + 1) t(0))** of the private layout, t(0) the K = 0 model with the
    ``ce`` loss, t(K) with ``cyb_ap``: the full train step (loss, gradient, AdamW).
-4. **Peak memory** of the train step (:func:`cyb_jax.mfu.compiled_bytes`: argument + output +
+4. **Peak memory** of the train step (:func:`cyb_jax.training.mfu.compiled_bytes`: argument + output +
    temp - alias bytes; compiled, not run) with dense attention (``attention_impl="xla"``)
    and ``jax.nn.dot_product_attention`` (``"dot_product"``). The Pallas splash kernel is
    compiled for TPU by ``benchmarks/tpu_compile.py --attention_impl=xla,splash``.
@@ -63,12 +63,12 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common
-from cyb_jax import components
 from cyb_jax import metrics_writer
-from cyb_jax import mfu
 from cyb_jax import sharding
-from cyb_jax import train
 from cyb_jax.configs import default as default_config
+from cyb_jax.training import components
+from cyb_jax.training import mfu
+from cyb_jax.training import train
 
 _QUICK = flags.DEFINE_bool("quick", False, "Small sizes for a smoke test (overrides size flags).")
 _OUT = flags.DEFINE_string("out", None, "Also write every figure as JSON to this path.")
@@ -373,7 +373,7 @@ def bench_steps(peak: float, workdir: str) -> tuple[dict, str]:
 
 
 def peak_bytes(config: ml_collections.ConfigDict, workdir: str) -> int:
-  """Peak bytes of the compiled train step (:func:`cyb_jax.mfu.compiled_bytes`); nothing runs."""
+  """Peak bytes of the compiled train step (:func:`cyb_jax.training.mfu.compiled_bytes`); nothing runs."""
   _, mesh, rules, programs, batch = one_device_programs(config, workdir)
   with sharding.mesh_context(mesh, rules):
     compiled = programs.train_step.lower(programs.abstract_state(jax.random.key(0)), batch).compile()

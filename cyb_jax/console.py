@@ -8,7 +8,7 @@ in a file, and lets through to the console only
 
 * records of level WARNING and above, from any logger, and
 * records of the run's own loggers, :data:`RUN_LOGGER` (``"cyb_jax"``) and its
-  children (``logging.getLogger("cyb_jax.train")``, :func:`get_logger`), at any level.
+  children (``logging.getLogger("cyb_jax.training.train")``, :func:`get_logger`), at any level.
 
 Progress bars (tqdm) and ``print`` write to the streams directly and are not
 affected. ``verbose=True`` leaves the console as it was (every record reaches it) and

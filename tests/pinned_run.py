@@ -19,10 +19,10 @@ import json
 
 import numpy as np
 
-from cyb_jax import components
-from cyb_jax import evaluation
 from cyb_jax import metrics_writer
-from cyb_jax import train
+from cyb_jax.analysis import evaluation
+from cyb_jax.training import components
+from cyb_jax.training import train
 from tests.tiny import tiny_config
 
 _SET_HELP = "override a field of the tiny config (repeatable), e.g. optimizer.learning_rate=3.003e-3"

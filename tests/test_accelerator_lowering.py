@@ -25,8 +25,8 @@ import optax
 import pytest
 
 from cyb_jax import losses
-from cyb_jax import steps
-from cyb_jax.model_config import ModelConfig
+from cyb_jax.model.config import ModelConfig
+from cyb_jax.training import steps
 
 B, N, V = 2, 48, 64  # N: a multiple of the kernel's 16, and no other dimension of the model
 _TRITON = "__gpu$xla.gpu.triton"

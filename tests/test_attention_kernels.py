@@ -1,4 +1,4 @@
-"""The fused attention path (`attention_impl="dot_product"`, cyb_jax.attention_kernels) computes
+"""The fused attention path (`attention_impl="dot_product"`, cyb_jax.model.attention.kernels) computes
 the dense reference (`attention.attend`, `attention_impl="xla"`): values and gradients.
 
 The GPU kernel itself (Pallas flash attention with segment ids) runs here through Pallas's
@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cyb_jax import attention
-from cyb_jax import attention_kernels
-from cyb_jax import decode
 from cyb_jax import model as model_lib
-from cyb_jax.model_config import RUNTIME_FIELDS
-from cyb_jax.model_config import ModelConfig
+from cyb_jax.model import attention
+from cyb_jax.model import decode
+from cyb_jax.model.attention import kernels as attention_kernels
+from cyb_jax.model.config import RUNTIME_FIELDS
+from cyb_jax.model.config import ModelConfig
 
 B, N, V, K, W = 2, 12, 50, 2, 3
 TOL = dict(rtol=1e-5, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Pallas splash attention (`attention_impl="splash"`, cyb_jax.attention_splash; interpret mode
+"""Pallas splash attention (`attention_impl="splash"`, cyb_jax.model.attention.splash; interpret mode
 on this CPU) computes the dense reference (`attention.attend`): values and gradients."""
 
 import dataclasses
@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cyb_jax import attention
-from cyb_jax import attention_splash
 from cyb_jax import model as model_lib
-from cyb_jax.model_config import ModelConfig
+from cyb_jax.model import attention
+from cyb_jax.model.attention import splash as attention_splash
+from cyb_jax.model.config import ModelConfig
 from tests import test_attention_kernels as kernels_test
 from tests.multidevice import harness
 

@@ -1,4 +1,4 @@
-"""The jitted decoder (cyb_jax.decode) against the training forward (cyb_jax.model)."""
+"""The jitted decoder (cyb_jax.model.decode) against the training forward (cyb_jax.model)."""
 
 import dataclasses
 
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cyb_jax import decode
 from cyb_jax import model as model_lib
+from cyb_jax.model import decode
 
 # The model tests' configs, sizes and jitted forward, so that both files share compilations.
 from tests.test_model import CFG

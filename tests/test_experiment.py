@@ -6,11 +6,12 @@ import os
 
 import pytest
 
-from cyb_jax import efficiency
 from cyb_jax import experiment
-from cyb_jax import experiment_plan
-from cyb_jax import experiment_results
 from cyb_jax.configs import experiment as experiment_config
+from cyb_jax.experiment import efficiency
+from cyb_jax.experiment import plan as experiment_plan
+from cyb_jax.experiment import results as experiment_results
+from cyb_jax.experiment import results_md
 
 
 def test_tokens_to_reach_interpolates_the_first_crossing():
@@ -55,10 +56,10 @@ def test_paired_section_lists_each_seeds_difference_and_skips_one_seed_rows():
     "cyb_dp_K1 vs ce": efficiency.paired_by_seed({0: 3.0, 1: 3.5}, {0: 3.25, 1: 3.0}),
     "cyb_ap_K1 vs ce": efficiency.paired_by_seed({0: 3.0}, {0: 3.25}),
   }
-  text = "\n".join(experiment_results._paired_lines(paired))
+  text = "\n".join(results_md._paired_lines(paired))
   assert "| cyb_dp_K1 vs ce | 2 | +0.125 | -0.250 / +0.500 | 1 of 2 |" in text
   assert "cyb_ap_K1" not in text
-  assert experiment_results._paired_lines({"cyb_ap_K1 vs ce": paired["cyb_ap_K1 vs ce"]}) == []
+  assert results_md._paired_lines({"cyb_ap_K1 vs ce": paired["cyb_ap_K1 vs ce"]}) == []
 
 
 def test_tokens_by_budget_reads_the_longer_runs_beyond_the_grid_curve_in_log_tokens():
@@ -106,7 +107,7 @@ def test_ce_by_budget_keeps_budgets_of_every_seed_and_reports_the_fall_per_doubl
   assert by_budget["partial"] == ["ce_steps64"]
   assert by_budget["frontier"][-1] == (800, 2.0)
   assert set(by_budget["vs"]) == {"cyb_dp_K1"} and by_budget["vs"]["cyb_dp_K1"]["ratio"] == pytest.approx(2 * 2**0.5)
-  text = "\n".join(experiment_results._ce_budget_lines(by_budget))
+  text = "\n".join(results_md._ce_budget_lines(by_budget))
   # 2.5 -> 2.2 over a doubling of tokens (200 -> 400), 2.2 -> 2.0 over one more.
   assert (
     "| ce_steps16 | 16 | 400 | 2 | 2.200 ± 0.000 | 0.3000 |" in text

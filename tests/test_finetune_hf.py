@@ -7,11 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from cyb_jax import components
 from cyb_jax import model as model_lib
 from cyb_jax import pretrained
-from cyb_jax import train
 from cyb_jax.configs import finetune_hf
+from cyb_jax.training import components
+from cyb_jax.training import train
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from etils import epath
 
-from cyb_jax import components
 from cyb_jax import metrics_writer
-from cyb_jax import train
+from cyb_jax.training import components
+from cyb_jax.training import train
 from tests.tiny import tiny_config
 
 pytestmark = pytest.mark.slow

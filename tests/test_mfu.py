@@ -18,14 +18,15 @@ import optax
 import pytest
 from jax.extend import core as jax_core
 
-from cyb_jax import components
 from cyb_jax import metrics_writer
-from cyb_jax import mfu
 from cyb_jax import model as model_lib
-from cyb_jax import programs
-from cyb_jax import steps
-from cyb_jax import train
 from cyb_jax.data import synthetic
+from cyb_jax.model import flops
+from cyb_jax.training import components
+from cyb_jax.training import mfu
+from cyb_jax.training import programs
+from cyb_jax.training import steps
+from cyb_jax.training import train
 from tests.tiny import tiny_config
 
 
@@ -147,7 +148,7 @@ def test_the_dot_general_counter_counts_a_scan_body_per_iteration_and_one_cond_b
 
 
 def _traced_and_counted(**overrides) -> tuple[int, int, model_lib.ModelConfig, int, int]:
-  """``(dot_general FLOPs of make_jaxpr(train_step), mfu.train_step_flops, model config, B, N)``.
+  """``(dot_general FLOPs of make_jaxpr(train_step), flops.train_step_flops, model config, B, N)``.
 
   The trainer's own step function (loss, gradient, AdamW) on abstract inputs: nothing runs.
   """
@@ -170,7 +171,7 @@ def _traced_and_counted(**overrides) -> tuple[int, int, model_lib.ModelConfig, i
     vocab_chunk=components.vocab_chunk(config),
   )
   traced = _dot_general_flops(jax.make_jaxpr(step)(state, batch).jaxpr)
-  return traced, mfu.train_step_flops(model_cfg, b, n), model_cfg, b, n
+  return traced, flops.train_step_flops(model_cfg, b, n), model_cfg, b, n
 
 
 _WINDOW = {"model.layer_types": ("sliding", "full"), "model.num_layers": 2, "model.sliding_window": 4}
@@ -235,7 +236,7 @@ def test_without_pauses_the_count_is_six_per_weight_and_token_plus_attention():
   b, n = 2, 16
   matmul_weights = 3 * (4 * 64 * 64 + 3 * 64 * 128) + 64 * (100 + 1)  # q, k, v, out; gate, up, down; head + DK
   attention = 3 * 4 * 64 * n * n * b * 3  # fwd + bwd, 4 H E per pair, N^2 pairs, B rows, L layers
-  assert mfu.train_step_flops(cfg, b, n) == 6 * matmul_weights * b * n + attention
+  assert flops.train_step_flops(cfg, b, n) == 6 * matmul_weights * b * n + attention
 
 
 def test_pause_slots_grow_the_count_linearly_in_private_and_quadratically_in_visible():
@@ -243,7 +244,7 @@ def test_pause_slots_grow_the_count_linearly_in_private_and_quadratically_in_vis
     cfg = model_lib.ModelConfig(
       vocab_size=64, num_layers=2, d_model=32, num_heads=2, mlp_dim=64, max_pauses=k, pause_layout=layout
     )
-    return mfu.attention_pairs(cfg, 16)
+    return flops.attention_pairs(cfg, 16)
 
   assert [count("private", k) for k in (0, 1, 2)] == [256, 2 * 256 + 16, 3 * 256 + 4 * 16]
   assert [count("visible", k) for k in (0, 1, 2)] == [256, 4 * 256, 9 * 256]
@@ -273,7 +274,7 @@ def test_model_flops_do_not_depend_on_scans_remat_chunks_micro_batches_or_the_op
 
 def test_model_flops_per_device_divide_by_the_batchs_devices_or_the_count_given():
   cfg = model_lib.ModelConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=2, mlp_dim=64, max_pauses=1)
-  total = mfu.train_step_flops(cfg, 4, 16)
+  total = flops.train_step_flops(cfg, 4, 16)
   abstract = {"inputs": jax.ShapeDtypeStruct((4, 16), jnp.int32)}
   placed = {"inputs": jax.device_put(jnp.zeros((4, 16), jnp.int32), jax.devices()[0])}
   assert programs.model_flops_per_device(None, cfg, None, abstract) == total  # no sharding: one device
@@ -284,7 +285,7 @@ def test_model_flops_per_device_divide_by_the_batchs_devices_or_the_count_given(
   with pytest.raises(ValueError, match=r"must be \[batch_size, seq_len\] tokens, got shape \(64,\)"):
     programs.model_flops_per_device(None, cfg, None, {"inputs": jax.ShapeDtypeStruct((64,), jnp.int32)})
   with pytest.raises(ValueError, match="batch_size=0 must be an int >= 1"):
-    mfu.train_step_flops(cfg, 0, 16)
+    flops.train_step_flops(cfg, 0, 16)
 
 
 @pytest.mark.parametrize("value, expected", [((), None), ([], None), ((2, 3), (2, 3)), ((4, 4), (4, 4))])
@@ -344,7 +345,9 @@ def test_account_train_step_gives_the_peak_the_flops_and_the_memory(caplog):
   compiled = jax.jit(lambda x: x * 2).lower(jnp.ones(256)).compile()
   accounting = mfu.account_train_step(_CFG, (4, 16), _one_device_mesh(), compiled, configured_peak=1e12)
   assert accounting == mfu.StepAccounting(
-    peak_flops_per_device=1e12, flops_per_device=mfu.train_step_flops(_CFG, 4, 16), memory=mfu.compiled_bytes(compiled)
+    peak_flops_per_device=1e12,
+    flops_per_device=flops.train_step_flops(_CFG, 4, 16),
+    memory=mfu.compiled_bytes(compiled),
   )
   assert mfu.account_train_step(_CFG, (4, 16), _one_device_mesh(), None, configured_peak=0) == mfu.StepAccounting(
     None, None, None
@@ -366,7 +369,7 @@ def test_account_train_step_leaves_out_what_fails_with_one_warning(broken, monke
   if broken == "peak":
     monkeypatch.setattr(mfu, "peak_flops_per_device", fail)
   elif broken == "flops":
-    monkeypatch.setattr(mfu, "train_step_flops", fail)
+    monkeypatch.setattr(flops, "train_step_flops", fail)
   else:
     compiled = _NoMemoryAnalysis()
   accounting = mfu.account_train_step(_CFG, (4, 16), _one_device_mesh(), compiled, configured_peak=1e12)
@@ -418,7 +421,7 @@ def test_the_trainer_logs_mfu_where_lowered_programs_have_no_cost_analysis(monke
   monkeypatch.setattr(xla_bridge, "using_pjrt_c_api", lambda backend=None: True)
   assert jax.jit(jnp.sin).lower(jnp.ones(4)).cost_analysis() is None  # as on an H200 or a TPU
   rows = _short_run(tmp_path)
-  expected = mfu.train_step_flops(components.model_config(tiny_config(), synthetic.VOCAB_SIZE), 4, 16)
+  expected = flops.train_step_flops(components.model_config(tiny_config(), synthetic.VOCAB_SIZE), 4, 16)
   for r in rows:
     assert 0 < r["train/mfu"] < 1
     np.testing.assert_allclose(r["train/mfu"], expected / (4 * 16 / r["train/tokens_per_sec"] * 1e12), rtol=1e-9)
@@ -430,7 +433,7 @@ def test_a_run_whose_mfu_fails_completes_without_it_and_warns_once(broken, monke
   def fail(*args, **kwargs):
     raise RuntimeError(f"{broken} is broken")
 
-  monkeypatch.setattr(mfu, broken, fail)
+  monkeypatch.setattr(flops if broken == "train_step_flops" else mfu, broken, fail)
   rows = _short_run(tmp_path)
   assert [r["step"] for r in rows] == [1, 2]
   assert not any("train/mfu" in r for r in rows) and all("train/tokens_per_sec" in r for r in rows)

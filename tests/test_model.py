@@ -382,7 +382,7 @@ def test_final_logit_softcap_caps_vocabulary_logits_only():
 
 def test_attention_softcap_and_scale_follow_their_formula():
   """attend == softmax(c tanh(q.k s / c)) v, computed directly."""
-  from cyb_jax import attention
+  from cyb_jax.model import attention
 
   rng = np.random.default_rng(0)
   q, k, v = (jnp.asarray(rng.normal(size=(1, 5, 2, 4)), jnp.float32) for _ in range(3))

@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from cyb_jax import prefetch
 from cyb_jax import sharding
 from cyb_jax.data import iterators
+from cyb_jax.training import prefetch
 
 
 def _counter():

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import tokenizers
 
-from cyb_jax import decode
 from cyb_jax import model as model_lib
 from cyb_jax import pretrained
 from cyb_jax import sharding
 from cyb_jax.data import tokenizer as tokenizer_lib
+from cyb_jax.model import decode
 from tests.multidevice import harness
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf"

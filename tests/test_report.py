@@ -14,13 +14,13 @@ import pytest
 from absl import flags
 
 from cyb_jax import analysis
-from cyb_jax import evaluation
 from cyb_jax import losses
 from cyb_jax import model as model_lib
-from cyb_jax import report
-from cyb_jax import samples
+from cyb_jax.analysis import evaluation
+from cyb_jax.analysis import report
 from cyb_jax.data import default_data_config
 from cyb_jax.data import make_data
+from cyb_jax.model import samples
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -452,7 +452,7 @@ def _launch_module(name):
 
 
 def test_launch_scripts_on_a_checkpoint(tmp_path, capsys):
-  train = pytest.importorskip("cyb_jax.train", reason="the trainer is missing")
+  train = pytest.importorskip("cyb_jax.training.train", reason="the trainer is missing")
   base = pytest.importorskip("cyb_jax.configs.base", reason="cyb_jax/configs/base.py is missing")
   config = base.get_config()
   config.num_train_steps = config.eval_every_steps = config.checkpoint_every_steps = 2

@@ -30,12 +30,12 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from cyb_jax import checkpoint as ckpt_lib
-from cyb_jax import components
 from cyb_jax import metrics_writer
 from cyb_jax import model as model_lib
 from cyb_jax import sharding
-from cyb_jax import train
+from cyb_jax.training import checkpoint as ckpt_lib
+from cyb_jax.training import components
+from cyb_jax.training import train
 from tests.multidevice import harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

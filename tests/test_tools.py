@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from cyb_jax import efficiency
-from cyb_jax import word_analysis as wa
+from cyb_jax.analysis import words as wa
+from cyb_jax.experiment import efficiency
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

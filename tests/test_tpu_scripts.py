@@ -20,8 +20,8 @@ import textwrap
 
 import pytest
 
-from cyb_jax import mfu
 from cyb_jax import model as model_lib
+from cyb_jax.model import flops
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TPU = os.path.join(_REPO, "launch", "tpu")
@@ -447,7 +447,7 @@ def test_tpu_compile_runs_the_trainers_start_up_accounting_against_a_tpu_topolog
   assert row["compiled"] and row["device_kind"] == "TPU v5 lite" and row["chips"] == 8
   assert row["peak_flops_per_device"] == 197e12  # the table's, for chips this host only compiles for
   tiny = model_lib.ModelConfig(vocab_size=256, num_layers=2, d_model=256, num_heads=8, mlp_dim=512, max_pauses=1)
-  assert row["flops_per_device"] == mfu.train_step_flops(tiny, 8, 16) / 8  # tpu_compile's preset "tiny"
+  assert row["flops_per_device"] == flops.train_step_flops(tiny, 8, 16) / 8  # tpu_compile's preset "tiny"
   assert 0 < row["argument"] <= row["peak"] and row["fits"]
 
 

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from cyb_jax import checkpoint as ckpt_lib
-from cyb_jax import components
-from cyb_jax import evaluation
-from cyb_jax import init_from
 from cyb_jax import metrics_writer
 from cyb_jax import model as model_lib
-from cyb_jax import train
+from cyb_jax.analysis import evaluation
+from cyb_jax.training import checkpoint as ckpt_lib
+from cyb_jax.training import components
+from cyb_jax.training import init_from
+from cyb_jax.training import train
 from tests.tiny import tiny_config
 
 pytestmark = pytest.mark.slow

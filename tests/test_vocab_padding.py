@@ -7,12 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cyb_jax import decode
-from cyb_jax import evaluation
 from cyb_jax import losses
 from cyb_jax import model as model_lib
 from cyb_jax import pretrained
+from cyb_jax.analysis import evaluation
 from cyb_jax.model import ModelConfig
+from cyb_jax.model import decode
 
 BASE = ModelConfig(vocab_size=13, num_layers=1, d_model=16, num_heads=2, mlp_dim=32, max_pauses=2, dk_bias_init=1.0)
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf"

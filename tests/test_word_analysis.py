@@ -1,4 +1,4 @@
-"""Tests of the word-level pause view: cyb_jax.word_analysis, cyb_jax.word_report and cyb-analyze --tagged_text."""
+"""Tests of the word-level pause view: cyb_jax.analysis.words, .word_report and cyb-analyze --tagged_text."""
 
 import json
 import math
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from cyb_jax import losses
-from cyb_jax import word_analysis as wa
-from cyb_jax import word_report
+from cyb_jax.analysis import word_report
+from cyb_jax.analysis import words as wa
 from cyb_jax.data import text as text_lib
 from tests import tiny
 
@@ -311,7 +311,7 @@ _LEXICON = [
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
-  train = pytest.importorskip("cyb_jax.train")
+  train = pytest.importorskip("cyb_jax.training.train")
   root = tmp_path_factory.mktemp("words")
   rng = np.random.default_rng(0)
   lines = [
@@ -335,7 +335,7 @@ def text_run(tmp_path_factory):
 
 
 def test_cli_analyze_writes_the_word_and_tag_view(text_run):
-  from cyb_jax import run_analysis as analyze
+  from cyb_jax.experiment import analyze_run as analyze
 
   root, lines = text_run
   out = root / "out"
@@ -374,8 +374,8 @@ def test_cli_analyze_writes_the_word_and_tag_view(text_run):
 
 
 def test_more_eval_batches_extend_the_runs_held_out_rows_in_order(text_run):
-  from cyb_jax import components
-  from cyb_jax import run_analysis as analyze
+  from cyb_jax.experiment import analyze_run as analyze
+  from cyb_jax.training import components
 
   root, _ = text_run
   own = components.load_run(str(root / "run"))
@@ -394,8 +394,8 @@ def test_more_eval_batches_extend_the_runs_held_out_rows_in_order(text_run):
 
 
 def test_text_bundle_holds_its_held_out_documents_and_a_longer_tagged_copy_is_refused(text_run):
-  from cyb_jax import components
-  from cyb_jax import run_analysis as analyze
+  from cyb_jax.experiment import analyze_run as analyze
+  from cyb_jax.training import components
 
   root, lines = text_run
   run = components.load_run(str(root / "run"))

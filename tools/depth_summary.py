@@ -22,8 +22,8 @@ import os
 from absl import app
 from absl import flags
 
-from cyb_jax import efficiency
 from cyb_jax import files
+from cyb_jax.experiment import efficiency
 
 _EXPERIMENTS = flags.DEFINE_multi_string("experiment", [], "DEPTH:OUT_DIR of a finished experiment.")
 _OUT = flags.DEFINE_string("out", None, "Folder for depth.md and the plot.")

@@ -24,7 +24,7 @@ from absl import app
 from absl import flags
 
 from cyb_jax import files
-from cyb_jax import word_analysis as wa
+from cyb_jax.analysis import words as wa
 
 _ANALYSES = flags.DEFINE_multi_string("analysis", [], "LABEL:DIR of a cyb-analyze --tagged_text output.")
 _OUT = flags.DEFINE_string("out", None, "Folder for words_summary.md and the plot.")

@@ -6,7 +6,7 @@ r"""Where does a trained model pause? Per-token and per-difficulty pause statist
 
 Loads the run's checkpoint (the newest unless --step), runs the model on the run's eval set,
 prints the tables and writes <out>/pause_stats.json, <out>/pause_stats.md and <out>/plots/.
-For a text run it also writes the word view (:mod:`cyb_jax.word_report`): <out>/words.json
+For a text run it also writes the word view (:mod:`cyb_jax.analysis.word_report`): <out>/words.json
 and <out>/words.md (pauses by word, word-final vs word-internal pieces, contractions,
 ambiguous pieces) and, with --tagged_text (the run's text with every word as word/tag),
 pauses by part-of-speech tag and <out>/plots/pauses_by_tag.png.
@@ -15,7 +15,7 @@ pauses by part-of-speech tag and <out>/plots/pauses_by_tag.png.
 from absl import app
 from absl import flags
 
-from cyb_jax.run_analysis import analyze_run
+from cyb_jax.experiment.analyze_run import analyze_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (as given to cyb-train).", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")

@@ -18,8 +18,8 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest
 
 def export_run(workdir: str, out: str, *, step: int | None = None) -> str:
   """Loads a run and writes it to ``out`` as a Hugging Face-format folder; returns ``out``."""
-  from cyb_jax import components  # pylint: disable=g-import-not-at-top
   from cyb_jax import pretrained  # pylint: disable=g-import-not-at-top
+  from cyb_jax.training import components  # pylint: disable=g-import-not-at-top
 
   run = components.load_run(workdir, step)
   tokenizer_folder = components.pretrained_path(run.config) or None

@@ -11,9 +11,9 @@ pause counts follow each sample.
 from absl import app
 from absl import flags
 
-from cyb_jax import components
-from cyb_jax import samples
-from cyb_jax.decode import HALTING_POLICIES
+from cyb_jax.model import samples
+from cyb_jax.model.decode import HALTING_POLICIES
+from cyb_jax.training import components
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (as given to cyb-train).", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")

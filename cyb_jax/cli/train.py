@@ -63,7 +63,7 @@ def main(argv):
     jax.distributed.initialize()
   cache = setup_compilation_cache(_COMPILATION_CACHE.value, explicit=flags.FLAGS["compilation_cache"].present)
   from cyb_jax import console  # pylint: disable=g-import-not-at-top
-  from cyb_jax import train  # pylint: disable=g-import-not-at-top
+  from cyb_jax.training import train  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
   workdir = _WORKDIR.value or config.workdir

@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.profile_steps = ()  # (start, stop): write a jax.profiler trace of train steps start..stop
   #   (both included, numbered as in metrics.jsonl) into <workdir>/profile; () = off.
   c.peak_flops_per_device = placeholder(float)  # FLOP/s of one device that train/mfu divides
-  #   by; None: the bf16 table of TPUs/GPUs in cyb_jax/mfu.py, or on CPU a float32 matmul
+  #   by; None: the bf16 table of TPUs/GPUs in cyb_jax/training/mfu.py, or on CPU a float32 matmul
   #   peak measured at start-up (~1 s); 0: no MFU.
 
   m = ml_collections.ConfigDict()

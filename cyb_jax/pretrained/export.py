@@ -17,7 +17,7 @@ import safetensors.numpy
 from etils import epath
 from jax.experimental import multihost_utils
 
-from cyb_jax.model_config import ModelConfig
+from cyb_jax.model.config import ModelConfig
 from cyb_jax.pretrained import hf_config
 from cyb_jax.pretrained import hf_weights
 from cyb_jax.pretrained import loader

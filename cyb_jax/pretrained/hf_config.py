@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cyb_jax.model_config import ModelConfig
+from cyb_jax.model.config import ModelConfig
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gemma3_text")
 CYB_KEY = "cyb"

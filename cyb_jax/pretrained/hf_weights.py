@@ -12,7 +12,7 @@ per layer on the leading axis. Layouts (PyTorch `nn.Linear` weights are `[out, i
   "scalar"    [1]       -> []                    the DK bias
 
 Hugging Face checkpoints already order q/k features for rotate-half rotary embeddings, which is
-the form `cyb_jax.layers.apply_rotary` uses, so no permutation is needed. Norm weights are
+the form `cyb_jax.model.layers.apply_rotary` uses, so no permutation is needed. Norm weights are
 stored as they are used: Llama's y = x_hat * w, Gemma's y = x_hat * (1 + w) (`norm_plus_one`).
 
 `SafetensorsFolder` reads (slices of) tensors from `model.safetensors` or the shards listed in
@@ -32,7 +32,7 @@ import numpy as np
 import safetensors
 from etils import epath
 
-from cyb_jax.model_config import ModelConfig
+from cyb_jax.model.config import ModelConfig
 
 CYB_PREFIX = "cyb."
 INDEX_FILENAME = "model.safetensors.index.json"

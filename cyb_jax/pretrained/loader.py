@@ -9,7 +9,7 @@ adds, unless the folder holds them already (an exported CYB model, see `export.s
     `rng`), so pause inputs start at the token embeddings' scale (scaled by sqrt(D) like them
     when `scale_embeddings`).
   dk_head: kernel zero, bias `cfg.dk_bias_init` (`load` sets it to logit(p) + log V for an
-    initial pause probability p, as `cyb_jax.components.model_config` does).
+    initial pause probability p, as `cyb_jax.training.components.model_config` does).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 from etils import epath
 
 from cyb_jax import model as model_lib
-from cyb_jax.model_config import ModelConfig
+from cyb_jax.model.config import ModelConfig
 from cyb_jax.pretrained import hf_config
 from cyb_jax.pretrained import hf_weights
 

@@ -36,7 +36,7 @@ def main() -> None:
     process_id=args.process_id,
     initialization_timeout=120,
   )
-  from cyb_jax import train  # pylint: disable=g-import-not-at-top
+  from cyb_jax.training import train  # pylint: disable=g-import-not-at-top
   from tests.multidevice import harness  # pylint: disable=g-import-not-at-top
 
   data, fsdp, tensor = (int(s) for s in args.mesh.split(","))

@@ -17,10 +17,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from cyb_jax import components
 from cyb_jax import sharding
-from cyb_jax import train
 from cyb_jax.data import make_data
+from cyb_jax.training import components
+from cyb_jax.training import train
 from tests import tiny
 from tests.xla_flags import FAST_COMPILE_FLAGS
 

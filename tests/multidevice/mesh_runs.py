@@ -27,12 +27,12 @@ import os
 import jax
 import jax.numpy as jnp
 
-from cyb_jax import checkpoint as ckpt_lib
-from cyb_jax import evaluation
-from cyb_jax import hosts
 from cyb_jax import model as model_lib
 from cyb_jax import sharding
-from cyb_jax import train
+from cyb_jax.analysis import evaluation
+from cyb_jax.training import checkpoint as ckpt_lib
+from cyb_jax.training import hosts
+from cyb_jax.training import train
 from tests.multidevice import harness
 
 ACTIVATIONS_MESH = (2, 2, 2)  # all three axes in use

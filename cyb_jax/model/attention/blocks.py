@@ -2,8 +2,8 @@
 
 A block's softmax returns its output and its log-normaliser, so blocks over disjoint keys
 (the shared real-token keys and a position's private pause keys) merge exactly:
-``out = sum_b e^{lse_b} out_b / sum_b e^{lse_b}`` (:mod:`cyb_jax.attention`,
-:mod:`cyb_jax.attention_kernels`).
+``out = sum_b e^{lse_b} out_b / sum_b e^{lse_b}`` (:mod:`cyb_jax.model.attention`,
+:mod:`cyb_jax.model.attention.kernels`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ reads token x_n, slot (n, k>0) reads `pause_embed[k-1]`, all at rotary position 
 slot predicts x_{n+1} with V+1 logits (the vocabulary, then <don't know> (DK) last).
 
 The architecture (the project's own, the Llama family or Gemma 3, see `ModelConfig`) is in
-`cyb_jax.transformer`; this module holds the public functions of `(cfg, params, ...)`.
+`cyb_jax.model.transformer`; this module holds the public functions of `(cfg, params, ...)`.
 
 Two attention layouts over the slot grid (`ModelConfig.pause_layout`):
   private: slot (n, k) sees real slots (m, 0), m <= n, and its own pauses (n, 1..k). Computed
@@ -20,7 +20,13 @@ Two attention layouts over the slot grid (`ModelConfig.pause_layout`):
 Sliding-window layers apply their window by rotary position in both layouts: a pause slot of
 position n sees exactly the real tokens a real slot at n sees, plus its own pauses (private).
 The model is a Flax linen module applied as a pure function of a params pytree; shape letters:
-see `cyb_jax.layers`.
+see `cyb_jax.model.layers`.
+
+The package `cyb_jax.model` holds the model and everything that computes it: `config`
+(`ModelConfig`), `layers`, `attention` (the dense reference, the fused GPU kernel, the splash
+TPU kernel), `transformer` (the Flax modules), this module (the public functions), `flops`
+(its FLOPs), `decode` (adaptive decoding) and `samples`. It imports nothing of the project
+but `losses` (never `training`, `analysis` or `experiment`).
 """
 
 from __future__ import annotations
@@ -31,26 +37,26 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cyb_jax.attention import KeyValues
-from cyb_jax.attention import LayerCache
-from cyb_jax.attention import Visibility
-from cyb_jax.attention import slot_mask
-from cyb_jax.model_config import DTYPES
-from cyb_jax.model_config import LAYER_TYPES
-from cyb_jax.model_config import MLP_ACTIVATIONS
-from cyb_jax.model_config import PAUSE_LAYOUTS
-from cyb_jax.model_config import REMAT_POLICIES
-from cyb_jax.model_config import ROPE_SCALINGS
-from cyb_jax.model_config import RUNTIME_FIELDS
-from cyb_jax.model_config import ModelConfig
-from cyb_jax.transformer import Block
-from cyb_jax.transformer import Decoder
-from cyb_jax.transformer import Transformer
-from cyb_jax.transformer import _project
-from cyb_jax.transformer import _project_parts
-from cyb_jax.transformer import cap_vocab_logits
+from cyb_jax.model.attention import KeyValues
+from cyb_jax.model.attention import LayerCache
+from cyb_jax.model.attention import Visibility
+from cyb_jax.model.attention import slot_mask
+from cyb_jax.model.config import DTYPES
+from cyb_jax.model.config import LAYER_TYPES
+from cyb_jax.model.config import MLP_ACTIVATIONS
+from cyb_jax.model.config import PAUSE_LAYOUTS
+from cyb_jax.model.config import REMAT_POLICIES
+from cyb_jax.model.config import ROPE_SCALINGS
+from cyb_jax.model.config import RUNTIME_FIELDS
+from cyb_jax.model.config import ModelConfig
+from cyb_jax.model.transformer import Block
+from cyb_jax.model.transformer import Decoder
+from cyb_jax.model.transformer import Transformer
+from cyb_jax.model.transformer import _project
+from cyb_jax.model.transformer import _project_parts
+from cyb_jax.model.transformer import cap_vocab_logits
 
-__all__ = [  # ModelConfig (cyb_jax.model_config) and the modules (cyb_jax.transformer) re-exported.
+__all__ = [  # ModelConfig (cyb_jax.model.config) and the modules (cyb_jax.model.transformer) re-exported.
   "DTYPES",
   "LAYER_TYPES",
   "MLP_ACTIVATIONS",
@@ -132,7 +138,7 @@ def split_logits_from_hidden(cfg: ModelConfig, params, hidden_xD: jax.Array) -> 
 
 
 # ----------------------------------------------------------------------------------------------
-# Pieces used by the training forward and by the decoder (`cyb_jax.decode`).
+# Pieces used by the training forward and by the decoder (`cyb_jax.model.decode`).
 
 
 def _apply(cfg: ModelConfig, params, method, *args):
@@ -162,7 +168,7 @@ def hidden_states(
   """All blocks and the final norm on input slots `x [B, S, D]`.
 
   Returns `(hidden [B, S, D], written)`, `written` the per-layer key/values `[L, ...]` the
-  attention wrote (see `cyb_jax.attention`): own keys `[L, B, S, G, E]` without a cache, the
+  attention wrote (see `cyb_jax.model.attention`): own keys `[L, B, S, G, E]` without a cache, the
   updated shared cache, or the updated private buffer.
   """
   return _apply(cfg, params, Transformer.hidden, x_BxSxD, positions_BxS, cache, visibility)

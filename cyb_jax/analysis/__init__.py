@@ -1,11 +1,17 @@
 """Where the pauses go: per-position statistics grouped by difficulty level and by token.
 
 :func:`by_difficulty` groups the positions of :class:`cyb_jax.losses.PositionStats` (from
-:func:`cyb_jax.evaluation.eval_set_stats`) by the
+:func:`cyb_jax.analysis.evaluation.eval_set_stats`) by the
 difficulty label of the synthetic task, :func:`by_token` by the token just read ("pause after
 X") and by the token being predicted; :func:`rank_correlation` (Spearman with ties) says whether
 pauses rise with difficulty. Means are weighted by the batch ``weights``; positions with weight
 0 count nowhere. Host side (NumPy).
+
+The package `cyb_jax.analysis` evaluates trained parameters and says where they pause:
+`evaluation` (the one evaluation path: parameters -> protocol figures), this module (pause
+statistics by difficulty and token), `words` and `word_report` (by word and tag), `tables`,
+`plots` and `report` (report.md). It imports `model`, `losses`, `data` and the foundations,
+never `training` or `experiment`.
 """
 
 from __future__ import annotations

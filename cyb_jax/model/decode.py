@@ -15,7 +15,7 @@ Every policy answers at k = K. The answer is argmax of z_k[:V] (temperature 0) o
 softmax(z_k[:V] / temperature). The policy, threshold and temperature are traced values, so
 changing them does not recompile.
 
-Caches (shape letters: see `cyb_jax.layers`):
+Caches (shape letters: see `cyb_jax.model.layers`):
   private: the main cache `[L, B, M, G, E]` holds real tokens only (M = P + T - 1); a token's
     pauses use a scratch buffer `[L, B, 1, K, G, E]` that is dropped once the token is answered.
     The prompt is one causal pass. Step logits equal `model.step_logits`' for the same slots.
@@ -37,11 +37,11 @@ from flax import linen as nn
 from flax import struct
 
 from cyb_jax import model as model_lib
-from cyb_jax.attention import KeyValues
-from cyb_jax.attention import LayerCache
-from cyb_jax.attention import Visibility
-from cyb_jax.attention import causal_segment_mask
 from cyb_jax.model import ModelConfig
+from cyb_jax.model.attention import KeyValues
+from cyb_jax.model.attention import LayerCache
+from cyb_jax.model.attention import Visibility
+from cyb_jax.model.attention import causal_segment_mask
 
 HALTING_POLICIES = ("threshold", "greedy", "sample", "max")
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from cyb_jax import decode
 from cyb_jax.model import ModelConfig
+from cyb_jax.model import decode
 
 PAUSE_MARK = "·"  # one per pause in rendered samples
 
@@ -41,7 +41,7 @@ def sample_with_pauses(
 ) -> str:
   """Decodes ``num_samples`` continuations of ``prompt`` and renders them with pauses inline.
 
-  Uses :func:`cyb_jax.decode.generate` (one jitted program). Each sample is shown as
+  Uses :func:`cyb_jax.model.decode.generate` (one jitted program). Each sample is shown as
   ``[prompt]`` followed by the generated text, ``mark`` once per pause before the token it
   preceded, cut after the first end-of-document token; then its pause counts.
 

@@ -1,4 +1,4 @@
-"""The train state and the pure step functions of a run (jitted by :mod:`cyb_jax.programs`).
+"""The train state and the pure step functions of a run (jitted by :mod:`cyb_jax.training.programs`).
 
 :func:`train_step` is one optimiser step on a global batch: the loss of
 :class:`cyb_jax.losses.Loss` at the state's optimiser step (so a pause warm-up switches at
@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cyb_jax import evaluation
 from cyb_jax import losses
 from cyb_jax import model as model_lib
+from cyb_jax.analysis import evaluation
 
 Batch = dict[str, jax.Array]
 

@@ -5,7 +5,7 @@ documents (``DataBundle.eval_text``: the files, ``doc_per`` and held-out split o
 :mod:`cyb_jax.data.pipeline`), cut into documents the same way; :func:`run_position_words`
 encodes the eval documents with the run's tokenizer and checks that they are exactly the
 tokens of the eval batches. :func:`write_word_analysis` writes the statistics of
-:mod:`cyb_jax.word_analysis`; :func:`words_md` and :func:`plot_tags` render them.
+:mod:`cyb_jax.analysis.words`; :func:`words_md` and :func:`plot_tags` render them.
 Used by ``cyb-analyze --tagged_text=PATH`` (``cyb_jax/cli/analyze.py``).
 """
 
@@ -20,9 +20,9 @@ import numpy as np
 from etils import epath
 
 from cyb_jax import files
-from cyb_jax import plots
-from cyb_jax import report_tables as tables
-from cyb_jax import word_analysis as wa
+from cyb_jax.analysis import plots
+from cyb_jax.analysis import tables as tables
+from cyb_jax.analysis import words as wa
 from cyb_jax.data import pipeline
 from cyb_jax.data import text
 from cyb_jax.data import tokenizer as tokenizer_lib

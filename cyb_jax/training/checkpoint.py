@@ -2,7 +2,7 @@
 
 A checkpoint of step ``s`` in ``<workdir>/checkpoints/s`` holds three items:
 
-* ``state``: the :class:`~cyb_jax.train.TrainState` pytree (model, optimiser,
+* ``state``: the :class:`~cyb_jax.training.train.TrainState` pytree (model, optimiser,
   CYB-DP multiplier, step), saved and restored sharded;
 * ``data``: the training iterator's position (JSON), so a resumed run sees exactly
   the batches an uninterrupted run would have seen;

@@ -9,9 +9,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cyb_jax import checkpoint as ckpt_lib
-from cyb_jax import components
 from cyb_jax import model as model_lib
+from cyb_jax.training import checkpoint as ckpt_lib
+from cyb_jax.training import components
 
 
 def merge_init_params(fresh: Any, source: Any) -> tuple[Any, list[str], list[str]]:

@@ -1,7 +1,7 @@
 """The fused GPU attention kernel behind `ModelConfig.attention_impl="dot_product"` (shape letters:
-`cyb_jax.layers`).
+`cyb_jax.model.layers`).
 
-`document_attend` computes what `cyb_jax.attention.attend` computes (no soft cap) for the mask
+`document_attend` computes what `cyb_jax.model.attention.attend` computes (no soft cap) for the mask
 that every training call of the model uses: shared keys at the query positions (M = N), causal
 within packed documents, `causal_segment_mask(segment_ids)`, optionally with a window
 n - m < W (by index: positions restart with each document), plus an optional private block.
@@ -48,9 +48,9 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from cyb_jax.attention_blocks import MASKED as _MASKED
-from cyb_jax.attention_blocks import KeyValues
-from cyb_jax.attention_blocks import softmax_block as _softmax_block
+from cyb_jax.model.attention.blocks import MASKED as _MASKED
+from cyb_jax.model.attention.blocks import KeyValues
+from cyb_jax.model.attention.blocks import softmax_block as _softmax_block
 
 # Sequence lengths the GPU kernel's tiles divide: a multiple of MIN_BLOCK.
 MIN_BLOCK = 16

@@ -1,6 +1,6 @@
 """Multi-head attention over a shared key set plus an optional per-query (private) key set.
 
-One primitive covers every way the CYB model attends (shape letters: see `cyb_jax.layers`):
+One primitive covers every way the CYB model attends (shape letters: see `cyb_jax.model.layers`):
 
   * shared keys `[B, M, G, E]`, seen by all queries through a mask `[B, S, M]` (real tokens,
     a decoding cache, or the flattened slot grid of the `visible` layout);
@@ -25,8 +25,12 @@ sees, in the training forward, the flattened reference and the decoder alike.
 
 `attend` is the dense reference (`ModelConfig.attention_impl="xla"`); `attention_impl=
 "dot_product"` computes the same attention through a fused GPU kernel in programs lowered for
-cuda (`cyb_jax.attention_kernels`), and "splash" through Pallas splash attention (TPU), both
-where the visibility carries segment ids (`cyb_jax.attention_splash`).
+cuda (`cyb_jax.model.attention.kernels`), and "splash" through Pallas splash attention (TPU), both
+where the visibility carries segment ids (`cyb_jax.model.attention.splash`).
+
+The package `cyb_jax.model.attention`: this module (the visibility contract, the dense
+reference `attend`, the `Attention` module), `blocks` (what every path shares), `kernels`
+(the fused GPU kernel) and `splash` (the TPU kernel). It imports only `cyb_jax.model.layers`.
 """
 
 from __future__ import annotations
@@ -38,17 +42,17 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import struct
 
-from cyb_jax.attention_blocks import MASKED as _MASKED
-from cyb_jax.attention_blocks import KeyValues
-from cyb_jax.attention_blocks import softmax_block as _softmax_block
-from cyb_jax.attention_kernels import document_attend
-from cyb_jax.attention_kernels import warn_once as _warn_once
-from cyb_jax.attention_splash import splash_attend
-from cyb_jax.layers import Dtype
-from cyb_jax.layers import RMSNorm
-from cyb_jax.layers import apply_rotary
-from cyb_jax.layers import fan_in_init
-from cyb_jax.layers import rope_inv_freq
+from cyb_jax.model.attention.blocks import MASKED as _MASKED
+from cyb_jax.model.attention.blocks import KeyValues
+from cyb_jax.model.attention.blocks import softmax_block as _softmax_block
+from cyb_jax.model.attention.kernels import document_attend
+from cyb_jax.model.attention.kernels import warn_once as _warn_once
+from cyb_jax.model.attention.splash import splash_attend
+from cyb_jax.model.layers import Dtype
+from cyb_jax.model.layers import RMSNorm
+from cyb_jax.model.layers import apply_rotary
+from cyb_jax.model.layers import fan_in_init
+from cyb_jax.model.layers import rope_inv_freq
 
 
 @struct.dataclass
@@ -198,7 +202,7 @@ def attend(
 
 
 def _dense_document_attend(floats, aux, *, scale: float | None, window: int | None) -> jax.Array:
-  """`attend` over the mask of `Visibility.segment_ids`, for `cyb_jax.attention_kernels.document_attend`.
+  """`attend` over the mask of `Visibility.segment_ids`, for `cyb_jax.model.attention.kernels.document_attend`.
 
   floats = (q, shared keys at the query positions, private keys or None); aux = (segment_ids
   `[B, N]`, private_mask or None, positions `[B, N]`); a key at position m is hidden from a query
@@ -235,8 +239,8 @@ class Attention(nn.Module):
   rope_scaling)`. A call with `sliding` true (a Python bool, or a traced bool scalar when layers
   are scanned) applies the window `window` (see `Visibility.shared_positions`) and rotates with
   base `local_rope_base` (unscaled) when it is set. `impl` "dot_product" computes the same
-  attention through a fused kernel (`cyb_jax.attention_kernels`; no soft cap), and "splash"
-  through `cyb_jax.attention_splash` where `visibility.segment_ids` is given (else `attend`).
+  attention through a fused kernel (`cyb_jax.model.attention.kernels`; no soft cap), and "splash"
+  through `cyb_jax.model.attention.splash` where `visibility.segment_ids` is given (else `attend`).
   """
 
   num_heads: int

@@ -1,6 +1,6 @@
-"""Pallas splash attention behind `ModelConfig.attention_impl="splash"` (shape letters: `cyb_jax.layers`).
+"""Pallas splash attention behind `ModelConfig.attention_impl="splash"` (shape letters: `cyb_jax.model.layers`).
 
-`splash_attend` computes what `cyb_jax.attention.attend` computes for the two training-time
+`splash_attend` computes what `cyb_jax.model.attention.attend` computes for the two training-time
 calls of the private layout, through the block-sparse flash kernel of
 `jax.experimental.pallas.ops.tpu.splash_attention` (the Mosaic kernel when compiling for TPU,
 ahead of time from a CPU host included; Pallas interpret mode elsewhere, which is exact but
@@ -38,7 +38,7 @@ from flax import linen as nn
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 
-from cyb_jax.attention_blocks import KeyValues
+from cyb_jax.model.attention.blocks import KeyValues
 
 LANES = 128  # splash's key block width: N and the key count must be multiples of it
 _HIDDEN_SEGMENT = -1  # segment id of a private key no query may see (real ids are >= 0)

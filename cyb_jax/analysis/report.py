@@ -13,12 +13,12 @@ and ``<workdir>/plots/*.png``:
 
 :func:`write_analysis` writes the same pause statistics as ``pause_stats.json``, a markdown
 table and plots into any folder (``launch/analyze.py``). The tables are
-:mod:`cyb_jax.report_tables`, the plots :mod:`cyb_jax.plots`; pause-marked samples
-(``launch/generate.py``) are :mod:`cyb_jax.samples`.
+:mod:`cyb_jax.analysis.tables`, the plots :mod:`cyb_jax.analysis.plots`; pause-marked samples
+(``launch/generate.py``) are :mod:`cyb_jax.model.samples`.
 
 Everything here runs on the host of process 0; the model evaluation is
-:func:`cyb_jax.evaluation.eval_set_stats` over the process-local eval batches, reduced by
-:func:`cyb_jax.evaluation.summarize` (the trainer's reduction).
+:func:`cyb_jax.analysis.evaluation.eval_set_stats` over the process-local eval batches, reduced by
+:func:`cyb_jax.analysis.evaluation.summarize` (the trainer's reduction).
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ import numpy as np
 from absl import logging
 
 from cyb_jax import analysis
-from cyb_jax import evaluation
 from cyb_jax import files
 from cyb_jax import losses
 from cyb_jax import metrics_writer
-from cyb_jax import plots
-from cyb_jax import report_tables as tables
+from cyb_jax.analysis import evaluation
+from cyb_jax.analysis import plots
+from cyb_jax.analysis import tables as tables
 from cyb_jax.model import ModelConfig
 
 REPORT_FILE = "report.md"
@@ -66,7 +66,7 @@ def analyze(evaluated: evaluation.EvalSetStats, info, *, min_count: int = 20, to
   """An eval set's per-position outcomes reduced to protocol figures, levels and tokens.
 
   Args:
-    evaluated: :func:`cyb_jax.evaluation.eval_set_stats` of the model on its eval set
+    evaluated: :func:`cyb_jax.analysis.evaluation.eval_set_stats` of the model on its eval set
       (``difficulty`` enables the per-level table).
     info: the run's ``DataInfo`` (``piece`` names tokens, ``difficulty_names`` names levels).
     min_count, top: selection of the most/least pausing tokens.
@@ -106,7 +106,7 @@ def write_report(
     eval_batches: the run's eval set (may be empty: the report then has no final evaluation).
     info: the run's ``DataInfo``.
     loss_name: ``config.loss.name`` (for the reader).
-    protocol: the evaluation protocol (:func:`cyb_jax.evaluation.protocol_of`).
+    protocol: the evaluation protocol (:func:`cyb_jax.analysis.evaluation.protocol_of`).
     step: the parameters' training step (default: the last step in ``metrics.jsonl``).
     vocab_chunk: evaluate from hidden states in vocabulary chunks of this width (None: full logits).
     min_count, top: selection of the most/least pausing tokens (text data).
@@ -234,7 +234,7 @@ def write_analysis(
 
   Args:
     out_dir: output folder (created).
-    evaluated: :func:`cyb_jax.evaluation.eval_set_stats` of the model under ``protocol``.
+    evaluated: :func:`cyb_jax.analysis.evaluation.eval_set_stats` of the model under ``protocol``.
     run: facts to record under ``"run"`` in the JSON (workdir, step, loss, ...).
     Others as in :func:`analyze`.
 

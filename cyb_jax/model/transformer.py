@@ -1,11 +1,11 @@
 """Flax modules of the pause-aware transformer: blocks, the layer stack, embeddings and heads.
 
-Architecture (`cyb_jax.model_config.ModelConfig` selects the variants): token embedding
+Architecture (`cyb_jax.model.config.ModelConfig` selects the variants): token embedding
 (times sqrt(D) if `scale_embeddings`), pre-norm blocks (RMSNorm -> rotary grouped-query
 attention -> optional post-norm, RMSNorm -> gated MLP -> optional post-norm), a final RMSNorm,
 a vocabulary head (or the tied embedding, optionally soft-capped) and a separate `dk_head`
 (kernel `[D]`, bias `[]`), so a model trained without pauses can be extended. The functions of
-`cyb_jax.model` orchestrate these pieces; shape letters: see `cyb_jax.layers`.
+`cyb_jax.model` orchestrate these pieces; shape letters: see `cyb_jax.model.layers`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cyb_jax.attention import Attention
-from cyb_jax.attention import LayerCache
-from cyb_jax.attention import Visibility
-from cyb_jax.attention import causal_segment_mask
-from cyb_jax.layers import GatedMLP
-from cyb_jax.layers import RMSNorm
-from cyb_jax.layers import fan_in_init
-from cyb_jax.model_config import ModelConfig
+from cyb_jax.model.attention import Attention
+from cyb_jax.model.attention import LayerCache
+from cyb_jax.model.attention import Visibility
+from cyb_jax.model.attention import causal_segment_mask
+from cyb_jax.model.config import ModelConfig
+from cyb_jax.model.layers import GatedMLP
+from cyb_jax.model.layers import RMSNorm
+from cyb_jax.model.layers import fan_in_init
 
 
 def _remat_policy(name: str):
@@ -45,7 +45,7 @@ class Block(nn.Module):
   x + post_norm(attn(norm(x))), then x + post_norm(mlp(norm(x))) (Gemma 2/3).
 
   `(x [B, S, D], positions [B, S], cache, visibility, sliding) -> (x [B, S, D], written
-  KeyValues)`; see `cyb_jax.attention` for the cache/visibility contract. `sliding` says
+  KeyValues)`; see `cyb_jax.model.attention` for the cache/visibility contract. `sliding` says
   whether this layer is a sliding-window layer (a Python bool, or a traced bool when scanned).
   """
 

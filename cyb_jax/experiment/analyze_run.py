@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 
-from cyb_jax import components
-from cyb_jax import evaluation
 from cyb_jax import files
-from cyb_jax import report
-from cyb_jax import word_report
+from cyb_jax.analysis import evaluation
+from cyb_jax.analysis import report
+from cyb_jax.analysis import word_report
 from cyb_jax.data import config as data_config_lib
+from cyb_jax.training import components
 
 
 def analyze_run(

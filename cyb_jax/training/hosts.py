@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from cyb_jax import checkpoint as ckpt_lib
+from cyb_jax.training import checkpoint as ckpt_lib
 
 
 class Preemption:

@@ -1,16 +1,17 @@
-"""Training a pause-aware language model: the loop (steps: :mod:`cyb_jax.steps`, programs: :mod:`cyb_jax.programs`).
+"""Training a pause-aware language model: the loop (the step: :mod:`cyb_jax.training.steps`;
+the programs: :mod:`cyb_jax.training.programs`).
 
 ``train_and_evaluate(config, workdir)`` is the whole job (``launch/train.py`` only parses
-flags): it builds the run's pieces (:mod:`cyb_jax.components`), the mesh and a sharded train
+flags): it builds the run's pieces (:mod:`cyb_jax.training.components`), the mesh and a sharded train
 state, resumes from the newest checkpoint in ``workdir`` (or fine-tunes from
 ``config.init_from``), trains with AdamW, evaluates with the protocols of docs/design.md
-section 5 (:mod:`cyb_jax.evaluation`), checkpoints, and writes ``metrics.jsonl``,
+section 5 (:mod:`cyb_jax.analysis.evaluation`), checkpoints, and writes ``metrics.jsonl``,
 TensorBoard events and ``report.md``.
 
 One train step (:func:`train_step`) is a pure function of ``(state, batch)``, jitted by
 :func:`make_programs` with explicit in/out shardings and a donated state; the loop compiles it
 once ahead of time. The loop never waits on the device per step: batches are produced and
-placed in a thread (:mod:`cyb_jax.prefetch`), a non-finite step is refused on device, and the
+placed in a thread (:mod:`cyb_jax.training.prefetch`), a non-finite step is refused on device, and the
 host reads metrics and finite flags only at log, eval and checkpoint steps (and the end).
 """
 
@@ -25,24 +26,24 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cyb_jax import checkpoint as ckpt_lib
-from cyb_jax import components
-from cyb_jax import evaluation
 from cyb_jax import files
-from cyb_jax import hosts
-from cyb_jax import init_from
 from cyb_jax import metrics_writer
-from cyb_jax import mfu
-from cyb_jax import prefetch
 from cyb_jax import sharding
-from cyb_jax.programs import Programs
-from cyb_jax.programs import make_programs
-from cyb_jax.programs import model_flops_per_device
-from cyb_jax.programs import state_shardings
-from cyb_jax.steps import Batch
-from cyb_jax.steps import TrainState
-from cyb_jax.steps import init_state
-from cyb_jax.steps import train_step
+from cyb_jax.analysis import evaluation
+from cyb_jax.training import checkpoint as ckpt_lib
+from cyb_jax.training import components
+from cyb_jax.training import hosts
+from cyb_jax.training import init_from
+from cyb_jax.training import mfu
+from cyb_jax.training import prefetch
+from cyb_jax.training.programs import Programs
+from cyb_jax.training.programs import make_programs
+from cyb_jax.training.programs import model_flops_per_device
+from cyb_jax.training.programs import state_shardings
+from cyb_jax.training.steps import Batch
+from cyb_jax.training.steps import TrainState
+from cyb_jax.training.steps import init_state
+from cyb_jax.training.steps import train_step
 
 # The step functions and the programs, by the names the trainer has always offered.
 __all__ = [
@@ -127,7 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, evaluates and checkpoints one run in ``workdir``; resumes if it has one.
 
   Returns:
-    The final eval figures (:func:`cyb_jax.evaluation.figures` over the eval set), plus
+    The final eval figures (:func:`cyb_jax.analysis.evaluation.figures` over the eval set), plus
     ``step``, ``train_tokens`` and ``stopped`` ("completed" or "preempted").
 
   Raises:
@@ -291,7 +292,7 @@ def _write_report(config, workdir, model_cfg, params, data, is_main) -> None:
 
     params = multihost_utils.process_allgather(params)
   if is_main:
-    from cyb_jax import report  # pylint: disable=g-import-not-at-top
+    from cyb_jax.analysis import report  # pylint: disable=g-import-not-at-top
 
     report.write_report(
       workdir,

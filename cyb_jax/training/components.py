@@ -30,15 +30,15 @@ import ml_collections
 import optax
 from absl import logging
 
-from cyb_jax import checkpoint as ckpt_lib
-from cyb_jax import evaluation
 from cyb_jax import files
 from cyb_jax import losses
 from cyb_jax import model as model_lib
 from cyb_jax import sharding
+from cyb_jax.analysis import evaluation
 from cyb_jax.data import DataBundle
 from cyb_jax.data import make_data
 from cyb_jax.data import validate_data_config
+from cyb_jax.training import checkpoint as ckpt_lib
 
 HF_PREFIX = "hf:"  # init_from=hf:PATH: a Hugging Face-format base model (cyb_jax.pretrained)
 

@@ -67,10 +67,10 @@ class ModelConfig:
       CPU), at K times the compile time of one step.
     dk_bias_init: initial bias of the DK logit (the DK kernel starts at zero).
     attention_impl: one of ATTENTION_IMPLS: "xla" (dense scores, the reference),
-      "dot_product" (`cyb_jax.attention_kernels`: Pallas GPU flash attention with segment
+      "dot_product" (`cyb_jax.model.attention.kernels`: Pallas GPU flash attention with segment
       ids in programs lowered for cuda, in 16 bits, without sliding windows; the dense path
       elsewhere; no `attn_logit_softcap`) or "splash" (Pallas splash attention,
-      `cyb_jax.attention_splash`: the Mosaic kernel on TPU, interpret mode elsewhere; the
+      `cyb_jax.model.attention.splash`: the Mosaic kernel on TPU, interpret mode elsewhere; the
       real-token prefill and the private pause step, with sequence lengths a multiple of 128;
       the flattened slot grid and decoding caches use "xla"). The same function every way.
     rope_base: rotary frequency base (HF `rope_theta`) of full-attention layers, and of

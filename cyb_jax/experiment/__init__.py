@@ -1,13 +1,19 @@
 """The CYB comparison: train the five losses on the same data, evaluate alike, compare.
 
 ``run_experiment(config)`` trains every (loss, K, seed) run of ``config`` with
-:func:`cyb_jax.train.train_and_evaluate` (each in ``<out_dir>/runs/<name>``; a finished
+:func:`cyb_jax.training.train.train_and_evaluate` (each in ``<out_dir>/runs/<name>``; a finished
 run is reused, an interrupted one resumes), optionally fine-tuning all of them from one
 shared ``ce`` checkpoint per seed (the paper's setting), then writes
 ``results.json``, ``results.md`` and plots to ``out_dir``.
 
-The plan of runs is :mod:`cyb_jax.experiment_plan`, the data-efficiency maths
-:mod:`cyb_jax.efficiency`, the tables and plots :mod:`cyb_jax.experiment_results`.
+The plan of runs is :mod:`cyb_jax.experiment.plan`, the data-efficiency maths
+:mod:`cyb_jax.experiment.efficiency`, the figures :mod:`cyb_jax.experiment.results`, and
+results.md :mod:`cyb_jax.experiment.results_md`.
+
+The package `cyb_jax.experiment` is the loss comparison: `plan` (its runs), this module
+(running them), `results`, `results_md` and `plots` (results.json, results.md, plots),
+`efficiency` (data-efficiency maths) and `analyze_run` (a run folder analysed,
+`cyb-analyze`). It may import everything but `cli`.
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from cyb_jax import checkpoint as ckpt_lib
-from cyb_jax import components
-from cyb_jax import experiment_plan as plan_lib
-from cyb_jax import experiment_results as results_lib
 from cyb_jax import files
 from cyb_jax import metrics_writer
-from cyb_jax import train
+from cyb_jax.experiment import plan as plan_lib
+from cyb_jax.experiment import results as results_lib
+from cyb_jax.experiment import results_md
+from cyb_jax.training import checkpoint as ckpt_lib
+from cyb_jax.training import components
+from cyb_jax.training import train
 
 
 def _is_finished(workdir: str, num_train_steps: int) -> bool:
@@ -113,7 +120,7 @@ def write_results(config, specs: Sequence[plan_lib.RunSpec], out_dir: str, timin
   results = results_lib.summarise_runs(config, done, out_dir, _save_timings(out_dir, timings))
   results["missing_runs"] = missing
   files.write_json(os.path.join(out_dir, "results.json"), results, indent=2, default=float)
-  results_lib.write_results_md(config, results, out_dir)
+  results_md.write_results_md(config, results, out_dir)
   return results
 
 

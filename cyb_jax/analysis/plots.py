@@ -1,6 +1,6 @@
 """The report's PNG plots: training curves, halting distribution, pauses by difficulty and by token.
 
-Used by :mod:`cyb_jax.report`. Plots use matplotlib's object API on an Agg canvas (no pyplot
+Used by :mod:`cyb_jax.analysis.report`. Plots use matplotlib's object API on an Agg canvas (no pyplot
 state, no display needed).
 """
 
@@ -17,8 +17,8 @@ from matplotlib.patches import Patch
 
 from cyb_jax import analysis
 from cyb_jax import files
-from cyb_jax import report_tables as tables
-from cyb_jax.evaluation import Protocol
+from cyb_jax.analysis import tables as tables
+from cyb_jax.analysis.evaluation import Protocol
 
 # --------------------------------------------------------------------------------------------
 # Plots (matplotlib object API on an Agg canvas).

@@ -1,7 +1,7 @@
 """Markdown for the reports: number formatting, tables of protocols, steps, levels, tokens, curves.
 
-Pure text helpers used by :mod:`cyb_jax.report` (``report.md``, ``pause_stats.md``) and
-:mod:`cyb_jax.plots` (numbers in plot titles).
+Pure text helpers used by :mod:`cyb_jax.analysis.report` (``report.md``, ``pause_stats.md``) and
+:mod:`cyb_jax.analysis.plots` (numbers in plot titles).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from cyb_jax import analysis
-from cyb_jax.evaluation import Protocol
+from cyb_jax.analysis.evaluation import Protocol
 
 _MAX_CURVE_ROWS = 12  # eval rows listed in report.md (evenly thinned, last always kept)
 

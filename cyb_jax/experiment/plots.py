@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from cyb_jax import experiment_plan as plan_lib
 from cyb_jax import files
+from cyb_jax.experiment import plan as plan_lib
 
 
 def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:

@@ -3,7 +3,7 @@
 :func:`make_programs` jits init, train and eval steps with explicit in/out shardings on a
 mesh (parameters and optimiser state created sharded, the state donated);
 :func:`model_flops_per_device` counts a step's model FLOPs for the MFU, analytically
-(:func:`cyb_jax.mfu.train_step_flops`).
+(:func:`cyb_jax.model.flops.train_step_flops`).
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from cyb_jax import components
-from cyb_jax import evaluation
 from cyb_jax import losses
-from cyb_jax import mfu
 from cyb_jax import model as model_lib
 from cyb_jax import sharding
-from cyb_jax.steps import Batch
-from cyb_jax.steps import TrainState
-from cyb_jax.steps import init_state
-from cyb_jax.steps import train_step
+from cyb_jax.analysis import evaluation
+from cyb_jax.model import flops
+from cyb_jax.training import components
+from cyb_jax.training.steps import Batch
+from cyb_jax.training.steps import TrainState
+from cyb_jax.training.steps import init_state
+from cyb_jax.training.steps import train_step
 
 
 def state_shardings(model_cfg, tx, mesh: Mesh, rules) -> TrainState:
@@ -57,7 +57,7 @@ class Programs:
     shardings: a ``TrainState`` of NamedShardings, one per leaf.
     init: ``rng -> TrainState``, a fresh state placed by ``shardings``.
     train_step: ``(state, batch) -> (state, metrics)``; donates ``state``.
-    eval_step: ``(params, batch) -> sums``, :func:`cyb_jax.evaluation.eval_sums` of that batch.
+    eval_step: ``(params, batch) -> sums``, :func:`cyb_jax.analysis.evaluation.eval_sums` of that batch.
     loss: the run's :class:`cyb_jax.losses.Loss`.
   """
 
@@ -149,7 +149,7 @@ def model_flops_per_device(
 ) -> float:
   """Model FLOPs of one train step of ``batch``'s shape, per device; nothing is lowered.
 
-  :func:`cyb_jax.mfu.train_step_flops` of ``model_cfg`` and the global batch ``[B, N]`` of
+  :func:`cyb_jax.model.flops.train_step_flops` of ``model_cfg`` and the global batch ``[B, N]`` of
   ``batch["inputs"]`` (arrays or ``jax.ShapeDtypeStruct``s), divided by ``num_devices``:
   by default the devices ``batch["inputs"]`` is sharded over (the trainer's mesh), or 1 for
   a batch that carries no sharding. The count is analytic, so it is the same on every
@@ -173,4 +173,4 @@ def model_flops_per_device(
   if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
     raise ValueError(f"num_devices={num_devices!r} must be an int >= 1.")
   batch_size, seq_len = (int(x) for x in inputs.shape)
-  return mfu.train_step_flops(model_cfg, batch_size, seq_len) / num_devices
+  return flops.train_step_flops(model_cfg, batch_size, seq_len) / num_devices
