@@ -140,6 +140,22 @@ def test_merge_init_params_rejects_a_shape_mismatch():
     )
 
 
+def test_merge_init_params_refuses_to_lose_a_checkpoints_layers():
+  """Scanned layers (`decoder/layers/...`) into an unscanned model would copy no block: refused,
+  naming scan_layers; a pause model's pause embeddings and DK head may be left out (K = 0)."""
+  cfg = model_lib.ModelConfig(vocab_size=10, num_layers=2, d_model=16, num_heads=2, mlp_dim=32, max_pauses=1)
+  scanned = dataclasses.replace(cfg, scan_layers=True)
+  with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match=r"no place in this model.*scan_layers"):
+    init_from.merge_init_params(
+      model_lib.init_params(cfg, jax.random.key(0)), model_lib.init_params(scanned, jax.random.key(0))
+    )
+  ce = dataclasses.replace(cfg, max_pauses=0)
+  _, copied, kept = init_from.merge_init_params(
+    model_lib.init_params(ce, jax.random.key(0)), model_lib.init_params(cfg, jax.random.key(1))
+  )
+  assert copied and not any("pause_embed" in k for k in copied + kept)
+
+
 def test_resuming_with_another_model_shape_says_what_differs(tmp_path):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(tiny_config(num_train_steps=3), workdir)

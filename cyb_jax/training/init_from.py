@@ -18,7 +18,10 @@ def merge_init_params(fresh: Any, source: Any) -> tuple[Any, list[str], list[str
   """Copies every parameter of ``source`` into ``fresh`` where the path exists.
 
   Parameters only in ``fresh`` (a K = 0 model has no ``pause_embed``) stay freshly
-  initialised; a parameter in both with different shapes is an error.
+  initialised; a parameter in both with different shapes is an error, and so is a parameter of
+  ``source`` that this model lacks, but for the pause embeddings and the DK head (a pause
+  model fine-tuned as ``ce``): it would be lost silently (e.g. layers stacked by
+  ``scan_layers`` on one side only, which name their parameters differently).
 
   Returns:
     ``(params, copied paths, fresh paths)``.
@@ -40,7 +43,17 @@ def merge_init_params(fresh: Any, source: Any) -> tuple[Any, list[str], list[str
     return jax.device_put(src.astype(fresh_leaf.dtype), fresh_leaf.sharding)
 
   params = jax.tree_util.tree_map_with_path(pick, fresh)
+  lost = sorted(k for k in set(flat_source) - set(copied) if not k.startswith(_DROPPABLE))
+  if lost:
+    raise ckpt_lib.IncompatibleCheckpointError(
+      f"init_from: {len(lost)} parameters of the checkpoint have no place in this model, e.g. {lost[:3]}; "
+      f"this model's are named like {kept[:3]} (another layer layout? check model.scan_layers)."
+    )
   return params, copied, kept
+
+
+# Checkpoint parameters a model may leave out: a pause model's, fine-tuned with K = 0.
+_DROPPABLE = ("['pause_embed']", "['dk_head']")
 
 
 def initial_params(
