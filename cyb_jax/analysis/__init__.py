@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import math
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -304,3 +305,13 @@ def by_token(
     min_count=min_count,
     top=top,
   )
+
+
+# Submodules reached as attributes (``cyb_jax.analysis.evaluation``) without importing them first (PEP 562).
+_SUBMODULES = ("evaluation", "words", "word_report", "tables", "plots", "report")
+
+
+def __getattr__(name: str):
+  if name in _SUBMODULES:
+    return importlib.import_module(f"{__name__}.{name}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,6 +32,7 @@ but `losses` (never `training`, `analysis` or `experiment`).
 from __future__ import annotations
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -287,3 +288,13 @@ def step_logits(cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, posit
   """
   hidden_BxNxKxD = step_hidden(cfg, params, tokens_BxN, segment_ids=segment_ids, positions=positions)
   return logits_from_hidden(cfg, params, hidden_BxNxKxD)
+
+
+# Submodules reached as attributes (``cyb_jax.model.config``) without importing them first (PEP 562).
+_SUBMODULES = ("config", "layers", "transformer", "attention", "flops", "decode", "samples")
+
+
+def __getattr__(name: str):
+  if name in _SUBMODULES:
+    return importlib.import_module(f"{__name__}.{name}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

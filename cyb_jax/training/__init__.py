@@ -8,3 +8,14 @@ one builder of the sharded jitted programs), `train` (the loop, `train_and_evalu
 program memory, the profiler window). It imports `model`, `pretrained`, `analysis`, `losses`,
 `data` and the foundations, never `experiment` or `cli`.
 """
+
+import importlib
+
+# Submodules reached as attributes (``cyb_jax.training.components``) without importing them first (PEP 562).
+_SUBMODULES = ("components", "steps", "programs", "train", "checkpoint", "init_from", "hosts", "prefetch", "mfu")
+
+
+def __getattr__(name: str):
+  if name in _SUBMODULES:
+    return importlib.import_module(f"{__name__}.{name}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
