@@ -4,13 +4,17 @@
 :func:`cyb_jax.training.train.train_and_evaluate` (each in ``<out_dir>/runs/<name>``; a finished
 run is reused, an interrupted one resumes), optionally fine-tuning all of them from one
 shared ``ce`` checkpoint per seed (the paper's setting), then writes
-``results.json``, ``results.md`` and plots to ``out_dir``.
+``results.json``, ``results.md`` and plots to ``out_dir``. With ``run.init_from`` (the
+``finetune`` presets) every run fine-tunes from that base instead, and the base's own
+evaluation at step 0 is a row of the results.
 
-The plan of runs is :mod:`cyb_jax.experiment.plan`, the data-efficiency maths
+The plan of runs is :mod:`cyb_jax.experiment.plan`, the base model
+:mod:`cyb_jax.experiment.base`, the data-efficiency maths
 :mod:`cyb_jax.experiment.efficiency`, the figures :mod:`cyb_jax.experiment.results`, and
 results.md :mod:`cyb_jax.experiment.results_md`.
 
-The package `cyb_jax.experiment` is the loss comparison: `plan` (its runs), this module
+The package `cyb_jax.experiment` is the loss comparison: `plan` (its runs), `base` (the base
+model of a fine-tuning comparison), this module
 (running them), `results`, `results_md` and `plots` (results.json, results.md, plots),
 `efficiency` (data-efficiency maths) and `analyze_run` (a run folder analysed,
 `cyb-analyze`). It may import everything but `cli`.
@@ -19,6 +23,7 @@ The package `cyb_jax.experiment` is the loss comparison: `plan` (its runs), this
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 import time
 from collections.abc import Sequence
@@ -29,6 +34,7 @@ from absl import logging
 
 from cyb_jax import files
 from cyb_jax import metrics_writer
+from cyb_jax.experiment import base as base_lib
 from cyb_jax.experiment import plan as plan_lib
 from cyb_jax.experiment import results as results_lib
 from cyb_jax.experiment import results_md
@@ -73,11 +79,13 @@ def run_experiment(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """
   out_dir = os.fspath(files.resolve(config.out_dir))
   specs = plan_lib.plan_runs(config)
+  config = base_lib.with_base(config)  # a run-folder init_from: its tokenizer and architecture
   if config.summarise_only:
     return write_results(config, specs, out_dir, {})
   for spec in specs:
     components.validate_all(plan_lib.run_config(config, spec))
   (files.resolve(out_dir) / "runs").mkdir(parents=True, exist_ok=True)
+  base_lib.evaluate_base(config, out_dir)  # the base at step 0, once, before any fine-tuning
   timings = {}
   ce_init = {}
   if config.from_ce:
@@ -117,7 +125,8 @@ def write_results(config, specs: Sequence[plan_lib.RunSpec], out_dir: str, timin
   missing = [s.name for s in specs if s not in done]
   if not done:
     raise ValueError(f"no finished run in {out_dir}/runs: nothing to summarise.")
-  results = results_lib.summarise_runs(config, done, out_dir, _save_timings(out_dir, timings))
+  base = base_lib.evaluate_base(config, out_dir)  # cached by run_experiment; None without init_from
+  results = results_lib.summarise_runs(config, done, out_dir, _save_timings(out_dir, timings), base)
   results["missing_runs"] = missing
   files.write_json(os.path.join(out_dir, "results.json"), results, indent=2, default=float)
   results_md.write_results_md(config, results, out_dir)
@@ -148,3 +157,13 @@ def _read_timings(out_dir: str) -> dict[str, float]:
   if path.exists():
     timings.update(files.read_json(path))
   return timings
+
+
+# Submodules reached as attributes (``cyb_jax.experiment.plan``) without importing them first (PEP 562).
+_SUBMODULES = ("plan", "results", "results_md", "plots", "efficiency", "analyze_run")
+
+
+def __getattr__(name: str):
+  if name in _SUBMODULES:
+    return importlib.import_module(f"{__name__}.{name}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -56,6 +56,17 @@ def plan_runs(config: ml_collections.ConfigDict) -> list[RunSpec]:
     raise ValueError(f"losses {unknown} are unknown; allowed: {sorted(losses.LOSSES)}.")
   if not config.seeds:
     raise ValueError("seeds is empty: give at least one seed.")
+  init_from = config.run.get("init_from", "")
+  if init_from is None:
+    raise ValueError(
+      f"run.init_from is required by the {config.name!r} preset: the base every run fine-tunes from, "
+      "--config.run.init_from=hf:PATH (a Hugging Face-format folder, local or gs://) or a cyb_jax run folder."
+    )
+  if config.from_ce and init_from:
+    raise ValueError(
+      f"from_ce=True fine-tunes every run from a shared ce checkpoint per seed, but run.init_from={init_from!r} "
+      "names another base: set one of them (from_ce=False to fine-tune from run.init_from)."
+    )
   if any(k < 1 for k in config.pauses):
     raise ValueError(f"pauses={tuple(config.pauses)} must all be >= 1 (ce is the K = 0 run).")
   warmups = tuple(config.pause_warmup)

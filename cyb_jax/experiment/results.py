@@ -94,11 +94,61 @@ def _sweep_entry(
   return entry
 
 
+def _pausing_gain(finals: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+  """What pausing itself buys a row, over its seeds' final evals (NaN where a run's metrics
+  predate ``eval/step0_nll``).
+
+  ``step0_nll``: the model's loss reading its own step 0 (no pause); ``pausing_gain_threshold``:
+  that minus its threshold-protocol loss ``threshold_nll`` (with the pauses it takes at
+  threshold); ``pausing_gain_mix``: that minus ``nll_mix`` (its pause distribution). 0 for
+  ``ce`` (K = 0); > 0 when the model's pauses lower its loss. A CYB model that beats ``ce``
+  but gains ~0 here owes its lead to what training the pause slots did to step 0, not to
+  pausing.
+  """
+  step0 = [f.get("eval/step0_nll", float("nan")) for f in finals]
+  return {
+    "step0_nll": _summarise(step0),
+    "pausing_gain_threshold": _summarise([s - f["eval/threshold_nll"] for s, f in zip(step0, finals)]),
+    "pausing_gain_mix": _summarise([s - f[efficiency_lib.EVAL_LOSS] for s, f in zip(step0, finals)]),
+  }
+
+
+def base_row(base: dict[str, Any] | None) -> dict[str, Any] | None:
+  """The base model's evaluation at step 0 (:func:`cyb_jax.experiment.base.evaluate_base`) as
+  a row of the main table: one evaluation, no training tokens (None without a base)."""
+  if base is None:
+    return None
+  one = lambda value: {"mean": float(value), "std": 0.0, "n": 1}
+  names = (
+    "nll_mix",
+    "expected_pauses",
+    "compute_mix",
+    "threshold_nll",
+    "threshold_accuracy",
+    "threshold_pauses",
+    "step0_nll",
+  )
+  return {
+    "label": "base (no fine-tuning)",
+    "init_from": base.get("init_from"),
+    "K": 0,
+    "train_tokens": 0,
+    **{name: one(base[name]) for name in names},
+    "pausing_gain_threshold": one(base["step0_nll"] - base["threshold_nll"]),
+    "pausing_gain_mix": one(base["step0_nll"] - base["nll_mix"]),
+  }
+
+
 def summarise_runs(
-  config, specs: Sequence[plan_lib.RunSpec], out_dir: str, timings: dict[str, float]
+  config,
+  specs: Sequence[plan_lib.RunSpec],
+  out_dir: str,
+  timings: dict[str, float],
+  base_eval: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
   """Final figures per (loss, K) over seeds (and per longer ce budget), data-efficiency ratios,
-  ce across its budgets, pause analyses."""
+  ce across its budgets, pause analyses; ``base_eval``: the base model's step-0 evaluation of a
+  fine-tuning comparison (:func:`cyb_jax.experiment.base.evaluate_base`), or None."""
   workdir = lambda spec: os.path.join(out_dir, "runs", spec.name)
   main = [s for s in specs if not s.sweep]
   groups: dict[str, list[plan_lib.RunSpec]] = {}
@@ -127,6 +177,8 @@ def summarise_runs(
           "compute_threshold",
         )
       },
+      # What pausing itself buys: the model's own step-0 loss minus its loss with its pauses.
+      **_pausing_gain(finals),
       "nll_mix_per_seed": [f[efficiency_lib.EVAL_LOSS] for f in finals],  # aligned with "seeds"
       "curve": efficiency_lib.mean_curve([workdir(s) for s in members]),
     }
@@ -200,6 +252,8 @@ def summarise_runs(
     "preset": config.name,
     "data": config.run.data.source,
     "from_ce": bool(config.from_ce),
+    "init_from": config.run.get("init_from") or None,
+    "base": base_row(base_eval),
     "rows": rows,
     "efficiency": efficiency,
     "paired": paired,
@@ -245,8 +299,3 @@ def _ce_by_budget(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     },
     "partial": partial,
   }
-
-
-# ------------------------------------------------------------------------------------
-# Writing.
-# ------------------------------------------------------------------------------------

@@ -17,10 +17,15 @@ def _two_digits(value: float | None) -> str:
   return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
-def _pm(stat: dict[str, float], digits: int = 3) -> str:
+def _pm(stat: dict[str, float], digits: int = 3, *, sign: bool = False) -> str:
+  """``mean ± std`` (``mean`` for one value); ``sign``: with its sign, a rounded 0 as ``+0``."""
+  value = stat["mean"]
+  if sign and abs(value) < 0.5 * 10**-digits:
+    value = 0.0
+  mean = f"{value:{'+' if sign else ''}.{digits}f}"
   if stat["n"] > 1:
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-  return f"{stat['mean']:.{digits}f}"
+    return f"{mean} ± {stat['std']:.{digits}f}"
+  return mean
 
 
 def _names(what: str, names: Sequence[str]) -> str:
@@ -97,29 +102,111 @@ def _ce_budget_lines(by_budget: dict[str, Any]) -> list[str]:
   return lines
 
 
+WORDS_DIR = "words"  # <out_dir>/words: tools/words_summary.py's side-by-side word view
+_WORD_EVAL_BATCHES = 64  # cyb-analyze --eval_batches of the word view: rare words need many positions
+
+
+def _word_view_lines(config, results: dict[str, Any], out_dir: str) -> list[str]:
+  """The "words and part-of-speech tags" section of a text comparison: the commands that write
+  the word view of each row's first-seed run (``cyb-analyze``) and put them side by side
+  (``tools/words_summary.py``, needs ``--tagged_text``), and links to the views already
+  written. None for data that is not text."""
+  source = results.get("data") or ""
+  if not source.startswith("text:"):
+    return []
+  tagged = config.get("tagged_text") or ""
+  runs = {key: (f"{key}_s{r['seeds'][0]}", r["steps"]) for key, r in results["rows"].items() if r.get("budget") is None}
+  analysis = {
+    key: os.path.join(out_dir, "runs", run, "analysis", f"step_{steps}_eval{_WORD_EVAL_BATCHES}")
+    for key, (run, steps) in runs.items()
+  }
+  lines = [
+    "",
+    "## Where each model pauses: words and part-of-speech tags",
+    "",
+    "`cyb-analyze` writes a text run's word view (`words.md`: word-final against word-internal "
+    "pieces, the first piece of contractions such as `wasn` and `didn`, ambiguous pieces such "
+    "as `won`; with `--tagged_text`, the text's tagged copy (every word as word/tag), pauses by "
+    "part-of-speech tag, e.g. plural nouns `nns` against singular `nn`), and "
+    "`tools/words_summary.py` sets the models side by side. For the first seed of every row:",
+    "",
+    "```bash",
+    f"for run in {' '.join(run for run, _ in runs.values())}; do",
+    f"  cyb-analyze --workdir={os.path.join(out_dir, 'runs')}/$run --eval_batches={_WORD_EVAL_BATCHES}"
+    + (f" --tagged_text={tagged}" if tagged else " --tagged_text=TAGGED_COPY"),
+    "done",
+    "python tools/words_summary.py "
+    + " ".join(f'--analysis="{key}:{path}"' for key, path in analysis.items())
+    + f" --out={os.path.join(out_dir, WORDS_DIR)}",
+    "```",
+  ]
+  tokenizer = config.run.get("data", {}).get("tokenizer") or ""
+  if (config.run.get("init_from") or "").startswith("hf:") and not tokenizer.endswith(".model"):
+    lines += [
+      "",
+      "The word view reads SentencePiece pieces (`▁` starts a word): with the base model's "
+      "Hugging Face tokenizer `cyb-analyze` stops on these runs (not yet supported).",
+    ]
+  written = [key for key, path in analysis.items() if files.resolve(os.path.join(path, "words.md")).exists()]
+  if written:
+    lines += [
+      "",
+      "Written: " + ", ".join(f"[{key}]({os.path.relpath(analysis[key], out_dir)}/words.md)" for key in written) + ".",
+    ]
+  summary = files.resolve(os.path.join(out_dir, WORDS_DIR, "words_summary.md"))
+  if summary.exists():
+    lines += ["", f"Side by side: [{WORDS_DIR}/words_summary.md]({WORDS_DIR}/words_summary.md).", ""]
+    if (summary.parent / "pause_rate_by_tag.png").exists():
+      lines.append(f"![pause_rate_by_tag.png]({WORDS_DIR}/pause_rate_by_tag.png)")
+  return lines
+
+
 def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
   """``results.md`` with the tables and ``plots/*.png``; returns its path."""
   plots = experiment_plots.write_plots(results, out_dir)
+  init_from = results.get("init_from")
+  if init_from:
+    start = f"every run fine-tuned from `{init_from}`"
+  else:
+    start = "fine-tuned from a shared ce checkpoint" if results["from_ce"] else "from scratch"
   lines = [
     f"# CYB comparison ({results['preset']})",
     "",
-    f"Data: `{results['data']}`; "
-    f"{'fine-tuned from a shared ce checkpoint' if results['from_ce'] else 'from scratch'};"
+    f"Data: `{results['data']}`; {start};"
     f" eval: mix protocol (`nll_mix`; step 0 for ce, step K for pause_ce) and "
     f"threshold(tau={config.run.eval.tau}). Mean ± std over seeds.",
     "",
+    "What pausing buys: the model's own step-0 loss (its answer without a pause) minus its loss "
+    "with its own pauses, at threshold (`step-0 − threshold`) and under the mix (`step-0 − mix`), "
+    "beside its threshold pause rate; 0 for ce, > 0 when its pauses lower its loss. A CYB row "
+    "ahead of ce with a gain near 0 owes its lead to what training the pause slots did to step 0, "
+    "not to pausing. (pause_ce is trained to answer at step K only, so its step 0 is untrained.)",
+    "",
     "| run | seeds | eval nll_mix | E[pauses] | compute/token | threshold nll | "
-    "threshold acc | threshold pauses | train tokens | s/run |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "threshold acc | threshold pauses | step-0 nll | step-0 − threshold | step-0 − mix | "
+    "train tokens | s/run |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
-  for key, r in results["rows"].items():
+  rows = list(results["rows"].items())
+  if results.get("base"):
+    rows.insert(0, (results["base"]["label"], results["base"]))
+  for key, r in rows:
+    seconds = r.get("seconds", float("nan"))
     lines.append(
-      f"| {key} | {len(r['seeds'])} | {_pm(r['nll_mix'])} | {_pm(r['expected_pauses'], 2)} | "
-      f"{_pm(r['compute_mix'], 2)} | {_pm(r['threshold_nll'])} | "
+      f"| {key} | {len(r['seeds']) if 'seeds' in r else '-'} | {_pm(r['nll_mix'])} | "
+      f"{_pm(r['expected_pauses'], 2)} | {_pm(r['compute_mix'], 2)} | {_pm(r['threshold_nll'])} | "
       f"{_pm(r['threshold_accuracy'])} | {_pm(r['threshold_pauses'], 2)} | "
-      f"{r['train_tokens']:,.0f} | "
-      f"{'n/a' if math.isnan(r['seconds']) else format(r['seconds'], '.0f')} |"
+      f"{_pm(r['step0_nll'])} | {_pm(r['pausing_gain_threshold'], 3, sign=True)} | "
+      f"{_pm(r['pausing_gain_mix'], 3, sign=True)} | {r['train_tokens']:,.0f} | "
+      f"{'n/a' if math.isnan(seconds) else format(seconds, '.0f')} |"
     )
+  if results.get("base"):
+    lines += [
+      "",
+      f"`{results['base']['label']}`: the base model `{results['base']['init_from']}` evaluated once at "
+      "step 0, before any fine-tuning, as the ce run (K = 0) starts: its loss on the held-out "
+      "fine-tuning data.",
+    ]
   lines += [
     "",
     "## Data efficiency",
@@ -215,6 +302,7 @@ def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
         f"{_two_digits(e.get('spearman_levels'))} | "
         f"{by_level or 'n/a'} | {_two_digits(e.get('vs_ce'))} | {_two_digits(e.get('vs_pause_ce'))} |"
       )
+  lines += _word_view_lines(config, results, out_dir)
   if results.get("missing_runs"):
     lines += ["", _names("Runs not finished (left out of every table)", results["missing_runs"])]
   lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in plots]
