@@ -285,3 +285,128 @@ def test_the_default_config_is_the_recommended_cyb_dp_with_a_half_run_warmup():
   assert experiment_plan.run_config(e, runs["cyb_dp_K3_s0"]).loss.pause_warmup_steps == 0
   assert experiment_plan.run_config(e, runs["pause_ce_K3_s0"]).loss.pause_warmup_steps == 0
   assert experiment_plan.run_config(e, runs["cyb_dp_w400_K3_s0"]).loss.pause_warmup_steps == 400
+
+
+def _finetune_text(tmp_path) -> str:
+  """A small English-like text of 60 paragraphs (the fine-tuning data of the smoke tests)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  words = ["the", "cat", "cats", "sat", "on", "mats", "dog", "ran", "won't", "didn't"]
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("\n\n".join(" ".join(rng.choice(words, size=20)) for _ in range(60)))
+  return f"text:{corpus}"
+
+
+def test_the_finetune_presets_fine_tune_every_loss_from_one_base():
+  c = experiment_config.get_config("finetune")
+  assert c.run.init_from is None and c.run.data.source is None  # both required
+  assert all(c.run.model[f] is None for f in ("num_layers", "d_model", "vocab_size", "tie_embeddings"))
+  steps = c.run.num_train_steps
+  assert tuple(c.pauses) == (1,) and tuple(c.seeds) == (0, 1, 2)
+  assert tuple(c.pause_warmup) == (0, steps // 2) and tuple(c.ce_budgets) == (2 * steps, 4 * steps)
+  assert (c.run.model.dtype, c.run.loss.vocab_chunk, c.run.optimizer.weight_decay) == ("bfloat16", 8192, 0.0)
+  c.run.init_from = "hf:/models/base"
+  names = [r.name for r in experiment_plan.plan_runs(c) if r.seed == 0]
+  w = steps // 2
+  assert names == [
+    "ce_s0",
+    "pause_ce_K1_s0",
+    "cyb_ap_K1_s0",
+    f"cyb_ap_w{w}_K1_s0",
+    "cyb_va_K1_s0",
+    f"cyb_va_w{w}_K1_s0",
+    "cyb_dp_K1_s0",
+    f"cyb_dp_w{w}_K1_s0",
+    f"ce_steps{2 * steps}_s0",
+    f"ce_steps{4 * steps}_s0",
+  ]
+  for preset in ("finetune_gpu", "finetune_smoke"):
+    other = experiment_config.get_config(preset)
+    assert tuple(other.losses) == tuple(c.losses) and tuple(other.seeds) == (0,)
+    assert tuple(other.ce_budgets) == (2 * other.run.num_train_steps, 4 * other.run.num_train_steps)
+  assert experiment_config.get_config("finetune_smoke").run.init_from.startswith("hf:")
+
+
+def test_the_finetune_preset_refuses_a_missing_base_and_a_second_one(tmp_path):
+  c = experiment_config.get_config("finetune")
+  c.out_dir = str(tmp_path / "out")
+  c.run.data.source = "text:/x.txt"
+  with pytest.raises(ValueError, match=r"run.init_from is required by the 'finetune' preset"):
+    experiment.run_experiment(c)
+  c.run.init_from = "hf:/models/base"
+  c.from_ce = True
+  with pytest.raises(ValueError, match=r"from_ce=True .* but run.init_from='hf:/models/base' names another base"):
+    experiment.run_experiment(c)
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_run_folder_base_gives_the_runs_its_tokenizer_and_architecture(tmp_path):
+  from cyb_jax.configs import default as default_config  # pylint: disable=g-import-not-at-top
+  from cyb_jax.experiment import base as base_lib  # pylint: disable=g-import-not-at-top
+  from cyb_jax.training import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+
+  base = tmp_path / "base_run"
+  saved = default_config.get_config()
+  saved.model.num_layers, saved.model.d_model, saved.model.vocab_size = 3, 96, 300
+  base.mkdir()
+  ckpt_lib.save_config(str(base), saved)
+  (base / "tokenizer.model").write_bytes(b"")
+  c = experiment_config.get_config("finetune")
+  c.run.init_from, c.run.data.source = str(base), "text:/corpus_b.txt"
+  done = base_lib.with_base(c)
+  assert (done.run.model.num_layers, done.run.model.d_model, done.run.model.vocab_size) == (3, 96, 300)
+  assert done.run.model.max_pauses == c.run.model.max_pauses and done.run.model.dtype == "bfloat16"  # the run's
+  assert done.run.data.tokenizer == str(base / "tokenizer.model") and c.run.data.tokenizer == ""
+  c.run.data.tokenizer = "/own.model"  # a tokenizer given is kept
+  assert base_lib.with_base(c).run.data.tokenizer == "/own.model"
+  c.run.init_from = "hf:/models/base"  # the trainer takes both from an hf: folder
+  assert base_lib.with_base(c) is c
+  c.run.init_from = str(tmp_path)
+  with pytest.raises(ValueError, match=r"is not a cyb_jax run folder"):
+    base_lib.with_base(c)
+
+
+@pytest.mark.slow
+def test_the_finetune_smoke_preset_runs_end_to_end_with_the_base_row(tmp_path):
+  """The fine-tuning comparison on the tiny fixture: two seeds (for the paired table), ce, the
+  pause losses and one longer ce budget; the base is evaluated once, before any fine-tuning."""
+  c = experiment_config.get_config("finetune_smoke")
+  c.out_dir = str(tmp_path / "out")
+  c.run.data.source = _finetune_text(tmp_path)
+  c.losses = ("ce", "pause_ce", "cyb_dp")
+  c.seeds = (0, 1)
+  c.ce_budgets = (8,)
+  c.tagged_text = "/data/tagged.txt"
+  results = experiment.run_experiment(c)
+  assert set(results["rows"]) == {"ce", "pause_ce_K1", "cyb_dp_K1", "cyb_dp_w2_K1", "ce_steps8"}
+  base = results["base"]
+  assert base["label"] == "base (no fine-tuning)" and base["init_from"] == c.run.init_from
+  assert base["train_tokens"] == 0 and base["expected_pauses"]["mean"] == 0
+  assert base["nll_mix"]["mean"] == base["step0_nll"]["mean"] == base["threshold_nll"]["mean"]
+  for key, r in results["rows"].items():
+    gain = r["step0_nll"]["mean"] - r["threshold_nll"]["mean"]
+    assert r["pausing_gain_threshold"]["mean"] == pytest.approx(gain, abs=1e-5), key
+  assert results["rows"]["ce"]["pausing_gain_mix"]["mean"] == 0
+  # The base row is the base LM's loss on the ce run's eval set: the fixture's own tensors,
+  # evaluated outside the trainer's programs, agree.
+  from cyb_jax import pretrained  # pylint: disable=g-import-not-at-top
+  from cyb_jax.analysis import evaluation  # pylint: disable=g-import-not-at-top
+  from cyb_jax.experiment import base as base_lib  # pylint: disable=g-import-not-at-top
+  from cyb_jax.training import components  # pylint: disable=g-import-not-at-top
+
+  ce_run = components.load_run(str(tmp_path / "out" / "runs" / "ce_s0"))
+  base_params = pretrained.load_params(components.pretrained_path(ce_run.config), ce_run.model_cfg)
+  again = evaluation.summarize(
+    evaluation.eval_set_stats(ce_run.model_cfg, base_params, ce_run.data.eval_batches, ce_run.protocol).stats
+  )
+  assert base["nll_mix"]["mean"] == pytest.approx(again["nll_mix"], abs=1e-5)
+  assert base_lib.read_base_eval(c.out_dir)["nll_mix"] == base["nll_mix"]["mean"]  # cached in out/base
+  text = (tmp_path / "out" / "results.md").read_text()
+  assert f"every run fine-tuned from `{c.run.init_from}`" in text
+  assert "| base (no fine-tuning) | - |" in text
+  assert "| step-0 nll | step-0 − threshold | step-0 − mix |" in text
+  assert "## Data efficiency" in text and "| cyb_dp_w2_K1 vs ce |" in text
+  assert "### Paired by seed" in text and "## ce by budget" in text
+  assert "## Where each model pauses: words and part-of-speech tags" in text
+  assert "--tagged_text=/data/tagged.txt" in text
