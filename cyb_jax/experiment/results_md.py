@@ -180,7 +180,7 @@ def write_results_md(config, results: dict[str, Any], out_dir: str) -> str:
     "with its own pauses, at threshold (`step-0 − threshold`) and under the mix (`step-0 − mix`), "
     "beside its threshold pause rate; 0 for ce, > 0 when its pauses lower its loss. A CYB row "
     "ahead of ce with a gain near 0 owes its lead to what training the pause slots did to step 0, "
-    "not to pausing. (pause_ce is trained to answer at step K only, so its step 0 is untrained.)",
+    "not to pausing. (pause_ce's loss reads step K only: its step-0 read-out is never trained.)",
     "",
     "| run | seeds | eval nll_mix | E[pauses] | compute/token | threshold nll | "
     "threshold acc | threshold pauses | step-0 nll | step-0 − threshold | step-0 − mix | "
