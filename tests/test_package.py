@@ -102,6 +102,22 @@ def test_import_is_lazy_and_losses_need_no_flax_orbax_or_tfds():
   assert out.strip() == os.path.join(_REPO, "cyb_jax", "__init__.py")
 
 
+def test_the_readme_api_resolves_as_attributes_in_a_fresh_interpreter():
+  """`cyb_jax.model.step_logits`, `cyb_jax.model.decode.generate`, `cyb_jax.pretrained.load` and
+  the parts' submodules are reached from `import cyb_jax` alone (lazy, PEP 562)."""
+  out = _python(
+    """
+    import cyb_jax
+    names = [cyb_jax.model.step_logits, cyb_jax.model.decode.generate, cyb_jax.pretrained.load,
+             cyb_jax.pretrained.save, cyb_jax.training.train.train_and_evaluate,
+             cyb_jax.analysis.evaluation.eval_sums, cyb_jax.experiment.plan, cyb_jax.losses.make_loss]
+    print(all(callable(n) or hasattr(n, "__file__") for n in names))
+    """,
+    pythonpath=_REPO,
+  )
+  assert out.strip() == "True"
+
+
 def test_all_lists_exactly_the_public_submodules():
   """``__all__`` names every module and subpackage of cyb_jax but ``cli`` (entry points)."""
   import cyb_jax  # pylint: disable=import-outside-toplevel
