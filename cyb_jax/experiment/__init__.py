@@ -160,7 +160,7 @@ def _read_timings(out_dir: str) -> dict[str, float]:
 
 
 # Submodules reached as attributes (``cyb_jax.experiment.plan``) without importing them first (PEP 562).
-_SUBMODULES = ("plan", "results", "results_md", "plots", "efficiency", "analyze_run")
+_SUBMODULES = ("plan", "base", "results", "results_md", "plots", "efficiency", "analyze_run")
 
 
 def __getattr__(name: str):
