@@ -328,6 +328,15 @@ def test_the_finetune_presets_fine_tune_every_loss_from_one_base():
   assert experiment_config.get_config("finetune_smoke").run.init_from.startswith("hf:")
 
 
+def test_the_base_is_evaluated_alike_whatever_the_grids_seeds():
+  """Grids of other seeds in one out_dir (seeds 0, then 1 and 2) share the base's evaluation."""
+  from cyb_jax.experiment import base as base_lib  # noqa: PLC0415
+
+  first, later = experiment_config.get_config("finetune_smoke"), experiment_config.get_config("finetune_smoke")
+  first.seeds, later.seeds = (0,), (1, 2)
+  assert base_lib._eval_config(first).to_dict() == base_lib._eval_config(later).to_dict()
+
+
 def test_the_finetune_preset_refuses_a_missing_base_and_a_second_one(tmp_path):
   c = experiment_config.get_config("finetune")
   c.out_dir = str(tmp_path / "out")

@@ -91,8 +91,12 @@ def with_base(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _eval_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The run config the base is evaluated with: the grid's ``ce`` run of the first seed."""
-  spec = plan_lib.RunSpec(f"ce_s{config.seeds[0]}", "ce", 0, config.seeds[0])
+  """The run config the base is evaluated with: the grid's ``ce`` run at seed 0.
+
+  Seed 0 whatever the grid's seeds: neither the eval set nor a ``K = 0`` model's starting
+  parameters depend on it, so grids of other seeds in one out_dir share the evaluation.
+  """
+  spec = plan_lib.RunSpec("ce_s0", "ce", 0, 0)
   return plan_lib.run_config(config, spec)
 
 
