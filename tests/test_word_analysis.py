@@ -3,6 +3,8 @@
 import json
 import math
 import os
+import pathlib
+import types
 
 import numpy as np
 import pytest
@@ -114,6 +116,171 @@ def test_group_pieces_words_kinds_bytes_and_specials():
 def test_group_pieces_rejects_unequal_lengths():
   with pytest.raises(ValueError, match="pieces has 2 entries but special has 1"):
     wa.group_pieces(["▁a", "b"], [False])
+
+
+# --------------------------------------------------------------------------------------------
+# Tokens of any tokenizer into words: SentencePiece, byte-level BPE (SmolLM2, Llama 3, Qwen2)
+# and SentencePiece-like tokenizer.json (Llama 2, Gemma).
+# --------------------------------------------------------------------------------------------
+
+HF_BASE = pathlib.Path(__file__).parent / "fixtures" / "hf" / "smollm2_tied"
+SENTENCE = "The dogs weren't home in 1960 , but the dog wasn't ; he didn't win . Café au lait won"
+# Brown writes a contraction as one word (wasn't/bedz*): its pieces (e.g. "Ġwasn" "'t") make one word.
+SENTENCE_TAGGED = (
+  "The/at dogs/nns weren't/bed* home/nr in/in 1960/cd ,/, but/cc the/at dog/nn wasn't/bedz* ;/. he/pps "
+  "didn't/dod* win/vb ./. Café/nn au/fw-in lait/fw-nn won/vbd"
+)
+
+
+def test_byte_level_bytes_inverts_the_gpt2_byte_alphabet():
+  tokenizers = pytest.importorskip("tokenizers")
+  alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
+  assert len(alphabet) == 256 and sorted(b"".join(wa.byte_level_bytes(c) for c in alphabet)) == list(range(256))
+  text = "Café wasn't\n\t1960 ☃"
+  pieces = [p for p, _ in tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str(text)]
+  assert b"".join(wa.byte_level_bytes(p) for p in pieces) == text.encode("utf-8")
+  assert (wa.byte_level_bytes("Ġwasn"), wa.byte_level_bytes("Ċ"), wa.byte_level_bytes("<|x|>")) == (
+    b" wasn",
+    b"\n",
+    b"<|x|>",
+  )
+  assert wa.sentencepiece_bytes("▁was") == b" was" and wa.sentencepiece_bytes("<0x0A>") == b"\n"
+
+
+def test_group_pieces_byte_level_by_hand():
+  pieces = ["<|endoftext|>", "The", "Ġwasn", "'t", "Ġ", "196", "0", "Ġ", ",", "ĊĊ", "He", "Ġcaf", "Ã", "©", ".Ċ", "x"]
+  special = [p == "<|endoftext|>" for p in pieces]
+  g = wa.group_pieces(pieces, special, wa.byte_level_bytes)
+  # "196" "0" after a lone space are one word; a token ending in whitespace (".Ċ") ends its word.
+  assert g.words == ("The", "wasn't", "1960", ",", "He", "café.", "x")
+  W, E, S, I, N = wa.WHOLE, wa.END, wa.START, wa.MIDDLE, wa.NO_WORD
+  assert g.kind_T.tolist() == [N, W, S, E, N, S, E, N, W, N, W, S, I, I, E, W]
+
+
+def test_sentencepiece_grouping_is_the_bytes_grouping():
+  pieces = ["<s>", "▁He", "▁was", "n", "'", "t", "▁", ",", "▁", "<0xC3>", "<0xA9>", "t", "\\n", "x", "▁", "▁go", "</s>"]
+  special = [p in ("<s>", "</s>", "\\n") for p in pieces]
+  a = wa.group_pieces(pieces, special)
+  b = wa.group_texts([wa.sentencepiece_bytes(p) for p in pieces], special)
+  assert a.words == b.words and a.kind_T.tolist() == b.kind_T.tolist() and a.word_T.tolist() == b.word_T.tolist()
+  with pytest.raises(ValueError, match="texts has 2 entries but special has 1"):
+    wa.group_texts([b" a", b"b"], [False])
+
+
+def _byte_level_folder(path):
+  """A small byte-level BPE tokenizer.json (the GPT-2 / SmolLM2 / Llama 3 scheme) trained on SENTENCE."""
+  tokenizers = pytest.importorskip("tokenizers")
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = tokenizers.decoders.ByteLevel()
+  alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
+  trainer = tokenizers.trainers.BpeTrainer(
+    vocab_size=330, special_tokens=["<|endoftext|>"], initial_alphabet=alphabet, show_progress=False
+  )
+  tok.train_from_iterator([SENTENCE] * 4, trainer)
+  path.mkdir()
+  tok.save(str(path / "tokenizer.json"))
+  (path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>", "add_bos_token": False}))
+  return path
+
+
+def _sentencepiece_like_folder(path):
+  """A small "▁" + byte-fallback tokenizer.json (the Llama 2 / Gemma scheme): <0xHH> pieces in the vocabulary."""
+  tokenizers = pytest.importorskip("tokenizers")
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+  trainer = tokenizers.trainers.BpeTrainer(vocab_size=120, special_tokens=["<s>", "</s>"], show_progress=False)
+  tok.train_from_iterator([SENTENCE.replace("é", "e")] * 4, trainer)  # "é" is left to the byte pieces
+  spec = json.loads(tok.to_str())
+  vocab = spec["model"]["vocab"]
+  vocab.update({f"<0x{b:02X}>": len(vocab) + b for b in range(256)})
+  spec["model"]["byte_fallback"] = True
+  spec["decoder"] = {
+    "type": "Sequence",
+    "decoders": [
+      {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+      {"type": "ByteFallback"},
+      {"type": "Fuse"},
+      {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+    ],
+  }
+  path.mkdir()
+  (path / "tokenizer.json").write_text(json.dumps(spec))
+  (path / "tokenizer_config.json").write_text(
+    json.dumps({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True})
+  )
+  return path
+
+
+def _info(tok):
+  return types.SimpleNamespace(tokenizer_path=tok.path, bos_id=tok.bos_id)
+
+
+@pytest.mark.parametrize("make", [_byte_level_folder, _sentencepiece_like_folder])
+def test_a_tokenizer_json_run_groups_a_sentence_into_its_words(tmp_path, make):
+  from cyb_jax.data import tokenizer as tokenizer_lib
+
+  folder = make(tmp_path / "tok")
+  tok = tokenizer_lib.load_pretrained_tokenizer(folder)  # as the trainer loads data.tokenizer / init_from=hf:
+  reloaded = word_report.run_tokenizer(_info(tok))
+  assert type(reloaded) is type(tok) and reloaded.bos_id == tok.bos_id
+  docs = [SENTENCE, "the dog won"]
+  ids = tok.encode_documents(docs)
+  inputs = np.concatenate(ids + [np.full(3, tok.pad_id, np.int32)])[None]
+  tagged = [wa.parse_tagged_line(SENTENCE_TAGGED, "t:1"), wa.parse_tagged_line("the/at dog/nn won/vbd", "t:2")]
+  w = word_report.run_position_words(_info(tok), docs, tagged, inputs)
+  assert (w.num_docs, w.aligned_docs, w.skipped_docs) == (2, 2, ())
+  assert w.words == tuple(dict.fromkeys(SENTENCE.split()))
+  pieces = [tok.piece(int(i)) for i in ids[0]]
+  at = [m for m in range(ids[0].size) if w.word_M[m] >= 0 and w.words[w.word_M[m]] == "wasn't"]
+  assert "".join(pieces[m] for m in at).lstrip("Ġ▁") == "wasn't" and w.apostrophe_M[at].all()
+  assert [w.kind_M[m] for m in at] == (
+    [wa.START] + [wa.MIDDLE] * (len(at) - 2) + [wa.END] if len(at) > 1 else [wa.WHOLE]
+  )
+  if make is _byte_level_folder:  # the byte-level pre-tokenizer splits off "'t": the paper's first piece "wasn"
+    assert [pieces[m] for m in at] == ["Ġwasn", "'t"]
+  tag = lambda m: w.tags[w.tag_M[m]]
+  final = [m for m in range(ids[0].size) if w.kind_M[m] in (wa.WHOLE, wa.END)]
+  assert [tag(m) for m in final] == [wa.base_tag(t) for _, t in tagged[0]]
+  assert (w.kind_M[-3:] == wa.NO_WORD).all() and (w.word_M[-3:] == -1).all()
+  with pytest.raises(ValueError, match="first difference at position 2"):
+    bad = inputs.copy()
+    bad[0, 2] = (bad[0, 2] + 1) % tok.vocab_size
+    word_report.run_position_words(_info(tok), docs, tagged, bad)
+
+
+def test_the_smollm2_fixtures_tokenizer_groups_its_words():
+  from cyb_jax.data import tokenizer as tokenizer_lib
+
+  tok = tokenizer_lib.load_pretrained_tokenizer(HF_BASE)
+  text, special = word_report.token_text(word_report.run_tokenizer(_info(tok)))
+  assert {tok.eos_id, 1, 2} <= special  # <|endoftext|>, <|im_start|>, <|im_end|>
+  sentence = "the cats sat on the mat . the dog ran in the park"
+  (ids,) = tok.encode_documents([sentence])
+  g = wa.group_texts([text(int(i)) for i in ids], [int(i) in special for i in ids])
+  assert g.words == tuple(sentence.split())
+  assert [tok.piece(int(i)) for i in ids[:4]] == ["the", "Ġcat", "s", "Ġsat"]
+  assert g.kind_T[:4].tolist() == [wa.WHOLE, wa.START, wa.END, wa.WHOLE]
+
+
+def test_a_sentencepiece_run_tokenizer_keeps_its_bos_setting(tmp_path):
+  sentencepiece = pytest.importorskip("sentencepiece")
+  del sentencepiece
+  from cyb_jax.data import tokenizer as tokenizer_lib
+
+  proto = tokenizer_lib.train_sentencepiece([SENTENCE] * 20, vocab_size=320, model_type="bpe")
+  (tmp_path / "tokenizer.model").write_bytes(proto)
+  for add_bos in (True, False):
+    tok = tokenizer_lib.Tokenizer(proto, str(tmp_path / "tokenizer.model"), add_bos=add_bos)
+    reloaded = word_report.run_tokenizer(_info(tok))
+    assert isinstance(reloaded, tokenizer_lib.Tokenizer) and reloaded.bos_id == tok.bos_id
+    (ids,) = reloaded.encode_documents([SENTENCE])
+    text, special = word_report.token_text(reloaded)
+    assert wa.group_texts([text(int(i)) for i in ids], [int(i) in special for i in ids]).words == tuple(
+      SENTENCE.split()
+    )
+  with pytest.raises(ValueError, match="needs a text run's tokenizer"):
+    word_report.run_tokenizer(types.SimpleNamespace(tokenizer_path=None, bos_id=None))
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,15 +3,20 @@
 :func:`tagged_eval_documents` reads the tagged copy (``word/tag``) of a text run's eval
 documents (``DataBundle.eval_text``: the files, ``doc_per`` and held-out split of
 :mod:`cyb_jax.data.pipeline`), cut into documents the same way; :func:`run_position_words`
-encodes the eval documents with the run's tokenizer and checks that they are exactly the
-tokens of the eval batches. :func:`write_word_analysis` writes the statistics of
-:mod:`cyb_jax.analysis.words`; :func:`words_md` and :func:`plot_tags` render them.
+encodes the eval documents with the run's tokenizer (:func:`run_tokenizer`: the trainer's,
+a project-trained SentencePiece model or a pretrained folder's ``tokenizer.json`` /
+``tokenizer.model``) and checks that they are exactly the tokens of the eval batches; words are
+grouped from each token's text in bytes (:func:`token_text`), so any of these tokenizers works.
+:func:`write_word_analysis` writes the statistics of :mod:`cyb_jax.analysis.words`;
+:func:`words_md` and :func:`plot_tags` render them.
 Used by ``cyb-analyze --tagged_text=PATH`` (``cyb_jax/cli/analyze.py``).
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
@@ -58,11 +63,71 @@ def tagged_eval_documents(eval_text: pipeline.EvalText | None, tagged_text: str)
   return [all_tagged[i] for i in eval_text.doc_indices]
 
 
+def run_tokenizer(info) -> tokenizer_lib.Tokenizer | tokenizer_lib.HFTokenizer:
+  """The tokenizer a text run encoded its data with, reloaded from ``info.tokenizer_path``.
+
+  ``.../tokenizer.json`` came from a pretrained folder (``init_from=hf:PATH`` or data.tokenizer
+  a folder): that folder, read as the trainer reads it
+  (:func:`cyb_jax.data.tokenizer.load_pretrained_tokenizer`). Any other path is a SentencePiece
+  model, with BOS exactly when the run's documents have one (a folder's ``tokenizer.model`` may
+  have ``add_bos_token`` false).
+
+  Raises:
+    ValueError: for a run without a tokenizer (the synthetic task).
+  """
+  path = info.tokenizer_path
+  if not path:
+    raise ValueError("The word view needs a text run's tokenizer; this run has none (DataInfo.tokenizer_path).")
+  if epath.Path(path).name == "tokenizer.json":
+    return tokenizer_lib.load_pretrained_tokenizer(epath.Path(path).parent)
+  return tokenizer_lib.Tokenizer(epath.Path(path).read_bytes(), path, add_bos=info.bos_id is not None)
+
+
+def _nested_types(node) -> set[str]:
+  """Every ``"type"`` named in a tokenizer.json component (Sequence components nest)."""
+  children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+  own = {node["type"]} if isinstance(node, dict) and isinstance(node.get("type"), str) else set()
+  return own.union(*(_nested_types(c) for c in children))
+
+
+def token_text(tok) -> tuple[Callable[[int], bytes], set[int]]:
+  """(id -> the token's text in bytes, the ids that belong to no word) of a run's tokenizer.
+
+  SentencePiece (:class:`cyb_jax.data.tokenizer.Tokenizer`): its piece, "▁" a space and
+  ``<0xHH>`` a byte; BOS, EOS, the newline piece and pad are special. ``tokenizer.json``
+  (:class:`~cyb_jax.data.tokenizer.HFTokenizer`): a byte-level BPE vocabulary (a ``ByteLevel``
+  pre-tokenizer or decoder: GPT-2, SmolLM2, Llama 3, Qwen2) maps each character back to its
+  byte ("Ġ" a space); any other (Llama 2, Gemma) reads like SentencePiece, as do its added
+  tokens; a byte-level vocabulary's added token is its literal text. BOS, EOS, pad and the added
+  tokens marked special (but a byte piece ``<0xHH>``) are special.
+  """
+  special = {i for i in (tok.bos_id, tok.eos_id, tok.newline_id, tok.pad_id) if i is not None}
+  if isinstance(tok, tokenizer_lib.Tokenizer):
+    return (lambda i: wa.sentencepiece_bytes(tok.piece(i))), special
+  spec = json.loads(epath.Path(tok.path).read_text())
+  byte_level = "ByteLevel" in _nested_types([spec.get("pre_tokenizer"), spec.get("decoder")])
+  added = {int(a["id"]): str(a["content"]) for a in spec.get("added_tokens") or []}
+  special |= {int(a["id"]) for a in spec.get("added_tokens") or [] if a.get("special")}
+  special -= {i for i, a in added.items() if wa.is_byte_piece(a)}  # <0xHH> added as special: still text
+  import tokenizers  # pylint: disable=g-import-not-at-top  (as in cyb_jax.data.tokenizer)
+
+  raw = tokenizers.Tokenizer.from_str(json.dumps(spec))
+  of_piece = wa.byte_level_bytes if byte_level else wa.sentencepiece_bytes
+
+  def text(i: int) -> bytes:
+    if i in added:  # its literal text ("▁" a space and <0xHH> a byte outside byte-level vocabularies)
+      return added[i].encode("utf-8") if byte_level else wa.sentencepiece_bytes(added[i])
+    token = raw.id_to_token(int(i))
+    return b"" if token is None else of_piece(token)
+
+  return text, special
+
+
 def run_position_words(info, docs: Sequence[str], tagged_docs, inputs: np.ndarray) -> wa.PositionWords:
   """The words (and tags) of every position of a text run's eval set.
 
   Args:
-    info: the run's ``DataInfo`` (its ``tokenizer_path`` is loaded).
+    info: the run's ``DataInfo`` (its tokenizer is reloaded: :func:`run_tokenizer`).
     docs: the run's eval documents (``DataBundle.eval_text.docs``).
     tagged_docs: None, or :func:`tagged_eval_documents`.
     inputs: int ``[R, N]``, the eval set's input tokens (``EvalSetStats.inputs``).
@@ -70,7 +135,7 @@ def run_position_words(info, docs: Sequence[str], tagged_docs, inputs: np.ndarra
   Raises:
     ValueError: if the eval batches are not the re-encoded eval documents read in order.
   """
-  tok = tokenizer_lib.Tokenizer(epath.Path(info.tokenizer_path).read_bytes(), info.tokenizer_path)
+  tok = run_tokenizer(info)
   doc_ids = tok.encode_documents(list(docs))
   inputs_M = np.asarray(inputs).reshape(-1)
   stream_T = np.concatenate(doc_ids) if doc_ids else np.zeros(0, np.int32)
@@ -82,8 +147,8 @@ def run_position_words(info, docs: Sequence[str], tagged_docs, inputs: np.ndarra
       f"difference at position {bad}); was the run trained on other files, or on "
       "several processes?"
     )
-  special = {i for i in (tok.bos_id, tok.eos_id, tok.newline_id, tok.pad_id) if i is not None}
-  return wa.position_words(doc_ids, inputs_M.size, tok.piece, special, tagged_docs)
+  text, special = token_text(tok)
+  return wa.position_words(doc_ids, inputs_M.size, tok.piece, special, tagged_docs, token_bytes=text)
 
 
 def _rows(groups: Sequence[Any], first: str = "name") -> list[list[str]]:
@@ -116,7 +181,7 @@ def words_md(ws: wa.WordStats) -> str:
     "### Contractions",
     "",
     "After the first piece of a word split into several pieces (e.g. "
-    "`▁was` of wasn't), by whether the word has an apostrophe, vs after whole words (the paper "
+    "`was` of wasn't), by whether the word has an apostrophe, vs after whole words (the paper "
     "reports no pauses after the first piece of contractions).",
     "",
     tables.md_table(["input piece"] + _HEADER, _rows(ws.contractions)),

@@ -7,13 +7,17 @@ noun" is the position whose input token ends a word tagged ``nns``. "pauses" is 
 threshold protocol's ``k*``; ``E[pauses]`` (own halting) is reported beside it. Positions
 with weight 0 count nowhere, as in :mod:`cyb_jax.analysis`.
 
-Pieces into words (:func:`group_pieces`): a SentencePiece piece starting with "▁" starts a
-word; any other piece (also a byte piece ``<0xHH>``) continues the current word, or starts
-one if there is none (the first piece of a line without a leading space). Special tokens
-(BOS, EOS, the newline piece, padding) belong to no word and end the current word. A word's
-text is its pieces' text ("▁" as a space, byte pieces as their bytes, decoded as UTF-8),
-stripped. Leading pieces that are only spaces (a lone "▁" that SentencePiece did not merge
-into the next piece, as in ``"▁" ","``) belong to no word, so that word is ``","`` alone.
+Tokens into words (:func:`group_texts`), for any tokenizer: each token is taken as its text
+in bytes (:func:`sentencepiece_bytes`: "▁" as a space, a byte piece ``<0xHH>`` as its byte;
+:func:`byte_level_bytes`: a byte-level BPE token, GPT-2's printable image of its bytes, "Ġ" a
+space, as in SmolLM2, Llama 3, Qwen2). A token whose text starts with whitespace starts a word;
+any other token continues the current word, or starts one if there is none (the first piece of
+a line without a leading space) or the previous token's text ended with whitespace. Special
+tokens (BOS, EOS, the newline piece, padding) belong to no word and end the current word. A
+word's text is its tokens' bytes decoded as UTF-8, stripped. Leading tokens that are only
+whitespace (a lone "▁" or "Ġ" not merged into the next piece, as in ``"▁" ","``, or a newline
+token) belong to no word, so that word is ``","`` alone. :func:`group_pieces` does this for
+SentencePiece pieces.
 
 The tagged copy (:func:`read_tagged_documents`): the same text with every word written
 ``word/tag`` (the Brown corpus format), cut into documents exactly as the plain text is
@@ -78,35 +82,68 @@ class PieceWords:
     return (self.kind_T == WHOLE) | (self.kind_T == END)
 
 
-def _piece_bytes(piece: str) -> bytes:
+def is_byte_piece(piece: str) -> bool:
+  """Whether ``piece`` is a SentencePiece byte piece ``<0xHH>``."""
+  return _BYTE_PIECE.fullmatch(piece) is not None
+
+
+def sentencepiece_bytes(piece: str) -> bytes:
+  """The text of a SentencePiece piece in bytes: "▁" is a space, a byte piece ``<0xHH>`` its byte."""
   byte = _BYTE_PIECE.fullmatch(piece)
   return bytes([int(byte.group(1), 16)]) if byte else piece.replace(SPACE, " ").encode("utf-8")
 
 
-def group_pieces(pieces: Sequence[str], special: Sequence[bool]) -> PieceWords:
-  """Groups a token sequence's pieces into words (rules in the module docstring).
+def _bytes_to_unicode() -> dict[int, str]:
+  """GPT-2's map of the 256 bytes to printable characters (byte-level BPE vocabularies)."""
+  printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+  out, extra = {b: chr(b) for b in printable}, 0
+  for b in range(256):
+    if b not in out:
+      out[b] = chr(256 + extra)
+      extra += 1
+  return out
+
+
+_UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
+
+
+def byte_level_bytes(token: str) -> bytes:
+  """The text of a byte-level BPE token in bytes (``"Ġwasn" -> b" wasn"``, ``"Ċ" -> b"\\n"``).
+
+  A character outside GPT-2's byte alphabet (an added token's literal text) is its UTF-8.
+  """
+  out = bytearray()
+  for c in token:
+    b = _UNICODE_TO_BYTE.get(c)
+    out.extend(c.encode("utf-8") if b is None else (b,))
+  return bytes(out)
+
+
+def group_texts(texts: Sequence[bytes], special: Sequence[bool]) -> PieceWords:
+  """Groups a token sequence into words by the tokens' text (rules in the module docstring).
 
   Args:
-    pieces: the SentencePiece piece of each token, ``[T]``.
+    texts: the text of each token in bytes, ``[T]`` (e.g. :func:`sentencepiece_bytes` of its piece).
     special: ``[T]``, True for tokens that belong to no word (BOS, EOS, newline, padding).
   """
-  if len(pieces) != len(special):
-    raise ValueError(f"pieces has {len(pieces)} entries but special has {len(special)}.")
+  if len(texts) != len(special):
+    raise ValueError(f"texts has {len(texts)} entries but special has {len(special)}.")
   spans = []  # [first, end) token range of each candidate word
-  for t, (piece, skip) in enumerate(zip(pieces, special)):
+  for t, (data, skip) in enumerate(zip(texts, special)):
     if skip:
       continue
-    if piece.startswith(SPACE) or not spans or spans[-1][1] != t:  # else it continues the word
+    starts = data[:1].isspace() or not spans or spans[-1][1] != t or texts[t - 1][-1:].isspace()
+    if starts:
       spans.append([t, t + 1])
-    else:
+    else:  # it continues the word
       spans[-1][1] = t + 1
-  word_T = np.full(len(pieces), -1, np.int64)
-  kind_T = np.full(len(pieces), NO_WORD, np.int64)
+  word_T = np.full(len(texts), -1, np.int64)
+  kind_T = np.full(len(texts), NO_WORD, np.int64)
   words = []
   for first, end in spans:
-    while first < end and not _piece_bytes(pieces[first]).strip():
+    while first < end and not texts[first].strip():
       first += 1  # a lone "▁" (a space not merged into the next piece) belongs to no word
-    text = b"".join(_piece_bytes(p) for p in pieces[first:end]).decode("utf-8", "replace").strip()
+    text = b"".join(texts[first:end]).decode("utf-8", "replace").strip()
     if not text:
       continue
     word_T[first:end] = len(words)
@@ -116,6 +153,21 @@ def group_pieces(pieces: Sequence[str], special: Sequence[bool]) -> PieceWords:
     if end - first == 1:
       kind_T[first] = WHOLE
   return PieceWords(word_T=word_T, kind_T=kind_T, words=tuple(words))
+
+
+def group_pieces(
+  pieces: Sequence[str], special: Sequence[bool], piece_bytes: Callable[[str], bytes] = sentencepiece_bytes
+) -> PieceWords:
+  """Groups a token sequence's pieces into words (:func:`group_texts` of their bytes).
+
+  Args:
+    pieces: the piece of each token, ``[T]`` (a SentencePiece piece by default).
+    special: ``[T]``, True for tokens that belong to no word (BOS, EOS, newline, padding).
+    piece_bytes: piece -> its text in bytes (:func:`sentencepiece_bytes`, :func:`byte_level_bytes`).
+  """
+  if len(pieces) != len(special):
+    raise ValueError(f"pieces has {len(pieces)} entries but special has {len(special)}.")
+  return group_texts([piece_bytes(p) for p in pieces], special)
 
 
 def parse_tagged_line(line: str, where: str) -> list[tuple[str, str]]:
@@ -211,6 +263,8 @@ def position_words(
   special_ids: Collection[int],
   tagged_docs: Sequence[Sequence[tuple[str, str]]] | None = None,
   tag_of: Callable[[str], str] = base_tag,
+  *,
+  token_bytes: Callable[[int], bytes] | None = None,
 ) -> PositionWords:
   """Words and tags of the positions of a stream of documents read in order.
 
@@ -220,10 +274,12 @@ def position_words(
   Args:
     doc_ids: the token ids of each document ``[T_d]``, in stream order.
     num_positions: M, the positions analysed (``R * N`` of the eval set).
-    piece: id -> SentencePiece piece.
+    piece: id -> SentencePiece piece (read only without ``token_bytes``).
     special_ids: ids that belong to no word (BOS, EOS, newline, padding).
     tagged_docs: None, or the ``(word, tag)`` pairs of each document (same order and count).
     tag_of: the tag a written tag is grouped under (default :func:`base_tag`).
+    token_bytes: id -> the token's text in bytes, for any tokenizer (default:
+      :func:`sentencepiece_bytes` of ``piece(id)``).
   """
   if tagged_docs is not None and len(tagged_docs) != len(doc_ids):
     raise ValueError(f"{len(tagged_docs)} tagged documents for {len(doc_ids)} documents.")
@@ -232,11 +288,14 @@ def position_words(
   word_index, tag_index = {}, {}
   intern = lambda index, key: index.setdefault(key, len(index))
   start, num_docs, aligned, skipped = 0, 0, 0, []
+  text_of = token_bytes or (lambda i: sentencepiece_bytes(piece(i)))
+  cache = {}
+  text = lambda i: cache[i] if i in cache else cache.setdefault(i, text_of(i))
   for d, ids in enumerate(doc_ids):
     if start >= num_positions:
       break
     ids = np.asarray(ids).reshape(-1)
-    groups = group_pieces([piece(int(i)) for i in ids], [int(i) in special_ids for i in ids])
+    groups = group_texts([text(int(i)) for i in ids], [int(i) in special_ids for i in ids])
     n = min(ids.size, num_positions - start)
     here, word_T = slice(start, start + n), groups.word_T[:n]
     kind_M[here], piece_M[here] = groups.kind_T[:n], ids[:n]
