@@ -575,3 +575,68 @@ def test_text_bundle_holds_its_held_out_documents_and_a_longer_tagged_copy_is_re
   (root / "tagged_longer.txt").write_text(tagged + "the/at dog/nn ./.\n")
   with pytest.raises(ValueError, match=rf"has {len(lines) + 1} documents .*/text.txt' has {len(lines)}\."):
     analyze.analyze_run(str(root / "run"), out=str(root / "out5"), tagged_text=str(root / "tagged_longer.txt"))
+
+
+_HF_LEXICON = [  # words the SmolLM2-shaped fixture's 54-token vocabulary spells without dropping a byte
+  ("the", "at"),
+  ("cat", "nn"),
+  ("cats", "nns"),
+  ("dog", "nn"),
+  ("dogs", "nns"),
+  ("mats", "nns"),
+  ("sat", "vbd"),
+  ("ran", "vbd"),
+  ("on", "in"),
+  ("in", "in"),
+  ("park", "nn"),
+  (".", "."),
+]
+
+
+@pytest.mark.slow
+def test_cli_analyze_word_view_of_a_run_fine_tuned_from_an_hf_base(tmp_path):
+  """init_from=hf:smollm2_tied (a byte-level BPE tokenizer.json): the word and tag view of its run."""
+  from cyb_jax.configs import finetune_hf
+  from cyb_jax.experiment import analyze_run as analyze
+  from cyb_jax.training import train
+
+  rng = np.random.default_rng(0)
+  lines = [
+    [_HF_LEXICON[i] for i in rng.integers(0, len(_HF_LEXICON) - 1, size=rng.integers(3, 8))] + [_HF_LEXICON[-1]]
+    for _ in range(120)
+  ]
+  (tmp_path / "text.txt").write_text("\n".join(" ".join(w for w, _ in line) for line in lines) + "\n")
+  (tmp_path / "tagged.txt").write_text("\n".join(" ".join(f"{w}/{t}" for w, t in line) for line in lines) + "\n")
+  c = finetune_hf.get_config()
+  c.update_from_flattened_dict(
+    {
+      "init_from": f"hf:{HF_BASE}",
+      "data.source": f"text:{tmp_path / 'text.txt'}",
+      "data.doc_per": "line",
+      "data.seq_len": 16,
+      "data.batch_size": 4,
+      "data.eval_batches": 2,
+      "num_train_steps": 2,
+      "loss.pause_warmup_steps": 1,
+      "eval_every_steps": 2,
+      "checkpoint_every_steps": 2,
+      "log_every_steps": 1,
+      "progress_bar": False,
+      "write_report": False,
+      "model.dtype": "float32",
+      "model.remat_policy": "none",
+      "loss.vocab_chunk": 64,
+      "optimizer.warmup_steps": 1,
+    }
+  )
+  train.train_and_evaluate(c, str(tmp_path / "run"))
+  out = tmp_path / "out"
+  analyze.analyze_run(str(tmp_path / "run"), out=str(out), min_count=1, tagged_text=str(tmp_path / "tagged.txt"))
+  saved = json.load(open(out / "words.json"))["words"]
+  summary = json.load(open(out / "pause_stats.json"))["summary"]
+  assert saved["tagged"] and saved["skipped_docs"] == [] and saved["aligned_docs"] == saved["num_docs"] > 1
+  assert sum(g["count"] for g in saved["kinds"]) == summary["num_positions"]
+  assert sum(g["count"] for g in saved["by_tag"]) == saved["final_vs_internal"][0]["count"] > 0
+  assert {g["name"] for g in saved["after_words"]} <= {w for w, _ in _HF_LEXICON}
+  assert {g["name"] for g in saved["by_tag"]} <= {t for _, t in _HF_LEXICON}
+  assert saved["kinds"][wa.START]["count"] > 0  # e.g. "Ġcat" of "cats": the byte-level pieces form words
