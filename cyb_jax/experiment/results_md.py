@@ -140,13 +140,6 @@ def _word_view_lines(config, results: dict[str, Any], out_dir: str) -> list[str]
     + f" --out={os.path.join(out_dir, WORDS_DIR)}",
     "```",
   ]
-  tokenizer = config.run.get("data", {}).get("tokenizer") or ""
-  if (config.run.get("init_from") or "").startswith("hf:") and not tokenizer.endswith(".model"):
-    lines += [
-      "",
-      "The word view reads SentencePiece pieces (`▁` starts a word): with the base model's "
-      "Hugging Face tokenizer `cyb-analyze` stops on these runs (not yet supported).",
-    ]
   written = [key for key, path in analysis.items() if files.resolve(os.path.join(path, "words.md")).exists()]
   if written:
     lines += [
