@@ -44,6 +44,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from cyb_jax.configs import default
+from cyb_jax.configs import finetune_hf
 
 
 def _one_layer_model(run: ml_collections.ConfigDict, *, steps: int) -> None:
@@ -83,19 +84,6 @@ def _gpu_model(
 # The tiny random Llama (SmolLM2-shaped, tied) fixture with its tokenizer, for finetune_smoke.
 _TINY_BASE = pathlib.Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "hf" / "smollm2_tied"
 
-# model.* fields that the base brings (configs/finetune_hf.py): None here.
-_ARCHITECTURE = (
-  "vocab_size",
-  "num_layers",
-  "d_model",
-  "num_heads",
-  "mlp_dim",
-  "num_kv_heads",
-  "head_dim",
-  "tie_embeddings",
-  "rope_base",
-)
-
 
 def _finetune(c: ml_collections.ConfigDict, *, steps: int, batch: int, seq_len: int, eval_batches: int) -> None:
   """Every run fine-tunes from ``run.init_from`` (required): ce (K = 0), pause_ce and the CYB
@@ -111,7 +99,7 @@ def _finetune(c: ml_collections.ConfigDict, *, steps: int, batch: int, seq_len: 
   r.data.seq_len = seq_len
   r.data.batch_size = batch
   r.data.eval_batches = eval_batches  # The same held-out set for every run and the base.
-  for field in _ARCHITECTURE:
+  for field in finetune_hf.ARCHITECTURE_FIELDS:
     r.model[field] = None  # The base's (hf: its config.json; a run folder: its config.json).
   r.model.dtype = "bfloat16"  # Compute dtype; parameters stay float32 (model.param_dtype).
   r.model.remat_policy = "dots_with_no_batch_dims_saveable"  # Activation memory of a real model.

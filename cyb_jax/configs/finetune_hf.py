@@ -15,6 +15,19 @@ from ml_collections.config_dict import placeholder
 
 from cyb_jax.configs import default
 
+# model.* fields that the base model brings (left None in a fine-tuning config).
+ARCHITECTURE_FIELDS = (
+  "vocab_size",
+  "num_layers",
+  "d_model",
+  "num_heads",
+  "mlp_dim",
+  "num_kv_heads",
+  "head_dim",
+  "tie_embeddings",
+  "rope_base",
+)
+
 
 def get_config():
   c = default.get_config()
@@ -23,17 +36,7 @@ def get_config():
   c.data.doc_per = "paragraph"
   c.data.seq_len = 256
   c.data.batch_size = 8
-  for field in (
-    "vocab_size",
-    "num_layers",
-    "d_model",
-    "num_heads",
-    "mlp_dim",
-    "num_kv_heads",
-    "head_dim",
-    "tie_embeddings",
-    "rope_base",
-  ):
+  for field in ARCHITECTURE_FIELDS:
     c.model[field] = None  # The base model's.
   c.model.max_pauses = 1
   c.model.dtype = "bfloat16"  # Compute dtype; parameters stay float32 (model.param_dtype).

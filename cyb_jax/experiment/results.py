@@ -23,6 +23,9 @@ from cyb_jax.experiment import efficiency as efficiency_lib
 from cyb_jax.experiment import plan as plan_lib
 from cyb_jax.training import components
 
+# The eval figures of metrics.jsonl that every row of the main table summarises.
+_EVAL_FIGURES = ("nll_mix", "expected_pauses", "compute_mix", "threshold_nll", "threshold_accuracy", "threshold_pauses")
+
 
 def _final(workdir: str) -> dict[str, Any]:
   _, evals = metrics_writer.train_and_eval_rows(workdir)
@@ -119,15 +122,7 @@ def base_row(base: dict[str, Any] | None) -> dict[str, Any] | None:
   if base is None:
     return None
   one = lambda value: {"mean": float(value), "std": 0.0, "n": 1}
-  names = (
-    "nll_mix",
-    "expected_pauses",
-    "compute_mix",
-    "threshold_nll",
-    "threshold_accuracy",
-    "threshold_pauses",
-    "step0_nll",
-  )
+  names = (*_EVAL_FIGURES, "step0_nll")
   return {
     "label": "base (no fine-tuning)",
     "init_from": base.get("init_from"),
@@ -165,18 +160,7 @@ def summarise_runs(
       "seeds": [s.seed for s in members],
       "train_tokens": float(np.mean([f["train_tokens"] for f in finals])),
       "seconds": _mean_known([timings.get(s.name, float("nan")) for s in members]),
-      **{
-        name: _summarise([f[f"eval/{name}"] for f in finals])
-        for name in (
-          "nll_mix",
-          "expected_pauses",
-          "compute_mix",
-          "threshold_nll",
-          "threshold_accuracy",
-          "threshold_pauses",
-          "compute_threshold",
-        )
-      },
+      **{name: _summarise([f[f"eval/{name}"] for f in finals]) for name in (*_EVAL_FIGURES, "compute_threshold")},
       # What pausing itself buys: the model's own step-0 loss minus its loss with its pauses.
       **_pausing_gain(finals),
       "nll_mix_per_seed": [f[efficiency_lib.EVAL_LOSS] for f in finals],  # aligned with "seeds"
