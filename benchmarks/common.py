@@ -10,6 +10,8 @@ that its ``--help`` lists them), reads the model with :func:`model_fields` and a
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,3 +54,12 @@ def set_quick_sizes(sizes: Mapping[str, Any]) -> None:
   """``--quick``: sets the model flags to :data:`QUICK_SIZES` and the script's own flags to ``sizes``."""
   for name, value in {**QUICK_SIZES, **sizes}.items():
     flags.FLAGS[name].value = value
+
+
+def finish_record(record: dict[str, Any], out: str | None) -> None:
+  """Records the load average at the end, prints it, and writes ``record`` as JSON to ``out`` if set."""
+  record["load_end"] = os.getloadavg()
+  print("load average at end: " + " ".join(f"{x:.2f}" for x in record["load_end"]))
+  if out:
+    with open(out, "w") as f:
+      json.dump(record, f, indent=1)

@@ -24,7 +24,6 @@ of the process do not land on the first measurement.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import statistics
@@ -40,6 +39,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common  # noqa: E402
 from cyb_jax import model as model_lib
 from cyb_jax import sharding
 from cyb_jax.configs import default as default_config
@@ -249,12 +249,9 @@ def main(argv: Sequence[str]) -> None:
     flush=True,
   )
   record, table = bench_compile_time(sizes, pauses, _STEPS.value, _REPEATS.value)
-  record.update(command=command, device=jax.devices()[0].device_kind, load_start=load, load_end=os.getloadavg())
+  record.update(command=command, device=jax.devices()[0].device_kind, load_start=load)
   print("\n" + table + "\n")
-  print("load average at end: " + " ".join(f"{x:.2f}" for x in record["load_end"]))
-  if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      json.dump(record, f, indent=1)
+  common.finish_record(record, _OUT.value)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,6 @@ from __future__ import annotations
 import collections
 import functools
 import glob
-import json
 import math
 import os
 import platform
@@ -537,11 +536,7 @@ def main(argv: Sequence[str]) -> None:
       if name not in _SKIP.value and (name != "profile" or _PROFILE_LENGTH.value):
         record[name], table = bench()
         print(table + "\n", flush=True)
-  record["load_end"] = os.getloadavg()
-  print("load average at end: " + " ".join(f"{x:.2f}" for x in record["load_end"]))
-  if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      json.dump(record, f, indent=1)
+  common.finish_record(record, _OUT.value)
 
 
 if __name__ == "__main__":
