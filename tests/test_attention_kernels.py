@@ -151,6 +151,8 @@ def test_gpu_kernel_refusals_name_the_reason():
   assert "sliding window (3)" in attention_kernels.gpu_kernel_refusal(64, bf16, 3)
   assert "not a multiple of 16" in attention_kernels.gpu_kernel_refusal(40, bf16, None)
   assert not attention_kernels.uses_gpu_kernel(40, bf16, None)
+  assert "head width 8 is under 16" in attention_kernels.gpu_kernel_refusal(64, bf16, None, head_dim=8)
+  assert attention_kernels.uses_gpu_kernel(64, bf16, None, head_dim=256)
 
 
 # ------------------------------------------------------------------------------------------

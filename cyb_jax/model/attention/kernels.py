@@ -20,8 +20,8 @@ GPU kernel:
     dense reference `attend`.
 
 Where the GPU kernel cannot serve a call (a sliding window, which it does not take; a sequence
-length that is not a multiple of 16), the call is computed by the dense reference on every
-platform and the reason is logged once.
+length that is not a multiple of 16; a head width under 16), the call is computed by the dense
+reference on every platform and the reason is logged once.
 
 The private pause step (shared plus private keys). The softmax over the union of both blocks is
 
@@ -59,8 +59,8 @@ _SIXTEEN_BIT = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 _warned: set[str] = set()
 
 
-def gpu_kernel_refusal(n: int, dtype, window: int | None) -> str | None:
-  """Why the GPU kernel cannot compute a call of N queries in ``dtype``; None if it can.
+def gpu_kernel_refusal(n: int, dtype, window: int | None, head_dim: int = MIN_BLOCK) -> str | None:
+  """Why the GPU kernel cannot compute a call of N queries of width E in ``dtype``; None if it can.
 
   float32 is not a refusal worth a warning: the dense reference is the float32 kernel.
   """
@@ -70,12 +70,14 @@ def gpu_kernel_refusal(n: int, dtype, window: int | None) -> str | None:
     return f"a sliding window ({window}) with packed documents, which the Pallas GPU kernel does not take"
   if n % MIN_BLOCK:
     return f"sequence length {n} is not a multiple of {MIN_BLOCK}"
+  if head_dim < MIN_BLOCK:  # its tiles multiply [.., E] blocks: Triton's dot needs E >= 16
+    return f"head width {head_dim} is under {MIN_BLOCK}"
   return None
 
 
-def uses_gpu_kernel(n: int, dtype, window: int | None) -> bool:
+def uses_gpu_kernel(n: int, dtype, window: int | None, head_dim: int = MIN_BLOCK) -> bool:
   """Whether a call of N queries in ``dtype`` with ``window`` lowers to the GPU kernel on cuda."""
-  return jnp.dtype(dtype) in _SIXTEEN_BIT and gpu_kernel_refusal(n, dtype, window) is None
+  return jnp.dtype(dtype) in _SIXTEEN_BIT and gpu_kernel_refusal(n, dtype, window, head_dim) is None
 
 
 def warn_once(reason: str) -> None:
@@ -274,10 +276,11 @@ def document_attend(
   """
   n = q_BxNxHxE.shape[1]
   floats = (q_BxNxHxE, shared, private)
-  refusal = gpu_kernel_refusal(n, q_BxNxHxE.dtype, window)
+  e = q_BxNxHxE.shape[-1]
+  refusal = gpu_kernel_refusal(n, q_BxNxHxE.dtype, window, e)
   if refusal is not None:
     warn_once(refusal)
-  if not uses_gpu_kernel(n, q_BxNxHxE.dtype, window):
+  if not uses_gpu_kernel(n, q_BxNxHxE.dtype, window, e):
     return dense(floats, aux)
 
   def gpu(floats, aux):
