@@ -17,7 +17,11 @@ bfloat16, and the lowered module is read:
 
 import dataclasses
 import functools
+import json
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +31,7 @@ import pytest
 from cyb_jax import losses
 from cyb_jax.model.config import ModelConfig
 from cyb_jax.training import steps
+from tests.multidevice import harness
 
 B, N, V = 2, 48, 64  # N: a multiple of the kernel's 16, and no other dimension of the model
 _TRITON = "__gpu$xla.gpu.triton"
@@ -141,3 +146,19 @@ def test_float32_and_windows_lower_for_cuda_through_the_dense_kernel():
   )
   calls = _kernel_calls(_lowered_text(windowed, "cuda"))
   assert calls  # the full layer's calls
+
+
+@pytest.mark.multidevice
+def test_under_a_2x2x2_mesh_the_kernel_runs_on_each_devices_rows_and_equals_one_device(tmp_path):
+  """8 devices, rows over (data, fsdp) and heads over tensor: the kernel runs in a shard_map
+  (XLA cannot split an opaque call, and would gather every operand onto every device). Through
+  Pallas's interpreter it equals the dense path on one device, values and gradients; in the
+  train step lowered for cuda every kernel call holds one device's 8 / 4 = 2 rows."""
+  out = tmp_path / "gpu_kernel_mesh.json"
+  cmd = [sys.executable, "-m", "tests.multidevice.gpu_kernel_mesh", f"--out={out}"]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  subprocess.run(cmd, env=harness.subprocess_env(8), cwd=root, check=True, timeout=600)
+  result = json.loads(out.read_text())
+  assert result["devices"] == 8
+  assert result["max_abs_diff"] <= 1e-5 and result["grads_max_rel_diff"] <= 2e-5, result
+  assert result["kernel_batch_sizes"] == [2], result

@@ -38,3 +38,13 @@ def softmax_block(scores_BxGxRxSxC: jax.Array, weighted_sum) -> tuple[jax.Array,
   normaliser_BxGxRxS = weights_BxGxRxSxC.sum(-1)
   out_BxGxRxSxE = weighted_sum(weights_BxGxRxSxC) / normaliser_BxGxRxS[..., None]
   return out_BxGxRxSxE, jnp.log(normaliser_BxGxRxS) + row_max_BxGxRxSx1[..., 0]
+
+
+def dividing_axes(axes, size: int, mesh):
+  """`axes` (mesh axis names, one or a tuple, or None) if their devices divide `size`, else None
+  (that dimension is then replicated inside a kernel's shard_map)."""
+  names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  devices = 1
+  for name in names:
+    devices *= mesh.shape[name]
+  return axes if size % devices == 0 else None

@@ -47,9 +47,11 @@ import math
 import jax
 import jax.numpy as jnp
 from absl import logging
+from flax import linen as nn
 
 from cyb_jax.model.attention.blocks import MASKED as _MASKED
 from cyb_jax.model.attention.blocks import KeyValues
+from cyb_jax.model.attention.blocks import dividing_axes
 from cyb_jax.model.attention.blocks import softmax_block as _softmax_block
 
 # Sequence lengths the GPU kernel's tiles divide: a multiple of MIN_BLOCK.
@@ -196,6 +198,32 @@ def _private_block(q_BxSxHxE, private: KeyValues, private_mask_BxSxJ):
   return out_BxSxGxRxE.reshape(b, s, h, e), lse_BxSxGxR.reshape(b, s, h)
 
 
+def _gpu_document_attend_local(
+  q_BxNxHxE: jax.Array,
+  shared: KeyValues,
+  segment_ids_BxN: jax.Array,
+  private: KeyValues | None = None,
+  private_mask: jax.Array | None = None,
+  *,
+  scale: float | None = None,
+  interpret: bool = False,
+) -> jax.Array:
+  """`gpu_document_attend` on one device's rows and heads."""
+  b, n, h, e = q_BxNxHxE.shape
+  g = shared.k.shape[2]
+  scale = e**-0.5 if scale is None else scale
+  dtype = q_BxNxHxE.dtype
+  q_BxNxHxE = q_BxNxHxE * jnp.asarray(scale, dtype)
+  k_BxNxHxE, v_BxNxHxE = (jnp.repeat(x.astype(dtype), h // g, axis=2) for x in (shared.k, shared.v))
+  if private is None:
+    return _gpu_output(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, interpret=interpret).astype(dtype)
+  out_BxNxHxE, lse_shared_BxNxH = _attention_with_lse(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, interpret)
+  private_out_BxNxHxE, lse_private_BxNxH = _private_block(q_BxNxHxE, private, private_mask)
+  shared_share_BxNxHx1 = jax.nn.sigmoid(lse_shared_BxNxH - lse_private_BxNxH)[..., None]
+  merged = shared_share_BxNxHx1 * out_BxNxHxE.astype(jnp.float32) + (1.0 - shared_share_BxNxHx1) * private_out_BxNxHxE
+  return merged.astype(dtype)
+
+
 def gpu_document_attend(
   q_BxNxHxE: jax.Array,
   shared: KeyValues,
@@ -211,20 +239,45 @@ def gpu_document_attend(
   q `[B, N, H, E]`; shared keys/values `[B, N, G, E]` at the query positions; `segment_ids`
   `[B, N]`; optional private keys/values `[B, N, J, G, E]` with `private_mask` `[B or 1, N or 1,
   J]`. Returns `[B, N, H, E]` in q's dtype.
+
+  Under a mesh the kernel runs in a `shard_map` over the rows (`act_batch`) and, where both
+  divide, the query and key/value heads (`act_heads`, `act_kv_heads`): XLA cannot split an
+  opaque kernel call and would otherwise gather every operand onto every device.
   """
-  b, n, h, e = q_BxNxHxE.shape
+  local = functools.partial(_gpu_document_attend_local, scale=scale, interpret=interpret)
+  args = dict(q=q_BxNxHxE, shared=shared, segment_ids=segment_ids_BxN, private=private, private_mask=private_mask)
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return local(*args.values())
+  b, _, h, _ = q_BxNxHxE.shape
   g = shared.k.shape[2]
-  scale = e**-0.5 if scale is None else scale
-  dtype = q_BxNxHxE.dtype
-  q_BxNxHxE = q_BxNxHxE * jnp.asarray(scale, dtype)
-  k_BxNxHxE, v_BxNxHxE = (jnp.repeat(x.astype(dtype), h // g, axis=2) for x in (shared.k, shared.v))
-  if private is None:
-    return _gpu_output(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, interpret=interpret).astype(dtype)
-  out_BxNxHxE, lse_shared_BxNxH = _attention_with_lse(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, interpret)
-  private_out_BxNxHxE, lse_private_BxNxH = _private_block(q_BxNxHxE, private, private_mask)
-  shared_share_BxNxHx1 = jax.nn.sigmoid(lse_shared_BxNxH - lse_private_BxNxH)[..., None]
-  merged = shared_share_BxNxHx1 * out_BxNxHxE.astype(jnp.float32) + (1.0 - shared_share_BxNxHx1) * private_out_BxNxHxE
-  return merged.astype(dtype)
+  batch_axes, head_axes, kv_head_axes = nn.logical_to_mesh_axes(("act_batch", "act_heads", "act_kv_heads"))
+  batch = dividing_axes(batch_axes, b, mesh)
+  heads, kv_heads = dividing_axes(head_axes, h, mesh), dividing_axes(kv_head_axes, g, mesh)
+  if heads is None or kv_heads is None:  # the local kernel repeats kv heads: split both or neither
+    heads = kv_heads = None
+  P = jax.sharding.PartitionSpec  # noqa: N806
+  specs = dict(
+    q=P(batch, None, heads, None),
+    shared=KeyValues(P(batch, None, kv_heads, None), P(batch, None, kv_heads, None)),
+    segment_ids=P(batch),
+    private=None if private is None else KeyValues(*[P(batch, None, None, kv_heads, None)] * 2),
+    private_mask=None if private_mask is None else P(batch if private_mask.shape[0] == b else None),
+  )
+  names = [k for k, v in args.items() if v is not None]
+
+  def on_device(*values):  # the arguments present, in args' order; the absent ones are None
+    given = dict(zip(names, values))
+    return local(*(given.get(k) for k in args))
+
+  call = jax.shard_map(
+    on_device,
+    mesh=mesh,
+    in_specs=tuple(specs[k] for k in names),
+    out_specs=P(batch, None, heads, None),
+    check_vma=False,
+  )
+  return call(*(args[k] for k in names))
 
 
 def _by_platform(gpu, dense, floats, aux):

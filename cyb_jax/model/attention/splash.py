@@ -39,6 +39,7 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 
 from cyb_jax.model.attention.blocks import KeyValues
+from cyb_jax.model.attention.blocks import dividing_axes
 
 LANES = 128  # splash's key block width: N and the key count must be multiples of it
 _HIDDEN_SEGMENT = -1  # segment id of a private key no query may see (real ids are >= 0)
@@ -115,16 +116,6 @@ def _platform(mesh) -> str:
   return getattr(device, "platform", None) or jax.default_backend()
 
 
-def _dividing(axes, size: int, mesh):
-  """`axes` (mesh axis names, one or a tuple, or None) if their devices divide `size`, else None
-  (that dimension is then replicated inside the shard_map)."""
-  names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-  devices = 1
-  for name in names:
-    devices *= mesh.shape[name]
-  return axes if size % devices == 0 else None
-
-
 def _check_lengths(n: int, m: int) -> None:
   if m != n:
     raise ValueError(f"splash attention needs shared keys at the query positions (M = N), got M={m}, N={n}")
@@ -186,9 +177,8 @@ def splash_attend(
   keys_BxGxCxE, values_BxGxCxE = jnp.swapaxes(keys_BxCxGxE, 1, 2), jnp.swapaxes(values_BxCxGxE, 1, 2)
   args = (q_BxGxRxNxE, keys_BxGxCxE, values_BxGxCxE, segment_ids_BxN.astype(jnp.int32), kv_segments_BxC)
   if not mesh.empty:
-    batch, heads = (
-      _dividing(axes, size, mesh) for axes, size in zip(nn.logical_to_mesh_axes(("act_batch", "act_kv_heads")), (b, g))
-    )
+    axes = nn.logical_to_mesh_axes(("act_batch", "act_kv_heads"))
+    batch, heads = (dividing_axes(a, size, mesh) for a, size in zip(axes, (b, g)))
     P = jax.sharding.PartitionSpec  # noqa: N806
     specs = (P(batch, heads), P(batch, heads), P(batch, heads), P(batch), P(batch))
     call = jax.shard_map(call, mesh=mesh, in_specs=specs, out_specs=P(batch, heads), check_vma=False)
