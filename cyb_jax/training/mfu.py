@@ -258,10 +258,7 @@ def account_train_step(
     if device is not None:
       peak = or_warn("MFU's device peak lookup", peak_flops_per_device, configured_peak, device=device)
   if peak is not None:
-    batch_size, seq_len = batch_shape
-    flops = or_warn(
-      "MFU's model FLOP count", lambda: model_flops.train_step_flops(model_cfg, batch_size, seq_len) / mesh.size
-    )
+    flops = or_warn("MFU's model FLOP count", lambda: model_flops.train_step_flops(model_cfg, *batch_shape) / mesh.size)
   if compiled is not None:
     memory = or_warn("The train step's memory analysis", compiled_bytes, compiled)
   if memory is not None:
