@@ -141,8 +141,9 @@ def test_merge_init_params_rejects_a_shape_mismatch():
 
 
 def test_merge_init_params_refuses_to_lose_a_checkpoints_layers():
-  """Scanned layers (`decoder/layers/...`) into an unscanned model would copy no block: refused,
-  naming scan_layers; a pause model's pause embeddings and DK head may be left out (K = 0)."""
+  """Scanned layers (`decoder/layers/...`) into an unscanned model would copy no block, and an
+  untied head from a tied base would start random: both refused; a pause model's pause
+  embeddings and DK head may be left out (K = 0)."""
   cfg = model_lib.ModelConfig(vocab_size=10, num_layers=2, d_model=16, num_heads=2, mlp_dim=32, max_pauses=1)
   scanned = dataclasses.replace(cfg, scan_layers=True)
   with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match=r"no place in this model.*scan_layers"):
@@ -154,6 +155,12 @@ def test_merge_init_params_refuses_to_lose_a_checkpoints_layers():
     model_lib.init_params(ce, jax.random.key(0)), model_lib.init_params(cfg, jax.random.key(1))
   )
   assert copied and not any("pause_embed" in k for k in copied + kept)
+  untied = dataclasses.replace(cfg, tie_embeddings=False)
+  tied = dataclasses.replace(cfg, tie_embeddings=True)
+  with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match=r"not in the checkpoint.*vocab_head"):
+    init_from.merge_init_params(
+      model_lib.init_params(untied, jax.random.key(0)), model_lib.init_params(tied, jax.random.key(0))
+    )
 
 
 def test_resuming_with_another_model_shape_says_what_differs(tmp_path):

@@ -18,10 +18,11 @@ def merge_init_params(fresh: Any, source: Any) -> tuple[Any, list[str], list[str
   """Copies every parameter of ``source`` into ``fresh`` where the path exists.
 
   Parameters only in ``fresh`` (a K = 0 model has no ``pause_embed``) stay freshly
-  initialised; a parameter in both with different shapes is an error, and so is a parameter of
-  ``source`` that this model lacks, but for the pause embeddings and the DK head (a pause
-  model fine-tuned as ``ce``): it would be lost silently (e.g. layers stacked by
-  ``scan_layers`` on one side only, which name their parameters differently).
+  initialised; a parameter in both with different shapes is an error, and so is a parameter in
+  one only, but for the pause embeddings and the DK head (a ``ce`` base fine-tuned with pauses,
+  or a pause model fine-tuned as ``ce``): it would be lost, or start random under trained
+  weights, silently (e.g. layers stacked by ``scan_layers`` on one side only, which name their
+  parameters differently; an untied head from a tied base).
 
   Returns:
     ``(params, copied paths, fresh paths)``.
@@ -49,10 +50,17 @@ def merge_init_params(fresh: Any, source: Any) -> tuple[Any, list[str], list[str
       f"init_from: {len(lost)} parameters of the checkpoint have no place in this model, e.g. {lost[:3]}; "
       f"this model's are named like {kept[:3]} (another layer layout? check model.scan_layers)."
     )
+  unfilled = sorted(k for k in kept if not k.startswith(_DROPPABLE))
+  if unfilled:
+    raise ckpt_lib.IncompatibleCheckpointError(
+      f"init_from: {len(unfilled)} parameters of this model are not in the checkpoint, e.g. {unfilled[:3]}: "
+      "they would start random under trained weights (another architecture? compare model.* with the base's)."
+    )
   return params, copied, kept
 
 
-# Checkpoint parameters a model may leave out: a pause model's, fine-tuned with K = 0.
+# Parameters in one side only that are expected: the pause embeddings and the DK head (K = 0 on
+# one side).
 _DROPPABLE = ("['pause_embed']", "['dk_head']")
 
 
