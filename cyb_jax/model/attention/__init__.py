@@ -44,6 +44,7 @@ from flax import struct
 
 from cyb_jax.model.attention.blocks import MASKED as _MASKED
 from cyb_jax.model.attention.blocks import KeyValues
+from cyb_jax.model.attention.blocks import merge_blocks
 from cyb_jax.model.attention.blocks import softmax_block as _softmax_block
 from cyb_jax.model.attention.kernels import document_attend
 from cyb_jax.model.attention.kernels import warn_once as _warn_once
@@ -195,8 +196,7 @@ def attend(
       scores_BxGxRxSxJ,
       lambda w: jnp.einsum("bgrsj,bsjge->bgrse", w.astype(private.v.dtype), private.v, preferred_element_type=f32),
     )
-    shared_share_BxGxRxSx1 = jax.nn.sigmoid(lse_shared_BxGxRxS - lse_private_BxGxRxS)[..., None]
-    out_BxGxRxSxE = shared_share_BxGxRxSx1 * out_BxGxRxSxE + (1.0 - shared_share_BxGxRxSx1) * private_out_BxGxRxSxE
+    out_BxGxRxSxE = merge_blocks(out_BxGxRxSxE, lse_shared_BxGxRxS, private_out_BxGxRxSxE, lse_private_BxGxRxS)
   out_BxSxGxRxE = jnp.transpose(out_BxGxRxSxE, (0, 3, 1, 2, 4))
   return out_BxSxGxRxE.reshape(b, s, h, e).astype(q_BxSxHxE.dtype)
 

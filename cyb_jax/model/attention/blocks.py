@@ -40,6 +40,18 @@ def softmax_block(scores_BxGxRxSxC: jax.Array, weighted_sum) -> tuple[jax.Array,
   return out_BxGxRxSxE, jnp.log(normaliser_BxGxRxS) + row_max_BxGxRxSx1[..., 0]
 
 
+def merge_blocks(out_a, lse_a, out_b, lse_b) -> jax.Array:
+  """The softmax over the union of two blocks of disjoint keys, from each block's softmax:
+
+      out = sigmoid(lse_a - lse_b) out_a + sigmoid(lse_b - lse_a) out_b
+
+  (`out_* [..., E]`, `lse_* [...]`), which is `sum_b e^{lse_b} out_b / sum_b e^{lse_b}`
+  computed without overflow. In float32 when either output is.
+  """
+  share_a = jax.nn.sigmoid(lse_a - lse_b)[..., None]
+  return share_a * out_a + (1.0 - share_a) * out_b
+
+
 def dividing_axes(axes, size: int, mesh):
   """`axes` (mesh axis names, one or a tuple, or None) if their devices divide `size`, else None
   (that dimension is then replicated inside a kernel's shard_map)."""

@@ -52,6 +52,7 @@ from flax import linen as nn
 from cyb_jax.model.attention.blocks import MASKED as _MASKED
 from cyb_jax.model.attention.blocks import KeyValues
 from cyb_jax.model.attention.blocks import dividing_axes
+from cyb_jax.model.attention.blocks import merge_blocks
 from cyb_jax.model.attention.blocks import softmax_block as _softmax_block
 
 # Sequence lengths the GPU kernel's tiles divide: a multiple of MIN_BLOCK.
@@ -107,16 +108,17 @@ def _block_sizes(n: int, e: int):
   )
 
 
-def _gpu_kernel(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, *, interpret: bool = False):
+def _mha(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, *, interpret: bool = False, return_residuals: bool = False):
   """Causal-within-documents flash attention by Pallas on GPU (q pre-scaled, heads equal).
 
-  Returns `(out [B, N, H, E] in q's dtype, lse [B, N, H] float32)`; `out` is differentiable,
-  `lse` (natural log) is not (see `_attention_with_lse`). `interpret` runs the kernel on any platform (tests).
+  Returns `out [B, N, H, E]` in q's dtype, differentiable (the kernel's own backward pass), and
+  with `return_residuals` also the kernel's log-normaliser `[B, H, N]` (float32, base 2, not
+  differentiable). `interpret` runs the kernel on any platform (tests).
   """
   from jax.experimental.pallas.ops.gpu import attention as pallas_attention  # noqa: PLC0415
 
   n, e = q_BxNxHxE.shape[1], q_BxNxHxE.shape[-1]
-  out_BxNxHxE, lse_BxHxN = pallas_attention.mha(
+  return pallas_attention.mha(
     q_BxNxHxE,
     k_BxNxHxE,
     v_BxNxHxE,
@@ -125,27 +127,18 @@ def _gpu_kernel(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, *, interpret: 
     causal=True,
     block_sizes=_block_sizes(n, e),
     interpret=interpret,
-    return_residuals=True,
+    return_residuals=return_residuals,
+  )
+
+
+def _gpu_kernel(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, *, interpret: bool = False):
+  """`(out [B, N, H, E], lse [B, N, H] float32, natural log)` of `_mha`; `lse` is not
+  differentiable (see `_attention_with_lse`)."""
+  out_BxNxHxE, lse_BxHxN = _mha(
+    q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, interpret=interpret, return_residuals=True
   )
   # The kernel keeps its log-normaliser in base 2 (its exponentials are exp2): convert to base e.
   return out_BxNxHxE, jnp.swapaxes(lse_BxHxN, 1, 2) * math.log(2.0)
-
-
-def _gpu_output(q, k, v, segment_ids, *, interpret: bool = False):
-  """The GPU kernel's output alone, differentiable (the kernel's own backward pass)."""
-  from jax.experimental.pallas.ops.gpu import attention as pallas_attention  # noqa: PLC0415
-
-  n, e = q.shape[1], q.shape[-1]
-  return pallas_attention.mha(
-    q,
-    k,
-    v,
-    segment_ids.astype(jnp.int32),
-    sm_scale=1.0,
-    causal=True,
-    block_sizes=_block_sizes(n, e),
-    interpret=interpret,
-  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -161,7 +154,7 @@ def _attention_with_lse_fwd(q, k, v, segment_ids, interpret):
 def _attention_with_lse_bwd(interpret, residuals, cotangents):
   q, k, v, segment_ids = residuals
   d_out_BxNxHxE, d_lse_BxNxH = cotangents
-  kernel = functools.partial(_gpu_output, segment_ids=segment_ids, interpret=interpret)
+  kernel = functools.partial(_mha, segment_ids_BxN=segment_ids, interpret=interpret)
   _, vjp_qkv = jax.vjp(kernel, q, k, v)
   dq, dk, dv = vjp_qkv(d_out_BxNxHxE.astype(q.dtype))
   # lse's share: attention with the keys as values gives sum_m P[s, m] k[m]; the kernel's value
@@ -216,11 +209,10 @@ def _gpu_document_attend_local(
   q_BxNxHxE = q_BxNxHxE * jnp.asarray(scale, dtype)
   k_BxNxHxE, v_BxNxHxE = (jnp.repeat(x.astype(dtype), h // g, axis=2) for x in (shared.k, shared.v))
   if private is None:
-    return _gpu_output(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, interpret=interpret).astype(dtype)
+    return _mha(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, interpret=interpret).astype(dtype)
   out_BxNxHxE, lse_shared_BxNxH = _attention_with_lse(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, interpret)
   private_out_BxNxHxE, lse_private_BxNxH = _private_block(q_BxNxHxE, private, private_mask)
-  shared_share_BxNxHx1 = jax.nn.sigmoid(lse_shared_BxNxH - lse_private_BxNxH)[..., None]
-  merged = shared_share_BxNxHx1 * out_BxNxHxE.astype(jnp.float32) + (1.0 - shared_share_BxNxHx1) * private_out_BxNxHxE
+  merged = merge_blocks(out_BxNxHxE.astype(jnp.float32), lse_shared_BxNxH, private_out_BxNxHxE, lse_private_BxNxH)
   return merged.astype(dtype)
 
 
@@ -245,10 +237,10 @@ def gpu_document_attend(
   opaque kernel call and would otherwise gather every operand onto every device.
   """
   local = functools.partial(_gpu_document_attend_local, scale=scale, interpret=interpret)
-  args = dict(q=q_BxNxHxE, shared=shared, segment_ids=segment_ids_BxN, private=private, private_mask=private_mask)
+  args = (q_BxNxHxE, shared, segment_ids_BxN, private, private_mask)
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
-    return local(*args.values())
+    return local(*args)
   b, _, h, _ = q_BxNxHxE.shape
   g = shared.k.shape[2]
   batch_axes, head_axes, kv_head_axes = nn.logical_to_mesh_axes(("act_batch", "act_heads", "act_kv_heads"))
@@ -257,27 +249,15 @@ def gpu_document_attend(
   if heads is None or kv_heads is None:  # the local kernel repeats kv heads: split both or neither
     heads = kv_heads = None
   P = jax.sharding.PartitionSpec  # noqa: N806
-  specs = dict(
-    q=P(batch, None, heads, None),
-    shared=KeyValues(P(batch, None, kv_heads, None), P(batch, None, kv_heads, None)),
-    segment_ids=P(batch),
-    private=None if private is None else KeyValues(*[P(batch, None, None, kv_heads, None)] * 2),
-    private_mask=None if private_mask is None else P(batch if private_mask.shape[0] == b else None),
+  specs = (  # an absent private block (None) has the spec None
+    P(batch, None, heads, None),
+    KeyValues(P(batch, None, kv_heads, None), P(batch, None, kv_heads, None)),
+    P(batch),
+    None if private is None else KeyValues(*[P(batch, None, None, kv_heads, None)] * 2),
+    None if private_mask is None else P(batch if private_mask.shape[0] == b else None),
   )
-  names = [k for k, v in args.items() if v is not None]
-
-  def on_device(*values):  # the arguments present, in args' order; the absent ones are None
-    given = dict(zip(names, values))
-    return local(*(given.get(k) for k in args))
-
-  call = jax.shard_map(
-    on_device,
-    mesh=mesh,
-    in_specs=tuple(specs[k] for k in names),
-    out_specs=P(batch, None, heads, None),
-    check_vma=False,
-  )
-  return call(*(args[k] for k in names))
+  call = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P(batch, None, heads, None), check_vma=False)
+  return call(*args)
 
 
 def _by_platform(gpu, dense, floats, aux):
