@@ -474,31 +474,6 @@ def describe_loop(r: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def dot_flops(jaxpr) -> float:
-  """FLOPs of the ``dot_general`` equations of a jaxpr: 2 x output elements x contracted size,
-  a ``scan`` body times its length, a ``cond`` its costliest branch, other sub-jaxprs once.
-
-  No backend is needed. Attention computed by a fused kernel (a custom call) is not counted.
-  """
-  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)  # a ClosedJaxpr's Jaxpr
-  total = 0.0
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name == "dot_general":
-      (contract, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
-      total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contract)
-      continue
-    subs = []
-    for value in eqn.params.values():
-      for v in value if isinstance(value, (tuple, list)) else (value,):
-        if hasattr(v, "eqns") or hasattr(getattr(v, "jaxpr", None), "eqns"):
-          subs.append(dot_flops(v))
-    if subs:
-      total += max(subs) if name == "cond" else sum(subs) * (eqn.params.get("length", 1) if name == "scan" else 1)
-  return total
-
-
 def throughput_config(sizes: Mapping[str, Any], pauses: int, impl: str):
   """The default run config with the throughput model: ``ce`` at K = 0, ``cyb_ap`` above (as
   benchmarks/train_loop.py's r(K)), no pause warm-up, synthetic data of ``[B, N]``."""
@@ -548,7 +523,7 @@ def throughput(
      seconds = trace + lower + XLA compile, the last under that contention;
   3. model FLOPs per step of each K: :func:`cyb_jax.training.programs.model_flops_per_device` (the
      trainer's ``train/mfu`` count); if it fails, the ``dot_general`` FLOPs of the K's
-     ``xla`` program's jaxpr (:func:`dot_flops`);
+     ``xla`` program's jaxpr (:func:`cyb_jax.model.flops.traced_matmul_flops`);
   4. step time: one untimed step, then ``repeats`` round-robin rounds of ``steps``
      back-to-back steps per program, the fastest round's mean; tokens/s = B N / step time;
      MFU = FLOPs / (step time x peak); r(K) = t(K) / ((K + 1) t(0)) per impl; peak memory
@@ -560,6 +535,7 @@ def throughput(
 
   from cyb_jax import sharding  # pylint: disable=g-import-not-at-top
   from cyb_jax.data.packing import BATCH_KEYS  # pylint: disable=g-import-not-at-top
+  from cyb_jax.model import flops as model_flops  # pylint: disable=g-import-not-at-top
   from cyb_jax.training import components  # pylint: disable=g-import-not-at-top
   from cyb_jax.training import mfu  # pylint: disable=g-import-not-at-top
   from cyb_jax.training import programs as programs_lib  # pylint: disable=g-import-not-at-top
@@ -621,7 +597,9 @@ def throughput(
         init_lowered = progs.init.lower(rng)
       row["lower_s"] = lower_s = time.perf_counter() - start
       row["num_params"] = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))
-      row["jaxpr_flops"] = dot_flops(traced.jaxpr)
+      jaxpr_flops = mfu.or_warn("the traced step's matmul FLOPs", model_flops.traced_matmul_flops, traced.jaxpr)
+      if jaxpr_flops is not None:
+        row["jaxpr_flops"] = jaxpr_flops
       built[key] = dict(
         config=config,
         model_cfg=model_cfg,
@@ -652,7 +630,8 @@ def throughput(
     except Exception as e:  # MFU accounting must never stop the check
       record["notes"].append(f"model_flops_per_device failed at K={k}: {type(e).__name__}: {e}"[:300])
       source = (k, "xla") if (k, "xla") in rows and "jaxpr_flops" in rows[(k, "xla")] else key
-      flops[k] = (rows[source]["jaxpr_flops"], f"dot_general FLOPs of the {source[1]} program's jaxpr")
+      if "jaxpr_flops" in rows[source]:  # else no MFU at this K
+        flops[k] = (rows[source]["jaxpr_flops"], f"dot_general FLOPs of the {source[1]} program's jaxpr")
 
   runners, reserve = {}, 3.0 * len(built)  # seconds kept to time the programs
   for key, b in built.items():

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from benchmarks import accel_stages
+from cyb_jax.model import flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,15 +100,15 @@ def test_the_pytest_reader_counts_outcomes_with_and_without_xdist():
   assert log.totals == ["2 failed, 2 passed, 1 skipped"]
 
 
-def test_dot_flops_count_each_matmul_and_a_scan_body_times_its_length():
+def test_the_matmul_count_of_a_jitted_program_counts_each_matmul_and_a_scan_body_times_its_length():
   def f(x, w):
     y = x @ w.T  # [4, 8]: 2 * 4 * 8 * 16
     y, _ = jax.lax.scan(lambda c, _: (jnp.tanh(c @ w @ w.T), None), y, None, length=3)  # 3 * 2 * (2 * 4*16*8)
     return y.sum()
 
   x, w = jnp.ones((4, 16)), jnp.ones((8, 16))
-  assert accel_stages.dot_flops(jax.make_jaxpr(f)(x, w)) == 2 * 4 * 8 * 16 + 3 * 2 * (2 * 4 * 16 * 8)
-  assert accel_stages.dot_flops(jax.make_jaxpr(jax.jit(f))(x, w)) == 2 * 4 * 8 * 16 + 3 * 2 * (2 * 4 * 16 * 8)
+  assert flops.traced_matmul_flops(jax.make_jaxpr(f)(x, w)) == 2 * 4 * 8 * 16 + 3 * 2 * (2 * 4 * 16 * 8)
+  assert flops.traced_matmul_flops(jax.make_jaxpr(jax.jit(f))(x, w)) == 2 * 4 * 8 * 16 + 3 * 2 * (2 * 4 * 16 * 8)
 
 
 def test_the_summary_shows_a_partial_throughput_table_and_the_failing_tests():

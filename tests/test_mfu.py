@@ -7,7 +7,6 @@ step (``jax.make_jaxpr``: no backend, nothing compiled).
 
 import functools
 import logging
-import math
 import types
 
 import jax
@@ -16,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.extend import core as jax_core
 
 from cyb_jax import metrics_writer
 from cyb_jax import model as model_lib
@@ -104,38 +102,6 @@ def test_compiled_bytes_peak_is_argument_plus_output_plus_temp_less_the_donated_
 # ------------------------------------------------------------------------------------------
 
 
-def _dot_general_flops(jaxpr: jax_core.Jaxpr) -> int:
-  """FLOPs of the ``dot_general``s a jaxpr executes: 2 * prod(output shape) * prod(contracted sizes) each.
-
-  Sub-jaxprs count as they run: a ``scan`` body ``length`` times, a ``cond`` its costliest
-  branch, every other (``pjit``, custom_jvp/vjp, remat, scatter combiners) once. A ``while``
-  loop with products in it has no static trip count: refused.
-  """
-  total = 0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      (contract_lhs, _), _ = eqn.params["dimension_numbers"]
-      lhs_shape = eqn.invars[0].aval.shape
-      total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs_shape[i] for i in contract_lhs)
-      continue
-    subs = [
-      x.jaxpr if isinstance(x, jax_core.ClosedJaxpr) else x
-      for value in eqn.params.values()
-      for x in (value if isinstance(value, (tuple, list)) else (value,))
-      if isinstance(x, (jax_core.ClosedJaxpr, jax_core.Jaxpr))
-    ]
-    counts = [_dot_general_flops(sub) for sub in subs]
-    if eqn.primitive.name == "scan":
-      total += eqn.params["length"] * sum(counts)
-    elif eqn.primitive.name == "cond":
-      total += max(counts)
-    elif eqn.primitive.name == "while" and any(counts):
-      raise ValueError("a while loop with products has no static trip count")
-    else:
-      total += sum(counts)
-  return total
-
-
 def test_the_dot_general_counter_counts_a_scan_body_per_iteration_and_one_cond_branch():
   x, w = jnp.ones((8, 4)), jnp.ones((4, 4))
   matmul = 2 * 8 * 4 * 4
@@ -144,7 +110,7 @@ def test_the_dot_general_counter_counts_a_scan_body_per_iteration_and_one_cond_b
     y = jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=3)[0]
     return jax.lax.cond(y.sum() > 0, lambda: y @ w @ w, lambda: y @ w)
 
-  assert _dot_general_flops(jax.make_jaxpr(f)(x, w).jaxpr) == 3 * matmul + 2 * matmul
+  assert flops.traced_matmul_flops(jax.make_jaxpr(f)(x, w).jaxpr) == 3 * matmul + 2 * matmul
 
 
 def _traced_and_counted(**overrides) -> tuple[int, int, model_lib.ModelConfig, int, int]:
@@ -170,7 +136,7 @@ def _traced_and_counted(**overrides) -> tuple[int, int, model_lib.ModelConfig, i
     accum_steps=config.optimizer.grad_accum_steps,
     vocab_chunk=components.vocab_chunk(config),
   )
-  traced = _dot_general_flops(jax.make_jaxpr(step)(state, batch).jaxpr)
+  traced = flops.traced_matmul_flops(jax.make_jaxpr(step)(state, batch).jaxpr)
   return traced, flops.train_step_flops(model_cfg, b, n), model_cfg, b, n
 
 

@@ -12,9 +12,11 @@ is the same on every backend.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
+from jax.extend import core as jax_core
 
 from cyb_jax.model.config import ModelConfig
 
@@ -124,3 +126,38 @@ def train_step_flops(cfg: ModelConfig, batch_size: int, seq_len: int) -> int:
   implementation, not of the model, and are not counted.
   """
   return 3 * forward_flops(cfg, batch_size, seq_len)
+
+
+def traced_matmul_flops(jaxpr) -> int:
+  """FLOPs of the ``dot_general``s a jaxpr (or closed jaxpr) executes: 2 * prod(output shape) *
+  prod(contracted sizes) each. A count of the traced program, independent of the formulas above
+  (``tests/test_mfu.py`` checks them against it); no backend is needed.
+
+  Sub-jaxprs count as they run: a ``scan`` body ``length`` times, a ``cond`` its costliest
+  branch, every other (``pjit``, custom_jvp/vjp, remat, scatter combiners) once. A ``while``
+  loop with products in it has no static trip count: refused.
+  """
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)  # a ClosedJaxpr's Jaxpr
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      (contract_lhs, _), _ = eqn.params["dimension_numbers"]
+      lhs_shape = eqn.invars[0].aval.shape
+      total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs_shape[i] for i in contract_lhs)
+      continue
+    subs = [
+      x.jaxpr if isinstance(x, jax_core.ClosedJaxpr) else x
+      for value in eqn.params.values()
+      for x in (value if isinstance(value, (tuple, list)) else (value,))
+      if isinstance(x, (jax_core.ClosedJaxpr, jax_core.Jaxpr))
+    ]
+    counts = [traced_matmul_flops(sub) for sub in subs]
+    if eqn.primitive.name == "scan":
+      total += eqn.params["length"] * sum(counts)
+    elif eqn.primitive.name == "cond":
+      total += max(counts)
+    elif eqn.primitive.name == "while" and any(counts):
+      raise ValueError("a while loop with products has no static trip count")
+    else:
+      total += sum(counts)
+  return total
