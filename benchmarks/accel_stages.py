@@ -622,9 +622,7 @@ def throughput(
     b = built[key]
     try:
       flops[k] = (
-        programs_lib.model_flops_per_device(
-          b["config"], b["model_cfg"], b["progs"].loss, batch, tx=b["progs"].tx, schedule=b["progs"].schedule
-        ),
+        programs_lib.model_flops_per_device(b["model_cfg"], batch),
         "model_flops_per_device",
       )
     except Exception as e:  # MFU accounting must never stop the check

@@ -144,9 +144,7 @@ class Step:
     with sharding.mesh_context(self.mesh, rules):
       self.state = programs.init(jax.random.key(0))
       self.compiled = programs.train_step.lower(self.state, self.batch).compile()
-      self.flops = train.model_flops_per_device(
-        config, self.model_cfg, programs.loss, self.batch, tx=programs.tx, schedule=programs.schedule
-      )
+      self.flops = train.model_flops_per_device(self.model_cfg, self.batch)
     # XLA's own count of the compiled program, for comparison only: None where the backend
     # gives none (a benchmark's bookkeeping never stops it).
     cost = mfu.or_warn("the compiled program's cost analysis", self.compiled.cost_analysis)

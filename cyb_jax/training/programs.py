@@ -137,33 +137,20 @@ def make_programs(
   )
 
 
-def model_flops_per_device(
-  config: ml_collections.ConfigDict | None,
-  model_cfg: model_lib.ModelConfig,
-  loss: losses.Loss | None,
-  batch: Batch,
-  *,
-  tx: optax.GradientTransformation | None = None,
-  schedule: optax.Schedule | None = None,
-  num_devices: int | None = None,
-) -> float:
+def model_flops_per_device(model_cfg: model_lib.ModelConfig, batch: Batch, *, num_devices: int | None = None) -> float:
   """Model FLOPs of one train step of ``batch``'s shape, per device; nothing is lowered.
 
   :func:`cyb_jax.model.flops.train_step_flops` of ``model_cfg`` and the global batch ``[B, N]`` of
   ``batch["inputs"]`` (arrays or ``jax.ShapeDtypeStruct``s), divided by ``num_devices``:
   by default the devices ``batch["inputs"]`` is sharded over (the trainer's mesh), or 1 for
   a batch that carries no sharding. The count is analytic, so it is the same on every
-  backend and costs no compile: the devices are never asked.
-
-  ``config``, ``loss``, ``tx`` and ``schedule`` are not read: model FLOPs do not depend on
-  the loss or the optimiser (their work is elementwise), nor on ``grad_accum_steps``
-  (micro-batches split the same products), remat or vocabulary chunks (implementation
-  work). They stay in the signature for its callers.
+  backend and costs no compile: the devices are never asked. It depends on neither the loss
+  nor the optimiser (their work is elementwise), nor on ``grad_accum_steps`` (micro-batches
+  split the same products), remat or vocabulary chunks (implementation work).
 
   Raises:
     ValueError: ``batch["inputs"]`` is not ``[B, N]``, or ``num_devices`` is not >= 1.
   """
-  del config, loss, tx, schedule  # see the docstring: model FLOPs do not depend on them
   inputs = batch["inputs"]
   if len(inputs.shape) != 2:
     raise ValueError(f"batch['inputs'] must be [batch_size, seq_len] tokens, got shape {tuple(inputs.shape)}.")
