@@ -28,7 +28,6 @@ from absl import logging
 from cyb_jax import files
 from cyb_jax import model as model_lib
 from cyb_jax import sharding
-from cyb_jax.analysis import evaluation
 from cyb_jax.data import config as data_config_lib
 from cyb_jax.data import tokenizer as tokenizer_lib
 from cyb_jax.experiment import plan as plan_lib
@@ -132,11 +131,8 @@ def evaluate_base(config: ml_collections.ConfigDict, out_dir: str) -> dict[str, 
   with sharding.mesh_context(mesh, rules):
     init = jax.jit(functools.partial(model_lib.init_params, model_cfg), out_shardings=programs.shardings.params)
     params = init_from_lib.initial_params(c, model_cfg, init(jax.random.key(c.seed)), programs.shardings.params)
-    sums = None
-    for b in data.eval_batches:
-      batch = sharding.global_batch({k: b[k] for k in train.BATCH_KEYS}, mesh)
-      sums = evaluation.add_sums(sums, programs.eval_step(params, batch))
-  figures = dict(evaluation.figures(sums), init_from=c.init_from)
+    batches = [sharding.global_batch({k: b[k] for k in train.BATCH_KEYS}, mesh) for b in data.eval_batches]
+    figures = dict(programs.evaluate(params, batches), init_from=c.init_from)
   if jax.process_index() == 0:
     files.resolve(workdir).mkdir(parents=True, exist_ok=True)
     ckpt_lib.save_config(workdir, c)

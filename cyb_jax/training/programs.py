@@ -69,6 +69,14 @@ class Programs:
   eval_step: Callable[[Any, Batch], dict]
   loss: losses.Loss
 
+  def evaluate(self, params: Any, batches) -> dict:
+    """:func:`cyb_jax.analysis.evaluation.figures` of ``eval_step`` summed over the placed
+    ``batches`` (at least one)."""
+    sums = None
+    for batch in batches:
+      sums = evaluation.add_sums(sums, self.eval_step(params, batch))
+    return evaluation.figures(sums)
+
   def abstract_state(self, rng: jax.Array) -> TrainState:
     """Shapes, dtypes and shardings of the state (the target of a checkpoint restore).
 

@@ -29,7 +29,6 @@ from absl import logging
 from cyb_jax import files
 from cyb_jax import metrics_writer
 from cyb_jax import sharding
-from cyb_jax.analysis import evaluation
 from cyb_jax.training import checkpoint as ckpt_lib
 from cyb_jax.training import components
 from cyb_jax.training import hosts
@@ -166,10 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def evaluate_now(step: int) -> dict:
       if not eval_batches:
         return {}
-      sums = None
-      for batch in eval_batches:
-        sums = evaluation.add_sums(sums, programs.eval_step(state.params, batch))
-      figures = evaluation.figures(sums)
+      figures = programs.evaluate(state.params, eval_batches)
       row = {f"eval/{k}": v for k, v in figures.items() if k not in ("weight_sum", "num_positions")}
       row["eval/accuracy"] = figures["threshold_accuracy"]
       row["train_tokens"] = train_tokens
