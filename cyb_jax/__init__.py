@@ -9,7 +9,10 @@ else, and ``from cyb_jax import losses`` imports only what ``cyb_jax.losses`` ne
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from collections.abc import Sequence
 from importlib import metadata as _metadata
+from typing import Any
 
 _PYPROJECT_VERSION = "0.1.0"  # keep equal to [project] version in pyproject.toml
 
@@ -36,13 +39,23 @@ __all__ = [
 ]  # and above them all cyb_jax.cli, the command-line entry points (not a library API)
 
 
-def __getattr__(name: str):
-  """Imports the public submodule ``name`` on first access (PEP 562)."""
-  if name in __all__:
-    module = importlib.import_module(f"{__name__}.{name}")
-    globals()[name] = module
-    return module
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}; its public submodules are {', '.join(__all__)}")
+def lazy_submodules(namespace: dict[str, Any], names: Sequence[str]) -> Callable[[str], Any]:
+  """A PEP 562 module ``__getattr__`` for the package whose globals are ``namespace``: each of
+  its submodules ``names`` is imported on first access as an attribute, and kept."""
+
+  def __getattr__(name: str) -> Any:
+    if name in names:
+      module = importlib.import_module(f"{namespace['__name__']}.{name}")
+      namespace[name] = module
+      return module
+    raise AttributeError(
+      f"module {namespace['__name__']!r} has no attribute {name!r}; its public submodules are {', '.join(names)}"
+    )
+
+  return __getattr__
+
+
+__getattr__ = lazy_submodules(globals(), __all__)
 
 
 def __dir__() -> list[str]:

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import math
 from collections.abc import Callable
 from collections.abc import Sequence
 
 import numpy as np
 
+import cyb_jax
 from cyb_jax.losses import PositionStats
 
 _PER_STEP_FIELDS = ("halt_probs", "nll_per_step", "correct_per_step")
@@ -307,11 +307,5 @@ def by_token(
   )
 
 
-# Submodules reached as attributes (``cyb_jax.analysis.evaluation``) without importing them first (PEP 562).
-_SUBMODULES = ("evaluation", "words", "word_report", "tables", "plots", "report")
-
-
-def __getattr__(name: str):
-  if name in _SUBMODULES:
-    return importlib.import_module(f"{__name__}.{name}")
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Submodules reached as attributes (``cyb_jax.analysis.x``) without importing them first (PEP 562).
+__getattr__ = cyb_jax.lazy_submodules(globals(), ("evaluation", "words", "word_report", "tables", "plots", "report"))

@@ -23,7 +23,6 @@ model of a fine-tuning comparison), this module
 from __future__ import annotations
 
 import copy
-import importlib
 import os
 import time
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
+import cyb_jax
 from cyb_jax import files
 from cyb_jax import metrics_writer
 from cyb_jax.experiment import base as base_lib
@@ -159,11 +159,7 @@ def _read_timings(out_dir: str) -> dict[str, float]:
   return timings
 
 
-# Submodules reached as attributes (``cyb_jax.experiment.plan``) without importing them first (PEP 562).
-_SUBMODULES = ("plan", "base", "results", "results_md", "plots", "efficiency", "analyze_run")
-
-
-def __getattr__(name: str):
-  if name in _SUBMODULES:
-    return importlib.import_module(f"{__name__}.{name}")
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Submodules reached as attributes (``cyb_jax.experiment.x``) without importing them first (PEP 562).
+__getattr__ = cyb_jax.lazy_submodules(
+  globals(), ("plan", "base", "results", "results_md", "plots", "efficiency", "analyze_run")
+)

@@ -32,12 +32,12 @@ but `losses` (never `training`, `analysis` or `experiment`).
 from __future__ import annotations
 
 import functools
-import importlib
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+import cyb_jax
 from cyb_jax.model.attention import KeyValues
 from cyb_jax.model.attention import LayerCache
 from cyb_jax.model.attention import Visibility
@@ -290,11 +290,7 @@ def step_logits(cfg: ModelConfig, params, tokens_BxN, *, segment_ids=None, posit
   return logits_from_hidden(cfg, params, hidden_BxNxKxD)
 
 
-# Submodules reached as attributes (``cyb_jax.model.config``) without importing them first (PEP 562).
-_SUBMODULES = ("config", "layers", "transformer", "attention", "flops", "decode", "samples")
-
-
-def __getattr__(name: str):
-  if name in _SUBMODULES:
-    return importlib.import_module(f"{__name__}.{name}")
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Submodules reached as attributes (``cyb_jax.model.x``) without importing them first (PEP 562).
+__getattr__ = cyb_jax.lazy_submodules(
+  globals(), ("config", "layers", "transformer", "attention", "flops", "decode", "samples")
+)

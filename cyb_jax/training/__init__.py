@@ -9,13 +9,9 @@ program memory, the profiler window). It imports `model`, `pretrained`, `analysi
 `data` and the foundations, never `experiment` or `cli`.
 """
 
-import importlib
+import cyb_jax
 
-# Submodules reached as attributes (``cyb_jax.training.components``) without importing them first (PEP 562).
-_SUBMODULES = ("components", "steps", "programs", "train", "checkpoint", "init_from", "hosts", "prefetch", "mfu")
-
-
-def __getattr__(name: str):
-  if name in _SUBMODULES:
-    return importlib.import_module(f"{__name__}.{name}")
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Submodules reached as attributes (``cyb_jax.training.x``) without importing them first (PEP 562).
+__getattr__ = cyb_jax.lazy_submodules(
+  globals(), ("components", "steps", "programs", "train", "checkpoint", "init_from", "hosts", "prefetch", "mfu")
+)
