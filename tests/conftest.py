@@ -21,12 +21,21 @@ preferred_element_type, the XLA path of jax.nn.dot_product_attention for float32
 nothing (the CPU always multiplies float32 in float32: the pinned-figure runs are bit-identical
 with and without it). Set JAX_DEFAULT_MATMUL_PRECISION to test another precision.
 
+With CYB_JAX_CUDA_PATH set (`make test` sets it), JAX's CUDA plugin from that folder is on the
+path of the tests and the programs they start, the CPU staying the default backend: the tests
+lower and compile for an H100 described by `benchmarks/gpu_targets.py`.
+
 Markers (pyproject.toml): tests marked ``gpu`` (``tpu``) are skipped unless JAX's default
 backend is a GPU (TPU), so the suite passes on a CPU-only machine and runs them where the
 accelerator is.
 """
 
 import os
+
+if os.environ.get("CYB_JAX_CUDA_PATH"):  # `make test`: JAX's CUDA plugin, to compile for a GPU
+  from benchmarks import gpu_targets
+
+  gpu_targets.use_cuda_tools()
 
 if os.environ.get("CYB_JAX_TEST_FULL_OPT", "") in ("", "0"):
   from tests.xla_flags import FAST_COMPILE_FLAGS

@@ -1,9 +1,13 @@
-"""The fused attention path (`attention_impl="dot_product"`, cyb_jax.model.attention.kernels) computes
-the dense reference (`attention.attend`, `attention_impl="xla"`): values and gradients.
+"""The fused attention path (`attention_impl="dot_product"`, cyb_jax.model.attention.kernels and
+.flash) computes the dense reference (`attention.attend`, `attention_impl="xla"`): values and
+gradients.
 
-The GPU kernel itself (Pallas flash attention with segment ids) runs here through Pallas's
-interpreter, so its numerics are checked on a CPU; `tests/test_accelerator_lowering.py` checks
-that programs lowered for CUDA carry it."""
+`flash_attention`'s custom VJP (the log-normaliser's cotangent folded into the kernel's backward
+pass, the pause merge, GQA, windows as key ranges) runs here with the reference kernel, which
+honours the flash contract (its backward reads `out` only through `delta`), so every gradient is
+checked exactly on a CPU. tokamax's GPU kernel cannot run on a CPU: `tests/test_gpu_compile.py`
+compiles it for an H100 and `tests/test_accelerator_lowering.py` checks that programs lowered for
+CUDA carry it; the `gpu`-marked test below compares it with `attend` on a GPU."""
 
 import dataclasses
 import functools
@@ -16,6 +20,7 @@ import pytest
 from cyb_jax import model as model_lib
 from cyb_jax.model import attention
 from cyb_jax.model import decode
+from cyb_jax.model.attention import flash
 from cyb_jax.model.attention import kernels as attention_kernels
 from cyb_jax.model.config import RUNTIME_FIELDS
 from cyb_jax.model.config import ModelConfig
@@ -101,58 +106,99 @@ def _check_equal_with_grads(f_ref, f_fused, args):
 
 # Row 0: two documents of 10 and 22 tokens; row 1: one of 25, then padding (segment 0).
 _SEGMENTS = jnp.array([[1] * 10 + [2] * 22, [1] * 25 + [0] * 7])
+_POSITIONS = jnp.array([list(range(10)) + list(range(22)), list(range(25)) + list(range(7))])
 
 
-def test_gpu_kernel_shared_attention_equals_attend():
-  """The real-token pass: the Pallas GPU kernel (run by its interpreter) computes `attend` over
-  the causal-within-documents mask, in value and gradient, with GQA and a custom scale."""
-  q, shared, _ = _random_qkv(s=32, m=32)
+def _document_mask(window=None):
   mask = attention.causal_segment_mask(_SEGMENTS)
+  return mask if window is None else mask & attention.window_mask(_POSITIONS, _POSITIONS, window)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_flash_shared_attention_equals_attend(window):
+  """The real-token pass: `flash_attention` computes `attend` over the causal-within-documents
+  mask (and a sliding window, as key ranges), in value and gradient, with GQA and a custom scale."""
+  q, shared, _ = _random_qkv(s=32, m=32)
+  mask = _document_mask(window)
   _check_equal_with_grads(
     lambda q, kv: attention.attend(q, kv, mask, scale=0.3),
-    lambda q, kv: attention_kernels.gpu_document_attend(q, kv, _SEGMENTS, scale=0.3, interpret=True),
+    lambda q, kv: attention_kernels.flash_document_attend(
+      q, kv, _SEGMENTS, scale=0.3, window=window, kernel=flash.REFERENCE
+    ),
     (q, shared),
   )
 
 
-def test_gpu_kernel_shared_plus_private_attention_equals_attend():
-  """The private pause step: the kernel's log-normaliser, made differentiable by its exact
-  vector-Jacobian product, merges with the private block into the joint softmax, in value and
-  gradient (w.r.t. q, the shared and the private keys). Row 0 sees 1 private key, row 1 all 3;
-  scores near 30 (large enough that an unstabilised merge overflows float32's exp)."""
+@pytest.mark.parametrize("window", [None, 3])
+def test_flash_shared_plus_private_attention_equals_attend(window):
+  """The private pause step: the shared block's log-normaliser, differentiated by folding its
+  cotangent into the flash backward pass (no extra kernel pass), merges with the private block
+  into the joint softmax, in value and gradient (w.r.t. q, the shared and the private keys). Row
+  0 sees 1 private key, row 1 all 3; scores near 30 (an unstabilised merge overflows float32)."""
   q, shared, private = _random_qkv(s=32, m=32)
   q = 10.0 * q
-  mask = attention.causal_segment_mask(_SEGMENTS)
+  mask = _document_mask(window)
   private_mask = (jnp.arange(3)[None, None] < jnp.array([1, 3])[:, None, None]).astype(bool)
   _check_equal_with_grads(
     lambda q, kv, pkv: attention.attend(q, kv, mask, pkv, private_mask),
-    lambda q, kv, pkv: attention_kernels.gpu_document_attend(q, kv, _SEGMENTS, pkv, private_mask, interpret=True),
+    lambda q, kv, pkv: attention_kernels.flash_document_attend(
+      q, kv, _SEGMENTS, pkv, private_mask, window=window, kernel=flash.REFERENCE
+    ),
     (q, shared, private),
   )
 
 
-def test_gpu_kernel_log_normaliser_is_base_e():
-  """The kernel keeps lse in base 2; `_gpu_kernel` returns log sum exp(scores) (base e)."""
-  q, shared, _ = _random_qkv(b=2, s=32, m=32, h=2, g=2)
-  out, lse = attention_kernels._gpu_kernel(q, shared.k, shared.v, _SEGMENTS, interpret=True)
-  scores = jnp.einsum("bshe,bmhe->bshm", q, shared.k)
-  mask = attention.causal_segment_mask(_SEGMENTS)[:, :, None, :]
-  np.testing.assert_allclose(lse, jax.nn.logsumexp(jnp.where(mask, scores, -jnp.inf), axis=-1), **TOL)
-  np.testing.assert_allclose(out, attention.attend(q, shared, mask[:, :, 0], scale=1.0), **TOL)
+def test_flash_attention_both_outputs_differentiate_exactly():
+  """`flash_attention`'s (out, lse) against dense autodiff: the gradient of
+  sum(w1 * out) + sum(w2 * lse) w.r.t. q, k and v, with GQA (the log-normaliser's cotangent
+  folded into the backward pass's delta), and lse itself."""
+  q, shared, _ = _random_qkv(b=2, s=32, m=32, h=4, g=2)
+  key_start = flash.key_starts(_SEGMENTS)
+  w1 = jax.random.normal(jax.random.key(3), q.shape)
+  w2 = jax.random.normal(jax.random.key(4), (2, 32, 4))
+
+  def dense(q, k, v):
+    scores = jnp.einsum("bshe,bmhe->bshm", q, jnp.repeat(k, 2, axis=2))
+    scores = jnp.where(_document_mask()[:, :, None, :], scores, -jnp.inf)
+    out = jnp.einsum("bshm,bmhe->bshe", jax.nn.softmax(scores, axis=-1), jnp.repeat(v, 2, axis=2))
+    return out, jax.nn.logsumexp(scores, axis=-1)
+
+  def loss(f):
+    def value(*args):
+      out, lse = f(*args)
+      return (w1 * out).sum() + (w2 * lse).sum()
+
+    return value
+
+  fused = lambda q, k, v: flash.flash_attention(q, k, v, key_start, flash.REFERENCE)  # noqa: E731
+  for x, y in zip(fused(q, shared.k, shared.v), dense(q, shared.k, shared.v)):
+    np.testing.assert_allclose(x, y, **TOL)
+  assert_trees_close(
+    jax.grad(loss(fused), (0, 1, 2))(q, shared.k, shared.v),
+    jax.grad(loss(dense), (0, 1, 2))(q, shared.k, shared.v),
+    **GRAD_TOL,
+  )
+  # Where the output's cotangent is zero the fold has nothing to carry: lse's cotangent is
+  # dropped (flash_attention's contract), and nothing divides by zero.
+  only_lse = jax.grad(lambda q: (w2 * fused(q, shared.k, shared.v)[1]).sum())(q)
+  np.testing.assert_array_equal(only_lse, 0.0)
 
 
-def test_gpu_kernel_refusals_name_the_reason():
-  """Calls the GPU kernel cannot compute go to the dense kernel, with the reason; float32 is not
-  one (the dense kernel is the float32 kernel)."""
-  bf16 = jnp.bfloat16
-  assert attention_kernels.uses_gpu_kernel(64, bf16, None)
-  assert not attention_kernels.uses_gpu_kernel(64, jnp.float32, None)
-  assert attention_kernels.gpu_kernel_refusal(64, jnp.float32, None) is None
-  assert "sliding window (3)" in attention_kernels.gpu_kernel_refusal(64, bf16, 3)
-  assert "not a multiple of 16" in attention_kernels.gpu_kernel_refusal(40, bf16, None)
-  assert not attention_kernels.uses_gpu_kernel(40, bf16, None)
-  assert "head width 8 is under 16" in attention_kernels.gpu_kernel_refusal(64, bf16, None, head_dim=8)
-  assert attention_kernels.uses_gpu_kernel(64, bf16, None, head_dim=256)
+def test_key_starts_are_document_and_window_starts():
+  segments = jnp.array([[1, 1, 1, 2, 2, 0, 0, 0]])
+  np.testing.assert_array_equal(flash.key_starts(segments), [[0, 0, 0, 3, 3, 5, 5, 5]])
+  np.testing.assert_array_equal(flash.key_starts(segments, window=2), [[0, 0, 1, 3, 3, 5, 5, 6]])
+
+
+def test_flash_kernel_choice_by_dtype_and_platform():
+  """16-bit calls take the flash path, float32 ones the dense `attend` (no refusal: the dense
+  kernel is the float32 kernel). Without a GPU JAX can target, the platform kernel is the
+  reference, with the reason."""
+  assert attention_kernels.uses_flash_kernel(jnp.bfloat16)
+  assert attention_kernels.uses_flash_kernel(jnp.float16)
+  assert not attention_kernels.uses_flash_kernel(jnp.float32)
+  assert flash.MosaicGpuFlash.unavailable_reason() is not None  # this CPU host
+  assert attention_kernels.platform_kernel() is flash.REFERENCE
 
 
 # ------------------------------------------------------------------------------------------
@@ -226,9 +272,9 @@ def test_attention_module_refuses_a_soft_cap_with_the_fused_kernel():
 @pytest.mark.gpu
 @pytest.mark.parametrize("head_dim", [64, 256])
 def test_gpu_kernel_compiled_for_the_gpu_equals_attend_in_bfloat16(head_dim):
-  """On a GPU: the compiled Pallas kernel (not its interpreter), in bfloat16, with the private
-  block, is as close to the float32 reference as the dense bfloat16 path is, in value and in
-  gradient (head widths 64 and Gemma's 256)."""
+  """On a GPU: tokamax's compiled Mosaic kernel, in bfloat16, with the private block, is as close
+  to the float32 reference as the dense bfloat16 path is, in value and in gradient (head widths
+  64 and Gemma's 256)."""
   q, shared, private = _random_qkv(s=128, m=128, e=head_dim)
   segments = jnp.array([[1] * 40 + [2] * 88, [1] * 100 + [0] * 28])
   mask = attention.causal_segment_mask(segments)
@@ -245,7 +291,7 @@ def test_gpu_kernel_compiled_for_the_gpu_equals_attend_in_bfloat16(head_dim):
   exact = value_and_grads(lambda q, kv, pkv: attention.attend(q, kv, mask, pkv, private_mask), args)
   dense = value_and_grads(lambda q, kv, pkv: attention.attend(q, kv, mask, pkv, private_mask), bf(args))
   fused = value_and_grads(
-    jax.jit(lambda q, kv, pkv: attention_kernels.gpu_document_attend(q, kv, segments, pkv, private_mask)), bf(args)
+    jax.jit(lambda q, kv, pkv: attention_kernels.flash_document_attend(q, kv, segments, pkv, private_mask)), bf(args)
   )
   for x_fused, x_dense, x_exact in zip(jax.tree.leaves(fused), jax.tree.leaves(dense), jax.tree.leaves(exact)):
     dense_err = float(jnp.abs(x_dense - x_exact).max())

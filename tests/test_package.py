@@ -196,7 +196,7 @@ def test_wheel_holds_the_package_only_with_typing_marker_and_license(wheel):
     entry_points = zf.read(f"{dist_info}/entry_points.txt").decode()
   assert meta["License-Expression"] == "Apache-2.0"
   assert meta.get_all("License-File") == ["LICENSE"]
-  assert meta["Requires-Python"] == ">=3.11"
+  assert meta["Requires-Python"] == ">=3.12"
   assert {"gcp", "tpu", "test"} <= set(meta.get_all("Provides-Extra"))
   assert any(r.startswith("gcsfs") and 'extra == "gcp"' in r for r in meta.get_all("Requires-Dist"))
   scripts = dict(re.findall(r"^(\S+) = (\S+)$", entry_points.split("[console_scripts]")[1], re.M))

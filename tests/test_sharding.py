@@ -166,14 +166,15 @@ def _one_device_reference() -> tuple[list[float], dict[str, np.ndarray]]:
   return losses, harness.host_params(state)
 
 
-def _spawn(module: str, args: list[str], num_devices: int, log_path: str) -> subprocess.Popen:
+def _spawn(module: str, args: list[str], num_devices: int, log_path: str, *, cache: bool = True) -> subprocess.Popen:
+  """``python -m module args`` on ``num_devices`` CPU devices, logging to ``log_path``; without the
+  persistent compilation cache unless ``cache``."""
+  env = harness.subprocess_env(num_devices)
+  if not cache:
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
   log = open(log_path, "w")  # pylint: disable=consider-using-with
   return subprocess.Popen(
-    [sys.executable, "-m", module, *args],
-    cwd=ROOT,
-    stdout=log,
-    stderr=subprocess.STDOUT,
-    env=harness.subprocess_env(num_devices),
+    [sys.executable, "-m", module, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
   )
 
 
@@ -197,7 +198,11 @@ def _wait(processes: list[subprocess.Popen], logs: list[str]) -> None:
 
 
 def _spawn_two_processes(tmp_path, workdir: str, *args: str) -> tuple[list[subprocess.Popen], list[str]]:
-  """Two `distributed_worker` processes x 4 CPU devices on mesh (2,2,2); their logs."""
+  """Two `distributed_worker` processes x 4 CPU devices on mesh (2,2,2); their logs.
+
+  Without the persistent compilation cache: with jax 0.12.1 a multi-process CPU program loaded
+  from it deadlocks in its first collective (cyb_jax.cli.train turns the cache off there too).
+  """
   coordinator = f"127.0.0.1:{_free_port()}"
   logs = [str(tmp_path / f"process_{i}.log") for i in range(2)]
   procs = [
@@ -213,6 +218,7 @@ def _spawn_two_processes(tmp_path, workdir: str, *args: str) -> tuple[list[subpr
       ],
       4,
       logs[i],
+      cache=False,
     )
     for i in range(2)
   ]

@@ -243,7 +243,7 @@ def test_bucket_must_be_a_gs_url(run):
 
 
 # ------------------------------------------------------------------------------------------
-# setup.sh: Python >= 3.11 from uv, one install command, on every host.
+# setup.sh: Python >= 3.12 from uv, one install command, on every host.
 # ------------------------------------------------------------------------------------------
 
 
@@ -262,8 +262,8 @@ def test_setup_copies_installs_and_mounts_on_every_host_of_every_slice(run):
     assert "gcsfuse --implicit-dirs --rename-dir-limit=1000000 bkt /mnt/gcs" in script
   assert install[0] == install[1]
   lines = [line.strip() for line in install[0].splitlines()]
-  assert "uv python install 3.11" in lines
-  assert "uv venv --seed --python 3.11 --python-preference only-managed ~/venv-cyb" in lines
+  assert "uv python install 3.12" in lines
+  assert "uv venv --seed --python 3.12 --python-preference only-managed ~/venv-cyb" in lines
   # The one command that installs the project: the lock's versions, the tpu and gcp extras.
   assert [line for line in lines if "pip install" in line] == [
     "command -v uv >/dev/null || python3 -m pip install --user --quiet uv "  # uv itself
@@ -378,7 +378,7 @@ def test_dry_run_from_the_environment(run):
 
 
 # ------------------------------------------------------------------------------------------
-# compile_check.sh: a Python >= 3.11 venv, one install command.
+# compile_check.sh: a Python >= 3.12 venv, one install command.
 # ------------------------------------------------------------------------------------------
 
 
@@ -403,9 +403,9 @@ def test_compile_check_with_an_old_python_uses_uv(run, tmp_path):
   old = _executable(tmp_path / "python3.10", "#!/bin/sh\nexit 1\n")
   uv = _executable(tmp_path / "uv", "#!/bin/sh\nexit 1\n")
   commands = _ok(run("compile_check.sh", "--dry-run", PYTHON=old, UV=uv))
-  assert commands[0] == [uv, "venv", "--seed", "--python", "3.11", str(tmp_path / "no-venv-yet")]
+  assert commands[0] == [uv, "venv", "--seed", "--python", "3.12", str(tmp_path / "no-venv-yet")]
   proc = run("compile_check.sh", "--dry-run", PYTHON=old, UV=str(tmp_path / "missing-uv"))
-  assert proc.returncode == 1 and "needs Python >= 3.11" in proc.stderr
+  assert proc.returncode == 1 and "needs Python >= 3.12" in proc.stderr
 
 
 def _libtpu_python() -> tuple[str, str] | None:

@@ -7,5 +7,4 @@ Compiling dominates the tests' time; numerics are unchanged to float32 rounding.
 FAST_COMPILE_FLAGS = (
   "--xla_backend_optimization_level=0",
   "--xla_llvm_disable_expensive_passes=true",
-  "--xla_cpu_use_fusion_emitters=false",
 )

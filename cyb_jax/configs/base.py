@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.param_dtype = "float32"  # Parameter dtype.
   m.remat_policy = "none"  # Block rematerialisation: none | full | dots_saveable | ...
   m.attention_impl = "xla"  # "xla" (dense scores, the reference), "dot_product"
-  #   (a fused flash kernel on GPU in bf16, Pallas with segment ids; no attention soft cap)
+  #   (a fused flash kernel on GPU in bf16: tokamax's Mosaic GPU attention; no attention soft cap)
   #   or "splash" (Pallas splash attention on TPU; interpret mode elsewhere; seq_len % 128 == 0).
   m.scan_layers = False  # Stack layers and nn.scan over them: 12-layer train steps compile 1.5-2.6x
   #   faster, but ran 15-35% slower on CPU (benchmarks/compile_time.py); changes the parameter tree.

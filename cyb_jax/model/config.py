@@ -67,9 +67,9 @@ class ModelConfig:
       CPU), at K times the compile time of one step.
     dk_bias_init: initial bias of the DK logit (the DK kernel starts at zero).
     attention_impl: one of ATTENTION_IMPLS: "xla" (dense scores, the reference),
-      "dot_product" (`cyb_jax.model.attention.kernels`: Pallas GPU flash attention with segment
-      ids in programs lowered for cuda, in 16 bits, without sliding windows; the dense path
-      elsewhere; no `attn_logit_softcap`) or "splash" (Pallas splash attention,
+      "dot_product" (`cyb_jax.model.attention.kernels`: tokamax's Pallas Mosaic GPU flash
+      attention, documents and windows as key ranges, in programs lowered for cuda, in 16 bits;
+      a dense kernel of the same contract elsewhere; no `attn_logit_softcap`) or "splash" (Pallas splash attention,
       `cyb_jax.model.attention.splash`: the Mosaic kernel on TPU, interpret mode elsewhere; the
       real-token prefill and the private pause step, with sequence lengths a multiple of 128;
       the flattened slot grid and decoding caches use "xla"). The same function every way.

@@ -23,21 +23,17 @@ import threading
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
-from typing import Generic
-from typing import TypeVar
 
 import jax
 from jax.sharding import Mesh
 
 from cyb_jax import sharding
 
-T = TypeVar("T")
-
 _ITEM, _END, _ERROR = "item", "end", "error"
 _POLL_S = 0.05
 
 
-class Prefetcher(Generic[T]):
+class Prefetcher[T]:
   """Iterates over ``count`` results of ``produce()``, computed in a background thread.
 
   Args:

@@ -90,7 +90,7 @@ def train_step(
     metrics["weight_sum"] = total
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
   metrics = dict(metrics, loss=value, grad_norm=grad_norm, learning_rate=schedule(state.step), finite=finite)
   new_state = TrainState(

@@ -5,7 +5,7 @@
 #   launch/tpu/compile_check.sh --config=cyb_jax/configs/tfds_lm.py --topology=v5e-16 --mesh=1,-1,1
 # libtpu goes into a virtual environment of its own (TPU_COMPILE_VENV, default
 # /tmp/cyb-tpu-venv): with libtpu installed JAX probes for TPU chips at start-up, which is
-# unwanted in a CPU environment. The environment gets Python >= 3.11: PYTHON (default
+# unwanted in a CPU environment. The environment gets Python >= 3.12: PYTHON (default
 # python3) if it is recent enough, else a uv-managed PYTHON_VERSION (uv: UV or
 # the one on PATH); the package is
 # installed once, with its `tpu` extra (the libtpu matching the locked jax).
@@ -20,12 +20,12 @@ uv="${UV:-uv}"
 
 if [[ ! -x "${venv}/bin/python" ]]; then
   if command -v "${python}" >/dev/null \
-      && "${python}" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      && "${python}" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
     run_cmd "${python}" -m venv "${venv}"
   elif command -v "${uv}" >/dev/null; then
     run_cmd "${uv}" venv --seed --python "${PYTHON_VERSION}" "${venv}"
   else
-    die "needs Python >= 3.11: ${python} is older (or missing) and uv is not installed; set PYTHON=/path/to/python3.11 or install uv (pip install uv)."
+    die "needs Python >= 3.12: ${python} is older (or missing) and uv is not installed; set PYTHON=/path/to/python3.12 or install uv (pip install uv)."
   fi
   run_cmd "${venv}/bin/python" -m pip install -q -c requirements.lock -e '.[tpu]'
 else

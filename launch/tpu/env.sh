@@ -15,8 +15,8 @@
 #   MOUNT            where every host mounts BUCKET (default /mnt/gcs).
 #   REPO_DIR         the repository's copy on every host, relative to ~ (default cyb_jax).
 #   VENV             its virtual environment, relative to ~ (default venv-cyb).
-#   PYTHON_VERSION   Python of that environment, installed by uv (default 3.11; the TPU VM
-#                    images' own python3 is 3.10, the project needs >= 3.11).
+#   PYTHON_VERSION   Python of that environment, installed by uv (default 3.12; the TPU VM
+#                    images' own python3 is 3.10, the project needs >= 3.12).
 #
 # Every script takes --dry-run (also DRY_RUN=1): it prints, one per "+ " line, the gcloud
 # commands it would run and runs nothing (no gcloud call at all, not even to read settings).
@@ -31,7 +31,7 @@
 : "${MOUNT:=/mnt/gcs}"
 : "${REPO_DIR:=cyb_jax}"
 : "${VENV:=venv-cyb}"
-: "${PYTHON_VERSION:=3.11}"
+: "${PYTHON_VERSION:=3.12}"
 : "${DRY_RUN:=0}"
 
 TPU_SCRIPT="launch/tpu/$(basename "$0")"

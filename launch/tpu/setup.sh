@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Copies this repository to every host, installs it into a Python >= 3.11 environment, and
+# Copies this repository to every host, installs it into a Python >= 3.12 environment, and
 # mounts $BUCKET.
 #   launch/tpu/setup.sh [--dry-run]          (after create.sh; re-run after changing the code)
 # On every host of every slice:
@@ -36,7 +36,7 @@ rm -rf ~/${REPO_DIR} && mkdir -p ~/${REPO_DIR} && tar -xzf ~/cyb_jax.tar.gz -C ~
 export PATH=\"\$HOME/.local/bin:\$PATH\"
 command -v uv >/dev/null || python3 -m pip install --user --quiet uv || curl -LsSf https://astral.sh/uv/install.sh | sh
 uv python install ${PYTHON_VERSION}
-if ! ~/${VENV}/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+if ! ~/${VENV}/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
   rm -rf ~/${VENV}
   uv venv --seed --python ${PYTHON_VERSION} --python-preference only-managed ~/${VENV}
 fi

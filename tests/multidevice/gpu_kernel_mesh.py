@@ -5,9 +5,10 @@ r"""The fused GPU kernel on a (2, 2, 2) mesh of 8 fake CPU devices.
 
 Under the mesh and the default logical axis rules (rows over (data, fsdp), heads over tensor)
 the kernel runs in a shard_map, one device's rows and heads per call:
-  * `gpu_document_attend` through Pallas's interpreter, sharded, against `attend` on one device,
+  * `flash_document_attend` with the reference kernel, sharded, against `attend` on one device,
     with the private block (values and gradients);
-  * the trainer's train step lowered for cuda: the batch dimension of every kernel call's
+  * the trainer's train step lowered for cuda, an H100 being JAX's default device (JAX's CUDA
+    plugin on the path, `benchmarks/gpu_targets.py`): the batch dimension of every kernel call's
     operands.
 Writes `devices`, `max_abs_diff`, `grads_max_rel_diff` and `kernel_batch_sizes`.
 """
@@ -22,9 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import gpu_targets
 from cyb_jax import sharding
 from cyb_jax.data import synthetic
 from cyb_jax.model import attention
+from cyb_jax.model.attention import flash
 from cyb_jax.model.attention import kernels
 from cyb_jax.training import components
 from cyb_jax.training import programs
@@ -48,7 +51,9 @@ def _kernel_against_dense(mesh, rules) -> tuple[float, float]:
   dense = lambda q, kv, pkv: attention.attend(q, kv, mask, pkv, private_mask)  # noqa: E731
   ref, ref_grads = dense(q, shared, private), jax.grad(loss(dense), (0, 1, 2))(q, shared, private)
   with sharding.mesh_context(mesh, rules):
-    fused = jax.jit(lambda q, kv, pkv: kernels.gpu_document_attend(q, kv, segments, pkv, private_mask, interpret=True))
+    fused = jax.jit(
+      lambda q, kv, pkv: kernels.flash_document_attend(q, kv, segments, pkv, private_mask, kernel=flash.REFERENCE)
+    )
     out = fused(q, shared, private)
     grads = jax.jit(jax.grad(loss(fused), (0, 1, 2)))(q, shared, private)
   pairs = zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads))
@@ -66,8 +71,9 @@ def _kernel_batch_sizes(mesh, rules) -> list[int]:
     ints = jax.ShapeDtypeStruct((8, config.data.seq_len), jnp.int32, sharding=placed)
     batch = dict(inputs=ints, targets=ints, segment_ids=ints, positions=ints)
     batch["weights"] = jax.ShapeDtypeStruct(ints.shape, jnp.float32, sharding=placed)
-    text = built.train_step.trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()
-  calls = "\n".join(line for line in text.splitlines() if "xla.gpu.triton" in line)
+    with jax.default_device(gpu_targets.topology_device("h100")):
+      text = built.train_step.trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()
+  calls = "\n".join(line for line in text.splitlines() if "custom_call @mosaic_gpu" in line)
   return sorted({int(x) for x in re.findall(rf"tensor<(\d+)x{config.data.seq_len}x\d+x\d+xbf16>", calls)})
 
 

@@ -1,4 +1,4 @@
-"""The fused GPU attention kernel behind `ModelConfig.attention_impl="dot_product"` (shape letters:
+"""The fused attention behind `ModelConfig.attention_impl="dot_product"` (shape letters:
 `cyb_jax.model.layers`).
 
 `document_attend` computes what `cyb_jax.model.attention.attend` computes (no soft cap) for the mask
@@ -6,43 +6,37 @@ that every training call of the model uses: shared keys at the query positions (
 within packed documents, `causal_segment_mask(segment_ids)`, optionally with a window
 n - m < W (by index: positions restart with each document), plus an optional private block.
 
-The kernel is chosen by the platform the program is LOWERED for (`jax.lax.platform_dependent`),
-never by the process's default backend, so a program lowered on a CPU host for CUDA carries the
-GPU kernel:
+16-bit calls run `flash_attention` (`cyb_jax.model.attention.flash`) with the platform's kernel:
+in a program lowered for cuda, tokamax's Pallas Mosaic GPU flash attention, which takes each
+query's document (and window) as a key range, so no `[S, M]` mask or bias exists anywhere, forward
+or backward, and grouped key/value heads are read as they are; on every other platform the same
+computation by a dense reference kernel. The kernel is chosen by the platform the program is
+LOWERED for, never by the process's default backend. float32 calls (flash kernels have no exact
+float32 path) run the dense reference `attend`.
 
-  * cuda, 16-bit inputs: JAX's Pallas GPU flash attention (`jax.experimental.pallas.ops.gpu.
-    attention.mha`), which takes the documents as segment ids and causality as a flag: no
-    `[S, M]` mask or bias exists anywhere, forward or backward. Key/value heads are repeated to
-    the query heads (GQA). cuDNN is not used: it takes packed documents only as a dense bias,
-    or through its ragged layout, whose softmax statistics JAX sizes `[B * documents, H, N]`,
-    quadratic when a row holds many short documents.
-  * every other platform, and float32 on GPU (flash kernels have no exact float32 path): the
-    dense reference `attend`.
-
-Where the GPU kernel cannot serve a call (a sliding window, which it does not take; a sequence
-length that is not a multiple of 16; a head width under 16), the call is computed by the dense
-reference on every platform and the reason is logged once.
+Why tokamax (issue 29). JAX's Pallas Triton flash attention, which this path used before, is gone
+from jax 0.12. cuDNN (`jax.nn.dot_product_attention`) takes no segment ids: packed documents reach
+it only as a dense `[B, 1, S, M]` bias, or through its ragged layout, whose softmax statistics JAX
+sizes `[B * documents, H, N]` (quadratic when a row holds many short documents) and whose
+lowering asks the process's default backend for a Hopper GPU. tokamax's Mosaic kernel takes
+documents as key ranges, sliding windows too, every head width (it pads), returns its softmax
+statistics for the exact pause merge, and compiles for an H100 from a host without a GPU
+(`benchmarks/gpu_compile.py`).
 
 The private pause step (shared plus private keys). The softmax over the union of both blocks is
 
     out = sigmoid(lse_M - lse_J) out_M + sigmoid(lse_J - lse_M) out_J,   lse = log sum_c exp(score_c),
 
-as in `attend`. The kernel returns lse_M (float32), but not differentiably, so
-`_attention_with_lse` gives it the exact vector-Jacobian product: with P the kernel's softmax,
-g the cotangent of lse_M `[B, S, H]` and q pre-scaled,
+as in `attend`; `flash_attention` returns lse_M differentiably without an extra kernel pass.
 
-    d lse_M[s] / d q[s] = sum_m P[s, m] k[m]      ->  dq += g[s] * attention(q, k, values=k)[s]
-    d lse_M[s] / d k[m] = P[s, m] q[s]            ->  dk += P^T (g q),
-
-the latter being the kernel's own value-gradient with cotangent g q. Values and gradients are
-therefore those of the joint softmax; the extra cost is one kernel forward and backward per
-pause step's backward pass.
+Without tokamax, or where JAX's default device is not a GPU that the kernel supports (a CPU or TPU
+host: tokamax tunes the kernel for the default device's GPU generation), a program lowered for
+cuda holds the dense reference kernel, and the reason is logged once.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -54,119 +48,39 @@ from cyb_jax.model.attention.blocks import KeyValues
 from cyb_jax.model.attention.blocks import dividing_axes
 from cyb_jax.model.attention.blocks import merge_blocks
 from cyb_jax.model.attention.blocks import softmax_block as _softmax_block
+from cyb_jax.model.attention.flash import REFERENCE
+from cyb_jax.model.attention.flash import FlashKernel
+from cyb_jax.model.attention.flash import MosaicGpuFlash
+from cyb_jax.model.attention.flash import PlatformFlash
+from cyb_jax.model.attention.flash import flash_attention
+from cyb_jax.model.attention.flash import key_starts
 
-# Sequence lengths the GPU kernel's tiles divide: a multiple of MIN_BLOCK.
-MIN_BLOCK = 16
-_BLOCKS = (128, 64, 32, MIN_BLOCK)
 _SIXTEEN_BIT = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 _warned: set[str] = set()
 
 
-def gpu_kernel_refusal(n: int, dtype, window: int | None, head_dim: int = MIN_BLOCK) -> str | None:
-  """Why the GPU kernel cannot compute a call of N queries of width E in ``dtype``; None if it can.
-
-  float32 is not a refusal worth a warning: the dense reference is the float32 kernel.
-  """
-  if jnp.dtype(dtype) not in _SIXTEEN_BIT:
-    return None
-  if window is not None:
-    return f"a sliding window ({window}) with packed documents, which the Pallas GPU kernel does not take"
-  if n % MIN_BLOCK:
-    return f"sequence length {n} is not a multiple of {MIN_BLOCK}"
-  if head_dim < MIN_BLOCK:  # its tiles multiply [.., E] blocks: Triton's dot needs E >= 16
-    return f"head width {head_dim} is under {MIN_BLOCK}"
-  return None
+def uses_flash_kernel(dtype) -> bool:
+  """Whether a call in ``dtype`` runs `flash_attention` (16-bit) rather than the dense `attend`."""
+  return jnp.dtype(dtype) in _SIXTEEN_BIT
 
 
-def uses_gpu_kernel(n: int, dtype, window: int | None, head_dim: int = MIN_BLOCK) -> bool:
-  """Whether a call of N queries in ``dtype`` with ``window`` lowers to the GPU kernel on cuda."""
-  return jnp.dtype(dtype) in _SIXTEEN_BIT and gpu_kernel_refusal(n, dtype, window, head_dim) is None
+def platform_kernel() -> FlashKernel:
+  """The `FlashKernel` of this process: tokamax's GPU kernel under cuda where it can be traced
+  (module docstring), the dense reference elsewhere."""
+  reason = MosaicGpuFlash.unavailable_reason()
+  if reason is not None:
+    if reason not in _warned:
+      _warned.add(reason)
+      logging.info("attention_impl='dot_product': %s; a program lowered for cuda here uses the dense kernel.", reason)
+    return REFERENCE
+  return PlatformFlash(gpu=MosaicGpuFlash(), default=REFERENCE)
 
 
 def warn_once(reason: str) -> None:
-  """Logs ``reason`` for a call the GPU kernel does not compute, once per process."""
+  """Logs ``reason`` for a call the fused kernel does not compute, once per process."""
   if reason not in _warned:
     _warned.add(reason)
     logging.warning("attention_impl='dot_product': %s; the dense kernel computes these calls.", reason)
-
-
-def _block_sizes(n: int, e: int):
-  """Tiles of the Pallas GPU kernel for N (a multiple of MIN_BLOCK) and head width E: the
-  largest of 128, 64, 32, 16 dividing N, at most 64 for E > 128 (on-chip memory)."""
-  from jax.experimental.pallas.ops.gpu import attention as pallas_attention  # noqa: PLC0415
-
-  cap = 64 if e > 128 else 128
-  block = next(b for b in _BLOCKS if b <= cap and n % b == 0)
-  backward = min(block, 32)
-  return pallas_attention.BlockSizes(
-    block_q=block,
-    block_k=block,
-    block_q_dkv=backward,
-    block_kv_dkv=backward,
-    block_q_dq=backward,
-    block_kv_dq=backward,
-  )
-
-
-def _mha(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, *, interpret: bool = False, return_residuals: bool = False):
-  """Causal-within-documents flash attention by Pallas on GPU (q pre-scaled, heads equal).
-
-  Returns `out [B, N, H, E]` in q's dtype, differentiable (the kernel's own backward pass), and
-  with `return_residuals` also the kernel's log-normaliser `[B, H, N]` (float32, base 2, not
-  differentiable). `interpret` runs the kernel on any platform (tests).
-  """
-  from jax.experimental.pallas.ops.gpu import attention as pallas_attention  # noqa: PLC0415
-
-  n, e = q_BxNxHxE.shape[1], q_BxNxHxE.shape[-1]
-  return pallas_attention.mha(
-    q_BxNxHxE,
-    k_BxNxHxE,
-    v_BxNxHxE,
-    segment_ids_BxN.astype(jnp.int32),
-    sm_scale=1.0,
-    causal=True,
-    block_sizes=_block_sizes(n, e),
-    interpret=interpret,
-    return_residuals=return_residuals,
-  )
-
-
-def _gpu_kernel(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, *, interpret: bool = False):
-  """`(out [B, N, H, E], lse [B, N, H] float32, natural log)` of `_mha`; `lse` is not
-  differentiable (see `_attention_with_lse`)."""
-  out_BxNxHxE, lse_BxHxN = _mha(
-    q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, interpret=interpret, return_residuals=True
-  )
-  # The kernel keeps its log-normaliser in base 2 (its exponentials are exp2): convert to base e.
-  return out_BxNxHxE, jnp.swapaxes(lse_BxHxN, 1, 2) * math.log(2.0)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _attention_with_lse(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, interpret):
-  """`(out, lse)` of the GPU kernel, both differentiable (see the module docstring)."""
-  return _gpu_kernel(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, interpret=interpret)
-
-
-def _attention_with_lse_fwd(q, k, v, segment_ids, interpret):
-  return _gpu_kernel(q, k, v, segment_ids, interpret=interpret), (q, k, v, segment_ids)
-
-
-def _attention_with_lse_bwd(interpret, residuals, cotangents):
-  q, k, v, segment_ids = residuals
-  d_out_BxNxHxE, d_lse_BxNxH = cotangents
-  kernel = functools.partial(_mha, segment_ids_BxN=segment_ids, interpret=interpret)
-  _, vjp_qkv = jax.vjp(kernel, q, k, v)
-  dq, dk, dv = vjp_qkv(d_out_BxNxHxE.astype(q.dtype))
-  # lse's share: attention with the keys as values gives sum_m P[s, m] k[m]; the kernel's value
-  # gradient at cotangent g q gives P^T (g q).
-  keys_as_values_BxNxHxE, vjp_values = jax.vjp(lambda values: kernel(q, k, values), k)
-  g_BxNxHx1 = d_lse_BxNxH[..., None]
-  dq = dq + (g_BxNxHx1 * keys_as_values_BxNxHxE.astype(jnp.float32)).astype(dq.dtype)
-  (dk_lse,) = vjp_values((g_BxNxHx1 * q.astype(jnp.float32)).astype(q.dtype))
-  return dq, dk + dk_lse, dv, None
-
-
-_attention_with_lse.defvjp(_attention_with_lse_fwd, _attention_with_lse_bwd)
 
 
 def _private_block(q_BxSxHxE, private: KeyValues, private_mask_BxSxJ):
@@ -191,32 +105,31 @@ def _private_block(q_BxSxHxE, private: KeyValues, private_mask_BxSxJ):
   return out_BxSxGxRxE.reshape(b, s, h, e), lse_BxSxGxR.reshape(b, s, h)
 
 
-def _gpu_document_attend_local(
+def _flash_document_attend_local(
   q_BxNxHxE: jax.Array,
   shared: KeyValues,
-  segment_ids_BxN: jax.Array,
-  private: KeyValues | None = None,
-  private_mask: jax.Array | None = None,
+  key_start_BxN: jax.Array,
+  private: KeyValues | None,
+  private_mask: jax.Array | None,
   *,
-  scale: float | None = None,
-  interpret: bool = False,
+  scale: float | None,
+  kernel: FlashKernel,
 ) -> jax.Array:
-  """`gpu_document_attend` on one device's rows and heads."""
-  b, n, h, e = q_BxNxHxE.shape
-  g = shared.k.shape[2]
+  """`flash_document_attend` on one device's rows and heads."""
+  e = q_BxNxHxE.shape[-1]
   scale = e**-0.5 if scale is None else scale
   dtype = q_BxNxHxE.dtype
   q_BxNxHxE = q_BxNxHxE * jnp.asarray(scale, dtype)
-  k_BxNxHxE, v_BxNxHxE = (jnp.repeat(x.astype(dtype), h // g, axis=2) for x in (shared.k, shared.v))
+  k_BxNxGxE, v_BxNxGxE = shared.k.astype(dtype), shared.v.astype(dtype)
+  out_BxNxHxE, lse_shared_BxNxH = flash_attention(q_BxNxHxE, k_BxNxGxE, v_BxNxGxE, key_start_BxN, kernel)
   if private is None:
-    return _mha(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, interpret=interpret).astype(dtype)
-  out_BxNxHxE, lse_shared_BxNxH = _attention_with_lse(q_BxNxHxE, k_BxNxHxE, v_BxNxHxE, segment_ids_BxN, interpret)
+    return out_BxNxHxE.astype(dtype)
   private_out_BxNxHxE, lse_private_BxNxH = _private_block(q_BxNxHxE, private, private_mask)
   merged = merge_blocks(out_BxNxHxE.astype(jnp.float32), lse_shared_BxNxH, private_out_BxNxHxE, lse_private_BxNxH)
   return merged.astype(dtype)
 
 
-def gpu_document_attend(
+def flash_document_attend(
   q_BxNxHxE: jax.Array,
   shared: KeyValues,
   segment_ids_BxN: jax.Array,
@@ -224,20 +137,23 @@ def gpu_document_attend(
   private_mask: jax.Array | None = None,
   *,
   scale: float | None = None,
-  interpret: bool = False,
+  window: int | None = None,
+  kernel: FlashKernel | None = None,
 ) -> jax.Array:
-  """`document_attend` (no window) by the GPU kernel; `interpret` runs it on any platform.
+  """`document_attend` by `flash_attention` with ``kernel`` (default: `platform_kernel()`).
 
   q `[B, N, H, E]`; shared keys/values `[B, N, G, E]` at the query positions; `segment_ids`
-  `[B, N]`; optional private keys/values `[B, N, J, G, E]` with `private_mask` `[B or 1, N or 1,
-  J]`. Returns `[B, N, H, E]` in q's dtype.
+  `[B, N]` (documents are contiguous runs); optional private keys/values `[B, N, J, G, E]` with
+  `private_mask` `[B or 1, N or 1, J]`; a window n - m < ``window`` within each document. Returns
+  `[B, N, H, E]` in q's dtype.
 
   Under a mesh the kernel runs in a `shard_map` over the rows (`act_batch`) and, where both
   divide, the query and key/value heads (`act_heads`, `act_kv_heads`): XLA cannot split an
   opaque kernel call and would otherwise gather every operand onto every device.
   """
-  local = functools.partial(_gpu_document_attend_local, scale=scale, interpret=interpret)
-  args = (q_BxNxHxE, shared, segment_ids_BxN, private, private_mask)
+  kernel = platform_kernel() if kernel is None else kernel
+  local = functools.partial(_flash_document_attend_local, scale=scale, kernel=kernel)
+  args = (q_BxNxHxE, shared, key_starts(segment_ids_BxN, window), private, private_mask)
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return local(*args)
@@ -246,7 +162,7 @@ def gpu_document_attend(
   batch_axes, head_axes, kv_head_axes = nn.logical_to_mesh_axes(("act_batch", "act_heads", "act_kv_heads"))
   batch = dividing_axes(batch_axes, b, mesh)
   heads, kv_heads = dividing_axes(head_axes, h, mesh), dividing_axes(kv_head_axes, g, mesh)
-  if heads is None or kv_heads is None:  # the local kernel repeats kv heads: split both or neither
+  if heads is None or kv_heads is None:  # query head h reads kv head h // R: split both or neither
     heads = kv_heads = None
   P = jax.sharding.PartitionSpec  # noqa: N806
   specs = (  # an absent private block (None) has the spec None
@@ -260,35 +176,6 @@ def gpu_document_attend(
   return call(*args)
 
 
-def _by_platform(gpu, dense, floats, aux):
-  """`gpu(floats, aux)` in a program lowered for cuda, `dense(floats, aux)` elsewhere.
-
-  Differentiable w.r.t. the float arrays `floats` by each branch's own derivative, with the
-  inputs as the only residuals: differentiating `lax.platform_dependent` directly would return
-  every branch's residuals from the taken one (the dense branch's `[S, M]` scores as zero
-  placeholders, stacked over the pause scan). The backward pass recomputes its branch's
-  forward. `aux` (ints and bools) is not differentiated.
-  """
-
-  @jax.custom_vjp
-  def run(floats, aux):
-    return jax.lax.platform_dependent(floats, aux, cuda=gpu, default=dense)
-
-  def run_fwd(floats, aux):
-    return run(floats, aux), (floats, aux)
-
-  def run_bwd(residuals, d_out):
-    floats, aux = residuals
-
-    def cotangents(branch):
-      return lambda floats, aux: jax.vjp(lambda f: branch(f, aux), floats)[1](d_out)[0]
-
-    return jax.lax.platform_dependent(floats, aux, cuda=cotangents(gpu), default=cotangents(dense)), None
-
-  run.defvjp(run_fwd, run_bwd)
-  return run(floats, aux)
-
-
 def document_attend(
   q_BxNxHxE: jax.Array,
   shared: KeyValues,
@@ -299,25 +186,15 @@ def document_attend(
   window: int | None,
   dense,
 ) -> jax.Array:
-  """Attention of queries causal within their documents, through the GPU kernel on cuda.
+  """Attention of queries causal within their documents, by the fused kernel for 16-bit inputs.
 
-  Computes `dense((q, shared, private), aux)` (the dense reference over the document mask,
-  with the window n - m < `window` and the private block) on every platform but cuda, and on
-  cuda the same function by `gpu_document_attend` where `uses_gpu_kernel` (see the module
-  docstring). `aux` = `(segment_ids [B, N], private_mask or None, positions [B, N])`; `window`
-  a Python int or None. Other arguments as in `gpu_document_attend`.
+  Computes `dense((q, shared, private), aux)` (the dense reference over the document mask, with
+  the window n - m < `window` and the private block) for float32 inputs, and the same function
+  by `flash_document_attend` for 16-bit ones (see the module docstring). `aux` = `(segment_ids
+  [B, N], private_mask or None, positions [B, N])`; `window` a Python int or None. Other
+  arguments as in `flash_document_attend`.
   """
-  n = q_BxNxHxE.shape[1]
-  floats = (q_BxNxHxE, shared, private)
-  e = q_BxNxHxE.shape[-1]
-  refusal = gpu_kernel_refusal(n, q_BxNxHxE.dtype, window, e)
-  if refusal is not None:
-    warn_once(refusal)
-  if not uses_gpu_kernel(n, q_BxNxHxE.dtype, window, e):
-    return dense(floats, aux)
-
-  def gpu(floats, aux):
-    (q, shared, private), (segment_ids, private_mask, _) = floats, aux
-    return gpu_document_attend(q, shared, segment_ids, private, private_mask, scale=scale)
-
-  return _by_platform(gpu, dense, floats, aux)
+  if not uses_flash_kernel(q_BxNxHxE.dtype):
+    return dense((q_BxNxHxE, shared, private), aux)
+  segment_ids, private_mask, _ = aux
+  return flash_document_attend(q_BxNxHxE, shared, segment_ids, private, private_mask, scale=scale, window=window)
