@@ -19,20 +19,29 @@ on, within 8 minutes on one GPU, compiles included, and prints one summary:
    ``xla`` and ``dot_product`` attention: ms/step, tokens/s, MFU against the bf16 matmul
    peak measured here and against the advertised one, r(K), compile seconds and peak memory.
 
+Before the stages, ``setup``: where ``--wheelhouse`` names a folder of wheels (``make
+wheelhouse``; on a lent machine, carried with the tree), what this Python lacks of the
+project's requirements is installed from it, offline, JAX never touched
+(``benchmarks/wheelhouse.py``); then a probe imports JAX and the modules the stages need. The
+summary says which JAX and jaxlib the check ran with, the backend and devices, and whether
+that JAX is the lock's or another (a device image's own: jaxlib and the CUDA plugin are too
+large to carry). The stages import cyb_jax from the tree (``PYTHONPATH``).
+
 Every stage runs in its own subprocess with its own time budget (``--budget``): one that
 fails, hangs or runs out of time is reported as such, and the next stage still runs. On one
 GPU: tests 150 s, default_job 70 s, loop 60 s, and throughput, last, 180 s plus the time the
-others left unused, within ``--total_s`` 470. This parent process never
-imports JAX (it holds no accelerator memory and survives any import failure of a stage);
-it writes ``<stage>.log`` per stage and, after every stage, ``summary.md`` and
-``summary.json`` into ``--out`` (default ``$OUT``, else a new temporary folder), so a run
-cut short still leaves its results. It prints the summary at the end and exits 1 unless
-every stage is ``ok``.
+others left unused, within ``--total_s`` 470, the setup's seconds included. This parent
+process never imports JAX (it holds no accelerator memory and survives any import failure of
+a stage); it writes ``setup.log``, ``<stage>.log`` per stage and, after the setup and every
+stage, ``summary.md`` and ``summary.json`` into ``--out`` (default ``$OUT``, else a new
+temporary folder), so a run cut short still leaves its results. It prints the summary at the
+end and exits 1 unless every stage is ``ok``.
 
 ``--cpu`` runs a small version on the CPU (CI: ``tests/test_accel_check.py``): one test
 file, a 40-step default job, a 2 x 64 model at N 64 with K = 0, 1, train_loop's ``--quick``.
 
   make accel-check OUT=/tmp/accel      # python benchmarks/accel_check.py --out=/tmp/accel
+  python3 benchmarks/accel_check.py --wheelhouse=.wheelhouse   # a bare device image
   make accel-check-cpu                 # python benchmarks/accel_check.py --cpu
   python benchmarks/accel_check.py --stages=throughput --budget=throughput=300
 """
@@ -63,7 +72,7 @@ _STAGES = flags.DEFINE_list(
 _BUDGET = flags.DEFINE_list(
   "budget", [], "Per-stage seconds overriding the defaults, e.g. tests=60,accel_stages.throughput=240."
 )
-_TOTAL = flags.DEFINE_integer("total_s", None, "Seconds for all stages together (default 470).")
+_TOTAL = flags.DEFINE_integer("total_s", None, "Seconds for the setup and all stages together (default 470).")
 _INJECT = flags.DEFINE_bool("inject_failures", False, "Run a stage that raises and one that hangs first (tests).")
 _TEST_PATHS = flags.DEFINE_list("test_paths", None, "pytest paths or node ids of the tests stage.")
 _TEST_MARKER = flags.DEFINE_string("test_marker", "gpu", "Also run the tests with this marker ('' = none).")
@@ -87,6 +96,16 @@ _TP_STEPS = flags.DEFINE_integer("tp_steps", None, "Throughput: back-to-back ste
 _TP_REPEATS = flags.DEFINE_integer("tp_repeats", None, "Throughput: round-robin timings per program, fastest kept.")
 _COMPILE_THREADS = flags.DEFINE_integer("compile_threads", None, "Throughput: programs compiled at once (2; CPU 1).")
 _PEAK_SIZE = flags.DEFINE_integer("peak_size", None, "P of the [P, P] @ [P, P] matmul peak (8192; CPU 512).")
+_WHEELHOUSE = flags.DEFINE_string(
+  "wheelhouse",
+  None,
+  "Folder of wheels (make wheelhouse) to install what this Python lacks from, offline, before the stages "
+  "('' = none; default: .wheelhouse where it holds wheels, except with --cpu).",
+)
+_INSTALL_TARGET = flags.DEFINE_string(
+  "install_target", "", "pip --target folder for those installs, put on the stages' PYTHONPATH ('' = this Python's)."
+)
+_PROBE_TIMEOUT = flags.DEFINE_integer("probe_timeout_s", 120, "Seconds for the setup's probe of JAX and the imports.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: run this one stage in this process.")
 _WORKER_BUDGET = flags.DEFINE_float("worker_budget_s", 0.0, "Internal: the worker's seconds.")
 _SCRATCH = flags.DEFINE_string("scratch", None, "Internal: the run's scratch folder (stage records).")
@@ -102,10 +121,22 @@ def _mode_value(flag: flags.FlagHolder) -> Any:
 
 
 def _stage_env() -> dict[str, str]:
+  """The stages' environment: cyb_jax from the tree (and the install target) on PYTHONPATH."""
   env = dict(os.environ, PYTHONUNBUFFERED="1")
+  paths = [accel_stages.ROOT, *([os.path.abspath(_INSTALL_TARGET.value)] if _INSTALL_TARGET.value else [])]
+  env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
   if _CPU.value:
     env["JAX_PLATFORMS"] = "cpu"
   return env
+
+
+def _wheelhouse_dir() -> str | None:
+  """The --wheelhouse folder; by default .wheelhouse where it holds wheels (not with --cpu)."""
+  if _WHEELHOUSE.value is not None:
+    return _WHEELHOUSE.value or None
+  default = os.path.join(accel_stages.ROOT, ".wheelhouse")
+  has_wheels = os.path.isdir(default) and any(f.endswith(".whl") for f in os.listdir(default))
+  return default if has_wheels and not _CPU.value else None
 
 
 def worker(name: str, budget_s: float, out: str, scratch: str) -> None:
@@ -205,7 +236,22 @@ def main(argv: Sequence[str]) -> None:
       seconds=0.0,
       stages=[],
     )
-    summary = accel_stages.run_all(stages, budgets, total_s, worker_argv, out, scratch, summary, env=_stage_env())
+    env = _stage_env()
+    probe_env = dict(env, XLA_PYTHON_CLIENT_PREALLOCATE="false")  # it holds no memory the stages need
+    environment = accel_stages.setup(
+      _wheelhouse_dir(),
+      os.path.abspath(_INSTALL_TARGET.value) if _INSTALL_TARGET.value else None,
+      accel_stages.PROBE_IMPORTS,
+      _PROBE_TIMEOUT.value,
+      os.path.join(out, "setup.log"),
+      env=probe_env,
+    )
+    summary.update(environment=environment, jax=environment.get("jax"), device=environment.get("device_kind"))
+    summary["seconds"] = environment.get("seconds", 0.0)
+    accel_stages.write_summary(out, summary)  # a run cut short in its first stage still says which JAX
+    summary = accel_stages.run_all(
+      stages, budgets, total_s, worker_argv, out, scratch, summary, env=env, spent_s=summary["seconds"]
+    )
   print("\n" + accel_stages.summary_markdown(summary), flush=True)
   sys.exit(0 if all(s["status"] == "ok" for s in summary["stages"]) else 1)
 

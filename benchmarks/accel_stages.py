@@ -4,8 +4,10 @@ Each stage is a function of explicit arguments that returns a JSON-able record: 
 (pytest on the GPU-relevant tests), `default_job` (the embedded default training job),
 `loop` (the trainer's loop efficiency, by `benchmarks/train_loop.py`), `throughput` (the
 table of a ~125M bf16 model at K = 0, 1, 3 with both attention kernels); `run_stage` and
-`run_all` run each in a subprocess with its own deadline; `summary_markdown` renders the
-summary. `accel_check.py` holds the flags and the thin main.
+`run_all` run each in a subprocess with its own deadline; `setup` installs what the
+project's requirements lack from a wheelhouse (`benchmarks/wheelhouse.py`) and probes the JAX
+the stages will run with; `summary_markdown` renders the summary. `accel_check.py` holds the
+flags and the thin main.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from absl import app
+
+from benchmarks import wheelhouse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("tests", "default_job", "loop", "throughput")  # the order they run in
@@ -210,6 +214,128 @@ def run_stage(name: str, argv: Sequence[str], budget_s: float, out: str, scratch
   elif record.get("status") not in ("ok", "partial", "failed", "error"):
     record.update(status="error", error=f"exit status {done.rc} and no verdict")
   return record
+
+
+# --------------------------------------------------------------------------------------
+# Setup: the wheelhouse, and the JAX the stages run with.
+# --------------------------------------------------------------------------------------
+
+# Modules the probe imports after JAX: what the stages need that a device image may lack.
+PROBE_IMPORTS = (
+  "cyb_jax.model.attention.kernels",
+  "cyb_jax.training.train",
+  "tokamax",
+  "ml_collections",
+  "tensorflow_datasets",
+  "tensorboardX",
+)
+_PROBE_MARK = "ACCEL_PROBE "
+# Run as `python -c _PROBE MODULE...`: one line of JSON after _PROBE_MARK (never raises).
+_PROBE = f"""
+import importlib, importlib.metadata, json, os, sys, time
+r = dict(python=sys.version.split()[0], executable=sys.executable, prefix=sys.prefix, imports={{}})
+try:
+  import jax
+  r.update(jax=jax.__version__, jax_path=os.path.dirname(jax.__file__))
+  import jaxlib
+  r["jaxlib"] = getattr(jaxlib, "__version__", None) or importlib.metadata.version("jaxlib")
+  r["plugins"] = sorted({{d.metadata["Name"] + " " + d.version for d in importlib.metadata.distributions()
+    if (d.metadata["Name"] or "").lower().replace("_", "-").startswith(("jax-cuda", "jax-rocm", "libtpu"))}})
+  devices = jax.devices()
+  r.update(backend=jax.default_backend(), device_count=len(devices), device_kind=devices[0].device_kind)
+except Exception as e:
+  r["error"] = (type(e).__name__ + ": " + str(e))[:500]
+for name in sys.argv[1:]:
+  start = time.perf_counter()
+  try:
+    importlib.import_module(name)
+    r["imports"][name] = "ok"
+    if name.startswith("cyb_jax"):
+      r["cyb_jax_path"] = os.path.dirname(sys.modules["cyb_jax"].__file__)
+  except BaseException as e:
+    r["imports"][name] = (type(e).__name__ + ": " + str(e))[:300]
+  print(name, "imported in", round(time.perf_counter() - start, 1), "s:", r["imports"][name], flush=True)
+print({_PROBE_MARK!r} + json.dumps(r), flush=True)
+"""
+
+
+def probe(imports: Sequence[str], timeout_s: float, log_path: str, env=None) -> dict:
+  """The JAX and jaxlib that ``sys.executable`` imports in ``env``, its plugins, backend and
+  devices, and whether ``imports`` import; ``error`` where the probe failed."""
+  lines: list[str] = []
+  done = run_command([sys.executable, "-c", _PROBE, *imports], log_path, timeout_s, env=env, on_output=lines.append)
+  text = "".join(lines)
+  found = [line[len(_PROBE_MARK) :] for line in text.splitlines() if line.startswith(_PROBE_MARK)]
+  try:
+    record = json.loads(found[-1]) if found else {}
+  except ValueError:
+    record = {}
+  if not found:
+    why = "ran out of time" if done.timed_out else f"exit status {done.rc}"
+    record["error"] = f"the probe {why}: {_last_line(log_path, r'Error|Exception') or 'no record'}"[:500]
+  record["probe_s"] = round(done.seconds, 1)
+  return record
+
+
+def jax_origin(environment: Mapping[str, Any]) -> str:
+  """Whether the JAX the check ran with is the lock's, in words."""
+  lock = environment.get("lock") or {}
+  pins = f"jax {lock.get('jax') or '?'}, jaxlib {lock.get('jaxlib') or '?'}"
+  if not environment.get("jax"):
+    return f"no JAX imported (the lock pins {pins})"
+  if environment.get("jax_is_lock"):
+    return f"the lock's ({pins})"
+  where = environment.get("prefix") or "?"
+  return f"not the lock's: this Python's own ({where}); the lock pins {pins}"
+
+
+def setup(
+  wheelhouse_dir: str | None,
+  install_target: str | None,
+  imports: Sequence[str],
+  probe_timeout_s: float,
+  log_path: str,
+  env=None,
+) -> dict:
+  """Before the stages: installs from ``wheelhouse_dir`` (if any) what the requirements lack
+  (:func:`benchmarks.wheelhouse.prepare`), then probes the JAX the stages will run with.
+
+  The record: the probe's fields (``jax``, ``jaxlib``, ``plugins``, ``backend``,
+  ``device_kind``, ``device_count``, ``imports``, ``prefix``, ...), ``lock`` (the lock's jax and
+  jaxlib pins), ``jax_is_lock``, ``jax_origin`` (in words), ``wheelhouse`` (what was
+  installed), ``seconds``. Never raises: bookkeeping does not stop the check.
+  """
+  start = time.perf_counter()
+  record: dict[str, Any] = {}
+  try:
+    if wheelhouse_dir:
+      print(f"[accel_check] setup: installing what is missing from {wheelhouse_dir} ...", flush=True)
+      record["wheelhouse"] = wheelhouse.prepare(wheelhouse_dir, target=install_target or None, log_path=log_path)
+      print(f"[accel_check] setup: {wheelhouse.describe(record['wheelhouse'])}", flush=True)
+    record.update(probe(imports, probe_timeout_s, log_path, env=env))
+    pins = wheelhouse.lock_pins()
+    record["lock"] = lock = dict(jax=pins.get("jax"), jaxlib=pins.get("jaxlib"))
+    ran = dict(jax=record.get("jax"), jaxlib=record.get("jaxlib"))
+    record["jax_is_lock"] = bool(ran["jax"]) and ran == lock
+    record["jax_origin"] = jax_origin(record)
+  except Exception as e:  # the stages still run
+    traceback.print_exc()
+    record["error"] = f"setup failed: {type(e).__name__}: {e}"[:500]
+  record["seconds"] = round(time.perf_counter() - start, 1)
+  print(f"[accel_check] setup: {describe_environment(record)}", flush=True)
+  return record
+
+
+def describe_environment(e: Mapping[str, Any]) -> str:
+  """One line on the JAX of a ``setup`` record: versions, plugins, backend, devices, origin."""
+  if not e.get("jax"):
+    return f"no JAX: {e.get('error') or 'not probed'}"
+  text = f"jax {e['jax']}, jaxlib {e.get('jaxlib') or '?'}"
+  text += "".join(f", {p}" for p in e.get("plugins") or ())
+  if e.get("backend"):
+    text += f"; backend {e['backend']}, {e.get('device_count', '?')} x {e.get('device_kind', '?')}"
+  text += f"; Python {e.get('python', '?')}; {e.get('jax_origin') or jax_origin(e)}"
+  return text + (f"; {e['error']}" if e.get("error") else "")
 
 
 # --------------------------------------------------------------------------------------
@@ -782,6 +908,15 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     "",
     f"`{summary['command']}`: {summary['seconds']:.0f} s of {summary['total_s']} s; files in {summary['out']}",
     "",
+  ]
+  if (environment := summary.get("environment")) is not None:
+    lines += [f"- JAX: {describe_environment(environment)}"]
+    if "wheelhouse" in environment:
+      lines += [f"- Wheelhouse: {wheelhouse.describe(environment['wheelhouse'])}"]
+    failed = {m: why for m, why in (environment.get("imports") or {}).items() if why != "ok"}
+    lines += [f"- Import failed: `{m}`: {why}" for m, why in failed.items()]
+    lines += [""]
+  lines += [
     "| stage | status | seconds | budget s | result |",
     "|---|---|---|---|---|",
   ]
@@ -821,13 +956,15 @@ def run_all(
   scratch: str,
   summary: dict,
   env=None,
+  spent_s: float = 0.0,
 ) -> dict:
   """Runs ``stages`` in order and writes the summary after each.
 
   Each stage has its own budget, cut where the later stages' own budgets would not fit in
-  ``total_s`` any more; the last stage also has the time the others left unused.
+  ``total_s`` (of which ``spent_s`` went before, on the setup) any more; the last stage also
+  has the time the others left unused.
   """
-  start, unused = time.perf_counter(), 0.0
+  start, unused = time.perf_counter() - spent_s, 0.0
   for i, name in enumerate(stages):
     later = sum(budgets[n] for n in stages[i + 1 :])
     left = total_s - (time.perf_counter() - start)
@@ -844,7 +981,12 @@ def run_all(
     summary["seconds"] = time.perf_counter() - start
     text = DESCRIBE.get(name, lambda r: r.get("error", ""))(record) or record.get("error", "")
     print(f"[accel_check] {name}: {record['status']} in {record['seconds']:.0f} s: {text}", flush=True)
-    write_json(os.path.join(out, "summary.json"), summary)
-    with open(os.path.join(out, "summary.md"), "w") as f:
-      f.write(summary_markdown(summary))
+    write_summary(out, summary)
   return summary
+
+
+def write_summary(out: str, summary: Mapping[str, Any]) -> None:
+  """``summary.json`` and ``summary.md`` in ``out``."""
+  write_json(os.path.join(out, "summary.json"), summary)
+  with open(os.path.join(out, "summary.md"), "w") as f:
+    f.write(summary_markdown(summary))

