@@ -49,8 +49,8 @@ train: $(STAMP)
 	$(PY) launch/train.py --config=$(CONFIG) --workdir=$(WORKDIR)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check cyb_jax tests benchmarks launch tools
-	$(VENV)/bin/ruff format --check cyb_jax tests benchmarks launch tools
+	$(VENV)/bin/ruff check cyb_jax tests benchmarks launch tools examples
+	$(VENV)/bin/ruff format --check cyb_jax tests benchmarks launch tools examples
 
 test: lint $(LIBTPU_STAMP) $(CUDA_STAMP)
 	CYB_LIBTPU_PATH=$(abspath $(LIBTPU_DIR)) CYB_JAX_CUDA_PATH=$(abspath $(CUDA_DIR)) $(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests

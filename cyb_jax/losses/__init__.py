@@ -61,6 +61,7 @@ from cyb_jax.losses.registry import SPECS
 from cyb_jax.losses.registry import WARMUP_LOSSES
 from cyb_jax.losses.registry import Loss
 from cyb_jax.losses.registry import LossSpec
+from cyb_jax.losses.registry import LossSums
 from cyb_jax.losses.registry import get_spec
 from cyb_jax.losses.registry import make_loss
 from cyb_jax.losses.registry import make_loss_from_config
@@ -79,6 +80,7 @@ __all__ = [
   "HaltResult",
   "Loss",
   "LossSpec",
+  "LossSums",
   "PositionStats",
   "StepLogProbs",
   "all_steps_loss",

@@ -24,6 +24,7 @@ from cyb_jax.losses.quantities import exclusive_cumsum
 from cyb_jax.losses.quantities import log_halting
 from cyb_jax.losses.quantities import prepare
 from cyb_jax.losses.quantities import weighted_mean
+from cyb_jax.losses.quantities import where_positive_times
 from cyb_jax.losses.stats import StepLogProbs
 
 KL_MODES = ("token", "batch")
@@ -128,10 +129,10 @@ def cyb_ap_loss(
 
 
 def _kl_from_log(log_p: Array, log_q: Array) -> Array:
-  """``sum_k where(p > 0, p (log p - log q), 0)`` with NaN-free gradients."""
+  """``sum_k where(p > 0, p (log p - log q), 0)`` with NaN-free gradients (a NaN p stays NaN)."""
   p = jnp.exp(log_p)
   safe_log_p = jnp.where(p > 0, log_p, 0.0)
-  return jnp.sum(jnp.where(p > 0, p * (safe_log_p - log_q), 0.0), axis=-1)
+  return jnp.sum(where_positive_times(p, safe_log_p - log_q), axis=-1)
 
 
 def _check_prior(prior: ArrayLike, num_steps: int) -> Array:
@@ -147,6 +148,13 @@ def _check_prior(prior: ArrayLike, num_steps: int) -> Array:
     if abs(p.sum() - 1.0) > 1e-4:
       raise ValueError(f"prior must sum to 1, got sum {p.sum():.6g} for {p.tolist()}.")
   return prior.astype(F32)
+
+
+def batch_kl(pi_bar_S: Array, log_rho_S: Array) -> Array:
+  """``KL(pi_bar || rho)`` of a batch-mean halting distribution ``pi_bar`` ``[K+1]``."""
+  safe_pi_bar = jnp.where(pi_bar_S > 0, pi_bar_S, 1.0)
+  log_pi_bar_S = jnp.where(pi_bar_S > 0, jnp.log(safe_pi_bar), jnp.where(jnp.isnan(pi_bar_S), jnp.nan, NEG_INF))
+  return _kl_from_log(log_pi_bar_S, log_rho_S)
 
 
 def cyb_va_loss(
@@ -178,14 +186,12 @@ def cyb_va_loss(
   log_pi = log_halting(stats)
   pi = jnp.exp(log_pi)
   # pi_k * (-log c_k), with the term dropped where pi_k underflows to 0.
-  expected_nll = jnp.sum(jnp.where(pi > 0, pi * -stats.log_target, 0.0), axis=-1)
+  expected_nll = jnp.sum(where_positive_times(pi, -stats.log_target), axis=-1)
   expected_nll = weighted_mean(expected_nll, w)
   if kl == "token":
     kl_value = weighted_mean(_kl_from_log(log_pi, log_rho_S), w)
   else:
-    pi_bar_S = weighted_mean(pi, w)
-    safe_pi_bar = jnp.where(pi_bar_S > 0, pi_bar_S, 1.0)
-    kl_value = _kl_from_log(jnp.where(pi_bar_S > 0, jnp.log(safe_pi_bar), NEG_INF), log_rho_S)
+    kl_value = batch_kl(weighted_mean(pi, w), log_rho_S)
   metrics = common_metrics(stats, w, log_pi)
   metrics["kl"] = kl_value
   metrics["expected_nll"] = expected_nll
@@ -217,10 +223,23 @@ def cyb_dp_loss(
   stats, w = prepare(stats, weights)
   mu = jax.lax.stop_gradient(jnp.asarray(multiplier, F32))
   metrics = common_metrics(stats, w, log_halting(stats))
-  excess = metrics["expected_pauses"] - jnp.asarray(budget, F32)
-  metrics["pause_excess"] = excess
+  metrics["pause_excess"] = pause_excess(metrics["expected_pauses"], metrics["weight_sum"], budget=budget)
   metrics["multiplier"] = mu
-  return metrics["nll_mix"] + mu * excess, metrics
+  penalty = budget_term(metrics["expected_pauses"], metrics["weight_sum"], budget=budget, multiplier=mu)
+  return metrics["nll_mix"] + penalty, metrics
+
+
+def pause_excess(mean_pauses: ArrayLike, weight_sum: ArrayLike, *, budget: ArrayLike) -> Array:
+  """``mean_w(E[pauses]) - budget``, and 0 where no position carries weight (a padding batch
+  neither moves the CYB-DP multiplier nor adds ``-mu * budget`` to the loss)."""
+  mean_pauses = jnp.asarray(mean_pauses)  # float64 stays float64 (under x64)
+  return jnp.where(jnp.asarray(weight_sum) > 0, mean_pauses - jnp.asarray(budget, mean_pauses.dtype), 0.0)
+
+
+def budget_term(mean_pauses: ArrayLike, weight_sum: ArrayLike, *, budget: ArrayLike, multiplier: ArrayLike) -> Array:
+  """CYB-DP's ``mu * pause_excess`` with ``mu = stop_gradient(multiplier)``."""
+  excess = pause_excess(mean_pauses, weight_sum, budget=budget)
+  return jax.lax.stop_gradient(jnp.asarray(multiplier, excess.dtype)) * excess
 
 
 def update_multiplier(multiplier: ArrayLike, pause_excess: ArrayLike, *, rate: ArrayLike) -> Array:

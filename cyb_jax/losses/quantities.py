@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cyb_jax.losses._common import F32
 from cyb_jax.losses._common import NEG_INF
 from cyb_jax.losses._common import Array
 from cyb_jax.losses._common import ArrayLike
 from cyb_jax.losses._common import Metrics
+from cyb_jax.losses._common import concrete
 from cyb_jax.losses.stats import StepLogProbs
 
 
@@ -24,7 +26,9 @@ def prepare(stats: StepLogProbs, weights: ArrayLike) -> tuple[StepLogProbs, Arra
 
   Positions with weight 0 get neutral statistics (``log c_k = 0``) BEFORE any
   nonlinearity, so a NaN or inf there (an out-of-range target, garbage logits)
-  reaches neither the loss nor the gradients.
+  reaches neither the loss nor the gradients. Weights must be ``>= 0`` (a weighted mean
+  over positions); negative ones raise ``ValueError`` where the weights are concrete, and
+  are the caller's responsibility under ``jit``.
 
   Returns:
     ``(stats, weights)`` with ``weights`` as float32 ``[...]``.
@@ -36,6 +40,9 @@ def prepare(stats: StepLogProbs, weights: ArrayLike) -> tuple[StepLogProbs, Arra
       f"weights shape {weights.shape} must equal the positions' shape {batch_shape}"
       f" (the statistics have shape {stats.log_dk.shape} = [..., K+1])."
     )
+  known = concrete(weights)
+  if known is not None and np.any(known < 0):
+    raise ValueError(f"weights must be >= 0 (per-position weights of a mean); got min {known.min():g}.")
   w = weights.astype(F32)
   keep = (w != 0)[..., None]
   final_S = jnp.arange(stats.num_steps) == stats.num_steps - 1
@@ -47,6 +54,12 @@ def prepare(stats: StepLogProbs, weights: ArrayLike) -> tuple[StepLogProbs, Arra
     correct=stats.correct,
   )
   return stats, w
+
+
+def where_positive_times(p: Array, x: Array) -> Array:
+  """``p * x`` where ``p > 0``; 0 where ``p == 0`` (an underflowed probability drops its term,
+  even where ``x`` is infinite); NaN where ``p`` is NaN, so a NaN never hides in a dropped term."""
+  return jnp.where(p > 0, p * x, jnp.where(jnp.isnan(p), jnp.nan, 0.0))
 
 
 def exclusive_cumsum(x_S: Array) -> Array:

@@ -26,11 +26,13 @@ import types
 from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
 from cyb_jax.losses import objectives
+from cyb_jax.losses import quantities
 from cyb_jax.losses._common import F32
 from cyb_jax.losses._common import Array
 from cyb_jax.losses._common import ArrayLike
@@ -40,6 +42,64 @@ from cyb_jax.losses.stats import StepLogProbs
 
 # A loss function's keyword arguments from (hyper-parameters, K + 1).
 _Binder = Callable[[Mapping[str, Any], int], dict[str, Any]]
+
+
+class LossSums(NamedTuple):
+  """A batch's additive sums, from which :meth:`Loss.value_from_sums` computes its loss.
+
+  Sums of micro-batches (or of shards, by ``jax.lax.psum``) add elementwise, and
+  ``value_from_sums`` of the total is the loss of the whole batch, exactly, whatever the
+  number of real (weight > 0) positions in each part; see :meth:`Loss.sums` for the gradient.
+
+  Attributes:
+    loss: ``sum_n w_n l_n`` of the loss's per-position term (everything but a batch-level term).
+    warmup: the same of the pause warm-up's loss (0 without a warm-up).
+    weight: ``sum_n w_n``.
+    halting: ``[K+1]`` ``sum_n w_n pi_n`` (CYB-VA with ``kl="batch"``: its KL is of their mean).
+    pauses: ``sum_n w_n E[pauses_n]`` (CYB-DP: its budget term is of their mean).
+  """
+
+  loss: Array
+  warmup: Array
+  weight: Array
+  halting: Array
+  pauses: Array
+
+
+def _whole_value(value: Array, metrics: Metrics, hparams: Mapping[str, Any]) -> Array:
+  del metrics, hparams
+  return value
+
+
+def _va_mean_part(value: Array, metrics: Metrics, hparams: Mapping[str, Any]) -> Array:
+  return value if hparams["kl"] == "token" else metrics["expected_nll"]
+
+
+def _va_batch_term(sums: LossSums, kwargs: Mapping[str, Any]) -> Array:
+  if kwargs["kl"] == "token":
+    return jnp.zeros((), F32)
+  pi_bar_S = quantities.safe_divide(sums.halting, sums.weight)
+  return jnp.asarray(kwargs["beta"], F32) * objectives.batch_kl(pi_bar_S, jnp.log(kwargs["prior"]))
+
+
+def _dp_mean_part(value: Array, metrics: Metrics, hparams: Mapping[str, Any]) -> Array:
+  del value, hparams
+  return metrics["nll_mix"]
+
+
+def _dp_batch_term(sums: LossSums, kwargs: Mapping[str, Any]) -> Array:
+  mean_pauses = quantities.safe_divide(sums.pauses, sums.weight)
+  return objectives.budget_term(mean_pauses, sums.weight, budget=kwargs["budget"], multiplier=kwargs["multiplier"])
+
+
+def _no_batch_term(sums: LossSums, kwargs: Mapping[str, Any]) -> Array:
+  del sums, kwargs
+  return jnp.zeros((), F32)
+
+
+def _hashable(hparams: Mapping[str, Any]) -> tuple:
+  """The hyper-parameters as a hashable tuple (`make_loss` keeps sequences as tuples)."""
+  return tuple(sorted(hparams.items()))
 
 
 def _no_kwargs(hparams: Mapping[str, Any], num_steps: int) -> dict[str, Any]:
@@ -67,7 +127,7 @@ def _check_va(hparams: Mapping[str, Any]) -> None:
     objectives.make_prior(kind, len(hparams["prior_values"]), values=hparams["prior_values"])
 
 
-def _bind_va(hparams: Mapping[str, Any], num_steps: int) -> dict[str, Any]:
+def _bind_va(hparams: Mapping[str, Any], num_steps: int) -> dict[str, Any]:  # noqa: D103
   prior = objectives.make_prior(
     hparams["prior"], num_steps, continuation=hparams["prior_continuation"], values=tuple(hparams["prior_values"])
   )
@@ -100,6 +160,10 @@ class LossSpec:
     max_pauses: the largest K the loss can train (``ce``: 0), None for any.
     check: raises ``ValueError`` for bad hyper-parameters (all of ``hparams`` given).
     bind: the function's keyword arguments from the hyper-parameters and K + 1.
+    mean_part: ``(value, metrics, hparams)`` -> the part of the loss that is a weighted mean
+      over positions (the whole loss but for a batch-level term).
+    batch_term: ``(sums, kwargs)`` -> the batch-level term from a batch's :class:`LossSums`
+      (``kwargs`` as ``bind`` gives them, with ``multiplier`` for dual ascent); 0 for most.
   """
 
   name: str
@@ -110,6 +174,11 @@ class LossSpec:
   max_pauses: int | None = None
   check: Callable[[Mapping[str, Any]], None] = lambda hparams: None
   bind: _Binder = _no_kwargs
+  mean_part: Callable[[Array, Metrics, Mapping[str, Any]], Array] = _whole_value
+  batch_term: Callable[[LossSums, Mapping[str, Any]], Array] = _no_batch_term
+
+  def __hash__(self) -> int:  # hparams is a read-only mapping, which has no hash of its own
+    return hash((self.name, _hashable(self.hparams)))
 
   def readout_step(self, num_steps: int) -> int | None:
     """The step in ``[0, K]`` this loss's model always answers at, or None (it halts itself)."""
@@ -147,6 +216,8 @@ SPECS: Mapping[str, LossSpec] = types.MappingProxyType(
         hparams={"prior": "geometric", "prior_continuation": 0.5, "prior_values": (), "beta": 1.0, "kl": "token"},
         check=_check_va,
         bind=_bind_va,
+        mean_part=_va_mean_part,
+        batch_term=_va_batch_term,
       ),
       _spec(
         name="cyb_dp",
@@ -155,6 +226,8 @@ SPECS: Mapping[str, LossSpec] = types.MappingProxyType(
         dual_ascent=True,
         check=_check_dp,
         bind=_bind_dp,
+        mean_part=_dp_mean_part,
+        batch_term=_dp_batch_term,
       ),
     )
   }
@@ -206,6 +279,9 @@ class Loss:
   pause_warmup_steps: int = 0
   pause_warmup_loss: str = "all_steps"
 
+  def __hash__(self) -> int:  # hashable, so a Loss can be a static argument of jax.jit
+    return hash((self.spec, _hashable(self.hparams), self.pause_warmup_steps, self.pause_warmup_loss))
+
   @property
   def name(self) -> str:
     return self.spec.name
@@ -231,6 +307,60 @@ class Loss:
       )
     return jnp.asarray(step) < self.pause_warmup_steps
 
+  def _kwargs(self, num_steps: int, loss_state: ArrayLike) -> dict[str, Any]:
+    kwargs = self.spec.bind(self.hparams, num_steps)
+    if self.spec.dual_ascent:
+      kwargs["multiplier"] = loss_state
+    return kwargs
+
+  @property
+  def sums_are_linear(self) -> bool:
+    """Whether :meth:`value_from_sums` is linear in the sums once their ``weight`` is known (all
+    losses but CYB-VA with ``kl="batch"``): then its gradient w.r.t. the sums depends on the
+    total weight alone, which the data give before any forward pass."""
+    return not (self.spec.name == "cyb_va" and self.hparams["kl"] == "batch")
+
+  def sums(
+    self, stats: StepLogProbs, weights: ArrayLike, loss_state: ArrayLike, step: ArrayLike | None = None
+  ) -> tuple[LossSums, Metrics]:
+    """``(sums, metrics)`` of a batch (or micro-batch, or shard): its :class:`LossSums` and the
+    loss's metrics (weighted means, as :meth:`value_and_metrics` gives them).
+
+    The accumulation rule: for parts ``i`` with sums ``s_i`` of one batch,
+    ``value_from_sums(sum_i s_i)`` is the batch's loss, and its gradient w.r.t. any parameter
+    theta is ``sum_i d<c, s_i(theta)>/d theta`` with ``c = d value_from_sums / d sums`` at the
+    total: one backward pass per part with the constant cotangent ``c``. Where
+    :attr:`sums_are_linear`, ``c`` needs only the total weight (zeros elsewhere do); else
+    (CYB-VA's batch KL) a forward pass over the parts first gives the total. ``step`` as in
+    :meth:`value_and_metrics`.
+    """
+    kwargs = self._kwargs(stats.num_steps, loss_state)
+    value, metrics = self.spec.function(stats, weights, **kwargs)
+    weight = metrics["weight_sum"]
+    warmup = jnp.zeros((), F32)
+    in_warmup = self._in_warmup(step)
+    if in_warmup is not None:  # both losses are summed; value_from_sums picks by the step
+      warmup = WARMUP_LOSSES[self.pause_warmup_loss](stats, weights)[0] * weight
+      metrics = dict(metrics, pause_warmup=in_warmup.astype(F32))
+    sums = LossSums(
+      loss=self.spec.mean_part(value, metrics, self.hparams) * weight,
+      warmup=warmup,
+      weight=weight,
+      halting=metrics["halt_probs"] * weight,
+      pauses=metrics["expected_pauses"] * weight,
+    )
+    return sums, metrics
+
+  def value_from_sums(self, sums: LossSums, loss_state: ArrayLike, step: ArrayLike | None = None) -> Array:
+    """The loss of the batch whose parts' :class:`LossSums` were added into ``sums`` (0 when no
+    position carries weight)."""
+    kwargs = self._kwargs(sums.halting.shape[-1], loss_state)
+    value = quantities.safe_divide(sums.loss, sums.weight) + self.spec.batch_term(sums, kwargs)
+    in_warmup = self._in_warmup(step)
+    if in_warmup is None:
+      return value
+    return jnp.where(in_warmup, quantities.safe_divide(sums.warmup, sums.weight), value)
+
   def value_and_metrics(
     self, stats: StepLogProbs, weights: ArrayLike, loss_state: ArrayLike, step: ArrayLike | None = None
   ) -> tuple[Array, Metrics]:
@@ -239,9 +369,7 @@ class Loss:
     The metrics are the configured loss's (plus ``pause_warmup``, 1 during the warm-up, when
     there is one), so they mean the same at every step.
     """
-    kwargs = self.spec.bind(self.hparams, stats.num_steps)
-    if self.spec.dual_ascent:
-      kwargs["multiplier"] = loss_state
+    kwargs = self._kwargs(stats.num_steps, loss_state)
     value, metrics = self.spec.function(stats, weights, **kwargs)
     in_warmup = self._in_warmup(step)
     if in_warmup is None:
@@ -291,7 +419,10 @@ def make_loss(name: str, *, pause_warmup_steps: int = 0, pause_warmup_loss: str 
   unknown = sorted(set(hparams) - set(spec.hparams))
   if unknown:
     raise ValueError(f"loss {name!r} takes no hyper-parameter {unknown}; it takes {sorted(spec.hparams) or 'none'}.")
-  bound = types.MappingProxyType({**spec.hparams, **hparams})
+  # Sequences (a config's list of prior values) as tuples: the bound loss compares and hashes by value.
+  bound = types.MappingProxyType(
+    {k: tuple(v) if isinstance(v, list) else v for k, v in {**spec.hparams, **hparams}.items()}
+  )
   spec.check(bound)
   return Loss(spec=spec, hparams=bound, pause_warmup_steps=pause_warmup_steps, pause_warmup_loss=pause_warmup_loss)
 

@@ -60,6 +60,16 @@ def _check_logits(logits: Array, targets: Array) -> None:
     raise ValueError(f"targets must be integer token ids, got dtype {targets.dtype}.")
 
 
+def check_vocab_size(last_axis: int, vocab_size: int | None) -> None:
+  """Raises ``ValueError`` unless ``vocab_size`` is None or the logits' last axis is ``vocab_size + 1``."""
+  if vocab_size is not None and last_axis != vocab_size + 1:
+    missing = " (no <don't know> column?)" if last_axis == vocab_size else ""
+    raise ValueError(
+      f"logits' last axis is {last_axis}, but vocab_size={vocab_size} needs V+1 = {vocab_size + 1}: "
+      f"the vocabulary plus <don't know> as the last entry{missing}."
+    )
+
+
 def _assemble(
   lse_voc_MS: Array, dk_MS: Array, target_logit_MS: Array, pred_MS: Array, targets_M: Array, vocab_size: int
 ) -> StepLogProbs:
@@ -84,12 +94,15 @@ def _assemble(
   return StepLogProbs(log_dk, log_answer, log_target, correct)
 
 
-def step_log_probs(logits: ArrayLike, targets: ArrayLike) -> StepLogProbs:
+def step_log_probs(logits: ArrayLike, targets: ArrayLike, *, vocab_size: int | None = None) -> StepLogProbs:
   """Per-step statistics from full logits (docs/design.md section 3).
 
   Args:
     logits: ``[..., K+1, V+1]`` in any float dtype; DK is the last entry.
     targets: ``[...]`` integer ids in ``[0, V)``.
+    vocab_size: ``V``, if given: the logits' last axis must be ``V + 1``, so a model that
+      forgot the ``<don't know>`` column (``[..., K+1, V]``) is refused instead of having its
+      last vocabulary entry read as DK.
 
   Returns:
     :class:`StepLogProbs` with ``[..., K+1]`` float32 fields, from logsumexps and a
@@ -106,11 +119,13 @@ def step_log_probs(logits: ArrayLike, targets: ArrayLike) -> StepLogProbs:
   extra ``[..., V+1]`` buffers in the backward pass.
 
   Raises:
-    ValueError: at trace time for mismatched shapes, a last axis < 2, or float targets.
+    ValueError: at trace time for mismatched shapes, a last axis < 2 or other than
+      ``vocab_size + 1``, or float targets.
   """
   logits = jnp.asarray(logits)
   targets = jnp.asarray(targets)
   _check_logits(logits, targets)
+  check_vocab_size(logits.shape[-1], vocab_size)
   vocab_size = logits.shape[-1] - 1
   return step_log_probs_from_parts(logits[..., :vocab_size], logits[..., vocab_size], targets)
 

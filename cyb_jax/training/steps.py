@@ -53,11 +53,14 @@ def train_step(
 ) -> tuple[TrainState, dict]:
   """One optimiser step on a global batch ``[B, N]``.
 
-  With ``accum_steps > 1`` the batch is split into micro-batches whose gradients are
-  combined with weights proportional to their token counts, which equals the
-  full-batch gradient for every loss that is a weighted mean over positions (all but
-  ``cyb_va`` with ``kl="batch"``, whose KL is then taken per micro-batch). The loss state
-  (the CYB-DP multiplier) is updated once, from the full batch's metrics.
+  With ``accum_steps > 1`` the batch is split into micro-batches, and the loss and its
+  gradient are those of the whole batch, exactly, whatever each micro-batch's number of real
+  tokens: by the accumulation rule of :meth:`cyb_jax.losses.Loss.sums`, each micro-batch's
+  gradient is that of ``<c, sums_i>`` with the constant cotangent ``c`` of the loss w.r.t. the
+  batch's :class:`~cyb_jax.losses.LossSums` (known from the batch's weights alone, but for
+  CYB-VA's batch KL, which first sums the micro-batches in a forward pass), and the loss is
+  ``value_from_sums`` of their sum. Metrics are averaged with the micro-batches' weights. The
+  loss state (the CYB-DP multiplier) is updated once, from the full batch's metrics.
 
   If the loss or the gradient norm is not finite the returned state EQUALS ``state`` (the
   update is refused on device, no host sync) and ``metrics["finite"]`` is False.
@@ -67,27 +70,14 @@ def train_step(
     stats = evaluation.step_stats(model_cfg, params, micro, vocab_chunk=vocab_chunk)
     return loss.value_and_metrics(stats, micro["weights"], state.multiplier, state.step)
 
-  grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
+  def sums_and_metrics(params, micro):
+    stats = evaluation.step_stats(model_cfg, params, micro, vocab_chunk=vocab_chunk)
+    return loss.sums(stats, micro["weights"], state.multiplier, state.step)
+
   if accum_steps == 1:
-    (value, metrics), grads = grad_fn(state.params, batch)
+    (value, metrics), grads = jax.value_and_grad(loss_and_metrics, has_aux=True)(state.params, batch)
   else:
-    micro_batches = jax.tree.map(lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:]), batch)
-
-    def accumulate(carry, micro):
-      (value, metrics), grads = grad_fn(state.params, micro)
-      w = metrics["weight_sum"]
-      scaled = jax.tree.map(lambda x: x * w, (value, metrics, grads))
-      return jax.tree.map(jnp.add, carry, (scaled, w)), None
-
-    first = jax.tree.map(lambda x: x[0], micro_batches)
-    shapes = jax.eval_shape(
-      lambda: (lambda r: ((r[0][0], r[0][1], r[1]), r[0][1]["weight_sum"]))(grad_fn(state.params, first))
-    )
-    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-    (sums, total), _ = jax.lax.scan(accumulate, zeros, micro_batches)
-    total = jnp.maximum(total, 1e-9)
-    value, metrics, grads = jax.tree.map(lambda x: x / total, sums)
-    metrics["weight_sum"] = total
+    value, metrics, grads = _accumulated(state, batch, loss, sums_and_metrics, accum_steps)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   grad_norm = optax.tree.norm(grads)
@@ -103,6 +93,41 @@ def train_step(
   # went in, and the host stops at its next sync point (``metrics["finite"]`` False).
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
   return new_state, metrics
+
+
+def _accumulated(state: TrainState, batch: Batch, loss: losses.Loss, sums_and_metrics, accum_steps: int):
+  """``(value, metrics, grads)`` of the whole batch from ``accum_steps`` micro-batches (see
+  :func:`train_step`); ``sums_and_metrics(params, micro) -> (LossSums, metrics)``."""
+  micro_batches = jax.tree.map(lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:]), batch)
+  first = jax.tree.map(lambda x: x[0], micro_batches)
+  shapes = jax.eval_shape(sums_and_metrics, state.params, first)
+  zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+  total_weight = jnp.sum(batch["weights"].astype(jnp.float32))
+  if loss.sums_are_linear:  # the cotangent depends on the total weight alone
+    totals = zeros[0]._replace(weight=total_weight)
+  else:  # a forward pass over the micro-batches first
+
+    def add_sums(carry, micro):
+      return jax.tree.map(jnp.add, carry, sums_and_metrics(state.params, micro)[0]), None
+
+    totals, _ = jax.lax.scan(add_sums, zeros[0], micro_batches)
+  cotangent = jax.grad(lambda sums: loss.value_from_sums(sums, state.multiplier, state.step))(totals)
+
+  def accumulate(carry, micro):
+    def projected(params):
+      sums, metrics = sums_and_metrics(params, micro)
+      return sum(jnp.vdot(c, x) for c, x in zip(jax.tree.leaves(cotangent), jax.tree.leaves(sums))), (sums, metrics)
+
+    (_, (sums, metrics)), grads = jax.value_and_grad(projected, has_aux=True)(state.params)
+    weighted_metrics = jax.tree.map(lambda x: x * metrics["weight_sum"], metrics)
+    return jax.tree.map(jnp.add, carry, (sums, weighted_metrics, grads)), None
+
+  grad_zeros = jax.tree.map(jnp.zeros_like, state.params)
+  (sums, metric_sums, grads), _ = jax.lax.scan(accumulate, (zeros[0], zeros[1], grad_zeros), micro_batches)
+  value = loss.value_from_sums(sums, state.multiplier, state.step)
+  metrics = jax.tree.map(lambda x: losses.quantities.safe_divide(x, sums.weight), metric_sums)
+  metrics["weight_sum"] = sums.weight
+  return value, metrics, grads
 
 
 def init_state(rng: jax.Array, *, model_cfg, tx, loss_state: jax.Array) -> TrainState:
