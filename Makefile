@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@test ! -x $(PY) || $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 12))' || { echo "$(VENV) is older than Python 3.12: recreating it"; rm -rf $(VENV); }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[gpu,test]'
+	$(PY) -m pip install -q -c requirements.lock -e '.[train,gpu,test]'
 	@touch $(STAMP)
 
 $(LIBTPU_STAMP): pyproject.toml $(STAMP)

@@ -177,14 +177,14 @@ def never_carried(name: str) -> bool:
 
 
 def project_requirements(root: str = ROOT) -> list[str]:
-  """The requirement strings of the accelerator check: pyproject's dependencies, its ``gpu``
-  extra, and the ``test`` extra's ``ACCEL_TEST_PACKAGES``."""
+  """The requirement strings of the accelerator check: pyproject's dependencies, its ``train``
+  and ``gpu`` extras, and the ``test`` extra's ``ACCEL_TEST_PACKAGES``."""
   with open(os.path.join(root, "pyproject.toml"), "rb") as f:
     project = tomllib.load(f)["project"]
   extras = project.get("optional-dependencies", {})
   wanted = {canonical(n) for n in ACCEL_TEST_PACKAGES}
   tests = [r for r in extras.get("test", []) if canonical(re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0]) in wanted]
-  return [*project["dependencies"], *extras.get("gpu", []), *tests]
+  return [*project["dependencies"], *extras.get("train", []), *extras.get("gpu", []), *tests]
 
 
 def lock_pins(root: str = ROOT) -> dict[str, str]:

@@ -23,17 +23,19 @@ import zipfile
 
 import pytest
 
+from cyb_jax import cli
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with open(os.path.join(_REPO, "pyproject.toml"), "rb") as _f:
   _PYPROJECT = tomllib.load(_f)
 _VERSION = _PYPROJECT["project"]["version"]
 _SCRIPTS = {
-  "cyb-train": "cyb_jax.cli.train:run",
-  "cyb-experiment": "cyb_jax.cli.experiment:run",
-  "cyb-analyze": "cyb_jax.cli.analyze:run",
-  "cyb-generate": "cyb_jax.cli.generate:run",
-  "cyb-prepare-data": "cyb_jax.cli.prepare_data:run",
-  "cyb-export": "cyb_jax.cli.export:run",
+  "cyb-train": "cyb_jax.cli:train",
+  "cyb-experiment": "cyb_jax.cli:experiment",
+  "cyb-analyze": "cyb_jax.cli:analyze",
+  "cyb-generate": "cyb_jax.cli:generate",
+  "cyb-prepare-data": "cyb_jax.cli:prepare_data",
+  "cyb-export": "cyb_jax.cli:export",
 }
 _HEAVY = ("flax", "orbax", "tensorflow_datasets", "tensorflow")
 
@@ -180,7 +182,9 @@ def test_wheel_holds_the_package_only_with_typing_marker_and_license(wheel):
   with zipfile.ZipFile(wheel) as zf:
     names = set(zf.namelist())
     dist_info = f"cyb_jax-{_VERSION}.dist-info"
-    assert {n.split("/")[0] for n in names} == {"cyb_jax", dist_info}  # no top-level configs/
+    data = f"cyb_jax-{_VERSION}.data"
+    assert {n.split("/")[0] for n in names} == {"cyb_jax", dist_info, data}  # no top-level configs/
+    assert f"{data}/data/share/doc/cyb_jax/design.md" in names  # what the docstrings cite
     assert "cyb_jax/py.typed" in names
     source = {
       os.path.relpath(os.path.join(d, f), _REPO).replace(os.sep, "/")
@@ -197,8 +201,12 @@ def test_wheel_holds_the_package_only_with_typing_marker_and_license(wheel):
   assert meta["License-Expression"] == "Apache-2.0"
   assert meta.get_all("License-File") == ["LICENSE"]
   assert meta["Requires-Python"] == ">=3.12"
-  assert {"gcp", "tpu", "test"} <= set(meta.get_all("Provides-Extra"))
+  assert {"train", "gpu", "gcp", "tpu", "test"} <= set(meta.get_all("Provides-Extra"))
   assert any(r.startswith("gcsfs") and 'extra == "gcp"' in r for r in meta.get_all("Requires-Dist"))
+  # The base install is the losses library: JAX and NumPy; Flax and the rest come with `train`.
+  base = {re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0] for r in meta.get_all("Requires-Dist") if "extra ==" not in r}
+  assert base == {"jax", "numpy"}, base
+  assert any(r.startswith("flax") and 'extra == "train"' in r for r in meta.get_all("Requires-Dist"))
   scripts = dict(re.findall(r"^(\S+) = (\S+)$", entry_points.split("[console_scripts]")[1], re.M))
   assert scripts == _SCRIPTS
 
@@ -324,3 +332,29 @@ def test_fallback_version_matches_pyproject():
   with open(os.path.join(_REPO, "cyb_jax", "__init__.py"), encoding="utf-8") as f:
     (constant,) = re.findall(r'^_PYPROJECT_VERSION = "([^"]+)"', f.read(), re.M)
   assert constant == _VERSION
+
+
+def test_the_losses_import_and_run_without_the_train_extra():
+  """`cyb_jax.losses` with every module of the `train` extra made unimportable."""
+  blocked = ", ".join(repr(m) for m in sorted(cli.TRAIN_EXTRA_MODULES))
+  out = _python(
+    f"""
+    import sys
+    for name in ({blocked},):
+      sys.modules[name] = None
+    import jax.numpy as jnp
+    from cyb_jax import losses
+    stats = losses.step_log_probs(jnp.zeros((2, 3, 2, 5)), jnp.zeros((2, 3), jnp.int32), vocab_size=4)
+    print(float(losses.make_loss("cyb_dp")(stats, jnp.ones((2, 3)))[0]))
+    """,
+    pythonpath=_REPO,
+  )
+  assert float(out) > 0
+
+
+def test_a_command_without_the_train_extra_says_which_extra_to_install():
+  code = "import sys; sys.modules['absl'] = None; from cyb_jax import cli; cli.train()"
+  env = dict(os.environ, PYTHONPATH=_REPO)
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False)
+  assert proc.returncode == 1
+  assert proc.stderr.strip() == "cyb-train: needs the training extra (no module 'absl'): pip install 'cyb_jax[train]'"

@@ -268,7 +268,7 @@ def test_setup_copies_installs_and_mounts_on_every_host_of_every_slice(run):
   assert [line for line in lines if "pip install" in line] == [
     "command -v uv >/dev/null || python3 -m pip install --user --quiet uv "  # uv itself
     "|| curl -LsSf https://astral.sh/uv/install.sh | sh",
-    "uv pip install --python ~/venv-cyb/bin/python --quiet -c requirements.lock -e '.[tpu,gcp]'",
+    "uv pip install --python ~/venv-cyb/bin/python --quiet -c requirements.lock -e '.[train,tpu,gcp]'",
   ]
   assert "jax[tpu]" not in install[0]
   assert "python3 -m venv" not in install[0]  # the image's python3 is 3.10
@@ -284,7 +284,7 @@ def test_setup_without_bucket_mounts_nothing(run):
 def test_setup_script_source_has_one_install_path():
   with open(os.path.join(_TPU, "setup.sh"), encoding="utf-8") as f:
     text = f.read()
-  assert text.count("-e '.[tpu,gcp]'") == 2  # the command and its description
+  assert text.count("-e '.[train,tpu,gcp]'") == 2  # the command and its description
   assert "jax[tpu]" not in text
 
 
@@ -387,7 +387,7 @@ def test_compile_check_with_a_recent_python(run, tmp_path):
   commands = _ok(run("compile_check.sh", "--dry-run", "--topology=v5e-16", "--mesh=1,-1,1", PYTHON=sys.executable))
   assert commands == [
     [sys.executable, "-m", "venv", venv],
-    [f"{venv}/bin/python", "-m", "pip", "install", "-q", "-c", "requirements.lock", "-e", ".[tpu]"],
+    [f"{venv}/bin/python", "-m", "pip", "install", "-q", "-c", "requirements.lock", "-e", ".[train,tpu]"],
     [
       "env",
       f"PYTHONPATH={_REPO}",

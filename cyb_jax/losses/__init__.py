@@ -17,7 +17,9 @@ Everything here is a pure function of arrays: jittable, differentiable, valid fo
 leading batch shape ``...`` and any ``K >= 0``, computed in float32 whatever the input
 dtype (float64 inputs under ``jax.enable_x64`` stay float64). Nothing materialises a
 softmax over ``[..., K+1, V+1]``; the chunked path never materialises the logits at all.
-The package needs JAX and NumPy only.
+The package needs JAX and NumPy only (``pip install cyb_jax``; the rest of cyb_jax is the
+``train`` extra). "docs/design.md" in docstrings is the repository's design document, which the
+wheel installs as ``<sys.prefix>/share/doc/cyb_jax/design.md``.
 
 Modules: :mod:`~cyb_jax.losses.stats` (per-step statistics), :mod:`~cyb_jax.losses.quantities`
 (derived quantities, weighted reductions), :mod:`~cyb_jax.losses.objectives` (the losses,

@@ -27,7 +27,7 @@ if [[ ! -x "${venv}/bin/python" ]]; then
   else
     die "needs Python >= 3.12: ${python} is older (or missing) and uv is not installed; set PYTHON=/path/to/python3.12 or install uv (pip install uv)."
   fi
-  run_cmd "${venv}/bin/python" -m pip install -q -c requirements.lock -e '.[tpu]'
+  run_cmd "${venv}/bin/python" -m pip install -q -c requirements.lock -e '.[train,tpu]'
 else
   note "${venv} exists: nothing to install (delete it to reinstall)"
 fi

@@ -7,7 +7,7 @@
 #   2. installs uv if missing (from PyPI with `pip install --user uv`, else with astral's
 #      installer; both into ~/.local/bin), a uv-managed
 #      CPython PYTHON_VERSION (the images' python3 is 3.10) and the venv ~/VENV with it;
-#   3. installs the package, once: `uv pip install -c requirements.lock -e '.[tpu,gcp]'`
+#   3. installs the package, once: `uv pip install -c requirements.lock -e '.[train,tpu,gcp]'`
 #      (the tested versions, plus the `tpu` extra's libtpu and the `gcp` extra's gcsfs);
 #   4. prints each host's Python, process index and local chips;
 #   5. with BUCKET set, mounts it at MOUNT with gcsfuse (installed if missing).
@@ -41,7 +41,7 @@ if ! ~/${VENV}/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 12))' 
   uv venv --seed --python ${PYTHON_VERSION} --python-preference only-managed ~/${VENV}
 fi
 cd ~/${REPO_DIR}
-uv pip install --python ~/${VENV}/bin/python --quiet -c requirements.lock -e '.[tpu,gcp]'
+uv pip install --python ~/${VENV}/bin/python --quiet -c requirements.lock -e '.[train,tpu,gcp]'
 ~/${VENV}/bin/python -c 'import sys, jax; print(jax.process_index(), sys.version.split()[0], jax.local_device_count(), jax.devices()[0].device_kind)'"
 
 if [[ -n "${BUCKET}" ]]; then
