@@ -30,12 +30,12 @@ with open(os.path.join(_REPO, "pyproject.toml"), "rb") as _f:
   _PYPROJECT = tomllib.load(_f)
 _VERSION = _PYPROJECT["project"]["version"]
 _SCRIPTS = {
-  "cyb-train": "cyb_jax.cli:train",
-  "cyb-experiment": "cyb_jax.cli:experiment",
-  "cyb-analyze": "cyb_jax.cli:analyze",
-  "cyb-generate": "cyb_jax.cli:generate",
-  "cyb-prepare-data": "cyb_jax.cli:prepare_data",
-  "cyb-export": "cyb_jax.cli:export",
+  "cyb-train": "cyb_jax.cli:cyb_train",
+  "cyb-experiment": "cyb_jax.cli:cyb_experiment",
+  "cyb-analyze": "cyb_jax.cli:cyb_analyze",
+  "cyb-generate": "cyb_jax.cli:cyb_generate",
+  "cyb-prepare-data": "cyb_jax.cli:cyb_prepare_data",
+  "cyb-export": "cyb_jax.cli:cyb_export",
 }
 _HEAVY = ("flax", "orbax", "tensorflow_datasets", "tensorflow")
 
@@ -353,7 +353,7 @@ def test_the_losses_import_and_run_without_the_train_extra():
 
 
 def test_a_command_without_the_train_extra_says_which_extra_to_install():
-  code = "import sys; sys.modules['absl'] = None; from cyb_jax import cli; cli.train()"
+  code = "import sys; sys.modules['absl'] = None; from cyb_jax import cli; cli.cyb_train()"
   env = dict(os.environ, PYTHONPATH=_REPO)
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False)
   assert proc.returncode == 1

@@ -2,7 +2,8 @@
 ``cyb-prepare-data``, ``cyb-export``): absl flags, then one call into the library. ``launch/*.py``
 run them from a checkout.
 
-The console scripts call the functions below, which import their command's module and run it. The
+The console scripts call the functions below (named after the commands, as the submodules are
+after the modules), which import their command's module and run it. The
 commands need the ``train`` extra; started without it (``pip install cyb_jax`` installs the losses
 alone), a command says so in one line instead of an ImportError traceback.
 """
@@ -45,25 +46,25 @@ def _run(command: str, module: str) -> None:
   run()
 
 
-def train() -> None:
+def cyb_train() -> None:
   _run("cyb-train", "train")
 
 
-def experiment() -> None:
+def cyb_experiment() -> None:
   _run("cyb-experiment", "experiment")
 
 
-def analyze() -> None:
+def cyb_analyze() -> None:
   _run("cyb-analyze", "analyze")
 
 
-def generate() -> None:
+def cyb_generate() -> None:
   _run("cyb-generate", "generate")
 
 
-def prepare_data() -> None:
+def cyb_prepare_data() -> None:
   _run("cyb-prepare-data", "prepare_data")
 
 
-def export() -> None:
+def cyb_export() -> None:
   _run("cyb-export", "export")

@@ -116,7 +116,9 @@ def _accumulated(state: TrainState, batch: Batch, loss: losses.Loss, sums_and_me
   def accumulate(carry, micro):
     def projected(params):
       sums, metrics = sums_and_metrics(params, micro)
-      return sum(jnp.vdot(c, x) for c, x in zip(jax.tree.leaves(cotangent), jax.tree.leaves(sums))), (sums, metrics)
+      # Elementwise products: no matmul FLOPs beside the model's (tests/test_mfu.py counts them).
+      projection = sum(jnp.sum(c * x) for c, x in zip(jax.tree.leaves(cotangent), jax.tree.leaves(sums)))
+      return projection, (sums, metrics)
 
     (_, (sums, metrics)), grads = jax.value_and_grad(projected, has_aux=True)(state.params)
     weighted_metrics = jax.tree.map(lambda x: x * metrics["weight_sum"], metrics)
