@@ -97,6 +97,10 @@ def _no_batch_term(sums: LossSums, kwargs: Mapping[str, Any]) -> Array:
   return jnp.zeros((), F32)
 
 
+def _va_sums_linear(hparams: Mapping[str, Any]) -> bool:
+  return hparams["kl"] == "token"  # the batch KL is of the sums' mean halting distribution
+
+
 def _hashable(hparams: Mapping[str, Any]) -> tuple:
   """The hyper-parameters as a hashable tuple (`make_loss` keeps sequences as tuples)."""
   return tuple(sorted(hparams.items()))
@@ -164,6 +168,8 @@ class LossSpec:
       over positions (the whole loss but for a batch-level term).
     batch_term: ``(sums, kwargs)`` -> the batch-level term from a batch's :class:`LossSums`
       (``kwargs`` as ``bind`` gives them, with ``multiplier`` for dual ascent); 0 for most.
+    sums_linear: ``hparams`` -> whether the loss is linear in its sums once their ``weight``
+      is known (see :attr:`Loss.sums_are_linear`); True but for a nonlinear batch term.
   """
 
   name: str
@@ -176,6 +182,7 @@ class LossSpec:
   bind: _Binder = _no_kwargs
   mean_part: Callable[[Array, Metrics, Mapping[str, Any]], Array] = _whole_value
   batch_term: Callable[[LossSums, Mapping[str, Any]], Array] = _no_batch_term
+  sums_linear: Callable[[Mapping[str, Any]], bool] = lambda hparams: True
 
   def __hash__(self) -> int:  # hparams is a read-only mapping, which has no hash of its own
     return hash((self.name, _hashable(self.hparams)))
@@ -218,6 +225,7 @@ SPECS: Mapping[str, LossSpec] = types.MappingProxyType(
         bind=_bind_va,
         mean_part=_va_mean_part,
         batch_term=_va_batch_term,
+        sums_linear=_va_sums_linear,
       ),
       _spec(
         name="cyb_dp",
@@ -318,7 +326,7 @@ class Loss:
     """Whether :meth:`value_from_sums` is linear in the sums once their ``weight`` is known (all
     losses but CYB-VA with ``kl="batch"``): then its gradient w.r.t. the sums depends on the
     total weight alone, which the data give before any forward pass."""
-    return not (self.spec.name == "cyb_va" and self.hparams["kl"] == "batch")
+    return self.spec.sums_linear(self.hparams)
 
   def sums(
     self, stats: StepLogProbs, weights: ArrayLike, loss_state: ArrayLike, step: ArrayLike | None = None

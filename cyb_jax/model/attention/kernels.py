@@ -69,18 +69,20 @@ def platform_kernel() -> FlashKernel:
   (module docstring), the dense reference elsewhere."""
   reason = MosaicGpuFlash.unavailable_reason()
   if reason is not None:
-    if reason not in _warned:
-      _warned.add(reason)
-      logging.info("attention_impl='dot_product': %s; a program lowered for cuda here uses the dense kernel.", reason)
+    _log_once(logging.INFO, reason, "a program lowered for cuda here uses the dense kernel")
     return REFERENCE
   return PlatformFlash(gpu=MosaicGpuFlash(), default=REFERENCE)
 
 
 def warn_once(reason: str) -> None:
   """Logs ``reason`` for a call the fused kernel does not compute, once per process."""
+  _log_once(logging.WARNING, reason, "the dense kernel computes these calls")
+
+
+def _log_once(level: int, reason: str, consequence: str) -> None:
   if reason not in _warned:
     _warned.add(reason)
-    logging.warning("attention_impl='dot_product': %s; the dense kernel computes these calls.", reason)
+    logging.log(level, "attention_impl='dot_product': %s; %s.", reason, consequence)
 
 
 def _private_block(q_BxSxHxE, private: KeyValues, private_mask_BxSxJ):
